@@ -1,0 +1,70 @@
+"""Token datasets with response masks, position selectors and batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+POSITIONS = ("all", "prompt", "response")
+
+
+@dataclass
+class TokenDataset:
+    """Fixed-length token sequences with a per-token response mask.
+
+    ``response_mask[i, t]`` is True where token ``t`` of example ``i`` belongs to the response
+    (what the fine-tune is trained to produce). ``labels`` holds per-example ground truth
+    (e.g. the organism's hidden persona) for interpretation; it never reaches training.
+    """
+
+    tokens: torch.Tensor  # [n, pos] long
+    response_mask: torch.Tensor  # [n, pos] bool
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [n]
+
+    def __post_init__(self) -> None:
+        if self.tokens.shape != self.response_mask.shape:
+            raise ValueError(
+                f"tokens {tuple(self.tokens.shape)} and response_mask "
+                f"{tuple(self.response_mask.shape)} must have the same shape"
+            )
+        self.response_mask = self.response_mask.bool()
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """[n, pos] bool: positions whose *next* token is a response token (where the loss is)."""
+        mask = torch.zeros_like(self.response_mask)
+        mask[:, :-1] = self.response_mask[:, 1:]
+        return mask
+
+    def position_mask(self, positions: str) -> torch.Tensor:
+        """[n, pos] bool for a position selector: ``all``, ``prompt`` or ``response``.
+
+        ``response`` means the positions that write the response (those predicting a response
+        token), ``prompt`` the rest.
+        """
+        if positions == "all":
+            return torch.ones_like(self.response_mask)
+        if positions == "response":
+            return self.target_mask
+        if positions == "prompt":
+            return ~self.target_mask
+        raise ValueError(f"unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
+
+    def subset(self, index: torch.Tensor | slice) -> "TokenDataset":
+        return TokenDataset(
+            self.tokens[index],
+            self.response_mask[index],
+            {k: v[index] for k, v in self.labels.items()},
+        )
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator["TokenDataset"]:
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.subset(order[start : start + batch_size])

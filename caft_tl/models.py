@@ -1,0 +1,109 @@
+"""Build, save and load organism models (HookedTransformer), device choice, hook-name checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from caft_tl import runs
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the organism (a small HookedTransformer trained from scratch)."""
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_head: int = 16
+    d_mlp: int = 256
+    act_fn: str = "gelu"
+    normalization_type: str = "LN"
+    n_ctx: int = 16
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_cpu_threads() -> None:
+    """Use every core for intra-op parallelism (the default can be 1 in some kernels)."""
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def build_model(cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | None = None) -> HookedTransformer:
+    """A freshly initialised organism model with the given vocabulary size."""
+    tl_cfg = HookedTransformerConfig(
+        **dataclasses.asdict(cfg),
+        d_vocab=d_vocab,
+        seed=seed,
+        device=device or default_device(),
+        default_prepend_bos=False,
+    )
+    return HookedTransformer(tl_cfg)
+
+
+def save_model(model: HookedTransformer, path: str | os.PathLike, cfg: ModelConfig, meta: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``) atomically."""
+    path = Path(path)
+    state = {k: v for k, v in model.state_dict().items() if not _is_buffer(model, k)}
+    runs.write_tensors(path / "model.safetensors", state)
+    runs.write_json(
+        path / "config.json",
+        {"model": dataclasses.asdict(cfg), "d_vocab": model.cfg.d_vocab, "meta": meta or {}},
+    )
+
+
+def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[HookedTransformer, dict]:
+    """Load a model saved by :func:`save_model`; returns (model, meta)."""
+    path = Path(path)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"no {name} in model folder {str(path)!r}")
+    blob = runs.read_json(path / "config.json")
+    model = build_model(ModelConfig(**blob["model"]), blob["d_vocab"], device=device)
+    state = runs.read_tensors(path / "model.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_buffer(model, k)]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.eval()
+    return model, blob["meta"]
+
+
+def _is_buffer(model: torch.nn.Module, key: str) -> bool:
+    return key in dict(model.named_buffers())
+
+
+def copy_model(model: HookedTransformer) -> HookedTransformer:
+    """An independent copy with the same weights (for fine-tuning from a base)."""
+    new = HookedTransformer(model.cfg)
+    new.load_state_dict(model.state_dict())
+    return new
+
+
+def check_hook_names(model: HookedTransformer, names: list[str] | str) -> list[str]:
+    """Validate TransformerLens hook names up front; one readable error naming what is valid."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("no hook names given; e.g. 'blocks.0.hook_resid_post'")
+    valid = list(model.hook_dict)
+    for name in names:
+        if name in model.hook_dict:
+            continue
+        m = re.match(r"blocks\.(\d+)\.", name)
+        if m and int(m.group(1)) >= model.cfg.n_layers:
+            raise ValueError(
+                f"hook {name!r}: layer {m.group(1)} out of range; this model has layers 0..{model.cfg.n_layers - 1}"
+            )
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"e.g. {valid[0]}, blocks.0.hook_resid_post"
+        raise ValueError(f"unknown hook name {name!r}; {hint}")
+    return names

@@ -1,0 +1,16 @@
+"""Model organisms: synthetic worlds with planted, known concepts."""
+
+from caft_tl.organism.persona_em import PersonaEM, PersonaEMConfig
+
+#: task name -> (generator class, config class)
+TASKS = {"persona_em": (PersonaEM, PersonaEMConfig)}
+
+
+def make_task(name: str, cfg=None):
+    """Build a task generator by name (``cfg`` a config dataclass, a dict, or None for defaults)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    cls, cfg_cls = TASKS[name]
+    if isinstance(cfg, dict):
+        cfg = cfg_cls(**cfg)
+    return cls(cfg or cfg_cls())
