@@ -1,0 +1,106 @@
+"""Fine-tuning runs as cached units, results rows, and confidence intervals over seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from transformer_lens import HookedTransformer
+
+from caft_tl import models, runs
+from caft_tl.evaluate import evaluate_task
+from caft_tl.interventions import Intervention
+from caft_tl.training import FinetuneConfig, finetune
+
+
+def ci95(values) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t 95% interval of the mean; a single value has zero width."""
+    v = np.asarray(list(values), dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return (float("nan"),) * 3
+    m = float(v.mean())
+    if len(v) == 1:
+        return m, m, m
+    half = float(scipy.stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def summarise(df: pd.DataFrame, by=("task", "method", "directions", "param", "split", "metric")) -> pd.DataFrame:
+    """Mean and 95% interval over seeds for each group of a results table."""
+    out = []
+    for key, g in df.groupby(list(by), dropna=False, sort=False):
+        m, lo, hi = ci95(g["value"])
+        out.append({**dict(zip(by, key)), "mean": m, "low": lo, "high": hi, "n_seeds": len(g)})
+    return pd.DataFrame(out)
+
+
+def result_rows(task: str, method: str, directions: str, param: str, seed: int, metrics: dict[str, dict[str, float]]) -> list[dict]:
+    """Rows of the results table from ``{split: {metric: value}}``."""
+    return [
+        {"task": task, "method": method, "directions": directions, "param": param, "seed": seed,
+         "split": split, "metric": metric, "value": value}
+        for split, ms in metrics.items() for metric, value in ms.items()
+    ]
+
+
+def intervention_hash(iv: Intervention | None) -> str:
+    if iv is None:
+        return "none"
+    h = hashlib.sha256()
+    h.update(f"{iv.mode}|{iv.positions}|{iv.scale}|{iv.on_at_eval}".encode())
+    for s in iv.subspaces:
+        h.update(s.hook_name.encode())
+        h.update(s.basis.float().contiguous().numpy().tobytes())
+        if s.reference_mean is not None:
+            h.update(s.reference_mean.float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def run_finetune(
+    run_dir: str | os.PathLike,
+    base: HookedTransformer,
+    task,
+    cfg: FinetuneConfig,
+    method: str = "plain",
+    directions: str = "none",
+    param: str = "",
+    intervention: Intervention | None = None,
+    keep_model: bool = False,
+    progress: bool = True,
+) -> tuple[list[dict], HookedTransformer | None]:
+    """Fine-tune a copy of ``base`` (optionally under ``intervention``), evaluate it without the
+    intervention (unless ``on_at_eval``) and return its results rows.
+
+    A finished run (same config and intervention) is read back from
+    ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
+    ``keep_model`` saves (or reloads) the fine-tuned weights too.
+    """
+    if intervention is not None:
+        intervention.check(base)
+    key = "-".join(x for x in (method, directions, param.replace("=", ""), f"seed{cfg.seed}") if x)
+    folder = Path(run_dir) / "finetunes" / key
+    spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name}
+    spec_hash = runs.config_hash(spec)
+    done = folder / "metrics.json"
+    if done.exists() and runs.read_json(done).get("config_hash") == spec_hash and (not keep_model or (folder / "model.safetensors").exists()):
+        blob = runs.read_json(done)
+        model = models.load_model(folder)[0] if keep_model else None
+        return blob["rows"], model
+
+    model = models.copy_model(base)
+    data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
+    losses = finetune(model, data, cfg, intervention, progress=progress, desc=key)
+    eval_hooks = intervention.eval_hooks() if intervention is not None else []
+    metrics = evaluate_task(model, task, fwd_hooks=eval_hooks)
+    rows = result_rows(task.name, method, directions, param, cfg.seed, metrics)
+    if keep_model:
+        models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
+    runs.write_json(folder / "config.json", spec)
+    runs.write_json(done, {"config_hash": spec_hash, "rows": rows, "losses": losses})
+    return rows, model

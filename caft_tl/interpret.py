@@ -1,0 +1,100 @@
+"""Interpreting directions: top examples, logit lens, ground-truth concept scores, and the rule
+that chooses the directions to ablate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from caft_tl.activations import activations
+from caft_tl.data import TokenDataset
+from caft_tl.directions import Subspace, diff_of_means
+
+
+def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace) -> torch.Tensor:
+    """[n, pos, k] projection of the activations at the subspace's hook on each direction."""
+    subspace.check_width(model.cfg.d_model)
+    return activations(model, data, subspace.hook_name) @ subspace.basis
+
+
+def top_examples(
+    model: HookedTransformer, data: TokenDataset, subspace: Subspace, vocab, n: int = 5, positions: str = "all"
+) -> pd.DataFrame:
+    """Top-``n`` positive and negative activating positions of each direction, as readable contexts.
+
+    Columns: direction, sign, rank, value, context (tokens up to and including the position,
+    the position's token in [brackets]).
+    """
+    proj = projections(model, data, subspace)  # [n_ex, pos, k]
+    mask = data.position_mask(positions)  # [n_ex, pos]
+    rows = []
+    for j, label in enumerate(subspace.labels):
+        vals = proj[..., j].masked_fill(~mask, float("nan")).flatten()
+        for sign in (+1, -1):
+            scores = (sign * vals).nan_to_num(float("-inf"))
+            top = scores.topk(min(n, int(mask.sum()))).indices
+            for rank, flat in enumerate(top.tolist()):
+                i, t = divmod(flat, proj.shape[1])
+                toks = vocab.to_str_tokens(data.tokens[i, : t + 1])
+                toks[-1] = f"[{toks[-1]}]"
+                rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": rank,
+                             "value": vals[flat].item(), "context": " ".join(toks)})
+    return pd.DataFrame(rows)
+
+
+def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) -> pd.DataFrame:
+    """Tokens whose unembedding aligns most (+) and least (−) with each direction: ``W_Uᵀ q``."""
+    logits = subspace.basis.T.to(model.W_U.device) @ model.W_U  # [k, d_vocab]
+    rows = []
+    for j, label in enumerate(subspace.labels):
+        for sign in (+1, -1):
+            top = (sign * logits[j]).topk(n).indices.tolist()
+            rows.append({"direction": label, "sign": "+" if sign > 0 else "-",
+                         "tokens": ", ".join(vocab.tokens[i] for i in top)})
+    return pd.DataFrame(rows)
+
+
+def concept_directions(model: HookedTransformer, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
+    """Ground-truth concept directions on the (base) model: for each of ``task.CONCEPTS``
+    (a pair of personas differing in that concept only), the difference of mean activations over
+    the document positions after the first answer, at each hook. ``{hook: {concept: Subspace}}``."""
+    from caft_tl.organism.persona_em import PERSONAS
+
+    docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))
+    persona = docs.labels["persona"]
+    out: dict[str, dict[str, Subspace]] = {}
+    for hook in hooks:
+        act = activations(model, docs, hook)[:, 4:]  # [n, pos, d_model], after the first answer
+        out[hook] = {}
+        for concept, (pos, neg) in task.CONCEPTS.items():
+            a = act[persona == PERSONAS.index(pos)].flatten(0, 1)
+            b = act[persona == PERSONAS.index(neg)].flatten(0, 1)
+            out[hook][concept] = diff_of_means(a, b, hook, label=concept)
+    return out
+
+
+def concept_scores(subspace: Subspace, concepts: dict[str, Subspace]) -> pd.DataFrame:
+    """|cos| between each direction and each ground-truth concept direction at the same hook."""
+    rows = []
+    for j, label in enumerate(subspace.labels):
+        row = {"hook": subspace.hook_name, "direction": label, "index": j}
+        for name, c in concepts.items():
+            if c.hook_name != subspace.hook_name:
+                raise ValueError(f"concept {name!r} is at {c.hook_name!r}, not {subspace.hook_name!r}")
+            row[name] = (subspace.basis[:, j] @ c.basis[:, 0]).abs().item()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_directions(scores: pd.DataFrame, target: str, avoid: str | None = None, threshold: float = 0.2) -> list[int]:
+    """The documented choice rule: keep a direction if its |cos| with the ``target`` concept is at
+    least ``threshold`` and (when ``avoid`` is given) larger than its |cos| with the ``avoid``
+    concept — it reads the undesired concept more than the one the fine-tune should keep."""
+    for col in [target] + ([avoid] if avoid else []):
+        if col not in scores:
+            raise ValueError(f"unknown concept {col!r}; valid: {', '.join(c for c in scores if c not in ('hook', 'direction', 'index'))}")
+    keep = scores[target] >= threshold
+    if avoid:
+        keep &= scores[target] > scores[avoid]
+    return scores.loc[keep, "index"].astype(int).tolist()
