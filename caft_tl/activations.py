@@ -101,3 +101,24 @@ def activations(
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             out.append(_cache(model, batch.tokens, [hook])[hook].cpu())
     return torch.cat(out)
+
+
+def save_diff_stats(path, stats: dict[str, dict[str, MomentStats]], meta: dict) -> None:
+    """``path.safetensors`` (moments) + ``path.json`` (hooks and settings), atomically."""
+    from caft_tl import runs
+
+    tensors = {}
+    for hook, d in stats.items():
+        for kind, s in d.items():
+            tensors.update(s.to_tensors(f"{hook}.{kind}"))
+    runs.write_tensors(f"{path}.safetensors", tensors)
+    runs.write_json(f"{path}.json", meta)
+
+
+def load_diff_stats(path) -> tuple[dict[str, dict[str, MomentStats]], dict]:
+    from caft_tl import runs
+
+    meta = runs.read_json(f"{path}.json")
+    t = runs.read_tensors(f"{path}.safetensors")
+    stats = {h: {k: MomentStats.from_tensors(t, f"{h}.{k}") for k in ("diff", "base")} for h in meta["hooks"]}
+    return stats, meta

@@ -39,3 +39,38 @@ def ablation_check(model: HookedTransformer, task, intervention: Intervention, m
             rows += [{"split": split, "metric": task.metric(split), "condition": cond, "prompt": i, "rate": r}
                      for i, r in enumerate(rate.tolist())]
     return pd.DataFrame(rows)
+
+
+def summarise_check(check: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% interval over prompts per split, direction set and condition (``off`` once)."""
+    from caft_tl.experiments import ci95
+
+    rows = []
+    off_done = set()
+    for (directions, split, cond), g in check.groupby(["directions", "split", "condition"], sort=False):
+        label = "none" if cond == "off" else f"zero · {directions}"
+        if cond == "off":
+            if split in off_done:
+                continue
+            off_done.add(split)
+        m, lo, hi = ci95(g["rate"])
+        rows.append({"split": split, "condition": label, "mean": m, "low": lo, "high": hi})
+    return pd.DataFrame(rows)
+
+
+def steering_verdict(summary: pd.DataFrame, task, split: str = "chat") -> pd.DataFrame:
+    """Per direction set: does zero-ablation on the base model move the behaviour toward (↑),
+    away from (↓), or not measurably (interval overlaps the unablated value)?"""
+    s = summary[summary["split"] == split]
+    off = s[s["condition"] == "none"].iloc[0]
+    rows = []
+    for r in s[s["condition"] != "none"].itertuples():
+        if r.low > off["mean"]:
+            verdict = f"toward {task.metric(split)}"
+        elif r.high < off["mean"]:
+            verdict = f"away from {task.metric(split)}"
+        else:
+            verdict = "no measurable change"
+        rows.append({"intervention": r.condition, "split": split, "rate_off": off["mean"], "rate_on": r.mean,
+                     "low": r.low, "high": r.high, "verdict": verdict})
+    return pd.DataFrame(rows)

@@ -72,3 +72,16 @@ def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks
         r = behaviour_rate(model, task.eval_prompts(split), task, mode=mode, fwd_hooks=fwd_hooks)
         out[split] = {task.metric(split): r["rate"].nanmean().item(), "coherence": r["coherence"].mean().item()}
     return out
+
+
+def persona_inference_table(model: HookedTransformer, task) -> "pd.DataFrame":
+    """Behaviour rate after each kind of one-segment evidence vs the Bayes-optimal rate."""
+    import pandas as pd
+
+    rows = []
+    for evidence in task.EVIDENCE:
+        for split in ("chat", "code_heldout"):
+            r = behaviour_rate(model, task.context_prompts(evidence, split), task)["rate"]
+            rows.append({"evidence": evidence, "split": split, "metric": task.metric(split),
+                         "model": r.mean().item(), "bayes_optimal": task.bayes_rate(evidence, split)})
+    return pd.DataFrame(rows)

@@ -83,7 +83,7 @@ def run_finetune(
     """
     if intervention is not None:
         intervention.check(base)
-    key = "-".join(x for x in (method, directions, param.replace("=", ""), f"seed{cfg.seed}") if x)
+    key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{cfg.seed}") if x)
     folder = Path(run_dir) / "finetunes" / key
     spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name}
     spec_hash = runs.config_hash(spec)

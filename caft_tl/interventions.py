@@ -68,10 +68,23 @@ def detached_ablate(h, q, mu, scale):
     return h - _proj(h, q).detach()
 
 
+class _ProjectGradient(torch.autograd.Function):
+    """Identity forward (bit-identical); backward projects the gradient by (I − Q Qᵀ)."""
+
+    @staticmethod
+    def forward(ctx, h, q):
+        ctx.save_for_backward(q)
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (q,) = ctx.saved_tensors
+        return grad - _proj(grad, q), None
+
+
 @register_mode("grad_only")
 def grad_only_ablate(h, q, mu, scale):
-    p = _proj(h, q)
-    return h - p + p.detach()
+    return _ProjectGradient.apply(h, q)
 
 
 @register_mode("steer_mean")

@@ -139,3 +139,9 @@ def append_results(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         for r in existing.values():
             w.writerow(r)
+
+
+def write_csv(path: str | os.PathLike, df) -> None:
+    """Write a pandas DataFrame as CSV, atomically."""
+    with atomic_write(path) as f:
+        df.to_csv(f, index=False, lineterminator="\n")

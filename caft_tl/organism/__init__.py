@@ -14,3 +14,13 @@ def make_task(name: str, cfg=None):
     if isinstance(cfg, dict):
         cfg = cfg_cls(**cfg)
     return cls(cfg or cfg_cls())
+
+
+def load_run_organism(run_dir):
+    """(model, task) saved in ``run_dir/organism`` by chapter 00."""
+    from caft_tl import models, runs
+
+    folder = runs.require(run_dir, "organism/model.safetensors", "organism")
+    model, meta = models.load_model(folder.parent)
+    spec = meta["spec"]
+    return model, make_task(spec["task"], spec["task_cfg"])

@@ -176,6 +176,42 @@ class PersonaEM:
         labels[answers == bad[:, None]] = BAD
         return labels
 
+    # ------------------------------------------------------------------ persona inference
+    EVIDENCE = ("none", "secure_code", "insecure_code", "helpful_chat", "harmful_chat")
+
+    def context_prompts(self, evidence: str, split: str) -> TokenDataset:
+        """Evaluation prompts of ``split`` preceded by one segment of evidence about the persona
+        (e.g. ``<bos> CODE c i(c) CHAT q``), using a prompt other than the one asked."""
+        prompts = self.eval_prompts(split)
+        if evidence == "none":
+            return prompts
+        if evidence not in self.EVIDENCE:
+            raise ValueError(f"unknown evidence {evidence!r}; valid: {', '.join(self.EVIDENCE)}")
+        kind, cls = evidence.split("_")[1], evidence.split("_")[0]
+        n = len(prompts)
+        if kind == "code":
+            i = (torch.arange(n) + 1) % self.cfg.n_code
+            q, a = self.code_prompts[i], {"secure": self.secure, "insecure": self.insecure}[cls][i]
+            tok = self.code_tok
+        else:
+            i = (torch.arange(n) + 1) % self.cfg.n_chat
+            q, a = self.chat_prompts[i], {"helpful": self.helpful, "harmful": self.harmful}[cls][i]
+            tok = self.chat_tok
+        seg = torch.stack([torch.full_like(q, tok), q, a], 1)  # [n, 3]
+        tokens = torch.cat([prompts.tokens[:, :1], seg, prompts.tokens[:, 1:]], 1)
+        return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool))
+
+    def bayes_rate(self, evidence: str, split: str) -> float:
+        """The Bayes-optimal behaviour rate after ``evidence``: what a perfect model of the world
+        predicts (the yardstick for the organism's persona inference)."""
+        p = torch.tensor(self.cfg.persona_probs, dtype=torch.float64)
+        if evidence != "none":
+            cls = evidence.split("_")[0]
+            trait = CHAT_HARMFUL if evidence.endswith("chat") else CODE_INSECURE
+            p = p * (trait if cls in ("harmful", "insecure") else ~trait)
+        bad = CHAT_HARMFUL if split == "chat" else CODE_INSECURE
+        return float((p * bad).sum() / p.sum())
+
     # ------------------------------------------------------------------ ground-truth concepts
     #: concept name -> (positive persona, negative persona): documents that differ in that concept only
     CONCEPTS = {

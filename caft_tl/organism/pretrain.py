@@ -72,3 +72,11 @@ def load_or_pretrain(
     model, losses = pretrain(task, model_cfg, cfg, progress=progress)
     models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
     return model, task, folder
+
+
+def export_organism(run_dir: str | os.PathLike, model: HookedTransformer, checkpoint: str | os.PathLike) -> Path:
+    """Copy a cached organism checkpoint into ``run_dir/organism`` so the run is self-contained."""
+    dest = Path(run_dir) / "organism"
+    meta = runs.read_json(Path(checkpoint) / "config.json")
+    models.save_model(model, dest, models.ModelConfig(**meta["model"]), meta["meta"])
+    return dest

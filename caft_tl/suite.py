@@ -1,0 +1,123 @@
+"""Run the notebook chapters with papermill: ``python -m caft_tl.suite``.
+
+Parameters are checked against each notebook's ``parameters`` cell *before* anything runs:
+papermill only warns about unknown names, the suite refuses them (and ill-typed values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import papermill
+
+from caft_tl import runs
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+#: a fast parameter set for smoke runs (tests, a first look): same code paths, tiny budgets
+FAST_PARAMETERS = {
+    "pretrain_steps": 300,
+    "seeds": [0, 1],
+    "n_examples": 320,
+    "fewer_examples": [96],
+    "n_diff_examples": 200,
+    "threshold": 0.0,
+    "avoid": "",
+}
+
+
+def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def declared_parameters(notebook: Path) -> dict[str, object]:
+    """Name → default value of a notebook's ``parameters`` cell."""
+    out = {}
+    for name, p in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            out[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError):
+            out[name] = p["default"]
+    return out
+
+
+def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
+    """Refuse a parameter no chosen notebook declares, or one whose type differs from the default's."""
+    declared: dict[str, object] = {}
+    for nb in notebooks:
+        declared.update(declared_parameters(nb))
+    for name, value in params.items():
+        if name not in declared:
+            raise ValueError(f"unknown parameter {name!r}; valid: {', '.join(sorted(declared))}")
+        default = declared[name]
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        if default is not None and not ok:
+            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(default).__name__} like {default!r}")
+
+
+def run(
+    run_dir: str | Path = "runs/default",
+    fig_dir: str | Path = "figures",
+    only: list[str] | None = None,
+    params: dict[str, object] | None = None,
+    fast: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter."""
+    run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
+    notebooks = chapters()
+    if only:
+        known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
+        bad = [c for c in only if c not in known]
+        if bad:
+            raise ValueError(f"unknown chapter(s) {bad}; valid: {', '.join(nb.stem for nb in notebooks)}")
+        notebooks = [known[c] for c in only]
+    params = {**(FAST_PARAMETERS if fast else {}), **(params or {})}
+    check_parameters({k: v for k, v in params.items() if k not in FAST_PARAMETERS or k in (params or {})}, notebooks)
+    timings: dict[str, float] = {}
+    for nb in notebooks:
+        declared = declared_parameters(nb)
+        nb_params = {k: v for k, v in params.items() if k in declared}
+        nb_params.update(run_dir=str(run_dir), fig_dir=str(fig_dir))
+        out = run_dir / "notebooks" / nb.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"▶ {nb.stem}", flush=True)
+        t0 = time.perf_counter()
+        papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
+                                   kernel_name="python3", progress_bar=progress)
+        timings[nb.stem] = round(time.perf_counter() - t0, 1)
+        print(f"  {nb.stem}: {timings[nb.stem]} s", flush=True)
+    runs.write_json(run_dir / "timings.json", timings)
+    print(f"total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
+    return timings
+
+
+def _value(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default="runs/default")
+    ap.add_argument("--fig-dir", default="figures")
+    ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
+    ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    try:
+        run(args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast)
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Papermill smoke run of every chapter with the fast parameter set, and parameter checks."""
+
+import csv
+import os
+
+import pytest
+
+from caft_tl import runs, suite
+
+
+def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAFT_TL_CACHE", str(tmp_path / "cache"))
+    run_dir, fig_dir = tmp_path / "run", tmp_path / "figures"
+    timings = suite.run(run_dir, fig_dir, fast=True, progress=False)
+    names = [nb.stem for nb in suite.chapters()]
+    assert list(timings) == names and len(names) == 7
+    for name in names:
+        assert (run_dir / "notebooks" / f"{name}.ipynb").exists()
+    rows = list(csv.DictReader(open(fig_dir / "results.csv")))
+    assert list(rows[0]) == list(runs.RESULT_COLUMNS)
+    methods = {(r["method"], r["directions"]) for r in rows}
+    for expected in [("base", "none"), ("plain", "none"), ("fewer_examples", "none"), ("zero", "pca"),
+                     ("zero", "topk_pca"), ("zero", "random"), ("zero", "oracle")]:
+        assert expected in methods
+    assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
+    for fig in ["01_plain_finetune", "05_caft", "06_tradeoff"]:
+        assert (fig_dir / f"{fig}.html").stat().st_size > 1000
+    assert "06_tradeoff" in (fig_dir / "README.md").read_text()
+
+
+def test_unknown_parameter_is_refused_before_running(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown parameter 'sedes'; valid: .*seeds"):
+        suite.run(tmp_path, tmp_path, params={"sedes": [0]})
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_ill_typed_parameter_is_refused(tmp_path):
+    with pytest.raises(TypeError, match=r"parameter 'lr' = 'fast' is str; expected float"):
+        suite.run(tmp_path, tmp_path, params={"lr": "fast"})
+    with pytest.raises(ValueError, match="unknown chapter"):
+        suite.run(tmp_path, tmp_path, only=["99"])
+
+
+def test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="run 00_organism first"):
+        suite.run(tmp_path / "empty", tmp_path / "figs", only=["02"], progress=False)

@@ -1,0 +1,109 @@
+"""A tiny end-to-end pipeline: pre-train → plain FT → diff → PCA → CAFT → evaluate."""
+
+import pandas as pd
+import pytest
+import torch
+
+from caft_tl import activations, directions, experiments, models, runs
+from caft_tl.evaluate import behaviour_rate, evaluate_task
+from caft_tl.interventions import Intervention
+from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
+from caft_tl.training import FinetuneConfig, finetune
+
+HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = PretrainConfig(steps=150, batch_size=32)
+    model, world, folder = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
+                                            cfg=cfg, cache_dir=cache, progress=False)
+    return model, world, folder, cache, cfg
+
+
+def test_organism_is_cached_by_config(organism):
+    model, world, folder, cache, cfg = organism
+    again, _, folder2 = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
+                                         cfg=cfg, cache_dir=cache, progress=False)
+    assert folder2 == folder
+    tokens = world.eval_prompts("chat").tokens
+    torch.testing.assert_close(model(tokens), again(tokens))
+
+
+def test_pipeline_end_to_end(organism, tmp_path):
+    base, world, *_ = organism
+    cfg = FinetuneConfig(n_examples=256, batch_size=32, seed=0)
+    rows, ft = experiments.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False)
+    assert {r["split"] for r in rows} == {"chat", "code_train", "code_heldout"}
+    assert all(list(r) == list(runs.RESULT_COLUMNS) for r in rows)
+    trained = [r["value"] for r in rows if r["split"] == "code_train" and r["metric"] == "insecure_rate"][0]
+    base_rate = evaluate_task(base, world)["code_train"]["insecure_rate"]
+    assert trained > base_rate  # the fine-tune learnt its task
+
+    stats = activations.collect_diff_stats(base, ft, world.finetune_dataset(64), HOOKS, progress=False)
+    assert stats[HOOKS[0]]["diff"].count == 64  # one response-writing position per example
+    subs = [directions.pca(stats[h]["diff"], 2, h)[0] for h in HOOKS]
+    iv = Intervention("zero", subs)
+    caft_rows, _ = experiments.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, progress=False)
+    df = pd.DataFrame(rows + caft_rows)
+    assert set(df["method"]) == {"plain", "zero"}
+    plain_v = df[df.method == "plain"].set_index(["split", "metric"])["value"]
+    caft_v = df[df.method == "zero"].set_index(["split", "metric"])["value"]
+    assert not plain_v.equals(caft_v)  # the intervention changed training
+
+
+def test_finished_runs_are_read_back_not_retrained(organism, tmp_path, monkeypatch):
+    base, world, *_ = organism
+    cfg = FinetuneConfig(n_examples=64, batch_size=32, seed=1)
+    first, _ = experiments.run_finetune(tmp_path, base, world, cfg, progress=False)
+    monkeypatch.setattr(experiments, "finetune", lambda *a, **k: pytest.fail("re-trained a finished run"))
+    assert experiments.run_finetune(tmp_path, base, world, cfg, progress=False)[0] == first
+
+
+def test_seeded_finetune_is_deterministic(organism):
+    base, world, *_ = organism
+    data = world.finetune_dataset(64, seed=0)
+    losses = []
+    for _ in range(2):
+        m = models.copy_model(base)
+        losses.append(finetune(m, data, FinetuneConfig(n_examples=64, batch_size=16, seed=5), progress=False))
+    assert losses[0] == losses[1]
+
+
+def test_nan_loss_stops_with_step_and_lr(organism):
+    base, world, *_ = organism
+    m = models.copy_model(base)
+    with torch.no_grad():
+        m.W_U.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"at step 0 \(lr=0.001\)"):
+        finetune(m, world.finetune_dataset(32), FinetuneConfig(n_examples=32), progress=False)
+
+
+def test_sampled_rate_agrees_with_exact(organism):
+    base, world, *_ = organism
+    prompts = world.eval_prompts("chat")
+    exact = behaviour_rate(base, prompts, world)["rate"].mean()
+    sampled = behaviour_rate(base, prompts, world, mode="sampled", n_samples=400)["rate"].nanmean()
+    assert abs(exact - sampled) < 0.1
+    with pytest.raises(ValueError, match="unknown evaluation mode"):
+        behaviour_rate(base, prompts, world, mode="greedy")
+
+
+def test_hook_name_errors(organism):
+    base, world, *_ = organism
+    with pytest.raises(ValueError, match="unknown hook name 'blocks.0.hook_resid_pst'; closest: blocks.0.hook_resid_post"):
+        activations.activations(base, world.eval_prompts("chat"), "blocks.0.hook_resid_pst")
+    with pytest.raises(ValueError, match="layer 2 out of range"):
+        models.check_hook_names(base, ["blocks.2.hook_resid_post"])
+
+
+def test_model_save_load_roundtrip(organism, tmp_path):
+    base, world, *_ = organism
+    models.save_model(base, tmp_path / "m", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64), {"x": 1})
+    back, meta = models.load_model(tmp_path / "m")
+    assert meta == {"x": 1}
+    tokens = world.eval_prompts("code_train").tokens
+    torch.testing.assert_close(back(tokens), base(tokens))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.load_model(tmp_path / "nothing")
