@@ -101,6 +101,6 @@ def run_finetune(
     rows = result_rows(task.name, method, directions, param, cfg.seed, metrics)
     if keep_model:
         models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
-    runs.write_json(folder / "config.json", spec)
+    runs.write_json(folder / "run.json", spec)
     runs.write_json(done, {"config_hash": spec_hash, "rows": rows, "losses": losses})
     return rows, model

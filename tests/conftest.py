@@ -16,3 +16,6 @@ def tiny_model(world):
     torch.manual_seed(0)
     cfg = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)
     return models.build_model(cfg, len(world.vocab), seed=0, device="cpu")
+
+
+models.set_cpu_threads()
