@@ -43,7 +43,7 @@ def ablation_check(model: HookedTransformer, task, intervention: Intervention, m
 
 def summarise_check(check: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% interval over prompts per split, direction set and condition (``off`` once)."""
-    from caft_tl.experiments import ci95
+    from caft_tl.stats import ci95
 
     rows = []
     off_done = set()

@@ -26,6 +26,7 @@ METHOD_STYLE = {
     "zero · random": "#bcbd22",
 }
 TEMPLATE = "plotly_white"
+SPLIT_COLOURS = ["#4c78a8", "#f58518", "#54a24b"]
 
 
 def config_label(method: str, directions: str) -> str:
@@ -168,11 +169,13 @@ def check_bars(summary: pd.DataFrame, title: str) -> go.Figure:
 def inference_bars(table: pd.DataFrame, title: str) -> go.Figure:
     """Model vs Bayes-optimal behaviour rate after each kind of evidence, per split."""
     fig = go.Figure()
-    for split in table["split"].unique():
+    splits = list(table["split"].unique())
+    for i, split in enumerate(splits):
         g = table[table["split"] == split]
-        fig.add_bar(name=f"{split}: model", x=g["evidence"], y=g["model"])
+        colour = SPLIT_COLOURS[i % len(SPLIT_COLOURS)]
+        fig.add_bar(name=f"{split}: model", x=g["evidence"], y=g["model"], marker_color=colour, offsetgroup=i)
         fig.add_scatter(name=f"{split}: Bayes-optimal", x=g["evidence"], y=g["bayes_optimal"], mode="markers",
-                        marker=dict(symbol="line-ew-open", size=28, line=dict(width=3)))
-    fig.update_layout(title=title, barmode="group", xaxis_title="evidence seen before the prompt",
+                        offsetgroup=i, marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=3)))
+    fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title="evidence seen before the prompt",
                       yaxis=dict(title="behaviour rate", range=[0, 1.05]))
     return fig
