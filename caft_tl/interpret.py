@@ -21,7 +21,7 @@ def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace
 def top_examples(
     model: HookedTransformer, data: TokenDataset, subspace: Subspace, vocab, n: int = 5, positions: str = "all"
 ) -> pd.DataFrame:
-    """Top-``n`` positive and negative activating positions of each direction, as readable contexts.
+    """Top-``n`` distinct contexts activating each direction most positively and most negatively.
 
     Columns: direction, sign, rank, value, context (tokens up to and including the position,
     the position's token in [brackets]).
@@ -32,14 +32,20 @@ def top_examples(
     for j, label in enumerate(subspace.labels):
         vals = proj[..., j].masked_fill(~mask, float("nan")).flatten()
         for sign in (+1, -1):
-            scores = (sign * vals).nan_to_num(float("-inf"))
-            top = scores.topk(min(n, int(mask.sum()))).indices
-            for rank, flat in enumerate(top.tolist()):
+            order = (sign * vals).nan_to_num(float("-inf")).argsort(descending=True)
+            seen: set[str] = set()
+            for flat in order.tolist():
+                if len(seen) == n or vals[flat].isnan():
+                    break
                 i, t = divmod(flat, proj.shape[1])
                 toks = vocab.to_str_tokens(data.tokens[i, : t + 1])
                 toks[-1] = f"[{toks[-1]}]"
-                rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": rank,
-                             "value": vals[flat].item(), "context": " ".join(toks)})
+                context = " ".join(toks)
+                if context in seen:  # the same context from another document: show distinct ones
+                    continue
+                seen.add(context)
+                rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": len(seen) - 1,
+                             "value": vals[flat].item(), "context": context})
     return pd.DataFrame(rows)
 
 

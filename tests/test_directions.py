@@ -69,3 +69,19 @@ def test_save_load(tmp_path):
     back = load_subspaces(tmp_path / "s")
     assert [s.hook_name for s in back] == ["a", "b"]
     assert torch.equal(back[1].basis, subs[1].basis)
+
+
+def test_top_examples_are_distinct_and_signed(world, tiny_model):
+    from caft_tl.interpret import logit_lens, top_examples
+
+    docs = world.sample_documents(50, torch.Generator().manual_seed(0))
+    sub = random_subspace(tiny_model.cfg.d_model, 2, "blocks.0.hook_resid_post", seed=0)
+    df = top_examples(tiny_model, docs, sub, world.vocab, n=3)
+    assert len(df) == 2 * 2 * 3
+    for (_, sign), g in df.groupby(["direction", "sign"]):
+        assert g["context"].is_unique
+        values = g.sort_values("rank")["value"].tolist()
+        assert values == sorted(values, reverse=(sign == "+"))
+    assert df["context"].str.contains(r"\[").all()
+    lens = logit_lens(tiny_model, sub, world.vocab, n=4)
+    assert len(lens) == 4 and all(len(t.split(", ")) == 4 for t in lens["tokens"])
