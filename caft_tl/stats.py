@@ -27,3 +27,17 @@ def summarise(df: pd.DataFrame, by=("task", "method", "directions", "param", "sp
         m, lo, hi = ci95(g["value"])
         out.append({**dict(zip(by, key)), "mean": m, "low": lo, "high": hi, "n_seeds": len(g)})
     return pd.DataFrame(out)
+
+
+def share_removed(summary: pd.DataFrame, split: str) -> pd.DataFrame:
+    """For each configuration: the share of plain fine-tuning's change on ``split`` (plain − base)
+    that it removes, ``(plain − x) / (plain − base)``: 1 = back to the base model, 0 = as plain."""
+    s = summary[(summary["split"] == split) & (summary["metric"] != "coherence")]
+    base = s.loc[s["method"] == "base", "mean"]
+    plain = s.loc[s["method"] == "plain", "mean"]
+    if base.empty or plain.empty:
+        raise ValueError(f"share_removed needs base and plain rows for split {split!r}")
+    change = plain.iloc[0] - base.iloc[0]
+    out = s[~s["method"].isin(["base", "plain"])][["method", "directions", "param", "mean"]].copy()
+    out["share_removed"] = (plain.iloc[0] - out["mean"]) / change if change else float("nan")
+    return out.assign(split=split).reset_index(drop=True)

@@ -1,0 +1,36 @@
+import math
+
+import pandas as pd
+import pytest
+import scipy.stats
+
+from caft_tl.stats import ci95, share_removed, summarise
+
+
+def test_ci95_is_a_t_interval():
+    m, lo, hi = ci95([1.0, 2.0, 3.0])
+    half = scipy.stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (m, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert ci95([0.4]) == (0.4, 0.4, 0.4)
+    assert all(math.isnan(x) for x in ci95([]))
+
+
+def _summary():
+    rows = []
+    for method, directions, seed, chat, code in [
+        ("base", "none", 0, 0.2, 0.3), ("plain", "none", 0, 0.8, 0.9), ("plain", "none", 1, 0.8, 0.9),
+        ("zero", "pca", 0, 0.5, 0.9), ("zero", "pca", 1, 0.5, 0.9),
+    ]:
+        for split, metric, v in [("chat", "misalignment_rate", chat), ("code_heldout", "insecure_rate", code)]:
+            rows.append(dict(task="t", method=method, directions=directions, param="", seed=seed, split=split, metric=metric, value=v))
+    return summarise(pd.DataFrame(rows))
+
+
+def test_share_removed():
+    s = _summary()
+    assert s.query("method == 'plain' and split == 'chat'")["n_seeds"].item() == 2
+    chat = share_removed(s, "chat")
+    assert chat["share_removed"].item() == pytest.approx(0.5)
+    assert share_removed(s, "code_heldout")["share_removed"].item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="needs base and plain rows for split 'ood'"):
+        share_removed(s, "ood")
