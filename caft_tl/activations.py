@@ -122,3 +122,20 @@ def load_diff_stats(path) -> tuple[dict[str, dict[str, MomentStats]], dict]:
     t = runs.read_tensors(f"{path}.safetensors")
     stats = {h: {k: MomentStats.from_tensors(t, f"{h}.{k}") for k in ("diff", "base")} for h in meta["hooks"]}
     return stats, meta
+
+
+@torch.inference_mode()
+def mean_activations(model: HookedTransformer, data: TokenDataset, hooks: list[str], positions: str = "all", batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Streamed mean activation [d_model] at each hook over the selected positions (μ)."""
+    check_hook_names(model, hooks)
+    total = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
+    count = 0
+    for batch in data.batches(batch_size):
+        mask = batch.position_mask(positions).to(model.cfg.device)
+        acts = _cache(model, batch.tokens, hooks)
+        for h in hooks:
+            total[h] += acts[h][mask].to("cpu", torch.float64).sum(0)
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError(f"positions={positions!r} selects no position of the data")
+    return {h: (t / count).float() for h, t in total.items()}

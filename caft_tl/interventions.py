@@ -133,6 +133,16 @@ class Intervention:
         return [s.hook_name for s in self.subspaces]
 
     @property
+    def param(self) -> str:
+        """The mode's setting as written in results tables: ``k=-3``, ``alpha=4`` or empty."""
+        return {"steer_mean": f"k={self.scale:g}", "add": f"alpha={self.scale:g}"}.get(self.mode, "")
+
+    @property
+    def label(self) -> str:
+        """Short display name, e.g. ``steer_mean k=-3``."""
+        return f"{self.mode} {self.param}".strip()
+
+    @property
     def rank(self) -> int:
         return sum(s.k for s in self.subspaces)
 

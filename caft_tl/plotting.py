@@ -24,6 +24,11 @@ METHOD_STYLE = {
     "zero · oracle": "#2ca02c",
     "zero · diff_means": "#17becf",
     "zero · random": "#bcbd22",
+    "mean · pca": "#aec7e8",
+    "detached · pca": "#ff7f0e",
+    "grad_only · pca": "#8c564b",
+    "steer_mean · pca": "#e377c2",
+    "add · pca": "#393b79",
 }
 TEMPLATE = "plotly_white"
 SPLIT_COLOURS = ["#4c78a8", "#f58518", "#54a24b"]
@@ -118,8 +123,8 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
         if label == "fewer_examples":
             g = g.assign(n=g["param"].str.extract(r"(\d+)")[0].astype(float)).sort_values("n")
         fig.add_scatter(
-            name=label, x=g["mean_x"], y=g["mean_y"], mode="lines+markers+text" if label == "fewer_examples" else "markers",
-            text=g["param"] if label == "fewer_examples" else None, textposition="top center",
+            name=label, x=g["mean_x"], y=g["mean_y"], mode="lines+markers+text" if label == "fewer_examples" else "markers+text",
+            text=g["param"], textposition="top center",
             marker=dict(size=11, color=_colour(label)), line=dict(color=_colour(label), dash="dot"),
             error_x=dict(type="data", symmetric=False, array=g["high_x"] - g["mean_x"], arrayminus=g["mean_x"] - g["low_x"]),
             error_y=dict(type="data", symmetric=False, array=g["high_y"] - g["mean_y"], arrayminus=g["mean_y"] - g["low_y"]),
@@ -154,15 +159,16 @@ def concept_heatmap(scores: pd.DataFrame, concepts: list[str], title: str) -> go
     return fig
 
 
-def check_bars(summary: pd.DataFrame, title: str) -> go.Figure:
-    """Base-model check: behaviour with each intervention on, per split, with 95% intervals over prompts."""
+def check_bars(summary: pd.DataFrame, title: str, x: str = "split", y_title: str = "rate", legend: str = "intervention on the base model") -> go.Figure:
+    """Grouped bars per condition with 95% intervals (base-model steering and latent checks)."""
     fig = go.Figure()
     for cond in summary["condition"].unique():
         g = summary[summary["condition"] == cond]
-        fig.add_bar(name=cond, x=g["split"], y=g["mean"],
+        fig.add_bar(name=cond, x=g[x], y=g["mean"],
                     error_y=dict(type="data", symmetric=False, array=g["high"] - g["mean"], arrayminus=g["mean"] - g["low"]))
-    fig.update_layout(title=title, barmode="group", xaxis_title="evaluation split", yaxis=dict(title="rate", range=[0, 1.05]),
-                      legend_title="intervention on the base model")
+    fig.update_layout(title=title, barmode="group", xaxis_title=x.replace("_", " "), yaxis_title=y_title, legend_title=legend)
+    if y_title == "rate":
+        fig.update_yaxes(range=[0, 1.05])
     return fig
 
 
@@ -178,4 +184,16 @@ def inference_bars(table: pd.DataFrame, title: str) -> go.Figure:
                         offsetgroup=i, marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=3)))
     fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title="evidence seen before the prompt",
                       yaxis=dict(title="behaviour rate", range=[0, 1.05]))
+    return fig
+
+
+def steering_bars(summary: pd.DataFrame, title: str, y_title: str) -> go.Figure:
+    """One bar per condition (95% intervals), the unintervened value as a dashed line."""
+    none = summary[summary["condition"] == "none"]["mean"]
+    s = summary[summary["condition"] != "none"]
+    fig = go.Figure(go.Bar(x=s["condition"], y=s["mean"], marker_color="#4c78a8", showlegend=False,
+                           error_y=dict(type="data", symmetric=False, array=s["high"] - s["mean"], arrayminus=s["mean"] - s["low"])))
+    if len(none):
+        fig.add_hline(y=none.item(), line_dash="dash", annotation_text="no intervention")
+    fig.update_layout(title=title, xaxis_title="intervention on the untrained base model", yaxis_title=y_title)
     return fig
