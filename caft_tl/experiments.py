@@ -70,7 +70,8 @@ def run_finetune(
 
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
-    losses = finetune(model, data, cfg, intervention, progress=progress, desc=key)
+    checkpoint = folder / f"checkpoint-{spec_hash}.safetensors"  # an interrupted run resumes from here
+    losses = finetune(model, data, cfg, intervention, progress=progress, desc=key, checkpoint=checkpoint)
     eval_hooks = intervention.eval_hooks() if intervention is not None else []
     metrics = evaluate_task(model, task, fwd_hooks=eval_hooks)
     rows = result_rows(task.name, method, directions, param, cfg.seed, metrics)
@@ -78,4 +79,5 @@ def run_finetune(
         models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
     runs.write_json(folder / "run.json", spec)
     runs.write_json(done, {"config_hash": spec_hash, "rows": rows, "losses": losses})
+    checkpoint.unlink(missing_ok=True)
     return rows, model

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 #: Which chapter writes each artefact, so a missing one names the notebook to run first.
@@ -86,8 +87,21 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
+class CorruptFileError(ValueError):
+    """A weights, subspace or checkpoint file cannot be read (truncated or corrupted)."""
+
+
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """Load a safetensors file (never unpickles); one-line error if it is truncated or corrupted."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorruptFileError(
+            f"cannot read {str(path)!r}: truncated or corrupted ({reason}); delete it and re-run the step that wrote it"
+        ) from None
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

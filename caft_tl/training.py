@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from caft_tl.checkpoints import load_checkpoint, save_checkpoint
 from caft_tl.data import TokenDataset
 
 
@@ -40,37 +43,54 @@ def finetune(
     intervention=None,
     progress: bool = True,
     desc: str = "fine-tune",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 25,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``data``; returns the loss per step.
 
     ``intervention`` (an :class:`~caft_tl.interventions.Intervention`) is applied through
     ``model.hooks`` during every training forward pass and removed afterwards.
+    With ``checkpoint`` (a file path), model, optimiser, RNG states and losses are saved there
+    every ``checkpoint_every`` steps, and a run that finds the file resumes from it: the result
+    equals an uninterrupted run with the same seed (on CPU).
     """
     if len(data) == 0:
         raise ValueError("fine-tuning dataset is empty")
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # data order
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    n_steps = cfg.epochs * steps_per_epoch
     losses: list[float] = []
+    epoch_rng = gen.get_state()  # the data generator's state at the start of the current epoch
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, rng = load_checkpoint(checkpoint, model, opt)
+        losses, epoch_rng = state["losses"], rng["data_epoch"]
+        torch.set_rng_state(rng["torch"])
+    step = len(losses)
     model.train()
-    bar = tqdm(total=n_steps, desc=desc, disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
-        for batch in data.batches(cfg.batch_size, shuffle=True, generator=gen):
-            batch = _to(batch, model.cfg.device)
+    bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, leave=False)
+    for epoch in range(step // steps_per_epoch, cfg.epochs):
+        gen.set_state(epoch_rng)
+        order = torch.randperm(len(data), generator=gen)
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            batch = _to(data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]), model.cfg.device)
             hooks = intervention.fwd_hooks(batch) if intervention is not None else []
             with model.hooks(fwd_hooks=hooks):
                 loss = response_loss(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {len(losses)} (lr={cfg.lr}); lower the learning rate"
-                )
+                raise FloatingPointError(f"loss is {loss.item()} at step {step} (lr={cfg.lr}); lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            step += 1
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if checkpoint is not None and step % checkpoint_every == 0 and step < n_steps:
+                save_checkpoint(checkpoint, model, opt, {"step": step, "losses": losses},
+                                {"data_epoch": epoch_rng, "torch": torch.get_rng_state()})
+        epoch_rng = gen.get_state()
     bar.close()
     model.eval()
     return losses
