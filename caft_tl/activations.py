@@ -6,6 +6,8 @@ Nothing here keeps a dataset's activations in memory: each batch is folded into 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -57,8 +59,24 @@ class MomentStats:
         return cls(int(t[f"{prefix}.count"]), t[f"{prefix}.total"], t[f"{prefix}.outer"])
 
 
+def _stop_layer(model: HookedTransformer, hooks: list[str]) -> int | None:
+    """The first block no hook reads from (``stop_at_layer`` for the forward pass), or None.
+
+    A hook inside ``blocks.i`` depends only on the embedding and blocks ``0..i``, so the blocks
+    after the last hooked one (and the final norm and unembedding) need not run. None when a hook
+    is outside the blocks (e.g. ``ln_final``).
+    """
+    layers = [re.match(r"blocks\.(\d+)\.", h) for h in hooks]
+    if not all(layers):
+        return None
+    stop = max(int(m.group(1)) for m in layers) + 1
+    return stop
+
+
 def _cache(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=hooks, return_type=None)
+    _, cache = model.run_with_cache(
+        tokens.to(model.cfg.device), names_filter=hooks, return_type=None, stop_at_layer=_stop_layer(model, hooks)
+    )
     return {h: cache[h] for h in hooks}
 
 
@@ -80,7 +98,8 @@ def collect_diff_stats(
     check_hook_names(base, hooks)
     d_model = base.cfg.d_model
     out = {h: {"diff": MomentStats.empty(d_model), "base": MomentStats.empty(d_model)} for h in hooks}
-    for batch in tqdm(list(data.batches(batch_size)), desc="diffing", disable=not progress, leave=False):
+    n_batches = -(-len(data) // batch_size)
+    for batch in tqdm(data.batches(batch_size), total=n_batches, desc="diffing", disable=not progress, leave=False):
         mask = batch.position_mask(positions).to(base.cfg.device)  # [b, pos]
         a_base = _cache(base, batch.tokens, hooks)
         a_ft = _cache(finetuned, batch.tokens, hooks)

@@ -156,3 +156,40 @@ def write_csv(path: str | os.PathLike, df) -> None:
     """Write a pandas DataFrame as CSV, atomically."""
     with atomic_write(path) as f:
         df.to_csv(f, index=False, lineterminator="\n")
+
+
+PROVENANCE_PACKAGES = ("caft-tl", "torch", "transformer-lens", "sae-lens", "papermill", "numpy")
+
+
+def write_provenance(run_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[str, Any]:
+    """Record what produced a run — package versions, Python, git commit (and whether the tree
+    had uncommitted changes), time — plus ``extra`` (parameters, seeds) in ``provenance.json``."""
+    import datetime
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain")
+    record = {
+        "packages": {p: version(p) for p in PROVENANCE_PACKAGES},
+        "python": platform.python_version(),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    write_json(Path(run_dir) / "provenance.json", record)
+    return record

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import papermill
 
-from caft_tl import runs
+from caft_tl import parameters, runs
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -34,29 +34,12 @@ def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
 
 
-def declared_parameters(notebook: Path) -> dict[str, object]:
-    """Name → default value of a notebook's ``parameters`` cell."""
-    out = {}
-    for name, p in papermill.inspect_notebook(str(notebook)).items():
-        try:
-            out[name] = ast.literal_eval(p["default"])
-        except (ValueError, SyntaxError):
-            out[name] = p["default"]
-    return out
-
-
 def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
     """Refuse a parameter no chosen notebook declares, or one whose type differs from the default's."""
-    declared: dict[str, object] = {}
+    defaults: dict[str, object] = {}
     for nb in notebooks:
-        declared.update(declared_parameters(nb))
-    for name, value in params.items():
-        if name not in declared:
-            raise ValueError(f"unknown parameter {name!r}; valid: {', '.join(sorted(declared))}")
-        default = declared[name]
-        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
-        if default is not None and not ok:
-            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(default).__name__} like {default!r}")
+        defaults.update(parameters.declared(nb))
+    parameters.check(params, defaults)
 
 
 def run(
@@ -78,9 +61,10 @@ def run(
         notebooks = [known[c] for c in only]
     params = {**(FAST_PARAMETERS if fast else {}), **(params or {})}
     check_parameters({k: v for k, v in params.items() if k not in FAST_PARAMETERS or k in (params or {})}, notebooks)
+    runs.write_provenance(run_dir, {"chapters": [nb.stem for nb in notebooks], "parameters": params, "fast": fast})
     timings: dict[str, float] = {}
     for nb in notebooks:
-        declared = declared_parameters(nb)
+        declared = parameters.declared(nb)
         nb_params = {k: v for k, v in params.items() if k in declared}
         nb_params.update(run_dir=str(run_dir), fig_dir=str(fig_dir))
         out = run_dir / "notebooks" / nb.name

@@ -1,0 +1,55 @@
+"""Notebook parameters: what a chapter declares, and refusing what it does not.
+
+Papermill only *warns* about a parameter the notebook does not declare; caft-tl refuses it, and
+a value whose type differs from the default's, both from the suite (before anything runs) and
+inside a notebook run by papermill directly (first cell after ``parameters``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+
+def _literal_assignments(source: str) -> dict[str, object]:
+    """``name = <literal>`` statements of a cell, as name → value (None if not a literal)."""
+    out: dict[str, object] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                out[node.targets[0].id] = None
+    return out
+
+
+def declared(notebook: str | Path) -> dict[str, object]:
+    """Name → default of a notebook's cell tagged ``parameters``."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return _literal_assignments(cell.source)
+    raise ValueError(f"notebook {str(notebook)!r} has no cell tagged 'parameters'")
+
+
+def check(given: dict[str, object], defaults: dict[str, object]) -> None:
+    """Raise on a name not in ``defaults`` or a value whose type differs from the default's."""
+    for name, value in given.items():
+        if name not in defaults:
+            raise ValueError(f"unknown parameter {name!r}; valid: {', '.join(sorted(defaults))}")
+        default = defaults[name]
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+        if default is not None and not ok:
+            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(default).__name__} like {default!r}")
+
+
+def check_notebook(namespace: dict) -> None:
+    """Inside a kernel: compare papermill's injected cell (``# Parameters``) with the declared
+    ``parameters`` cell executed just before it. Does nothing when no parameters were injected."""
+    history = namespace.get("In") or []
+    injected = [i for i, src in enumerate(history) if i > 0 and src.lstrip().startswith("# Parameters")]
+    if injected:
+        i = injected[-1]
+        check(_literal_assignments(history[i]), _literal_assignments(history[i - 1]))

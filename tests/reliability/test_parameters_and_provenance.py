@@ -1,0 +1,43 @@
+"""Unknown or ill-typed parameters are refused, inside a notebook too; runs record provenance."""
+
+import papermill
+import pytest
+
+from caft_tl import parameters, runs, suite
+
+
+def _namespace(declared: str, injected: str) -> dict:
+    return {"In": ["", declared, injected, "from caft_tl import parameters"]}
+
+
+def test_check_notebook_refuses_unknown_and_ill_typed():
+    declared = 'run_dir = "../runs/default"\nseeds = [0, 1]\nlr = 1e-3\n'
+    parameters.check_notebook(_namespace(declared, '# Parameters\nseeds = [3]\nlr = 1\n'))  # int for float is fine
+    with pytest.raises(ValueError, match=r"unknown parameter 'sedes'; valid: lr, run_dir, seeds"):
+        parameters.check_notebook(_namespace(declared, "# Parameters\nsedes = [3]\n"))
+    with pytest.raises(TypeError, match=r"parameter 'seeds' = 3 is int; expected list like \[0, 1\]"):
+        parameters.check_notebook(_namespace(declared, "# Parameters\nseeds = 3\n"))
+    parameters.check_notebook({"In": ["", declared, "x = 1"]})  # nothing injected: nothing to check
+
+
+def test_direct_papermill_run_refuses_an_unknown_parameter(tmp_path):
+    nb = suite.NOTEBOOK_DIR / "06_figures.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter 'sedes'; valid: fig_dir, run_dir"):
+        papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"sedes": 1, "run_dir": str(tmp_path)},
+                                   cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+
+
+def test_every_chapter_declares_its_parameters():
+    for nb in suite.chapters():
+        declared = parameters.declared(nb)
+        assert {"run_dir", "fig_dir"} <= set(declared), nb.name
+        assert all(v is not None for v in declared.values()), f"{nb.name}: non-literal default"
+
+
+def test_provenance_records_versions_commit_and_parameters(tmp_path):
+    record = runs.write_provenance(tmp_path, {"parameters": {"seeds": [0, 1]}})
+    saved = runs.read_json(tmp_path / "provenance.json")
+    assert saved == record
+    assert saved["packages"]["torch"] and saved["packages"]["transformer-lens"].startswith("3.")
+    assert saved["parameters"] == {"seeds": [0, 1]} and saved["python"].startswith("3.11")
+    assert len(saved["git_commit"] or "x" * 40) == 40
