@@ -68,9 +68,11 @@ def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathL
     fig.update_layout(template=TEMPLATE, font=dict(size=13))
     with runs.atomic_write(fig_dir / f"{name}.html") as f:
         f.write(fig.to_html(include_plotlyjs="directory", full_html=True))
-    if not (fig_dir / "plotly.min.js").exists():
-        fig.write_html(fig_dir / f".{name}.tmp.html", include_plotlyjs="directory")
-        (fig_dir / f".{name}.tmp.html").unlink()
+    if not (fig_dir / "plotly.min.js").exists():  # the HTML files load plotly.js from beside them
+        from plotly.offline import get_plotlyjs
+
+        with runs.atomic_write(fig_dir / "plotly.min.js") as f:
+            f.write(get_plotlyjs())
     if chrome_path():
         os.environ.setdefault("BROWSER_PATH", chrome_path())
         with runs.atomic_write(fig_dir / f"{name}.png", "wb") as f:

@@ -26,6 +26,9 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
     for fig in ["01_plain_finetune", "05_caft", "06_tradeoff"]:
         assert (fig_dir / f"{fig}.html").stat().st_size > 1000
     assert "06_tradeoff" in (fig_dir / "README.md").read_text()
+    assert (fig_dir / "plotly.min.js").stat().st_size > 1_000_000
+    provenance = runs.read_json(run_dir / "provenance.json")
+    assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
 
 
 def test_unknown_parameter_is_refused_before_running(tmp_path):
