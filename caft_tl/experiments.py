@@ -60,7 +60,8 @@ def run_finetune(
         intervention.check(base)
     key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{cfg.seed}") if x)
     folder = Path(run_dir) / "finetunes" / key
-    spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name}
+    spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name,
+            "base": models.weights_hash(base)}
     spec_hash = runs.config_hash(spec)
     done = folder / "metrics.json"
     if done.exists() and runs.read_json(done).get("config_hash") == spec_hash and (not keep_model or (folder / "model.safetensors").exists()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -82,6 +83,15 @@ def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[Hook
 
 def _is_buffer(model: torch.nn.Module, key: str) -> bool:
     return key in dict(model.named_buffers())
+
+
+def weights_hash(model: torch.nn.Module, length: int = 12) -> str:
+    """Short hash of a model's parameters: identifies the base model a cached run started from."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 def copy_model(model: HookedTransformer) -> HookedTransformer:

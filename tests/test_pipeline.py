@@ -107,3 +107,14 @@ def test_model_save_load_roundtrip(organism, tmp_path):
     torch.testing.assert_close(back(tokens), base(tokens))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         models.load_model(tmp_path / "nothing")
+
+
+def test_cached_run_is_redone_when_the_base_model_changes(organism, tmp_path):
+    base, world, *_ = organism
+    cfg = FinetuneConfig(n_examples=32, batch_size=32, seed=2)
+    first, _ = experiments.run_finetune(tmp_path, base, world, cfg, progress=False)
+    other = models.copy_model(base)
+    with torch.no_grad():
+        other.W_U.mul_(3.0)
+    second, _ = experiments.run_finetune(tmp_path, other, world, cfg, progress=False)
+    assert first != second
