@@ -22,3 +22,8 @@ lab: $(VENV)/.installed
 
 clean:
 	rm -rf runs cache
+
+# benchmarks (not part of `make test`): ratios → figures/benchmarks.csv; SUITE=1 also re-runs the suite
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.run $(if $(SUITE),--suite)

@@ -1,0 +1,49 @@
+"""Suite time: seconds per chapter and in total, from ``runs/default/timings.json``.
+
+``caft_tl.suite`` writes that file after a run (``make run``). By default this benchmark only reads
+it (a full run takes minutes); ``run_suite=True`` (``make bench SUITE=1``) first runs the whole
+suite into a scratch run directory and reads the fresh timings instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, Row, row
+from caft_tl import runs
+
+TARGET_S, STRETCH_S = 600, 300
+
+
+def fresh_timings(run_dir: Path) -> Path:
+    """Run every chapter with ``python -m caft_tl.suite`` into ``run_dir``; returns timings.json."""
+    cmd = [sys.executable, "-m", "caft_tl.suite", "--run-dir", str(run_dir), "--fig-dir", str(run_dir / "figures")]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    print(f"suite wall time {time.perf_counter() - t0:.0f} s")
+    return run_dir / "timings.json"
+
+
+def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> list[Row]:
+    """One row per chapter (seconds, share of total) and the total vs 600 s and 300 s."""
+    if run_suite:
+        timings_path = fresh_timings(REPO / "runs" / "bench_suite")
+    timings_path = Path(timings_path or REPO / "runs" / "default" / "timings.json")
+    if not timings_path.exists():
+        return [Row("suite_time", "total", float("nan"), f"<= {TARGET_S}", "",
+                    f"no {timings_path.relative_to(REPO)}: run `make run` or `make bench SUITE=1`")]
+    timings = runs.read_json(timings_path)
+    total = sum(timings.values())
+    src = f"seconds, from {timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
+    rows = [row("suite_time", chapter, s, "", f"{src}; {s / total:.0%} of total") for chapter, s in timings.items()]
+    rows.append(row("suite_time", "total", total, f"<= {TARGET_S}", src))
+    rows.append(row("suite_time", "total (stretch)", total, f"<= {STRETCH_S}", src))
+    return rows
+
+
+if __name__ == "__main__":
+    for r in suite_rows():
+        print(r)
