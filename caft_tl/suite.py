@@ -42,6 +42,25 @@ def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
     parameters.check(params, defaults)
 
 
+def plan(only: list[str] | None = None, params: dict[str, object] | None = None, fast: bool = False) -> list[tuple[Path, dict]]:
+    """The chapters to run, in order, each with the parameters it declares; refuses unknown
+    chapters, and parameters that no chosen chapter declares or of the wrong type."""
+    notebooks = chapters()
+    if only:
+        known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
+        bad = [c for c in only if c not in known]
+        if bad:
+            raise ValueError(f"unknown chapter(s) {bad}; valid: {', '.join(nb.stem for nb in notebooks)}")
+        notebooks = [known[c] for c in only]
+    check_parameters(params or {}, notebooks)  # the fast set only applies where a chapter declares it
+    merged = {**(FAST_PARAMETERS if fast else {}), **(params or {})}
+    out = []
+    for nb in notebooks:
+        declared = parameters.declared(nb)
+        out.append((nb, {k: v for k, v in merged.items() if k in declared}))
+    return out
+
+
 def run(
     run_dir: str | Path = "runs/default",
     fig_dir: str | Path = "figures",
@@ -52,21 +71,11 @@ def run(
 ) -> dict[str, float]:
     """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter."""
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
-    notebooks = chapters()
-    if only:
-        known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
-        bad = [c for c in only if c not in known]
-        if bad:
-            raise ValueError(f"unknown chapter(s) {bad}; valid: {', '.join(nb.stem for nb in notebooks)}")
-        notebooks = [known[c] for c in only]
-    params = {**(FAST_PARAMETERS if fast else {}), **(params or {})}
-    check_parameters({k: v for k, v in params.items() if k not in FAST_PARAMETERS or k in (params or {})}, notebooks)
-    runs.write_provenance(run_dir, {"chapters": [nb.stem for nb in notebooks], "parameters": params, "fast": fast})
+    steps = plan(only, params, fast)
+    runs.write_provenance(run_dir, {"chapters": [nb.stem for nb, _ in steps], "parameters": {nb.stem: p for nb, p in steps}, "fast": fast})
     timings: dict[str, float] = {}
-    for nb in notebooks:
-        declared = parameters.declared(nb)
-        nb_params = {k: v for k, v in params.items() if k in declared}
-        nb_params.update(run_dir=str(run_dir), fig_dir=str(fig_dir))
+    for nb, nb_params in steps:
+        nb_params = {**nb_params, "run_dir": str(run_dir), "fig_dir": str(fig_dir)}
         out = run_dir / "notebooks" / nb.name
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"▶ {nb.stem}", flush=True)

@@ -29,11 +29,22 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
     assert (fig_dir / "plotly.min.js").stat().st_size > 1_000_000
     provenance = runs.read_json(run_dir / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
+    assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 300}
 
 
 def test_unknown_parameter_is_refused_before_running(tmp_path):
     with pytest.raises(ValueError, match=r"unknown parameter 'sedes'; valid: .*seeds"):
         suite.run(tmp_path, tmp_path, params={"sedes": [0]})
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_fast_set_applies_only_where_a_chapter_declares_it(tmp_path):
+    steps = suite.plan(only=["01", "06"], fast=True, params={"lr": 5e-4})
+    assert [nb.stem for nb, _ in steps] == ["01_plain_finetune", "06_figures"]
+    assert steps[0][1] == {"seeds": [0, 1], "n_examples": 320, "fewer_examples": [96], "lr": 5e-4}
+    assert steps[1][1] == {}
+    with pytest.raises(ValueError, match="unknown parameter 'n_examples'"):
+        suite.run(tmp_path, tmp_path, only=["06"], fast=True, params={"n_examples": 10})
     assert not (tmp_path / "notebooks").exists()
 
 
