@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.bench_diffing import peak_rss_during
 from benchmarks.common import Row, median, row, run_json_subprocess, spread, timed
-from caft_tl.directions import random_subspace
+from caft_tl.directions import Subspace, random_subspace
 from caft_tl.interventions import Intervention
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,7 +62,18 @@ def loss_from_logits(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Ten
     return F.cross_entropy(logits[:, :-1][m], tokens[:, 1:][m])
 
 
-class HFPath:
+class _TrainPath:
+    """One AdamW training step on the response loss; subclasses give ``logits`` and ``opt``."""
+
+    def step(self, tokens, mask) -> float:
+        loss = loss_from_logits(self.logits(tokens), tokens, mask)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+class HFPath(_TrainPath):
     """HF model + a forward hook on one decoder layer projecting out span(Q) (reference style)."""
 
     def __init__(self, folder: Path, q: torch.Tensor):
@@ -88,15 +99,9 @@ class HFPath:
     def logits(self, tokens):
         return self.model(input_ids=tokens).logits
 
-    def step(self, tokens, mask) -> float:
-        loss = loss_from_logits(self.logits(tokens), tokens, mask)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
 
 
-class TLPath:
+class TLPath(_TrainPath):
     """The same checkpoint through TransformerBridge + caft-tl's ``zero`` intervention."""
 
     def __init__(self, folder: Path, q: torch.Tensor):
@@ -105,8 +110,7 @@ class TLPath:
         self.model = TransformerBridge.boot_transformers(str(folder), device="cpu")
         self.model.train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
-        self.iv = Intervention("zero", [random_subspace(q.shape[0], 1, f"blocks.{LAYER}.hook_resid_post")])
-        self.iv.subspaces[0].basis = q
+        self.iv = Intervention("zero", [Subspace(f"blocks.{LAYER}.hook_resid_post", q)])
         self.on = False
 
     def set_ablation(self, on: bool) -> None:
@@ -116,12 +120,6 @@ class TLPath:
         with self.model.hooks(fwd_hooks=self.iv.fwd_hooks() if self.on else []):
             return self.model(tokens)
 
-    def step(self, tokens, mask) -> float:
-        loss = loss_from_logits(self.logits(tokens), tokens, mask)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
 
 
 def subspace_basis() -> torch.Tensor:
