@@ -112,13 +112,17 @@ def latent_check(
     return pd.DataFrame(rows)
 
 
-def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, directions: str, metric_of) -> list[dict]:
-    """Results-table rows of a base-model check: ``param`` is ``untrained`` (plus the mode's
-    setting), so they never collide with fine-tuning rows. ``metric_of(row)`` names the metric."""
+def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, metric_of) -> list[dict]:
+    """Results-table rows of a base-model check, one per summarised condition other than ``none``.
+
+    ``directions`` is the intervention's ``name`` (its direction set); ``param`` is ``untrained``
+    (plus the mode's setting), so these rows never collide with fine-tuning rows;
+    ``metric_of(row)`` names the metric of a summary row.
+    """
     rows = []
     for r in summary[summary["condition"] != NONE].itertuples():
         iv = interventions[r.condition]
-        rows.append({"task": task_name, "method": iv.mode, "directions": directions,
-                     "param": ",".join(x for x in ("untrained", iv.param) if x), "seed": 0,
+        rows.append({"task": task_name, "method": iv.mode, "directions": iv.name or "custom",
+                     "param": " ".join(x for x in ("untrained", iv.param) if x), "seed": 0,
                      "split": getattr(r, "split", "code_train"), "metric": metric_of(r), "value": r.mean})
     return rows

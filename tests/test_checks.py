@@ -1,3 +1,5 @@
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -30,8 +32,9 @@ def test_behaviour_under_and_verdicts(tiny_model, world, template):
     assert len(check) == 2 * sum(len(world.eval_prompts(s)) for s in world.eval_splits)
     assert check["rate"].between(0, 1).all()
     summary = checks.summarise_check(check)
-    rows = checks.result_rows(summary, {"zero": template}, world.name, "pca", lambda r: world.metric(r.split))
-    assert {r["param"] for r in rows} == {"untrained"} and len(rows) == 3
+    named = dataclasses.replace(template, name="pca")
+    rows = checks.result_rows(summary, {"zero": named}, world.name, lambda r: world.metric(r.split))
+    assert {(r["method"], r["directions"], r["param"]) for r in rows} == {("zero", "pca", "untrained")} and len(rows) == 3
 
 
 def test_steering_verdict_reads_intervals(world):
