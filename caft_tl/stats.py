@@ -41,3 +41,21 @@ def share_removed(summary: pd.DataFrame, split: str) -> pd.DataFrame:
     out = s[~s["method"].isin(["base", "plain"])][["method", "directions", "param", "mean"]].copy()
     out["share_removed"] = (plain.iloc[0] - out["mean"]) / change if change else float("nan")
     return out.assign(split=split).reset_index(drop=True)
+
+
+def above_baseline_curve(summary: pd.DataFrame, x_split: str, y_split: str, baseline: str = "fewer_examples") -> pd.DataFrame:
+    """For each configuration: its ``y_split`` rate minus the baseline curve's at the same
+    ``x_split`` rate. The curve joins base, the ``baseline`` settings (e.g. fewer examples) and
+    plain fine-tuning, linearly in x. Negative: less of the y behaviour than simply learning
+    less would give at the same x — the fair test of separation. NaN outside the curve's x range."""
+    s = summary[summary["metric"] != "coherence"]
+    key = ["method", "directions", "param"]
+    xy = s[s["split"] == x_split].set_index(key)["mean"].to_frame("x").join(s[s["split"] == y_split].set_index(key)["mean"].rename("y"), how="inner").reset_index()
+    curve = xy[xy["method"].isin(["base", "plain", baseline])].sort_values("x")
+    if len(curve) < 2:
+        raise ValueError(f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}")
+    xs, ys = curve["x"].to_numpy(), curve["y"].to_numpy()
+    inside = (xy["x"] >= xs[0]) & (xy["x"] <= xs[-1])
+    xy["curve_y"] = np.where(inside, np.interp(xy["x"], xs, ys), np.nan)
+    xy["above_curve"] = xy["y"] - xy["curve_y"]
+    return xy[~xy["method"].isin(["base", "plain", baseline])].reset_index(drop=True)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from caft_tl.stats import ci95, share_removed, summarise
+from caft_tl.stats import above_baseline_curve, ci95, share_removed, summarise
 
 
 def test_ci95_is_a_t_interval():
@@ -34,3 +34,16 @@ def test_share_removed():
     assert share_removed(s, "code_heldout")["share_removed"].item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="needs base and plain rows for split 'ood'"):
         share_removed(s, "ood")
+
+
+def test_above_baseline_curve_interpolates_the_fewer_examples_line():
+    rows = []
+    for method, param, chat, code in [("base", "", 0.2, 0.3), ("plain", "", 0.8, 0.9), ("fewer_examples", "n=10", 0.4, 0.5),
+                                      ("zero", "", 0.3, 0.7), ("zero", "k=1", 0.9, 0.95)]:
+        for split, metric, v in [("chat", "misalignment_rate", chat), ("code_heldout", "insecure_rate", code)]:
+            rows.append(dict(task="t", method=method, directions="pca" if method == "zero" else "none", param=param,
+                             seed=0, split=split, metric=metric, value=v))
+    out = above_baseline_curve(summarise(pd.DataFrame(rows)), "code_heldout", "chat").set_index("param")
+    assert out.loc["", "curve_y"] == pytest.approx(0.6)  # halfway between (0.5, 0.4) and (0.9, 0.8)
+    assert out.loc["", "above_curve"] == pytest.approx(-0.3)
+    assert math.isnan(out.loc["k=1", "above_curve"])  # beyond plain: outside the curve
