@@ -59,6 +59,17 @@ def chrome_path() -> str | None:
 _warned = False
 
 
+@functools.lru_cache(maxsize=1)
+def _png_server() -> None:
+    """Keep one Chromium for kaleido for the whole process (about 2 s saved per PNG)."""
+    import atexit
+
+    import kaleido
+
+    kaleido.start_sync_server(silence_warnings=True)
+    atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+
+
 def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathLike = "figures") -> Path:
     """Write ``name.html`` (plotly.js in a shared file beside it) and ``name.png`` when a
     Chrome/Chromium is present; record the caption in ``figures/README.md``."""
@@ -75,7 +86,9 @@ def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathL
             f.write(get_plotlyjs())
     if chrome_path():
         os.environ.setdefault("BROWSER_PATH", chrome_path())
-        with runs.atomic_write(fig_dir / f"{name}.png", "wb") as f:
+        _png_server()
+        with warnings.catch_warnings(), runs.atomic_write(fig_dir / f"{name}.png", "wb") as f:
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
             f.write(fig.to_image(format="png", width=900, height=520, scale=2))
     elif not _warned:
         warnings.warn("no Chrome/Chromium found: figures are written as HTML only; "

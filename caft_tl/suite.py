@@ -20,7 +20,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 #: a fast parameter set for smoke runs (tests, a first look): same code paths, tiny budgets
 FAST_PARAMETERS = {
-    "pretrain_steps": 300,
+    "pretrain_steps": 150,
     "seeds": [0, 1],
     "n_examples": 320,
     "fewer_examples": [96],

@@ -29,7 +29,7 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
     assert (fig_dir / "plotly.min.js").stat().st_size > 1_000_000
     provenance = runs.read_json(run_dir / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
-    assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 300}
+    assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150}
 
 
 def test_unknown_parameter_is_refused_before_running(tmp_path):
