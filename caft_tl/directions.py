@@ -12,7 +12,6 @@ import torch
 from caft_tl import runs
 from caft_tl.activations import MomentStats
 
-DIRECTION_METHODS = ("pca", "topk_pca", "random", "oracle", "diff_means")
 
 
 @dataclass
