@@ -13,7 +13,6 @@ from caft_tl import runs
 from caft_tl.activations import MomentStats
 
 
-
 @dataclass
 class Subspace:
     """An orthonormal basis ``Q`` [d_model, k] of a concept subspace at one TL hook point.
