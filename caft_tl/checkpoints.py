@@ -11,18 +11,14 @@ import torch
 from safetensors.torch import safe_open, save_file
 
 from caft_tl import runs
-
-
-def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    buffers = {name for name, _ in model.named_buffers()}
-    return {k: v for k, v in model.state_dict().items() if k not in buffers}
+from caft_tl.models import parameter_state
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     progress: dict, rng: dict[str, torch.Tensor]) -> None:
     """One file: ``model.*`` weights, ``optim.<param>.<name>`` state, ``rng.*`` generator states,
     with the optimiser's hyper-parameters and ``progress`` (step, losses, ...) as JSON metadata."""
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in _params(model).items()}
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in parameter_state(model).items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for name, value in state.items():
@@ -46,7 +42,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         raise runs.CorruptFileError(f"checkpoint {str(path)!r} has no training progress metadata; delete it to restart the run")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(model_state, strict=False)
-    missing = [k for k in missing if k in _params(model)]
+    missing = [k for k in missing if k in parameter_state(model)]
     if missing or unexpected:
         raise runs.CorruptFileError(f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     state: dict[int, dict[str, torch.Tensor]] = {}

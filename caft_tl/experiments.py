@@ -37,6 +37,12 @@ def intervention_hash(iv: Intervention | None) -> str:
     return h.hexdigest()[:12]
 
 
+def run_folder(run_dir: str | os.PathLike, method: str = "plain", directions: str = "none", param: str = "", seed: int = 0) -> Path:
+    """Where :func:`run_finetune` keeps a run: ``run_dir/finetunes/<method>[-<directions>][-<param>]-seed<seed>``."""
+    key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{seed}") if x)
+    return Path(run_dir) / "finetunes" / key
+
+
 def run_finetune(
     run_dir: str | os.PathLike,
     base: HookedTransformer,
@@ -58,8 +64,7 @@ def run_finetune(
     """
     if intervention is not None:
         intervention.check(base)
-    key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{cfg.seed}") if x)
-    folder = Path(run_dir) / "finetunes" / key
+    folder = run_folder(run_dir, method, directions, param, cfg.seed)
     spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name,
             "base": models.weights_hash(base)}
     spec_hash = runs.config_hash(spec)
@@ -72,7 +77,7 @@ def run_finetune(
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
     checkpoint = folder / f"checkpoint-{spec_hash}.safetensors"  # an interrupted run resumes from here
-    losses = finetune(model, data, cfg, intervention, progress=progress, desc=key, checkpoint=checkpoint)
+    losses = finetune(model, data, cfg, intervention, progress=progress, desc=folder.name, checkpoint=checkpoint)
     eval_hooks = intervention.eval_hooks() if intervention is not None else []
     metrics = evaluate_task(model, task, fwd_hooks=eval_hooks)
     rows = result_rows(task.name, method, directions, param, cfg.seed, metrics)

@@ -56,8 +56,7 @@ def build_model(cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | Non
 def save_model(model: HookedTransformer, path: str | os.PathLike, cfg: ModelConfig, meta: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``) atomically."""
     path = Path(path)
-    state = {k: v for k, v in model.state_dict().items() if not _is_buffer(model, k)}
-    runs.write_tensors(path / "model.safetensors", state)
+    runs.write_tensors(path / "model.safetensors", parameter_state(model))
     runs.write_json(
         path / "config.json",
         {"model": dataclasses.asdict(cfg), "d_vocab": model.cfg.d_vocab, "meta": meta or {}},
@@ -74,15 +73,17 @@ def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[Hook
     model = build_model(ModelConfig(**blob["model"]), blob["d_vocab"], device=device)
     state = runs.read_tensors(path / "model.safetensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not _is_buffer(model, k)]
+    missing = [k for k in missing if k in parameter_state(model)]
     if missing or unexpected:
         raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.eval()
     return model, blob["meta"]
 
 
-def _is_buffer(model: torch.nn.Module, key: str) -> bool:
-    return key in dict(model.named_buffers())
+def parameter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without buffers (masks and constants the architecture rebuilds itself)."""
+    buffers = {name for name, _ in model.named_buffers()}
+    return {k: v for k, v in model.state_dict().items() if k not in buffers}
 
 
 def weights_hash(model: torch.nn.Module, length: int = 12) -> str:
