@@ -62,6 +62,16 @@ class TokenDataset:
             {k: v[index] for k, v in self.labels.items()},
         )
 
+    def trimmed(self) -> "TokenDataset":
+        """Without the trailing columns that are padding in every row (uses ``labels['length']``,
+        which right-padded datasets carry); unchanged otherwise."""
+        if "length" not in self.labels or len(self) == 0:
+            return self
+        width = int(self.labels["length"].max())
+        if width >= self.tokens.shape[1]:
+            return self
+        return TokenDataset(self.tokens[:, :width], self.response_mask[:, :width], self.labels)
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator["TokenDataset"]:

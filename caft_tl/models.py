@@ -80,6 +80,18 @@ def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[Hook
     return model, blob["meta"]
 
 
+def load(name_or_path: str | os.PathLike, device: str | None = None, dtype: str = "float32"):
+    """Any model the suite can run: an organism folder (:func:`save_model`) → ``HookedTransformer``;
+    a local HF folder or a hub name → ``TransformerBridge`` with TL hook names
+    (:func:`caft_tl.hf_models.load_hf`, which documents why that route)."""
+    path = Path(name_or_path)
+    if (path / "model.safetensors").exists() and "model" in runs.read_json(path / "config.json"):
+        return load_model(path, device)[0]
+    from caft_tl.hf_models import load_hf
+
+    return load_hf(name_or_path, device, dtype)
+
+
 def parameter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without buffers (masks and constants the architecture rebuilds itself)."""
     buffers = {name for name, _ in model.named_buffers()}

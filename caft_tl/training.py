@@ -28,12 +28,12 @@ class FinetuneConfig:
     seed: int = 0
 
 
-def response_loss(model: HookedTransformer, batch: TokenDataset) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions that predict response tokens."""
+def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the positions that predict response tokens (mean or sum)."""
     logits = model(batch.tokens)  # [batch, pos, d_vocab]
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
     targets = batch.tokens[:, 1:]  # [batch, pos-1]
-    return F.cross_entropy(logits[:, :-1][mask], targets[mask])
+    return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction=reduction)
 
 
 def finetune(
@@ -45,6 +45,7 @@ def finetune(
     desc: str = "fine-tune",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
+    micro_batch_size: int | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``data``; returns the loss per step.
 
@@ -53,12 +54,16 @@ def finetune(
     With ``checkpoint`` (a file path), model, optimiser, RNG states and losses are saved there
     every ``checkpoint_every`` steps, and a run that finds the file resumes from it: the result
     equals an uninterrupted run with the same seed (on CPU).
+    ``micro_batch_size`` rows go through each forward pass and gradients accumulate over the
+    ``cfg.batch_size`` rows of an optimiser step (the loss is still the batch's token mean); on an
+    out-of-memory error the micro-batch is halved and the step redone. Only parameters that
+    require grad are trained (LoRA adapters, after :func:`caft_tl.lora.add_lora`).
     """
     if len(data) == 0:
         raise ValueError("fine-tuning dataset is empty")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # data order
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     n_steps = cfg.epochs * steps_per_epoch
     losses: list[float] = []
@@ -74,16 +79,13 @@ def finetune(
         gen.set_state(epoch_rng)
         order = torch.randperm(len(data), generator=gen)
         for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            batch = _to(data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size]), model.cfg.device)
-            hooks = intervention.fwd_hooks(batch) if intervention is not None else []
-            with model.hooks(fwd_hooks=hooks):
-                loss = response_loss(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step} (lr={cfg.lr}); lower the learning rate")
+            batch = data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, micro_batch_size = _accumulate(model, batch, intervention, micro_batch_size)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step} (lr={cfg.lr}); lower the learning rate")
             opt.step()
-            losses.append(loss.item())
+            losses.append(loss)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -94,6 +96,38 @@ def finetune(
     bar.close()
     model.eval()
     return losses
+
+
+def _accumulate(model, batch: TokenDataset, intervention, micro: int | None) -> tuple[float, int | None]:
+    """Forward and backward of one batch, in micro-batches of ``micro`` rows (all at once if None);
+    halves ``micro`` on out-of-memory. Returns (the batch's mean loss, the micro-batch size used)."""
+    while True:
+        try:
+            return _backward(model, batch, intervention, micro), micro
+        except torch.OutOfMemoryError:
+            micro = len(batch) // 2 if micro is None else micro // 2
+            if micro < 1:
+                raise
+            model.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> float:
+    if micro is None or micro >= len(batch):
+        parts, reduction, scale = [batch], "mean", 1.0
+    else:
+        parts, reduction = list(batch.batches(micro)), "sum"
+        scale = 1.0 / max(int(batch.target_mask.sum()), 1)
+    total = 0.0
+    for part in parts:
+        part = _to(part.trimmed(), model.cfg.device)
+        with model.hooks(fwd_hooks=intervention.fwd_hooks(part) if intervention is not None else []):
+            loss = response_loss(model, part, reduction) * scale
+        if torch.isfinite(loss):
+            loss.backward()
+        total += loss.item()
+    return total
 
 
 def _to(batch: TokenDataset, device: str | torch.device) -> TokenDataset:
