@@ -26,18 +26,25 @@ def top_examples(
     Columns: direction, sign, rank, value, context (tokens up to and including the position,
     the position's token in [brackets]).
     """
-    proj = projections(model, data, subspace)  # [n_ex, pos, k]
+    return top_contexts(projections(model, data, subspace), data, subspace.labels, vocab, n, positions)
+
+
+def top_contexts(
+    values: torch.Tensor, data: TokenDataset, labels: list[str], vocab, n: int = 5, positions: str = "all", signs=(+1, -1)
+) -> pd.DataFrame:
+    """Top-``n`` distinct contexts per column of ``values`` [n_ex, pos, k] (a direction's
+    projection, an SAE latent's activation), for each sign in ``signs``; columns as :func:`top_examples`."""
     mask = data.position_mask(positions)  # [n_ex, pos]
     rows = []
-    for j, label in enumerate(subspace.labels):
-        vals = proj[..., j].masked_fill(~mask, float("nan")).flatten()
-        for sign in (+1, -1):
+    for j, label in enumerate(labels):
+        vals = values[..., j].masked_fill(~mask, float("nan")).flatten()
+        for sign in signs:
             order = (sign * vals).nan_to_num(float("-inf")).argsort(descending=True)
             seen: set[str] = set()
             for flat in order.tolist():
                 if len(seen) == n or vals[flat].isnan():
                     break
-                i, t = divmod(flat, proj.shape[1])
+                i, t = divmod(flat, values.shape[1])
                 toks = vocab.to_str_tokens(data.tokens[i, : t + 1])
                 toks[-1] = f"[{toks[-1]}]"
                 context = " ".join(toks)
