@@ -17,7 +17,7 @@ import torch
 from benchmarks.common import REPO, Row
 from caft_tl import models, runs
 
-BENCHMARKS = ("interventions", "diffing", "peer", "suite")
+BENCHMARKS = ("interventions", "diffing", "finetunes", "peer", "suite")
 
 
 def collect(name: str, args: argparse.Namespace) -> list[Row]:
@@ -31,6 +31,10 @@ def collect(name: str, args: argparse.Namespace) -> list[Row]:
             from benchmarks.bench_diffing import memory_rows, throughput_rows
 
             return throughput_rows() + memory_rows()
+        if name == "finetunes":
+            from benchmarks.bench_finetunes import finetune_rows
+
+            return finetune_rows()
         if name == "peer":
             from benchmarks.bench_peer import peer_rows
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import multiprocessing
 import os
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from caft_tl import models, runs
@@ -87,3 +90,70 @@ def run_finetune(
     runs.write_json(done, {"config_hash": spec_hash, "rows": rows, "losses": losses})
     checkpoint.unlink(missing_ok=True)
     return rows, model
+
+
+@dataclasses.dataclass
+class FinetuneJob:
+    """One :func:`run_finetune` call, as data (what :func:`run_finetunes` fans out)."""
+
+    cfg: FinetuneConfig
+    method: str = "plain"
+    directions: str = "none"
+    param: str = ""
+    intervention: Intervention | None = None
+    keep_model: bool = False  # save the fine-tuned weights too
+
+
+def default_workers() -> int:
+    """Worker processes for CPU fine-tuning: one per available core (each runs torch on 1 thread)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_SHARED: dict = {}  # what forked workers inherit instead of unpickling: run_dir, base, task
+
+
+def _run_job(job: FinetuneJob) -> list[dict]:
+    torch.set_num_threads(1)
+    s = _SHARED
+    return _run(s["run_dir"], s["base"], s["task"], job)
+
+
+def _run(run_dir, base, task, job: FinetuneJob) -> list[dict]:
+    return run_finetune(run_dir, base, task, job.cfg, job.method, job.directions, job.param, job.intervention,
+                        keep_model=job.keep_model, progress=False)[0]
+
+
+def run_finetunes(
+    run_dir: str | os.PathLike, base: HookedTransformer, task, jobs: list[FinetuneJob],
+    workers: int | None = None, progress: bool = True, desc: str = "fine-tunes",
+) -> list[dict]:
+    """:func:`run_finetune` for every job, in ``workers`` processes on CPU; the rows in job order.
+
+    Each worker is forked (it shares the base model and task without copying them) and trains on
+    one torch thread, so on a machine with n free cores n runs go at once. Runs are independent,
+    seeded and cached by hash, so the rows are the same as a one-process loop's; ``workers=1``, or
+    a model not on the CPU, runs them in this process.
+    """
+    for job in jobs:
+        if job.intervention is not None:
+            job.intervention.check(base)
+    workers = min(workers or default_workers(), len(jobs))
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    if workers <= 1 or str(base.cfg.device) != "cpu":
+        rows = []
+        for job in jobs:
+            rows.append(_run(run_dir, base, task, job))
+            bar.update()
+        bar.close()
+        return [r for rs in rows for r in rs]
+    _SHARED.update(run_dir=run_dir, base=base, task=task)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            rows = []
+            for r in pool.imap(_run_job, jobs):
+                rows.append(r)
+                bar.update()
+    finally:
+        _SHARED.clear()
+        bar.close()
+    return [r for rs in rows for r in rs]

@@ -118,3 +118,15 @@ def test_cached_run_is_redone_when_the_base_model_changes(organism, tmp_path):
         other.W_U.mul_(3.0)
     second, _ = experiments.run_finetune(tmp_path, other, world, cfg, progress=False)
     assert first != second
+
+
+def test_parallel_finetunes_match_one_process(organism, tmp_path):
+    base, world, *_ = organism
+    sub = directions.random_subspace(base.cfg.d_model, 2, HOOKS[0], seed=0)
+    jobs = [experiments.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=s)) for s in (0, 1)]
+    jobs.append(experiments.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=0), "zero", "random", "", Intervention("zero", [sub])))
+    forked = experiments.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False)
+    inline = experiments.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False)
+    assert forked == inline
+    assert [r["seed"] for r in forked[:: len(forked) // 3]] == [0, 1, 0]  # rows come back in job order
+    assert (tmp_path / "forked" / "finetunes" / "zero-random-seed0" / "metrics.json").exists()
