@@ -126,3 +126,27 @@ def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], t
                      "param": " ".join(x for x in ("untrained", iv.param) if x), "seed": 0,
                      "split": getattr(r, "split", "code_train"), "metric": metric_of(r), "value": r.mean})
     return rows
+
+
+def sae_latent_check(
+    model: HookedTransformer, data: TokenDataset, interventions: dict[str, Intervention], saes: dict, latents: dict[str, list[int]],
+    positions: str = "response",
+) -> pd.DataFrame:
+    """Activation of chosen SAE latents (``latents[hook]`` of ``saes[hook]``) per example, with no
+    intervention and with each one: does the intervention raise or lower the "concept" latents?
+
+    Columns as :func:`latent_check` (``probe`` is ``<hook> L<id>``).
+    """
+    from caft_tl.sae import latent_activations
+
+    mask = data.position_mask(positions)  # [n, pos]
+    rows = []
+    for cond, iv in [(NONE, None)] + list(interventions.items()):
+        hooks = iv.fwd_hooks(data) if iv is not None else []
+        for hook, ids in latents.items():
+            act = latent_activations(model, data, saes[hook], ids, fwd_hooks=hooks)  # [n, pos, m]
+            per_example = (act * mask[..., None]).sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [n, m]
+            short = hook.removeprefix("blocks.").replace(".hook_", " ")
+            rows += [{"condition": cond, "probe": f"{short} L{i}", "hook": hook, "example": e, "activation": a}
+                     for j, i in enumerate(ids) for e, a in enumerate(per_example[:, j].tolist())]
+    return pd.DataFrame(rows)

@@ -26,6 +26,7 @@ ARTEFACT_CHAPTER = {
     "organism": "00_organism",
     "plain": "01_plain_finetune",
     "diffs": "02_activation_diffing",
+    "saes": "02_activation_diffing",
     "subspaces": "03_interpret_directions",
     "checks": "04_base_model_checks",
     "caft": "05_caft",

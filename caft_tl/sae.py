@@ -360,3 +360,49 @@ def latent_subspace(sae: SAE, latents: list[int], name: str = "sae") -> Subspace
 def latent_activations(model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], fwd_hooks=()) -> torch.Tensor:
     """[n, pos, m] activations of the given latents (under optional intervention hooks)."""
     return encode(sae, activations(model, data, sae.cfg.metadata.hook_name, fwd_hooks=fwd_hooks))[..., latents]
+
+
+def top_examples(model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], vocab, n: int = 5) -> pd.DataFrame:
+    """Top-``n`` distinct contexts activating each latent (columns as :func:`caft_tl.interpret.top_examples`)."""
+    from caft_tl.interpret import top_contexts
+
+    return top_contexts(latent_activations(model, data, sae, latents), data, [f"L{i}" for i in latents], vocab, n, signs=(+1,))
+
+
+# ---------------------------------------------------------------------- SAEs of a run directory
+
+MANIFEST = "saes/saes.json"
+
+
+def save_run_saes(run_dir: str | os.PathLike, saes: dict[tuple[str, str], SAE], model: HookedTransformer, task) -> pd.DataFrame:
+    """Copy ``{(architecture, hook): SAE}`` into ``run_dir/saes/<architecture>/<hook>/`` (SAELens
+    folders), measure each (:func:`reconstruction_metrics`) and write the manifest; returns the
+    metrics, one row per SAE."""
+    rows = []
+    for (arch, hook), sae in saes.items():
+        folder = save_sae(sae, Path(run_dir) / "saes" / arch / hook)
+        rows.append({"architecture": arch, "hook": hook, "d_sae": sae.cfg.d_sae, "folder": str(folder.relative_to(run_dir)),
+                     **reconstruction_metrics(model, task, sae)})
+    runs.write_json(Path(run_dir) / MANIFEST, rows)
+    return pd.DataFrame(rows)
+
+
+def load_folder(root: str | os.PathLike, model: HookedTransformer) -> dict[tuple[str, str], SAE]:
+    """Every SAELens SAE at or under ``root``, checked against ``model``, as ``{(architecture, hook): SAE}``."""
+    out = {}
+    for folder in find_saes(root):
+        sae = load_sae(folder, model)
+        key = (sae.cfg.architecture(), sae.cfg.metadata.hook_name)
+        if key in out:
+            raise ValueError(f"two SAEs for architecture {key[0]!r} at {key[1]!r} under {str(root)!r}; keep one")
+        out[key] = sae
+    return out
+
+
+def load_run_saes(run_dir: str | os.PathLike, architecture: str, model: HookedTransformer) -> dict[str, SAE]:
+    """``{hook: SAE}`` of one architecture from the run's manifest (written by chapter 02)."""
+    rows = runs.read_json(runs.require(run_dir, MANIFEST, "saes"))
+    chosen = [r for r in rows if r["architecture"] == architecture]
+    if not chosen:
+        raise ValueError(f"no {architecture!r} SAE in {str(Path(run_dir) / MANIFEST)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}")
+    return {r["hook"]: load_sae(Path(run_dir) / r["folder"], model, r["hook"]) for r in chosen}
