@@ -29,7 +29,7 @@ def jobs(d_model: int, n_jobs: int = 8, n_examples: int = 1600) -> list[experime
 def finetune_rows() -> list[Row]:
     torch.set_num_threads(1)
     task = make_task("persona_em")
-    base = models.build_model(models.ModelConfig(), task.vocab.size, seed=0, device="cpu")
+    base = models.build_model(models.ModelConfig(), len(task.vocab), seed=0, device="cpu")
     todo = jobs(base.cfg.d_model)
     workers = experiments.default_workers()
     times, rows = {}, {}
