@@ -33,9 +33,9 @@ class LoraSettings:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
-def _pattern(targets: list[str]) -> str:
+def _pattern(targets: list[str], bridged: bool) -> str:
     names = "|".join(re.escape(t) for t in targets)
-    return rf"(.*\.)?({names})(\._original_component)?"
+    return rf"(.*\.)?({names})" + (r"\._original_component" if bridged else "")
 
 
 def add_lora(model, settings: LoraSettings, seed: int = 0):
@@ -47,14 +47,14 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
 
     if settings.rank < 1:
         raise ValueError(f"LoRA rank {settings.rank} must be >= 1")
-    leaves = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    leaves |= {n.split(".")[-2] for n, m in model.named_modules()
-               if n.endswith("._original_component") and isinstance(m, torch.nn.Linear)}
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    bridged = any(n.endswith("._original_component") for n in linear)
+    leaves = {n.removesuffix("._original_component").split(".")[-1] for n in linear}
     missing = [t for t in settings.targets if t not in leaves]
     if missing:
         raise ValueError(f"LoRA targets {missing} are not linear modules of this model; valid: {', '.join(sorted(leaves))}")
     cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, use_rslora=settings.rslora,
-                     lora_dropout=settings.dropout, target_modules=_pattern(settings.targets))
+                     lora_dropout=settings.dropout, target_modules=_pattern(settings.targets, bridged))
     torch.manual_seed(seed)
     inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
