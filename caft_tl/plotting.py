@@ -24,6 +24,9 @@ METHOD_STYLE = {
     "zero · oracle": "#2ca02c",
     "zero · diff_means": "#17becf",
     "zero · random": "#bcbd22",
+    "zero · sae": "#e7ba52",
+    "zero · topk_sae": "#c5b0d5",
+    "zero · random_sae": "#dbdb8d",
     "mean · pca": "#aec7e8",
     "detached · pca": "#ff7f0e",
     "grad_only · pca": "#8c564b",
@@ -211,4 +214,20 @@ def steering_bars(summary: pd.DataFrame, title: str, y_title: str) -> go.Figure:
     if len(none):
         fig.add_hline(y=none.item(), line_dash="dash", annotation_text="no intervention")
     fig.update_layout(title=title, xaxis_title="intervention on the untrained base model", yaxis_title=y_title)
+    return fig
+
+
+def sae_quality(quality: pd.DataFrame, title: str) -> go.Figure:
+    """Reconstruction quality per SAE: explained variance, loss recovered and dead latents (left),
+    L0 (right)."""
+    from plotly.subplots import make_subplots
+
+    names = [f"{a} · {h.replace('hook_', '')}" for a, h in zip(quality["architecture"], quality["hook"])]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], subplot_titles=("fractions", "L0 (active latents per token)"))
+    for i, (col, label) in enumerate([("explained_variance", "explained variance"), ("loss_recovered", "loss recovered (vs zero-ablation)"),
+                                      ("dead_fraction", "dead latents")]):
+        fig.add_bar(name=label, x=names, y=quality[col], marker_color=SPLIT_COLOURS[i], row=1, col=1)
+    fig.add_bar(name="L0", x=names, y=quality["l0"], marker_color="#7f7f7f", showlegend=False, row=1, col=2)
+    fig.update_layout(title=title, barmode="group")
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     return fig
