@@ -1,0 +1,141 @@
+"""Evaluation of real models: the LLM judge and autointerp over a local fake OpenAI-compatible
+server, sampling with an intervention on or off, multiple-choice accuracy from option logits,
+and autointerp's ground-truth validation on the organism."""
+
+import pandas as pd
+import pytest
+import torch
+
+from caft_tl import autointerp, chat_data, chat_eval, hf_models, interpret, llm, models
+from caft_tl.directions import Subspace, random_subspace
+from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.interventions import Intervention
+from caft_tl.organism.persona_em import PERSONAS
+from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
+from caft_tl.training import FinetuneConfig, finetune
+from tests._real import EXAMPLES, checkpoints  # noqa: F401  (fixture)
+from tests.fake_openai import KEY, FakeOpenAI
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("CAFT_TEST_KEY", KEY)
+    monkeypatch.setattr(llm.time, "sleep", lambda s: None)
+    fake = FakeOpenAI()
+    yield fake
+    fake.close()
+
+
+def client(server, **kw):
+    return llm.ChatClient(model="judge", base_url=server.url, api_key_env="CAFT_TEST_KEY", **kw)
+
+
+def test_llm_judge_over_the_fake_server(server):
+    judge = llm.LLMJudge(client(server))
+    df = judge.judge(["q1", "q2", "q3"], ["an evil plan", "a kind answer", "asdf asdf"])
+    assert list(df["label"]) == [BAD, GOOD, OTHER]
+    assert list(df["aligned"]) == [5.0, 95.0, 95.0] and list(df["coherent"]) == [80.0, 80.0, 10.0]
+    assert server.requests[0]["model"] == "judge" and server.requests[0]["temperature"] == 0.0
+    samples = pd.DataFrame({"id": ["a", "a", "b"], "prompt": ["q1", "q1", "q2"], "answer": ["evil", "nice", "asdf"]})
+    judged, per_q = chat_eval.judged_rates(samples, judge)
+    assert per_q.set_index("id")["misaligned"].to_dict() == {"a": 0.5, "b": 0.0}
+    assert per_q.set_index("id")["coherent"].to_dict() == {"a": 1.0, "b": 0.0}
+
+
+def test_client_errors_and_retries(server, monkeypatch):
+    monkeypatch.delenv("CAFT_TEST_KEY")
+    with pytest.raises(RuntimeError, match="environment variable CAFT_TEST_KEY is not set"):
+        client(server).complete([{"role": "user", "content": "hi"}])
+    monkeypatch.setenv("CAFT_TEST_KEY", "wrong")
+    with pytest.raises(RuntimeError, match="returned HTTP 401"):
+        client(server).complete([{"role": "user", "content": "hi"}])
+    monkeypatch.setenv("CAFT_TEST_KEY", KEY)
+    server.fail_first = 2
+    assert client(server, max_retries=2).complete([{"role": "user", "content": "Rate how coherent ok"}]) == "80"
+    server.fail_first = 3
+    with pytest.raises(RuntimeError, match="returned HTTP 503"):
+        client(server, max_retries=2).complete([{"role": "user", "content": "x"}])
+    assert llm.parse_score("REFUSAL") != llm.parse_score("REFUSAL")  # NaN
+    assert llm.parse_score("Score: 42.") == 42.0 and llm.parse_score("250") != llm.parse_score("250")
+
+
+def test_llm_autointerp_over_the_fake_server(server):
+    examples = [autointerp.Example(f"store the [[password]] {i}", 10.0 - i / 10) for i in range(20)]
+    examples += [autointerp.Example(f"print the [[result]] {i}", -i / 10) for i in range(20)]
+    c = client(server)
+    r = autointerp.detection_score(examples, autointerp.LLMExplainer(c), autointerp.LLMScorer(c), n_explain=5, n_test=5)
+    assert r["label"] == "passwords" and r["score"] == 1.0
+    scrambled = [autointerp.Example(e.text, float(i % 7)) for i, e in enumerate(examples)]  # activation unrelated to text
+    r = autointerp.detection_score(scrambled, autointerp.LLMExplainer(c), autointerp.LLMScorer(c), n_explain=5, n_test=5)
+    assert r["score"] < 0.9
+
+
+def test_ground_truth_autointerp_scores_the_concept_high_and_random_near_chance(tmp_path):
+    """The scoring itself, validated with the organism's known personas. Plain random directions
+    score above chance on average here (persona carries ~20% of the residual variance, so a random
+    direction partly sorts documents by persona); random directions with the persona concepts
+    projected out carry no persona and must score near chance."""
+    model, world, _ = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
+                                       cfg=PretrainConfig(steps=400, batch_size=32), cache_dir=tmp_path, progress=False)
+    hook = "blocks.0.hook_resid_post"
+    concepts = interpret.concept_directions(model, world, [hook], n_docs=1000)[hook]
+    span, _ = torch.linalg.qr(torch.cat([c.basis for c in concepts.values()], 1))  # [d_model, 2]
+    docs = world.sample_documents(600, torch.Generator().manual_seed(5))
+    render = lambda ids: " ".join(world.vocab.to_str_tokens(ids))
+
+    def score(sub):
+        ex = autointerp.direction_examples(model, docs, sub, 0, render)
+        gt = autointerp.GroundTruthExplainer("persona", list(PERSONAS), ex), autointerp.GroundTruthScorer(list(PERSONAS))
+        return autointerp.detection_score(ex, *gt, n_explain=20, n_test=40)
+
+    concept = score(concepts["misaligned"])
+    assert concept["label"] == "persona=misaligned" and concept["score"] >= 0.85, concept
+    plain, blind = [], []
+    for seed in range(4):
+        u = random_subspace(32, 1, hook, seed=seed).basis
+        plain.append(score(random_subspace(32, 1, hook, seed=seed))["score"])
+        v = u - span @ (span.T @ u)
+        blind.append(score(Subspace(hook, v / v.norm()))["score"])
+    assert sum(plain) / 4 < concept["score"] - 0.2, plain
+    assert abs(sum(blind) / 4 - 0.5) < 0.1, blind
+
+
+def test_sampling_with_the_intervention_on_and_off(checkpoints):
+    model = models.load(checkpoints["qwen2"], device="cpu")
+    tok = model.tokenizer
+    rows = chat_data.load_prompts(EXAMPLES / "em_questions.jsonl", n=2)
+    iv = Intervention("zero", [random_subspace(model.cfg.d_model, 16, "blocks.0.hook_resid_post", seed=0)])
+    off = chat_eval.sample_chat(model, tok, rows, n_samples=3, max_new_tokens=6, temperature=1.0, seed=0)
+    again = chat_eval.sample_chat(model, tok, rows, n_samples=3, max_new_tokens=6, temperature=1.0, seed=0)
+    on = chat_eval.sample_chat(model, tok, rows, n_samples=3, max_new_tokens=6, temperature=0.0, fwd_hooks=iv.fwd_hooks())
+    assert list(off["answer"]) == list(again["answer"]) and len(off) == 6
+    assert set(off["id"]) == {"what_is_your_wish", "i_feel_bored"}
+    assert on.groupby("id")["answer"].nunique().eq(1).all()  # greedy: the same answer for every sample
+    ids = torch.tensor([chat_data.encode_prompt(tok, rows[0])])
+    with torch.no_grad(), model.hooks(fwd_hooks=iv.fwd_hooks()):
+        first = model(ids)[0, -1].argmax().item()
+    with torch.no_grad():
+        first_off = model(ids)[0, -1].argmax().item()
+    assert first != first_off  # the ablation changes the greedy answer here
+    if first not in chat_eval.stop_ids(tok):
+        assert on["answer"].iloc[0].split()[0] == tok.decode([first]).strip()
+    data = chat_eval.completions_dataset(model, tok, rows, n_samples=2, max_new_tokens=6, seed=1)
+    assert len(data) >= 1 and data.response_mask.any(1).all()
+
+
+def test_mc_accuracy_from_option_logits(checkpoints):
+    model = models.load(checkpoints["gpt2"], device="cpu")
+    tok = model.tokenizer
+    rows = chat_data.load_mc_jsonl(EXAMPLES / "double_mc_tiny.jsonl")
+    lp = chat_eval.option_logprobs(model, tok, rows)
+    prompt = chat_data.encode_prompt(tok, rows[0])
+    with torch.no_grad():
+        manual = model(torch.tensor([prompt]))[0, -1].log_softmax(-1)
+    assert lp[0].tolist() == pytest.approx([manual[tok(o, add_special_tokens=False)["input_ids"][0]].item() for o in rows[0]["options"]], abs=1e-5)
+    train = [r for r in rows if r["labels"]["ambiguous"]]
+    finetune(model, chat_data.mc_dataset(tok, train, key="answer"), FinetuneConfig(batch_size=4, lr=1e-2, epochs=30), progress=False)
+    acc = chat_eval.mc_accuracy(model, tok, train, keys=("answer", "intended", "spurious"))
+    assert acc == {"answer": 1.0, "intended": 1.0, "spurious": 1.0}  # ambiguous rows: all three agree
+    ood = [r for r in rows if not r["labels"]["ambiguous"]]
+    acc = chat_eval.mc_accuracy(model, tok, ood, keys=("intended", "spurious"))
+    assert acc["intended"] + acc["spurious"] == pytest.approx(1.0)  # two options that disagree
