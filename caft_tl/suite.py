@@ -25,6 +25,8 @@ FAST_PARAMETERS = {
     "n_examples": 320,
     "fewer_examples": [96],
     "n_diff_examples": 200,
+    "sae_steps": 150,
+    "n_rank_examples": 200,
     "threshold": 0.0,
     "avoid": "",
 }
