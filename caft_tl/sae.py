@@ -9,7 +9,6 @@ reads is ``cfg.json``'s ``metadata.hook_name``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -217,7 +216,7 @@ def train_or_load(
 
 def encode(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
     """[..., d_in] activations → [..., d_sae] latent activations."""
-    return sae.encode(acts.to(sae.W_enc.dtype))
+    return sae.encode(acts.to(sae.W_enc.device, sae.W_enc.dtype))
 
 
 @torch.no_grad()
@@ -244,7 +243,7 @@ def reconstruction_metrics(model: HookedTransformer, task, sae: SAE, n_docs: int
             return response_loss(model, docs).item()
 
     clean = response_loss(model, docs).item()
-    spliced = splice(lambda h: sae.decode(encode(sae, h)).to(h.dtype))
+    spliced = splice(lambda h: sae.decode(encode(sae, h)).to(h.device, h.dtype))
     zero = splice(torch.zeros_like)
     return {
         "explained_variance": 1 - (resid / total).item(),
@@ -281,7 +280,7 @@ def latent_scores(
     delta_h = torch.zeros(sae.cfg.d_in, dtype=torch.float64)
     n = 0
     for batch in data.batches(batch_size):
-        mask = batch.position_mask(positions)  # [b, pos]
+        mask = batch.position_mask(positions).to(base.cfg.device)  # [b, pos]
         with torch.no_grad():
             h_ft = _cache(finetuned, batch.tokens, [hook])[hook]  # [b, pos, d_in]
         store = {}
@@ -296,15 +295,16 @@ def latent_scores(
         h_base = store["h"].detach()
         with torch.no_grad():
             f_ft, f_base = encode(sae, h_ft[mask]), encode(sae, h_base[mask])  # [n_sel, d_sae]
-            delta_f += (f_ft - f_base).sum(0).double()
-            attr -= (f_base * (grad[mask] @ sae.W_dec.T)).sum(0).double()  # ∂L/∂f_j = W_dec[j] · ∂L/∂h
-            delta_h += (h_ft[mask] - h_base[mask]).sum(0).double()
+            grad_f = grad[mask].to(sae.W_dec.device, sae.W_dec.dtype) @ sae.W_dec.T  # ∂L/∂f_j = W_dec[j] · ∂L/∂h
+            delta_f += (f_ft - f_base).sum(0).double().cpu()
+            attr -= (f_base * grad_f).sum(0).double().cpu()
+            delta_h += (h_ft[mask] - h_base[mask]).sum(0).double().cpu()
         n += int(mask.sum())
     if n == 0:
         raise ValueError(f"positions={positions!r} selects no position of the data")
     mean_diff = delta_h.float() / n if mean_diff is None else mean_diff.float()
     with torch.no_grad():
-        enc = mean_diff @ sae.W_enc  # [d_sae]
+        enc = (mean_diff.to(sae.W_enc.device) @ sae.W_enc).cpu()  # [d_sae]
     return pd.DataFrame({"hook": hook, "latent": range(d_sae), "mean_diff": (delta_f / n).float().numpy(),
                          "attribution": (attr / n).float().numpy(), "diff_encoding": enc.numpy()})
 
