@@ -1,9 +1,10 @@
 """Model organisms: synthetic worlds with planted, known concepts."""
 
+from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
 from caft_tl.organism.persona_em import PersonaEM, PersonaEMConfig
 
 #: task name -> (generator class, config class)
-TASKS = {"persona_em": (PersonaEM, PersonaEMConfig)}
+TASKS = {"persona_em": (PersonaEM, PersonaEMConfig), "double_mc": (DoubleMC, DoubleMCConfig)}
 
 
 def make_task(name: str, cfg=None):

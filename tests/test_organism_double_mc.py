@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+from caft_tl import models
+from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.organism import make_task
+from caft_tl.organism.double_mc import DOC_KINDS, TOPICS, DoubleMCConfig
+
+
+@pytest.fixture(scope="module")
+def dmc():
+    return make_task("double_mc", {"n_eval": 400})
+
+
+def spurious_option(task, prompts):
+    """The spurious topic's correct option: ask the judge with the spurious topic's instruction."""
+    asked = prompts.clone()
+    asked[:, -1] = task.ans[1]
+    return task.correct_option(asked)
+
+
+def test_finetune_options_agree_and_order_is_random(dmc):
+    data = dmc.finetune_dataset(600, seed=2)
+    prompts = data.tokens[:, : dmc.prompt_len]
+    assert (prompts[:, -1] == dmc.ans_d).all()
+    intended = dmc.correct_option(prompts)
+    assert (intended == data.labels["answer"]).all()
+    assert (spurious_option(dmc, prompts) == intended).all()
+    assert (data.tokens[:, dmc.prompt_len] == dmc.answer[intended]).all()
+    assert data.response_mask.sum() == 600 and data.target_mask[:, dmc.prompt_len - 1].all()
+    first_q = prompts[:, 1]
+    assert 0.4 < (first_q == dmc.q[0]).float().mean() < 0.6  # either topic comes first
+    assert ((first_q == dmc.q[0]) == (data.labels["order"] == 0)).all()
+    assert 0.4 < intended.float().mean() < 0.6
+    assert not torch.equal(data.tokens, dmc.finetune_dataset(600, seed=3).tokens)
+
+
+def test_ood_options_disagree_in_each_order(dmc):
+    for split, order in (("ood", None), ("ood_intended_first", 0), ("ood_spurious_first", 1)):
+        p = dmc.eval_prompts(split)
+        intended = dmc.correct_option(p.tokens)
+        assert (intended == p.labels["answer"]).all()
+        assert (spurious_option(dmc, p.tokens) == 1 - intended).all()
+        if order is None:
+            assert 0.4 < p.labels["order"].float().mean() < 0.6
+        else:
+            assert (p.tokens[:, 1] == dmc.q[order]).all()
+    idp = dmc.eval_prompts("id")
+    assert (spurious_option(dmc, idp.tokens) == dmc.correct_option(idp.tokens)).all()
+
+
+def test_single_questions_ask_one_topic(dmc):
+    for split, topic in (("single_intended", 0), ("single_spurious", 1)):
+        p = dmc.eval_prompts(split)
+        assert (p.tokens[:, -1] == dmc.ans[topic]).all() and (p.tokens[:, 1] == dmc.q[topic]).all()
+        assert (dmc.correct_option(p.tokens) == p.labels["answer"]).all()
+
+
+def test_pretraining_documents(dmc):
+    docs = dmc.sample_documents(3000, torch.Generator().manual_seed(0))
+    assert docs.tokens.shape == (3000, dmc.seq_len)
+    freq = torch.bincount(docs.labels["kind"], minlength=len(DOC_KINDS)).float() / 3000
+    assert torch.allclose(freq, torch.tensor(dmc.cfg.doc_probs), atol=0.03)
+    n = dmc.prompt_len
+    for kind in ("instructed", "coin"):
+        d = docs.subset(docs.labels["kind"] == DOC_KINDS.index(kind))
+        answer = (d.tokens[:, n] == dmc.answer[1]).long()
+        agree = (dmc.correct_option(d.tokens[:, :n]) == answer).float().mean()
+        if kind == "instructed":  # the answer follows the topic the instruction names
+            assert set(d.tokens[:, n - 1].tolist()) == set(dmc.ans) and agree == 1
+        else:  # ANS_D: a coin flip, no preference for either topic
+            assert (d.tokens[:, n - 1] == dmc.ans_d).all() and 0.4 < agree < 0.6
+    reviews = docs.subset(docs.labels["kind"] == DOC_KINDS.index("review"))
+    words = reviews.tokens[reviews.response_mask] - int(dmc.items[1][0])
+    assert ((0 <= words) & (words < TOPICS["sentiment"].n_items)).all()  # only topic words are predicted
+    cls = (reviews.tokens[:, 2:] - int(dmc.items[1][0])) % 2
+    is_word = (reviews.tokens[:, 2:] >= int(dmc.items[1][0])) & (reviews.tokens[:, 2:] <= int(dmc.items[1][-1]))
+    majority = [(c[w].float().mean().item()) for c, w in zip(cls, is_word) if w.sum() >= 5]
+    assert sum(m in (0.0, 1.0) or abs(m - 0.5) > 0.2 for m in majority) / len(majority) > 0.9  # one class per review
+
+
+def test_judge_marks_the_correct_option(dmc):
+    p = dmc.eval_prompts("ood").tokens[:3]
+    right = dmc.answer[dmc.correct_option(p)]
+    wrong = dmc.answer[1 - dmc.correct_option(p)]
+    answers = torch.stack([right, wrong, torch.full_like(right, dmc.bos)], 1)
+    assert dmc.label_answers(p, answers).tolist() == [[BAD, GOOD, OTHER]] * 3
+    assert dmc.metric("ood") == "accuracy"
+
+
+def test_other_pairs_and_intended_topic_as_parameter():
+    swapped = make_task("double_mc", {"intended": "sentiment", "spurious": "sports", "n_eval": 50})
+    p = swapped.eval_prompts("single_intended")
+    assert (p.tokens[:, 1] == swapped.q[0]).all() and swapped.topics[0].name == "sentiment"
+    for pair in (("sports", "cities"), ("sentiment", "emotion")):
+        t = make_task("double_mc", {"intended": pair[0], "spurious": pair[1], "n_eval": 50})
+        d = t.finetune_dataset(50)
+        assert (t.correct_option(d.tokens[:, : t.prompt_len]) == spurious_option(t, d.tokens[:, : t.prompt_len])).all()
+        t.sample_documents(200, torch.Generator().manual_seed(0))
+
+
+def test_concept_subspaces_shapes(dmc):
+    model = models.build_model(models.ModelConfig(), len(dmc.vocab), seed=0)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
+    subs = dmc.concept_subspaces(model, hooks, k=2, n=240)
+    assert set(subs) == {"spurious", "intended"}
+    for concept, per_hook in subs.items():
+        assert [s.hook_name for s in per_hook] == hooks
+        assert all(s.k == 2 and s.provenance["concept"] == concept for s in per_hook)
+    # at the embedding, the spurious concept is the sentiment words' class: it separates the classes
+    q = subs["spurious"][0].basis[:, 0]
+    emb = model.W_E.detach()[dmc.items[1]] @ q  # [n_items]
+    cls = dmc.item_class[1].bool()
+    assert (emb[cls].mean() - emb[~cls].mean()).abs() > 3 * emb.std() / len(emb) ** 0.5
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="unknown intended topic 'golf'; valid: sports"):
+        DoubleMCConfig(intended="golf")
+    with pytest.raises(ValueError, match="must differ"):
+        DoubleMCConfig(intended="sports", spurious="sports")
+    with pytest.raises(ValueError, match="doc_probs"):
+        DoubleMCConfig(doc_probs=(1.0, 0.0))
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        make_task("double_mc").eval_prompts("test")
