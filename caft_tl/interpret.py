@@ -71,7 +71,10 @@ def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) 
 def concept_directions(model: HookedTransformer, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
     """Ground-truth concept directions on the (base) model: for each of ``task.CONCEPTS``
     (a pair of personas differing in that concept only), the difference of mean activations over
-    the document positions after the first answer, at each hook. ``{hook: {concept: Subspace}}``."""
+    the document positions after the first answer, at each hook. ``{hook: {concept: Subspace}}``.
+    A task with its own ``concept_directions(model, hooks)`` (e.g. ``double_mc``) gives them itself."""
+    if hasattr(task, "concept_directions"):
+        return task.concept_directions(model, hooks)
     from caft_tl.organism.persona_em import PERSONAS
 
     docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))

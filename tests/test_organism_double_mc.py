@@ -123,3 +123,12 @@ def test_bad_config():
         DoubleMCConfig(doc_probs=(1.0, 0.0))
     with pytest.raises(ValueError, match="unknown split 'test'"):
         make_task("double_mc").eval_prompts("test")
+
+
+def test_interpret_concept_directions_delegates_to_the_task(dmc):
+    from caft_tl import interpret
+
+    model = models.build_model(models.ModelConfig(), len(dmc.vocab), seed=0)
+    out = interpret.concept_directions(model, dmc, ["blocks.0.hook_resid_post"])
+    assert set(out["blocks.0.hook_resid_post"]) == set(dmc.CONCEPTS)
+    assert all(s.k == 1 for s in out["blocks.0.hook_resid_post"].values())

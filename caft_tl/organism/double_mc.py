@@ -347,3 +347,9 @@ class DoubleMC:
                 out[concept].append(Subspace(hook, basis, [f"{concept}{i}" for i in range(basis.shape[1])],
                                              {"method": "oracle", "concept": concept}))
         return out
+
+    def concept_directions(self, model, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
+        """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}`` (the format of
+        :func:`caft_tl.interpret.concept_directions`)."""
+        subs = self.concept_subspaces(model, hooks, k=1)
+        return {h: {c: subs[c][i] for c in self.CONCEPTS} for i, h in enumerate(hooks)}
