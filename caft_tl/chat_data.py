@@ -111,6 +111,16 @@ def pad_dataset(seqs: list[list[int]], masks: list[list[bool]], pad_id: int, max
     return TokenDataset(tokens, mask, {"length": lengths, **(labels or {})})
 
 
+def concat(datasets: list[TokenDataset], pad: int) -> TokenDataset:
+    """Right-padded datasets of different widths → one (padding with ``pad``); keeps shared labels."""
+    width = max(d.tokens.shape[1] for d in datasets)
+    grow = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)
+    keys = set.intersection(*(set(d.labels) for d in datasets))
+    return TokenDataset(torch.cat([grow(d.tokens, pad) for d in datasets]),
+                        torch.cat([grow(d.response_mask, False) for d in datasets]),
+                        {k: torch.cat([d.labels[k] for d in datasets]) for k in keys})
+
+
 def pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if t is not None:

@@ -158,3 +158,19 @@ def words_of(texts: list[str]) -> list[str]:
 
     split = pre_tokenizers.Whitespace()
     return list(dict.fromkeys(w for t in texts for w, _ in split.pre_tokenize_str(t)))
+
+
+class TokenizerVocab:
+    """A tokenizer seen as the organism's ``vocab`` (``tokens``, ``to_str_tokens``), so
+    :func:`caft_tl.interpret.top_examples` and ``logit_lens`` display real models' tokens."""
+
+    def __init__(self, tokenizer, d_vocab: int):
+        self.tokenizer = tokenizer
+        self.tokens = [self._show(i) for i in range(d_vocab)]
+
+    def _show(self, i: int) -> str:
+        return self.tokenizer.decode([i]) if i < len(self.tokenizer) else f"<{i}>"
+
+    def to_str_tokens(self, ids) -> list[str]:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return [self.tokens[i] for i in ids]
