@@ -5,8 +5,8 @@
 * **TL**: the same checkpoint booted offline through ``TransformerBridge.boot_transformers(path)``
   with caft-tl's ``zero`` intervention at ``blocks.L.hook_resid_post`` (the decoder layer's output).
 
-The checkpoint is built locally (``Qwen2Config`` with small sizes, random weights,
-``save_pretrained`` to a temporary folder), so nothing is downloaded. Both use eager attention.
+The checkpoint is built locally (``caft_tl.hf_models.tiny_checkpoint``: ``Qwen2Config`` with small
+sizes, random weights, saved to a temporary folder), so nothing is downloaded. Both use eager attention.
 Reported: TL/HF median paired step time (with the ablation, and without any hook, which isolates
 the bridge's own overhead) and TL/HF peak RSS increase of training steps (one subprocess each).
 """
@@ -39,13 +39,10 @@ BATCH, SEQ, LAYER, K = 8, 64, 1, 8
 
 def build_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Save a random-weight tiny Qwen2 checkpoint to ``folder`` (once)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from caft_tl.hf_models import tiny_checkpoint
 
-    folder = Path(folder)
-    if not (folder / "config.json").exists():
-        torch.manual_seed(seed)
-        Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=False, **SIZES)).save_pretrained(folder)
-    return folder
+    sizes = {k: v for k, v in SIZES.items() if k != "vocab_size"}
+    return tiny_checkpoint(folder, "qwen2", seed=seed, vocab_size=SIZES["vocab_size"], **sizes)
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
