@@ -20,10 +20,11 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
     assert list(rows[0]) == list(runs.RESULT_COLUMNS)
     methods = {(r["method"], r["directions"]) for r in rows}
     for expected in [("base", "none"), ("plain", "none"), ("fewer_examples", "none"), ("zero", "pca"),
-                     ("zero", "topk_pca"), ("zero", "random"), ("zero", "oracle")]:
+                     ("zero", "topk_pca"), ("zero", "random"), ("zero", "oracle"), ("zero", "sae"), ("zero", "topk_sae"),
+                     ("zero", "random_sae")]:
         assert expected in methods
     assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
-    for fig in ["01_plain_finetune", "05_caft", "06_tradeoff"]:
+    for fig in ["01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft", "06_tradeoff"]:
         assert (fig_dir / f"{fig}.html").stat().st_size > 1000
     assert "06_tradeoff" in (fig_dir / "README.md").read_text()
     assert (fig_dir / "plotly.min.js").stat().st_size > 1_000_000
