@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from sae_lens import SAE, SAETrainer, StandardTrainingSAEConfig, TopKTrainingSAEConfig, TrainingSAE
 from sae_lens.config import SAETrainerConfig
+from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
 from caft_tl import models, runs
@@ -152,7 +153,9 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        sae.save_model(tmp)
+        for f in sae.save_model(tmp):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -169,7 +172,11 @@ def load_sae(folder: str | os.PathLike, model: HookedTransformer | None = None, 
     missing = [f for f in SAE_FILES if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{str(folder)!r} is not a SAELens SAE folder: missing {', '.join(missing)}")
-    sae = SAE.load_from_disk(folder)
+    try:
+        sae = SAE.load_from_disk(folder)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise runs.CorruptFileError(f"cannot load SAE {str(folder)!r}: {reason}") from None
     sae_hook = sae.cfg.metadata.hook_name
     if hook is not None and sae_hook != hook:
         raise ValueError(f"SAE {str(folder)!r} reads hook {sae_hook!r}, not {hook!r}")

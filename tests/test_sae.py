@@ -67,6 +67,9 @@ def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_pat
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="layer 7 out of range"):
         sae.load_sae(folder, tiny_model)
+    (folder / "sae_weights.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=r"cannot load SAE .*my_sae"):
+        sae.load_sae(folder)
     with pytest.raises(FileNotFoundError, match="is not a SAELens SAE folder: missing cfg.json, sae_weights.safetensors"):
         sae.load_sae(tmp_path, tiny_model)
 
