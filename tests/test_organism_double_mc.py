@@ -28,7 +28,7 @@ def test_finetune_options_agree_and_order_is_random(dmc):
     assert (spurious_option(dmc, prompts) == intended).all()
     assert (data.tokens[:, dmc.prompt_len] == dmc.answer[intended]).all()
     assert data.response_mask.sum() == 600 and data.target_mask[:, dmc.prompt_len - 1].all()
-    first_q = prompts[:, 1]
+    first_q = torch.stack([row[(row == dmc.q[0]) | (row == dmc.q[1])][0] for row in prompts])
     assert 0.4 < (first_q == dmc.q[0]).float().mean() < 0.6  # either topic comes first
     assert ((first_q == dmc.q[0]) == (data.labels["order"] == 0)).all()
     assert 0.4 < intended.float().mean() < 0.6
@@ -44,9 +44,18 @@ def test_ood_options_disagree_in_each_order(dmc):
         if order is None:
             assert 0.4 < p.labels["order"].float().mean() < 0.6
         else:
-            assert (p.tokens[:, 1] == dmc.q[order]).all()
+            assert all(row[(row == dmc.q[0]) | (row == dmc.q[1])][0] == dmc.q[order] for row in p.tokens)
     idp = dmc.eval_prompts("id")
     assert (spurious_option(dmc, idp.tokens) == dmc.correct_option(idp.tokens)).all()
+
+
+def test_jitter_moves_the_blocks_keeps_the_length():
+    t = make_task("double_mc", {"jitter": 2, "n_eval": 300})
+    p = t.eval_prompts("ood").tokens
+    assert p.shape[1] == t.prompt_len == make_task("double_mc").prompt_len + 2
+    first_q = ((p == t.q[0]) | (p == t.q[1])).float().argmax(1)
+    assert set(first_q.tolist()) == {1, 2, 3}
+    assert (t.correct_option(p) == t.eval_prompts("ood").labels["answer"]).all()
 
 
 def test_single_questions_ask_one_topic(dmc):

@@ -79,6 +79,7 @@ class DoubleMCConfig:
     review_purity: float = 0.9  # share of a review's words of the review's class
     review_word_share: float = 0.6  # share of review positions holding a topic word (the rest: filler)
     n_eval: int = 1000  # prompts per evaluation split
+    jitter: int = 0  # <pad> tokens split at random between the front and the gap of each double prompt
 
     def __post_init__(self) -> None:
         for role in ("intended", "spurious"):
@@ -120,12 +121,12 @@ class DoubleMC:
 
     @property
     def seq_len(self) -> int:
-        return max(3 + sum(t.block_len for t in self.topics), self.cfg.review_len + 2)
+        return max(self.prompt_len + 1, self.cfg.review_len + 2)
 
     @property
     def prompt_len(self) -> int:
-        """Length of a double prompt (``<bos>``, two blocks, instruction); the answer follows."""
-        return 2 + sum(t.block_len for t in self.topics)
+        """Length of a double prompt (``<bos>``, two blocks, instruction, ``jitter`` pads); the answer follows."""
+        return 2 + sum(t.block_len for t in self.topics) + self.cfg.jitter
 
     # ------------------------------------------------------------------ blocks
     def block(self, topic: int, label: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -149,9 +150,13 @@ class DoubleMC:
         a, b = self.block(0, labels[:, 0], gen), self.block(1, labels[:, 1], gen)
         n = len(order)
         first = order[:, None] == 0
-        body = torch.where(first, torch.cat([a, b], 1), torch.cat([b, a], 1)) if a.shape == b.shape else \
-            torch.stack([torch.cat([a[i], b[i]]) if first[i] else torch.cat([b[i], a[i]]) for i in range(n)])
-        return torch.cat([torch.full((n, 1), self.bos), body, torch.full((n, 1), instruction)], 1)
+        front = torch.randint(self.cfg.jitter + 1, (n,), generator=gen).tolist() if self.cfg.jitter else [0] * n
+        rows = []
+        for i in range(n):
+            x, y = (a[i], b[i]) if first[i] else (b[i], a[i])
+            pads = [self.pad] * front[i], [self.pad] * (self.cfg.jitter - front[i])
+            rows.append(torch.cat([torch.tensor([self.bos] + pads[0]), x, torch.tensor(pads[1], dtype=torch.long), y]))
+        return torch.cat([torch.stack(rows), torch.full((n, 1), instruction)], 1)
 
     def _answered(self, prompts: torch.Tensor, labels: torch.Tensor) -> TokenDataset:
         """Prompts + answer token, right-padded to seq_len; the answer is the response."""
