@@ -1,5 +1,7 @@
-"""Plotly figures for each chapter, written to ``figures/`` as HTML (and PNG where a
-Chrome/Chromium is available for kaleido), with one consistent style."""
+"""Plotly figures for each chapter, written to ``figures/`` as HTML (and PNG, or SVG/PDF on request
+through ``$CAFT_TL_FIGURE_FORMATS``, where a Chrome/Chromium is available for kaleido), with one
+consistent style: a title, axis labels with units, 95% intervals as error bars, one colour per
+method and the same method order in every figure."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import functools
 import os
 import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from caft_tl import runs
 
@@ -34,6 +38,8 @@ METHOD_STYLE = {
     "add · pca": "#393b79",
 }
 TEMPLATE = "plotly_white"
+#: the y-axis title of every behaviour-rate figure
+RATE = "behaviour rate (0–1)"
 SPLIT_COLOURS = ["#4c78a8", "#f58518", "#54a24b"]
 
 
@@ -46,8 +52,16 @@ def _order(labels) -> list[str]:
     return sorted(set(labels), key=lambda x: (known.index(x) if x in known else len(known), x))
 
 
+#: colours for configurations not in METHOD_STYLE, chosen by a stable hash of the label
+EXTRA_COLOURS = [c for c in qualitative.Dark24 if c.lower() not in {v.lower() for v in METHOD_STYLE.values()}]
+#: bar patterns telling apart the settings (``param``) of one method, which share its colour
+PARAM_PATTERNS = ["", "/", "x", ".", "\\", "+", "-", "|"]
+
+
 def _colour(label: str) -> str:
-    return METHOD_STYLE.get(label, "#8c564b")
+    if label == "none":  # no intervention: the base model's grey
+        return METHOD_STYLE["base"]
+    return METHOD_STYLE.get(label) or EXTRA_COLOURS[zlib.crc32(label.encode()) % len(EXTRA_COLOURS)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,7 +73,32 @@ def chrome_path() -> str | None:
     return None
 
 
+#: static formats kaleido writes beside the HTML (they need a Chrome/Chromium)
+STATIC_FORMATS = ("png", "svg", "pdf")
+#: comma-separated static formats for every figure of a process, e.g. "png,svg,pdf"; "" for HTML only
+FORMATS_ENV = "CAFT_TL_FIGURE_FORMATS"
+NO_BROWSER = ("no Chrome/Chromium found, so figures are written as HTML only. For PNG (and SVG/PDF) install one — "
+              "Debian/Ubuntu: apt-get install chromium, or: .venv/bin/plotly_get_chrome — or set BROWSER_PATH to it, then re-run.")
 _warned = False
+
+
+def figure_formats(formats: str | list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The static formats to write: ``formats`` if given, else ``$CAFT_TL_FIGURE_FORMATS``, else
+    PNG. A string is comma-separated; ``html`` is accepted (HTML is always written)."""
+    if formats is None:
+        formats = os.environ.get(FORMATS_ENV, "png")
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    formats = [f.strip().lower() for f in formats if f.strip() and f.strip().lower() != "html"]
+    bad = [f for f in formats if f not in STATIC_FORMATS]
+    if bad:
+        raise ValueError(f"unknown figure format(s) {bad}; valid: html, {', '.join(STATIC_FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def missing_browser_note(formats: str | list[str] | tuple[str, ...] | None = None) -> str | None:
+    """The message to show once when static figures are asked for but no browser can draw them."""
+    return NO_BROWSER if figure_formats(formats) and not chrome_path() else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,10 +112,14 @@ def _png_server() -> None:
     atexit.register(kaleido.stop_sync_server, silence_warnings=True)
 
 
-def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathLike = "figures") -> Path:
-    """Write ``name.html`` (plotly.js in a shared file beside it) and ``name.png`` when a
-    Chrome/Chromium is present; record the caption in ``figures/README.md``."""
+def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathLike = "figures",
+                formats: str | list[str] | tuple[str, ...] | None = None) -> Path:
+    """Write ``name.html`` (plotly.js in a shared file beside it) and each static format
+    (:func:`figure_formats`: PNG by default) when a Chrome/Chromium is present — without one,
+    HTML only and a warning, once per process, saying how to get the rest; record the caption in
+    ``figures/README.md``."""
     global _warned
+    static = figure_formats(formats)
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     fig.update_layout(template=TEMPLATE, font=dict(size=13))
@@ -87,15 +130,15 @@ def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathL
 
         with runs.atomic_write(fig_dir / "plotly.min.js") as f:
             f.write(get_plotlyjs())
-    if chrome_path():
+    if static and chrome_path():
         os.environ.setdefault("BROWSER_PATH", chrome_path())
         _png_server()
-        with warnings.catch_warnings(), runs.atomic_write(fig_dir / f"{name}.png", "wb") as f:
-            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-            f.write(fig.to_image(format="png", width=900, height=520, scale=2))
-    elif not _warned:
-        warnings.warn("no Chrome/Chromium found: figures are written as HTML only; "
-                      "for PNGs install one (Debian: apt-get install chromium) or set BROWSER_PATH", stacklevel=2)
+        for fmt in static:
+            with warnings.catch_warnings(), runs.atomic_write(fig_dir / f"{name}.{fmt}", "wb") as f:
+                warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+                f.write(fig.to_image(format=fmt, width=900, height=520, scale=2 if fmt == "png" else 1))
+    elif static and not _warned:
+        warnings.warn(NO_BROWSER, stacklevel=2)
         _warned = True
     _index_caption(fig_dir, name, caption)
     return fig_dir / f"{name}.html"
@@ -106,21 +149,25 @@ def _index_caption(fig_dir: Path, name: str, caption: str) -> None:
     index = runs.read_json(index_path) if index_path.exists() else {}
     index[name] = caption
     runs.write_json(index_path, index)
-    lines = ["# Figures", "", "Regenerated by `make run`; each figure is an interactive HTML file (and a PNG where Chromium is installed).", ""]
+    lines = ["# Figures", "", "Regenerated by `make run`; each figure is an interactive HTML file, and a PNG where Chromium is installed "
+             f"(SVG/PDF too with {FORMATS_ENV}=png,svg,pdf).", ""]
     lines += [f"- **{n}** (`{n}.html`, `{n}.png`): {c}" for n, c in sorted(index.items())]
     with runs.atomic_write(fig_dir / "README.md") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str = "rate") -> go.Figure:
+def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str = RATE) -> go.Figure:
     """Grouped bars: one group per split, one bar per configuration, 95% intervals over seeds."""
     s = summary[summary["split"].isin(splits) & (summary["metric"] != "coherence")].copy()
     s["label"] = [config_label(m, d) + (f" ({p})" if p else "") for m, d, p in zip(s["method"], s["directions"], s["param"].fillna(""))]
     fig = go.Figure()
+    settings: dict[str, int] = {}
     for label in _order(s["label"]):
         g = s[s["label"] == label].set_index("split").reindex(splits)
         base_label = label.split(" (")[0]
+        n = settings[base_label] = settings.get(base_label, -1) + 1  # the method's n-th setting: its own pattern
         fig.add_bar(name=label, x=splits, y=g["mean"], marker_color=_colour(base_label),
+                    marker_pattern_shape=PARAM_PATTERNS[n % len(PARAM_PATTERNS)],
                     error_y=dict(type="data", symmetric=False, array=g["high"] - g["mean"], arrayminus=g["mean"] - g["low"]))
     fig.update_layout(title=title, barmode="group", yaxis=dict(title=yaxis, range=[0, 1.05]), xaxis_title="evaluation split",
                       legend_title="method · directions")
@@ -156,7 +203,7 @@ def loss_curves(curves: dict[str, list[float]], title: str) -> go.Figure:
     fig = go.Figure()
     for label, losses in curves.items():
         fig.add_scatter(name=label, y=losses, mode="lines")
-    fig.update_layout(title=title, xaxis_title="step", yaxis=dict(title="loss on response tokens (nats)", type="log"))
+    fig.update_layout(title=title, xaxis_title="training step (one batch)", yaxis=dict(title="loss on response tokens (nats)", type="log"))
     return fig
 
 
@@ -177,15 +224,15 @@ def concept_heatmap(scores: pd.DataFrame, concepts: list[str], title: str) -> go
     return fig
 
 
-def check_bars(summary: pd.DataFrame, title: str, x: str = "split", y_title: str = "rate", legend: str = "intervention on the base model") -> go.Figure:
+def check_bars(summary: pd.DataFrame, title: str, x: str = "split", y_title: str = RATE, legend: str = "intervention on the base model") -> go.Figure:
     """Grouped bars per condition with 95% intervals (base-model steering and latent checks)."""
     fig = go.Figure()
     for cond in summary["condition"].unique():
         g = summary[summary["condition"] == cond]
-        fig.add_bar(name=cond, x=g[x], y=g["mean"],
+        fig.add_bar(name=cond, x=g[x], y=g["mean"], marker_color=_colour(cond),
                     error_y=dict(type="data", symmetric=False, array=g["high"] - g["mean"], arrayminus=g["mean"] - g["low"]))
     fig.update_layout(title=title, barmode="group", xaxis_title=x.replace("_", " "), yaxis_title=y_title, legend_title=legend)
-    if y_title == "rate":
+    if y_title == RATE:
         fig.update_yaxes(range=[0, 1.05])
     return fig
 
@@ -201,7 +248,7 @@ def inference_bars(table: pd.DataFrame, title: str) -> go.Figure:
         fig.add_scatter(name=f"{split}: Bayes-optimal", x=g["evidence"], y=g["bayes_optimal"], mode="markers",
                         offsetgroup=i, marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=3)))
     fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title="evidence seen before the prompt",
-                      yaxis=dict(title="behaviour rate", range=[0, 1.05]))
+                      yaxis=dict(title=RATE, range=[0, 1.05]))
     return fig
 
 
@@ -229,5 +276,6 @@ def sae_quality(quality: pd.DataFrame, title: str) -> go.Figure:
         fig.add_bar(name=label, x=names, y=quality[col], marker_color=SPLIT_COLOURS[i], row=1, col=1)
     fig.add_bar(name="L0", x=names, y=quality["l0"], marker_color="#7f7f7f", showlegend=False, row=1, col=2)
     fig.update_layout(title=title, barmode="group")
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title="fraction (0–1)", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title="active latents per token", row=1, col=2)
     return fig

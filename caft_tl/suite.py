@@ -74,6 +74,10 @@ def run(
     """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter."""
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
     steps = plan(only, params, fast)
+    from caft_tl import plotting
+
+    if note := plotting.missing_browser_note():  # once here, not once per chapter; also checks $CAFT_TL_FIGURE_FORMATS
+        print(f"note: {note}", flush=True)
     runs.write_provenance(run_dir, {"chapters": [nb.stem for nb, _ in steps], "parameters": {nb.stem: p for nb, p in steps}, "fast": fast})
     timings: dict[str, float] = {}
     for nb, nb_params in steps:
