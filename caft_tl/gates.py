@@ -1,0 +1,133 @@
+"""The gates of a spurious-correlation organism (``double_mc``), as rows of the results table.
+
+1. The base model answers single questions of each topic, with no preference under ``ANS_D``
+   (OOD accuracy near 0.5 in both question orders).
+2. Plain fine-tuning reaches high ID accuracy and low OOD accuracy in *both* question orders
+   (it read the spurious topic; a positional shortcut would leave one order high).
+3. The oracle subspace of the spurious concept, zero-ablated on the untrained base model
+   (``param`` = ``untrained``), removes the spurious skill and keeps the intended one; CAFT with it
+   (evaluated without the hook) raises OOD accuracy.
+
+``python -m caft_tl.gates`` runs the reduced grid of ``make run`` into ``runs/double_mc`` and
+appends its rows to ``figures/results.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from transformer_lens import HookedTransformer
+
+from caft_tl import runs
+from caft_tl.directions import random_subspace
+from caft_tl.evaluate import evaluate_task
+from caft_tl.experiments import result_rows, run_finetune
+from caft_tl.interventions import Intervention
+from caft_tl.training import FinetuneConfig
+
+
+@dataclass
+class GateConfig:
+    """The organism and the fine-tuning budget of a gate run (defaults: the README's organism)."""
+
+    task_cfg: dict = field(default_factory=lambda: {"jitter": 2})
+    pretrain_steps: int = 3000
+    pretrain_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    n_examples: int = 3200
+    batch_size: int = 32
+    lr: float = 1e-3
+    k: int = 1  # oracle directions per hook
+    # thresholds of the verdicts
+    min_single: float = 0.9
+    max_plain_ood: float = 0.25
+
+
+def residual_hooks(model: HookedTransformer) -> list[str]:
+    """Every distinct residual-stream hook point: ``blocks.0.hook_resid_pre`` and each block's
+    ``hook_resid_mid`` and ``hook_resid_post``."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{p}" for l in range(model.cfg.n_layers) for p in ("mid", "post")]
+
+
+def interventions(base: HookedTransformer, task, k: int = 1) -> dict[str, Intervention]:
+    """``oracle``: the spurious concept's ground-truth subspace at every residual hook;
+    ``random``: random subspaces of the same rank at the same hooks."""
+    hooks = residual_hooks(base)
+    oracle = task.concept_subspaces(base, hooks, k=k)["spurious"]
+    rand = [random_subspace(base.cfg.d_model, s.k, s.hook_name, seed=i) for i, s in enumerate(oracle)]
+    return {"oracle": Intervention("zero", oracle, name="oracle"), "random": Intervention("zero", rand, name="random")}
+
+
+def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress: bool = False) -> list[dict]:
+    """Results rows: the base model, each intervention on the untrained base model, and plain /
+    oracle / random fine-tunes per seed (cached runs in ``run_dir/finetunes``)."""
+    rows = result_rows(task.name, "base", "none", "", 0, evaluate_task(base, task))
+    ivs = interventions(base, task, cfg.k)
+    for name, iv in ivs.items():
+        rows += result_rows(task.name, "zero", name, "untrained", 0, evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
+    for seed in cfg.seeds:
+        ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+        rows += run_finetune(run_dir, base, task, ft, progress=progress)[0]
+        for name, iv in ivs.items():
+            rows += run_finetune(run_dir, base, task, ft, "zero", name, intervention=iv, progress=progress)[0]
+    return rows
+
+
+def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:
+    """Each gate's verdict and the numbers it rests on (accuracy per split)."""
+    df = pd.DataFrame(rows)
+    acc = df[df["metric"] == "accuracy"]
+
+    def get(method, directions, param, split):
+        return acc.query("method == @method and directions == @directions and param == @param and split == @split")["value"].tolist()
+
+    base = {s: get("base", "none", "", s)[0] for s in ("single_intended", "single_spurious", "ood_intended_first", "ood_spurious_first")}
+    gate1 = min(base["single_intended"], base["single_spurious"]) >= cfg.min_single and all(
+        0.3 <= base[s] <= 0.7 for s in ("ood_intended_first", "ood_spurious_first"))
+    plain = {s: get("plain", "none", "", s) for s in ("id", "ood_intended_first", "ood_spurious_first")}
+    learnt = [i >= 0.95 and a <= cfg.max_plain_ood and b <= cfg.max_plain_ood
+              for i, a, b in zip(plain["id"], plain["ood_intended_first"], plain["ood_spurious_first"])]
+    untrained = {s: get("zero", "oracle", "untrained", s)[0] for s in ("single_intended", "single_spurious")}
+    raised = [c > p for c, p in zip(get("zero", "oracle", "", "ood"), get("plain", "none", "", "ood"))]
+    return {
+        "gate1_base": {"holds": gate1, **base},
+        "gate2_plain_learns_spurious": {"holds": sum(learnt) >= max(1, len(learnt) - 1), "seeds": sum(learnt), "of": len(learnt), **plain},
+        "gate3_oracle": {"holds": untrained["single_spurious"] <= 0.6 and untrained["single_intended"] >= 0.8 and all(raised),
+                         "untrained": untrained, "caft_ood": get("zero", "oracle", "", "ood"), "plain_ood": get("plain", "none", "", "ood")},
+    }
+
+
+def run(run_dir: str | Path = "runs/double_mc", fig_dir: str | Path = "figures", cfg: GateConfig | None = None, progress: bool = True) -> dict:
+    """Pre-train (or load) the organism, run the gates, write ``run_dir/results.csv`` and
+    ``run_dir/gates.json``, and add the rows to ``fig_dir/results.csv``."""
+    from caft_tl.models import set_cpu_threads
+    from caft_tl.organism import pretrain as pt
+
+    cfg = cfg or GateConfig()
+    set_cpu_threads()
+    base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, cfg=pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
+                                        progress=progress)
+    rows = gate_rows(base, task, run_dir, cfg, progress=progress)
+    runs.append_results(Path(run_dir) / "results.csv", rows)
+    runs.append_results(Path(fig_dir) / "results.csv", rows)
+    out = verdicts(rows, cfg)
+    runs.write_json(Path(run_dir) / "gates.json", {"config": dataclasses.asdict(cfg), "gates": out})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default="runs/double_mc")
+    ap.add_argument("--fig-dir", default="figures")
+    args = ap.parse_args(argv)
+    for gate, v in run(args.run_dir, args.fig_dir).items():
+        print(f"{gate}: {'holds' if v['holds'] else 'FAILS'} — " + ", ".join(f"{k}={v[k]}" for k in v if k != "holds"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
