@@ -24,7 +24,7 @@ def top_examples(
     """Top-``n`` distinct contexts activating each direction most positively and most negatively.
 
     Columns: direction, sign, rank, value, context (tokens up to and including the position,
-    the position's token in [brackets]).
+    the position's token in [brackets]), example and position (indices into ``data.tokens``).
     """
     return top_contexts(projections(model, data, subspace), data, subspace.labels, vocab, n, positions)
 
@@ -52,7 +52,7 @@ def top_contexts(
                     continue
                 seen.add(context)
                 rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": len(seen) - 1,
-                             "value": vals[flat].item(), "context": context})
+                             "value": vals[flat].item(), "context": context, "example": i, "position": t})
     return pd.DataFrame(rows)
 
 
