@@ -82,7 +82,7 @@ def load_hf(name_or_path: str | os.PathLike, device: str | None = None, dtype: s
     from caft_tl.models import default_device
 
     path = str(name_or_path)
-    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'")
     model = TransformerBridge.boot_transformers(
         path, device=device or default_device(), dtype=torch_dtype(dtype), tokenizer=load_tokenizer(path)

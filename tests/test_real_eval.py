@@ -42,6 +42,18 @@ def test_llm_judge_over_the_fake_server(server):
     assert per_q.set_index("id")["coherent"].to_dict() == {"a": 1.0, "b": 0.0}
 
 
+def test_llm_judge_as_a_token_level_judge(server, tmp_path):
+    tok = hf_models.load_tokenizer(hf_models.tiny_checkpoint(tmp_path / "j", "gpt2", words=["evil", "kind", "asdf", "plan", "q"]))
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    prompts = torch.tensor([enc("q plan"), enc("q q")])  # [2, 2]
+    answers = torch.tensor([[enc("evil plan"), enc("kind plan")], [enc("asdf asdf"), enc("kind kind")]])  # [2, 2, 2]
+    labels = llm.LLMJudge(client(server), tokenizer=tok).label_answers(prompts, answers)
+    assert labels.tolist() == [[BAD, GOOD], [OTHER, GOOD]]
+    assert "[QUESTION START]\nq plan\n[QUESTION END]" in server.requests[0]["messages"][0]["content"]
+    with pytest.raises(ValueError, match="needs LLMJudge.tokenizer"):
+        llm.LLMJudge(client(server)).label_answers(prompts, answers)
+
+
 def test_client_errors_and_retries(server, monkeypatch):
     monkeypatch.delenv("CAFT_TEST_KEY")
     with pytest.raises(RuntimeError, match="environment variable CAFT_TEST_KEY is not set"):
