@@ -17,8 +17,16 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# JupyterLab on the notebooks with the project's kernel registered ("Python 3 (caft-tl)", this .venv).
+# The notebooks name the standard python3 kernel (papermill and CI use it), which under this Lab is the same .venv.
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks
+	$(PY) -m ipykernel install --sys-prefix --name caft-tl --display-name "Python 3 (caft-tl)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --MultiKernelManager.default_kernel_name=caft-tl
+
+# browser check: run a chapter (fast), open it in JupyterLab, render it in headless Chromium → runs/lab_check/<chapter>.png
+.PHONY: lab-check
+lab-check: $(VENV)/.installed
+	$(PY) -m caft_tl.lab_check --chapter $(or $(CHAPTER),00)
 
 clean:
 	rm -rf runs cache
