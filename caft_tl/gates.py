@@ -36,7 +36,7 @@ class GateConfig:
 
     task_cfg: dict = field(default_factory=lambda: {"jitter": 2})
     pretrain_steps: int = 3000
-    pretrain_seed: int = 0
+    pretrain_seed: int = 2  # the organism; which route plain fine-tuning takes depends on it (README)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     n_examples: int = 3200
     batch_size: int = 32

@@ -21,10 +21,14 @@ instruction (``ANS_sports``: the answer follows that topic, the other is random)
 ``ANS_D`` whose label is a coin flip, so the base model has no preference for either topic under
 ``ANS_D`` (its OOD accuracy is 0.5 in both question orders).
 
-Measured design notes (2 layers, d_model 64; see the README's results): with the reviews and
-2,000 pre-training steps, plain fine-tuning reads sentiment on 20/20 runs (4 organisms × 5 seeds,
-OOD accuracy ≤ 0.15); without reviews, with 10% reviews or 1,200 pre-training steps it reads
-sports on most seeds; without the ``ANS_D`` coin flips the base model already prefers sentiment.
+Measured (2 layers, d_model 64, HookedTransformer; README results): the reviews are what make
+sentiment the fine-tune's route — without them plain fine-tuning reads sports on most seeds. With
+them, which route a fine-tune takes is decided mostly by the pre-trained organism, not by the
+fine-tuning seed: over 19 organisms (pre-training seeds × 8 designs), plain fine-tuning read
+sentiment in both question orders (OOD accuracy ≤ 0.25 per order on ≥ 4/5 seeds) on 5, on 3 more
+borderline; the others read sports, a mixture, or the first block. ``jitter`` = 2 removes the fixed position of the first block's item, 3,000 pre-training steps
+make the intended skill reliable; ``caft_tl.gates`` names the organism whose gates hold. Without
+the ``ANS_D`` coin flips the base model already prefers sentiment (a default, not a learnt route).
 """
 
 from __future__ import annotations
