@@ -7,6 +7,9 @@
 3. The oracle subspace of the spurious concept, zero-ablated on the untrained base model
    (``param`` = ``untrained``), removes the spurious skill and keeps the intended one; CAFT with it
    (evaluated without the hook) raises OOD accuracy.
+4. Directions found without OOD data: uncentered PCA of the ``ft − base`` diffs on the training
+   data, chosen by chapter 03's rule against the ground-truth concepts (``pca``), against the top
+   PCs of the same rank (``topk_pca``) and random directions of that rank (``random_pca``).
 
 ``python -m caft_tl.gates`` runs the reduced grid of ``make run`` into ``runs/double_mc`` and
 appends its rows to ``figures/results.csv``.
@@ -42,6 +45,9 @@ class GateConfig:
     batch_size: int = 32
     lr: float = 1e-3
     k: int = 1  # oracle directions per hook
+    n_pcs: int = 8  # gate 4: PCs per hook to interpret
+    threshold: float = 0.2  # gate 4: chapter 03's |cos| threshold
+    diff_positions: str = "response"
     # thresholds of the verdicts
     min_single: float = 0.9
     max_plain_ood: float = 0.25
@@ -71,8 +77,44 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress:
         rows += result_rows(task.name, "zero", name, "untrained", 0, evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
     for seed in cfg.seeds:
         ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
-        rows += run_finetune(run_dir, base, task, ft, progress=progress)[0]
+        rows += run_finetune(run_dir, base, task, ft, keep_model=seed == cfg.seeds[0], progress=progress)[0]  # gate 4 diffs it
         for name, iv in ivs.items():
+            rows += run_finetune(run_dir, base, task, ft, "zero", name, intervention=iv, progress=progress)[0]
+    return rows
+
+
+def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
+    """Gate 4's direction sets from the diffs of one plain fine-tune on the training data:
+    ``pca`` (the PCs chapter 03's rule chooses: |cos| with the spurious concept ≥ threshold and
+    above the intended one), ``topk_pca`` (the top PCs, as many per hook), ``random_pca`` (random, same
+    ranks). Empty when the rule chooses nothing."""
+    from caft_tl import activations, directions, interpret
+
+    hooks = residual_hooks(base)
+    data = task.finetune_dataset(1200, seed=10_000)
+    moments = activations.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
+    concepts = task.concept_directions(base, hooks)
+    sets: dict[str, list] = {"pca": [], "topk_pca": [], "random_pca": []}
+    for i, h in enumerate(hooks):
+        pcs = directions.pca(moments[h]["diff"], cfg.n_pcs, h)[0]
+        chosen = interpret.choose_directions(interpret.concept_scores(pcs, concepts[h]), "spurious", "intended", cfg.threshold)
+        if chosen:
+            sets["pca"].append(pcs.select(chosen))
+            sets["topk_pca"].append(pcs.select(list(range(len(chosen)))))
+            sets["random_pca"].append(directions.random_subspace(base.cfg.d_model, len(chosen), h, seed=100 + i))
+    return {name: Intervention("zero", subs, name=name) for name, subs in sets.items() if subs}
+
+
+def gate4_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress: bool = False) -> list[dict]:
+    """Results rows of gate 4: each PCA direction set on the untrained base model and CAFT with it
+    per seed; the diffs come from the plain fine-tune of the first seed."""
+    ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seeds[0])
+    finetuned = run_finetune(run_dir, base, task, ft, keep_model=True, progress=progress)[1]
+    rows = []
+    for name, iv in pca_interventions(base, finetuned, task, cfg).items():
+        rows += result_rows(task.name, "zero", name, "untrained", 0, evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
+        for seed in cfg.seeds:
+            ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
             rows += run_finetune(run_dir, base, task, ft, "zero", name, intervention=iv, progress=progress)[0]
     return rows
 
@@ -93,11 +135,14 @@ def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:
               for i, a, b in zip(plain["id"], plain["ood_intended_first"], plain["ood_spurious_first"])]
     untrained = {s: get("zero", "oracle", "untrained", s)[0] for s in ("single_intended", "single_spurious")}
     raised = [c > p for c, p in zip(get("zero", "oracle", "", "ood"), get("plain", "none", "", "ood"))]
+    ood = {d: get("zero", d, "", "ood") for d in ("pca", "topk_pca", "random_pca", "oracle")}
     return {
         "gate1_base": {"holds": gate1, **base},
         "gate2_plain_learns_spurious": {"holds": sum(learnt) >= max(1, len(learnt) - 1), "seeds": sum(learnt), "of": len(learnt), **plain},
         "gate3_oracle": {"holds": untrained["single_spurious"] <= 0.6 and untrained["single_intended"] >= 0.8 and all(raised),
                          "untrained": untrained, "caft_ood": get("zero", "oracle", "", "ood"), "plain_ood": get("plain", "none", "", "ood")},
+        "gate4_pca": {"holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random_pca"], default=0.0),
+                      **{f"{d}_ood": v for d, v in ood.items()}, "pca_id": get("zero", "pca", "", "id")},
     }
 
 
@@ -111,7 +156,7 @@ def run(run_dir: str | Path = "runs/double_mc", fig_dir: str | Path = "figures",
     set_cpu_threads()
     base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, cfg=pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                         progress=progress)
-    rows = gate_rows(base, task, run_dir, cfg, progress=progress)
+    rows = gate_rows(base, task, run_dir, cfg, progress=progress) + gate4_rows(base, task, run_dir, cfg, progress=progress)
     runs.append_results(Path(run_dir) / "results.csv", rows)
     runs.append_results(Path(fig_dir) / "results.csv", rows)
     out = verdicts(rows, cfg)
