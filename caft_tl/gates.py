@@ -47,7 +47,7 @@ class GateConfig:
     k: int = 1  # oracle directions per hook
     n_pcs: int = 8  # gate 4: PCs per hook to interpret
     threshold: float = 0.2  # gate 4: chapter 03's |cos| threshold
-    diff_positions: str = "response"
+    diff_positions: str = "all"  # gate 4: the concept is read at prompt positions; the response is one token (README)
     # thresholds of the verdicts
     min_single: float = 0.9
     max_plain_ood: float = 0.25
