@@ -176,6 +176,23 @@ def _node() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr, and its children's (the kernels'), to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
     """Run one parameter set's chapters into ``run_dir`` (figures in ``run_dir/figures``, the
     chapters' output in ``run_dir/sweep.log``); never raises for a failing chapter."""
@@ -184,7 +201,7 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
     path.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     error = ""
-    with open(path / "sweep.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with _output_to(path / "sweep.log"):
         try:
             suite.run(path, path / "figures", run.chapters, run.params, run.fast, progress=False)
         except Exception as e:  # noqa: BLE001 — a failed run is reported, the sweep goes on

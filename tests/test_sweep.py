@@ -130,7 +130,7 @@ def _ray_start(args: list[str], log: Path, attempts: int = 3, timeout: float = 2
 
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a node started by :func:`_ray_start`: its process group, politely then by force."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
