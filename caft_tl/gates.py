@@ -149,12 +149,14 @@ def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:
 def run(run_dir: str | Path = "runs/double_mc", fig_dir: str | Path = "figures", cfg: GateConfig | None = None, progress: bool = True) -> dict:
     """Pre-train (or load) the organism, run the gates, write ``run_dir/results.csv`` and
     ``run_dir/gates.json``, and add the rows to ``fig_dir/results.csv``."""
-    from caft_tl.models import set_cpu_threads
+    from caft_tl.models import ModelConfig, set_cpu_threads
+    from caft_tl.organism import make_task
     from caft_tl.organism import pretrain as pt
 
     cfg = cfg or GateConfig()
     set_cpu_threads()
-    base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, cfg=pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
+    model_cfg = ModelConfig(n_ctx=max(ModelConfig.n_ctx, make_task("double_mc", cfg.task_cfg).seq_len))  # two lookup topics need 17
+    base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, model_cfg, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                         progress=progress)
     rows = gate_rows(base, task, run_dir, cfg, progress=progress) + gate4_rows(base, task, run_dir, cfg, progress=progress)
     runs.append_results(Path(run_dir) / "results.csv", rows)
