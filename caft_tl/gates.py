@@ -11,8 +11,8 @@
    data, chosen by chapter 03's rule against the ground-truth concepts (``pca``), against the top
    PCs of the same rank (``topk_pca``) and random directions of that rank (``random_pca``).
 
-``python -m caft_tl.gates`` runs the reduced grid of ``make run`` into ``runs/double_mc`` and
-appends its rows to ``figures/results.csv``.
+Chapter 07 runs the reduced grid of ``make run`` step by step into ``<run_dir>/double_mc``;
+``python -m caft_tl.gates`` runs it alone.
 """
 
 from __future__ import annotations
@@ -146,24 +146,49 @@ def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:
     }
 
 
-def run(run_dir: str | Path = "runs/double_mc", fig_dir: str | Path = "figures", cfg: GateConfig | None = None, progress: bool = True) -> dict:
-    """Pre-train (or load) the organism, run the gates, write ``run_dir/results.csv`` and
-    ``run_dir/gates.json``, and add the rows to ``fig_dir/results.csv``."""
+def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
+    """One row per gate: whether it holds and the numbers it rests on (2 decimals)."""
+    def fmt(v):
+        if isinstance(v, dict):
+            return ", ".join(f"{k} {fmt(x)}" for k, x in v.items())
+        if isinstance(v, list):
+            return "/".join(fmt(x) for x in v) or "–"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    return pd.DataFrame([{"gate": g, "holds": v["holds"], "numbers": "; ".join(f"{k}: {fmt(x)}" for k, x in v.items() if k != "holds")}
+                         for g, v in verdicts.items()])
+
+
+def load_organism(cfg: GateConfig, progress: bool = True) -> tuple[HookedTransformer, object]:
+    """The pre-trained ``double_mc`` organism of ``cfg`` (cached by config hash) and its task."""
     from caft_tl.models import ModelConfig, set_cpu_threads
     from caft_tl.organism import make_task
     from caft_tl.organism import pretrain as pt
 
-    cfg = cfg or GateConfig()
     set_cpu_threads()
     model_cfg = ModelConfig(n_ctx=max(ModelConfig.n_ctx, make_task("double_mc", cfg.task_cfg).seq_len))  # two lookup topics need 17
     base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, model_cfg, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                         progress=progress)
-    rows = gate_rows(base, task, run_dir, cfg, progress=progress) + gate4_rows(base, task, run_dir, cfg, progress=progress)
+    return base, task
+
+
+def write(rows: list[dict], run_dir: str | Path, fig_dir: str | Path, cfg: GateConfig) -> dict:
+    """Add the rows to ``run_dir/results.csv`` and ``fig_dir/results.csv``; write and return the
+    verdicts (``run_dir/gates.json``)."""
     runs.append_results(Path(run_dir) / "results.csv", rows)
     runs.append_results(Path(fig_dir) / "results.csv", rows)
     out = verdicts(rows, cfg)
     runs.write_json(Path(run_dir) / "gates.json", {"config": dataclasses.asdict(cfg), "gates": out})
     return out
+
+
+def run(run_dir: str | Path = "runs/double_mc", fig_dir: str | Path = "figures", cfg: GateConfig | None = None, progress: bool = True) -> dict:
+    """Pre-train (or load) the organism, run the gates, write the rows and the verdicts (chapter 07
+    does the same step by step)."""
+    cfg = cfg or GateConfig()
+    base, task = load_organism(cfg, progress)
+    rows = gate_rows(base, task, run_dir, cfg, progress=progress) + gate4_rows(base, task, run_dir, cfg, progress=progress)
+    return write(rows, run_dir, fig_dir, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

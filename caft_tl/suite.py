@@ -29,6 +29,9 @@ FAST_PARAMETERS = {
     "n_rank_examples": 200,
     "threshold": 0.0,
     "avoid": "",
+    "dmc_pretrain_steps": 150,
+    "dmc_seeds": [0, 1],
+    "dmc_n_examples": 320,
 }
 
 
@@ -109,19 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    ap.add_argument("--no-double-mc", action="store_true",
-                    help="skip the reduced double_mc gate grid that a full run adds (into <run-dir>/../double_mc)")
     args = ap.parse_args(argv)
     try:
         run(args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not (args.chapters or args.fast or args.no_double_mc):
-        from caft_tl import gates
-
-        print("▶ double_mc gates", flush=True)
-        gates.main(["--run-dir", str(Path(args.run_dir).parent / "double_mc"), "--fig-dir", args.fig_dir])
     return 0
 
 

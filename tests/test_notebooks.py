@@ -13,7 +13,7 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
     run_dir, fig_dir = tmp_path / "run", tmp_path / "figures"
     timings = suite.run(run_dir, fig_dir, fast=True, progress=False)
     names = [nb.stem for nb in suite.chapters()]
-    assert list(timings) == names and len(names) == 7
+    assert list(timings) == names and len(names) == 8
     for name in names:
         assert (run_dir / "notebooks" / f"{name}.ipynb").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))
@@ -24,6 +24,10 @@ def test_every_chapter_runs_with_fast_parameters(tmp_path, monkeypatch):
                      ("zero", "random_sae")]:
         assert expected in methods
     assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
+    dmc = {(r["method"], r["directions"], r["split"]) for r in rows if r["task"] == "double_mc"}  # chapter 07
+    assert {("plain", "none", "ood_spurious_first"), ("zero", "oracle", "ood"), ("zero", "random", "ood")} <= dmc
+    assert set(runs.read_json(run_dir / "double_mc" / "gates.json")["gates"]) == {
+        "gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
     for fig in ["01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft", "06_tradeoff"]:
         assert (fig_dir / f"{fig}.html").stat().st_size > 1000
     assert "06_tradeoff" in (fig_dir / "README.md").read_text()
