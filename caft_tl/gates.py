@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 from caft_tl import runs
 from caft_tl.directions import random_subspace
 from caft_tl.evaluate import evaluate_task
-from caft_tl.experiments import result_rows, run_finetune
+from caft_tl.experiments import FinetuneJob, result_rows, run_finetune, run_finetunes
 from caft_tl.interventions import Intervention
 from caft_tl.training import FinetuneConfig
 
@@ -75,12 +75,16 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress:
     ivs = interventions(base, task, cfg.k)
     for name, iv in ivs.items():
         rows += result_rows(task.name, "zero", name, "untrained", 0, evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
+    jobs = []
     for seed in cfg.seeds:
-        ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
-        rows += run_finetune(run_dir, base, task, ft, keep_model=seed == cfg.seeds[0], progress=progress)[0]  # gate 4 diffs it
-        for name, iv in ivs.items():
-            rows += run_finetune(run_dir, base, task, ft, "zero", name, intervention=iv, progress=progress)[0]
-    return rows
+        ft = _finetune_config(cfg, seed)
+        jobs.append(FinetuneJob(ft, keep_model=seed == cfg.seeds[0]))  # gate 4 diffs it
+        jobs += [FinetuneJob(ft, "zero", name, intervention=iv) for name, iv in ivs.items()]
+    return rows + run_finetunes(run_dir, base, task, jobs, progress=progress, desc="gates 1-3 fine-tunes")
+
+
+def _finetune_config(cfg: GateConfig, seed: int) -> FinetuneConfig:
+    return FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
 
 
 def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
@@ -108,15 +112,12 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
 def gate4_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress: bool = False) -> list[dict]:
     """Results rows of gate 4: each PCA direction set on the untrained base model and CAFT with it
     per seed; the diffs come from the plain fine-tune of the first seed."""
-    ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seeds[0])
-    finetuned = run_finetune(run_dir, base, task, ft, keep_model=True, progress=progress)[1]
-    rows = []
+    finetuned = run_finetune(run_dir, base, task, _finetune_config(cfg, cfg.seeds[0]), keep_model=True, progress=progress)[1]
+    rows, jobs = [], []
     for name, iv in pca_interventions(base, finetuned, task, cfg).items():
         rows += result_rows(task.name, "zero", name, "untrained", 0, evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
-        for seed in cfg.seeds:
-            ft = FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
-            rows += run_finetune(run_dir, base, task, ft, "zero", name, intervention=iv, progress=progress)[0]
-    return rows
+        jobs += [FinetuneJob(_finetune_config(cfg, seed), "zero", name, intervention=iv) for seed in cfg.seeds]
+    return rows + run_finetunes(run_dir, base, task, jobs, progress=progress, desc="gate 4 fine-tunes")
 
 
 def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:

@@ -93,7 +93,8 @@ def run(
                                    kernel_name="python3", progress_bar=progress)
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"  {nb.stem}: {timings[nb.stem]} s", flush=True)
-    runs.write_json(run_dir / "timings.json", timings)
+    previous = run_dir / "timings.json"  # a partial run updates its chapters' entries, keeps the others
+    runs.write_json(previous, {**(runs.read_json(previous) if previous.exists() else {}), **timings})
     print(f"total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
     return timings
 

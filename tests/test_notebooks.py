@@ -65,3 +65,12 @@ def test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run(tmp_p
 
     with pytest.raises(papermill.PapermillExecutionError, match="run 00_organism first"):
         suite.run(tmp_path / "empty", tmp_path / "figs", only=["02"], progress=False)
+
+
+def test_a_partial_run_updates_only_its_chapters_timings(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite.papermill, "execute_notebook", lambda *a, **k: None)
+    runs.write_json(tmp_path / "timings.json", {"00_organism": 20.0, "01_plain_finetune": 30.0})
+    suite.run(tmp_path, tmp_path / "figures", only=["01"], progress=False)
+    timings = runs.read_json(tmp_path / "timings.json")
+    assert list(timings) == ["00_organism", "01_plain_finetune"]
+    assert timings["00_organism"] == 20.0 and timings["01_plain_finetune"] < 30.0
