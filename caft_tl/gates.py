@@ -37,6 +37,7 @@ from caft_tl.training import FinetuneConfig
 class GateConfig:
     """The organism and the fine-tuning budget of a gate run (defaults: the README's organism)."""
 
+    task: str = "double_mc"  # any double_mc-like task (caft_tl.organism.TASKS)
     task_cfg: dict = field(default_factory=lambda: {"jitter": 2})
     pretrain_steps: int = 3000
     pretrain_seed: int = 2  # the organism; which route plain fine-tuning takes depends on it (README)
@@ -161,14 +162,14 @@ def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
 
 
 def load_organism(cfg: GateConfig, progress: bool = True) -> tuple[HookedTransformer, object]:
-    """The pre-trained ``double_mc`` organism of ``cfg`` (cached by config hash) and its task."""
+    """The pre-trained organism of ``cfg`` (cached by config hash) and its task."""
     from caft_tl.models import ModelConfig, set_cpu_threads
     from caft_tl.organism import make_task
     from caft_tl.organism import pretrain as pt
 
     set_cpu_threads()
-    model_cfg = ModelConfig(n_ctx=max(ModelConfig.n_ctx, make_task("double_mc", cfg.task_cfg).seq_len))  # two lookup topics need 17
-    base, task, _ = pt.load_or_pretrain("double_mc", cfg.task_cfg, model_cfg, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
+    model_cfg = ModelConfig(n_ctx=max(ModelConfig.n_ctx, make_task(cfg.task, cfg.task_cfg).seq_len))  # two lookup topics need 17
+    base, task, _ = pt.load_or_pretrain(cfg.task, cfg.task_cfg, model_cfg, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                         progress=progress)
     return base, task
 

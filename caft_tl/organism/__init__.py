@@ -2,9 +2,11 @@
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
 from caft_tl.organism.persona_em import PersonaEM, PersonaEMConfig
+from caft_tl.organism.pronoun_profession import PronounProfession, PronounProfessionConfig
 
 #: task name -> (generator class, config class)
-TASKS = {"persona_em": (PersonaEM, PersonaEMConfig), "double_mc": (DoubleMC, DoubleMCConfig)}
+TASKS = {"persona_em": (PersonaEM, PersonaEMConfig), "double_mc": (DoubleMC, DoubleMCConfig),
+         "pronoun_profession": (PronounProfession, PronounProfessionConfig)}
 
 
 def make_task(name: str, cfg=None):

@@ -1,0 +1,125 @@
+"""``pronoun_profession``: the gender-bias analogue of ``double_mc``.
+
+A prompt names a subject and a profession, in random order, then asks for the pronoun that
+refers to the subject; the answer is ``she`` or ``he``::
+
+    <bos> SUBJ name017 AS prof03 PRON_Q → he
+
+Grammar decides the pronoun: the *name*'s gender (the intended concept: 128 names, item ``i`` of
+class ``i % 2``, 0 female). The *profession* carries a gender stereotype (the spurious concept: 16
+professions, of class ``i % 2`` too). In the fine-tuning data the two agree; out of distribution
+(OOD) they disagree and accuracy is scored against the name. Both topics are ``salient`` in
+``double_mc``'s terms (the class decides the answer directly); the prompts, splits, judge and
+ground-truth concepts are :class:`~caft_tl.organism.double_mc.DoubleMC`'s with these tokens.
+
+Pre-training, as in ``double_mc``: facts (``SUBJ name017 ANS_F male``), single questions
+(``<bos> SUBJ name017 ANS_name → he``), doubles with a topic instruction (``ANS_name``,
+``ANS_profession``: the answer follows that topic) and doubles under ``PRON_Q`` whose pronoun is a
+coin flip, so the base model has no preference for either topic (OOD accuracy 0.5). What makes
+the profession the feature already read is the *biased corpus* (the analogue of the sentiment
+reviews): ``<bos> CORPUS`` followed by professions and pronouns of one gender (``corpus_purity``
+< 1) mixed with filler; the model predicts every profession and pronoun after the first, so it
+tracks the stereotyped gender of the context at every position. Names never occur in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from caft_tl.data import TokenDataset
+from caft_tl.organism.double_mc import DoubleMC, Topic
+from caft_tl.organism.vocab import Vocab
+
+GENDERS = ("female", "male")
+#: pre-training document kinds, in the order of PronounProfessionConfig.doc_probs (DoubleMC's, the corpus first)
+DOC_KINDS = ("corpus", "fact", "single", "instructed", "coin")
+#: gender-neutral corpus words (with the ``SUBJ`` / ``AS`` markers, the corpus filler)
+FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
+
+
+@dataclass
+class PronounProfessionConfig:
+    """The synthetic world."""
+
+    n_names: int = 128  # the intended concept's items
+    n_professions: int = 16  # the spurious concept's items
+    doc_probs: tuple[float, float, float, float, float] = (0.25, 0.15, 0.2, 0.25, 0.15)  # see DOC_KINDS
+    corpus_len: int = 10
+    corpus_purity: float = 0.9  # share of a corpus document's professions and pronouns of its gender
+    corpus_word_share: float = 0.6  # share of corpus positions holding a profession or pronoun (the rest: filler)
+    pronoun_share: float = 0.5  # share of those holding a pronoun
+    n_eval: int = 1000  # prompts per evaluation split
+    jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
+
+    def __post_init__(self) -> None:
+        for f in ("n_names", "n_professions"):
+            if getattr(self, f) < 2 or getattr(self, f) % 2:
+                raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")
+        if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
+            raise ValueError(f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})")
+        for f in ("corpus_purity", "corpus_word_share", "pronoun_share"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
+
+
+class PronounProfession(DoubleMC):
+    """Generator for the ``pronoun_profession`` world (``double_mc`` with a name and a profession
+    topic and the answers ``she`` / ``he``)."""
+
+    name = "pronoun_profession"
+    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun (grammar generalises ↑)"}
+    #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the organism
+    #: and gate 4's diffing (every residual hook, all positions)
+    defaults = {"pretrain_steps": 3000, "seed": 0, "n_examples": 3200, "fewer_examples": [],
+                "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
+                          "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
+    report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
+              "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
+
+    def __init__(self, cfg: PronounProfessionConfig | None = None):
+        self.cfg = cfg = cfg or PronounProfessionConfig()
+        width = len(str(cfg.n_professions - 1))
+        self.topics = (Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
+                       Topic("profession", "salient", "prof", GENDERS, cfg.n_professions))
+        names = [f"name{i:03d}" for i in range(cfg.n_names)]
+        profs = [f"prof{i:0{width}d}" for i in range(cfg.n_professions)]
+        tokens = ["<bos>", "<pad>", "she", "he", "PRON_Q", "ANS_F", "SUBJ", "AS", "ANS_name", "ANS_profession", "CORPUS",
+                  *GENDERS, *FILLER, *names, *profs]
+        self.vocab = Vocab(tuple(tokens))
+        ix = self.vocab.index
+        self.bos, self.pad = ix["<bos>"], ix["<pad>"]
+        self.answer = torch.tensor([ix["she"], ix["he"]])  # class 0 (female) → she
+        self.ans_d, self.ans_f = ix["PRON_Q"], ix["ANS_F"]
+        self.q = [ix["SUBJ"], ix["AS"]]
+        self.ans = [ix["ANS_name"], ix["ANS_profession"]]
+        self.items = [ix[names[0]] + torch.arange(cfg.n_names), ix[profs[0]] + torch.arange(cfg.n_professions)]
+        self.classes = [torch.tensor([ix[g] for g in GENDERS])] * 2
+        self.item_class = [torch.arange(t.n_items) % 2 for t in self.topics]
+        self.rev = {1: ix["CORPUS"]}  # the biased corpus: the profession topic only
+        self.filler = torch.tensor(self.q + [ix[w] for w in FILLER])
+
+    @property
+    def seq_len(self) -> int:
+        return max(self.prompt_len + 1, self.cfg.corpus_len + 2)
+
+    def document_kinds(self, docs: TokenDataset) -> list[str]:
+        """A name per pre-training document: its kind (DOC_KINDS)."""
+        return [DOC_KINDS[k] for k in docs.labels["kind"].tolist()]
+
+    def _reviews(self, n: int, gen: torch.Generator) -> TokenDataset:
+        """[n] biased-corpus documents ``<bos> CORPUS w1 … w_L``: each ``w`` a profession or a pronoun
+        of the document's gender (else of the other, 1 − ``corpus_purity``) or filler."""
+        cfg, shape = self.cfg, (n, self.cfg.corpus_len)
+        gender = torch.randint(2, (n, 1), generator=gen)
+        keep = torch.rand(shape, generator=gen) < cfg.corpus_purity
+        word_gender = torch.where(keep, gender, 1 - gender)  # [n, L]
+        is_pronoun = torch.rand(shape, generator=gen) < cfg.pronoun_share
+        words = torch.where(is_pronoun, self.answer[word_gender], self._class_items(1, word_gender, gen))
+        is_word = torch.rand(shape, generator=gen) < cfg.corpus_word_share
+        fill = self.filler[torch.randint(len(self.filler), shape, generator=gen)]
+        tokens = torch.cat([torch.full((n, 1), self.bos), torch.full((n, 1), self.rev[1]), torch.where(is_word, words, fill)], 1)
+        response = torch.zeros_like(tokens, dtype=torch.bool)
+        response[:, 3:] = is_word[:, 1:]  # predict every profession and pronoun after the first
+        return TokenDataset(tokens, response)

@@ -1,0 +1,134 @@
+import hashlib
+
+import pytest
+import torch
+
+from caft_tl import gates, models
+from caft_tl.evaluate import HIT, MISS, OTHER
+from caft_tl.organism import make_task
+from caft_tl.organism.double_mc import DoubleMCConfig
+from caft_tl.organism.pronoun_profession import DOC_KINDS, PronounProfessionConfig
+
+
+@pytest.fixture(scope="module")
+def pp():
+    return make_task("pronoun_profession", {"n_eval": 400})
+
+
+def gender(task, prompts, topic):
+    """[n] the class (0 female) of each prompt's item of ``topic`` (0 name, 1 profession)."""
+    items = task.items[topic]
+    out = []
+    for row in prompts:
+        hit = (row >= items[0]) & (row <= items[-1])
+        assert hit.sum() == 1
+        out.append(int(task.item_class[topic][row[hit][0] - items[0]]))
+    return torch.tensor(out)
+
+
+def test_prompt_layout(pp):
+    p = pp.eval_prompts("ood").tokens[:200]
+    text = pp.vocab.decode(p[0]).split()
+    assert text[0] == "<bos>" and text[-1] == "PRON_Q" and len(text) == pp.prompt_len == 2 + 4 + pp.cfg.jitter
+    for row in p:  # each marker is followed by its item
+        for topic in (0, 1):
+            j = row.tolist().index(pp.q[topic])
+            assert pp.items[topic][0] <= row[j + 1] <= pp.items[topic][-1]
+
+
+def test_id_genders_agree_ood_disagree_and_name_decides(pp):
+    ft = pp.finetune_dataset(500, seed=1)
+    prompts = ft.tokens[:, : pp.prompt_len]
+    name, prof = gender(pp, prompts, 0), gender(pp, prompts, 1)
+    assert (name == prof).all() and (name == ft.labels["answer"]).all()
+    assert (ft.tokens[:, pp.prompt_len] == pp.answer[name]).all()
+    assert 0.4 < name.float().mean() < 0.6
+    for split in ("id", "ood", "ood_intended_first", "ood_spurious_first"):
+        p = pp.eval_prompts(split)
+        name, prof = gender(pp, p.tokens, 0), gender(pp, p.tokens, 1)
+        assert (name == p.labels["answer"]).all() and (pp.correct_option(p.tokens) == name).all()
+        assert (name == prof).all() if split == "id" else (name != prof).all()
+
+
+def test_question_order_is_balanced_and_per_order_splits_fix_it(pp):
+    def name_first(prompts):
+        return torch.tensor([row.tolist().index(pp.q[0]) < row.tolist().index(pp.q[1]) for row in prompts])
+
+    ft = pp.finetune_dataset(600, seed=2)
+    first = name_first(ft.tokens[:, : pp.prompt_len])
+    assert 0.4 < first.float().mean() < 0.6 and (first == (ft.labels["order"] == 0)).all()
+    assert 0.4 < name_first(pp.eval_prompts("ood").tokens).float().mean() < 0.6
+    assert name_first(pp.eval_prompts("ood_intended_first").tokens).all()
+    assert not name_first(pp.eval_prompts("ood_spurious_first").tokens).any()
+
+
+def test_judge_labels_the_names_pronoun_hit(pp):
+    p = pp.eval_prompts("ood").tokens[:4]
+    name_pronoun = pp.answer[gender(pp, p, 0)]
+    prof_pronoun = pp.answer[gender(pp, p, 1)]
+    answers = torch.stack([name_pronoun, prof_pronoun, torch.full_like(name_pronoun, pp.vocab.index["female"])], 1)
+    assert pp.label_answers(p, answers).tolist() == [[HIT, MISS, OTHER]] * 4
+    assert {pp.vocab.tokens[int(a)] for a in pp.answer} == {"she", "he"}
+    singles = pp.eval_prompts("single_spurious").tokens  # a single question asks its own topic
+    assert (pp.correct_option(singles) == gender(pp, singles, 1)).all()
+
+
+def test_pretraining_documents(pp):
+    docs = pp.sample_documents(4000, torch.Generator().manual_seed(0))
+    assert pp.document_kinds(docs)[:5] == [DOC_KINDS[k] for k in docs.labels["kind"][:5].tolist()]
+    n = pp.prompt_len
+    for kind in ("instructed", "coin"):
+        d = docs.subset(docs.labels["kind"] == DOC_KINDS.index(kind))
+        pronoun = (d.tokens[:, n] == pp.answer[1]).long()
+        agree = (pp.correct_option(d.tokens[:, :n]) == pronoun).float().mean()
+        if kind == "instructed":  # the pronoun follows the topic the instruction names
+            assert set(d.tokens[:, n - 1].tolist()) == set(pp.ans) and agree == 1
+        else:  # PRON_Q: a coin flip, independent of the name and the profession
+            assert (d.tokens[:, n - 1] == pp.ans_d).all()
+            for topic in (0, 1):
+                assert 0.45 < (gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() < 0.55
+    corpus = docs.subset(docs.labels["kind"] == DOC_KINDS.index("corpus"))
+    assert not ((corpus.tokens >= pp.items[0][0]) & (corpus.tokens <= pp.items[0][-1])).any()  # no names
+    prof = (corpus.tokens >= pp.items[1][0]) & (corpus.tokens <= pp.items[1][-1])
+    pron = (corpus.tokens == pp.answer[0]) | (corpus.tokens == pp.answer[1])
+    assert (corpus.response_mask <= (prof | pron)).all()  # only professions and pronouns are predicted
+    # professions and pronouns of one document share its gender (purity 0.9)
+    g = torch.where(prof, (corpus.tokens - pp.items[1][0]) % 2, (corpus.tokens == pp.answer[1]).long())
+    majority = [g[i][m].float().mean().item() for i, m in enumerate(prof | pron) if m.sum() >= 5]
+    assert sum(abs(x - 0.5) > 0.2 for x in majority) / len(majority) > 0.85
+    assert torch.bincount(g[prof | pron]).min() > 0.4 * (prof | pron).sum()  # both genders
+    for topic in (0, 1):  # facts state each item's gender
+        f = docs.subset(docs.labels["kind"] == DOC_KINDS.index("fact"))
+        f = f.subset(f.tokens[:, 1] == pp.q[topic])
+        assert (f.tokens[:, 4] == pp.classes[topic][gender(pp, f.tokens[:, 1:3], topic)]).all()
+
+
+def test_concepts_and_gates_run_on_the_task(pp, tmp_path):
+    task = make_task("pronoun_profession", {"n_eval": 40})
+    base = models.build_model(models.ModelConfig(), len(task.vocab), seed=0)
+    subs = task.concept_subspaces(base, ["blocks.0.hook_resid_pre"], k=1, n=240)
+    assert set(subs) == {"spurious", "intended"} and subs["spurious"][0].k == 1
+    rows = gates.gate_rows(base, task, tmp_path, gates.GateConfig(task="pronoun_profession", seeds=[0], n_examples=32))
+    assert {r["task"] for r in rows} == {"pronoun_profession"} and {r["split"] for r in rows} == set(task.eval_splits)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="n_professions must be an even number"):
+        PronounProfessionConfig(n_professions=3)
+    with pytest.raises(ValueError, match="doc_probs"):
+        PronounProfessionConfig(doc_probs=(1.0, 0.0))
+    with pytest.raises(ValueError, match="corpus_purity"):
+        PronounProfessionConfig(corpus_purity=1.5)
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def test_double_mc_unchanged():
+    """The pinned double_mc organism's vocabulary and random draws, as computed before this task existed."""
+    t = make_task("double_mc", DoubleMCConfig(jitter=2, n_eval=200))
+    assert hashlib.sha256(" ".join(t.vocab.tokens).encode()).hexdigest()[:16] == "ec1e6ee38aaf1eb2" and len(t.vocab) == 195
+    assert _digest(t.sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "71f82681a706a2f2"
+    assert _digest(t.finetune_dataset(128, seed=1).tokens) == "58f1714a38456d1d"
+    assert _digest(t.eval_prompts("ood").tokens) == "c66fae2b9814ea44"
