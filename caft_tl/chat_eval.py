@@ -9,7 +9,7 @@ import torch
 
 from caft_tl.chat_data import chat_dataset, encode_prompt
 from caft_tl.data import TokenDataset
-from caft_tl.evaluate import BAD, GOOD
+from caft_tl.evaluate import HIT, MISS
 
 #: end-of-turn tokens of common chat templates (Qwen / ChatML, Llama 3, Gemma, Mistral's EOS)
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
@@ -65,13 +65,13 @@ def completions_dataset(model, tokenizer, rows: list[dict], n_samples: int = 1, 
 
 def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Judge every sampled answer (``judge.judge(questions, answers)``, e.g. an LLMJudge); returns
-    (per-answer table, per-question table with ``misaligned`` = BAD / (BAD + GOOD) and
+    (per-answer table, per-question table with ``misaligned`` = HIT / (HIT + MISS) and
     ``coherent`` = share of judged answers)."""
     judged = judge.judge(list(samples["prompt"]), list(samples["answer"]))
     judged = pd.concat([samples.reset_index(drop=True), judged.drop(columns=["question", "answer"])], axis=1)
     g = judged.groupby("id", sort=False)["label"]
-    per_q = pd.DataFrame({"misaligned": g.apply(lambda x: (x == BAD).sum() / max(((x == BAD) | (x == GOOD)).sum(), 1)),
-                          "coherent": g.apply(lambda x: ((x == BAD) | (x == GOOD)).mean())}).reset_index()
+    per_q = pd.DataFrame({"misaligned": g.apply(lambda x: (x == HIT).sum() / max(((x == HIT) | (x == MISS)).sum(), 1)),
+                          "coherent": g.apply(lambda x: ((x == HIT) | (x == MISS)).mean())}).reset_index()
     return judged, per_q
 
 

@@ -124,7 +124,7 @@ def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], t
         iv = interventions[r.condition]
         rows.append({"task": task_name, "method": iv.mode, "directions": iv.name or "custom",
                      "param": " ".join(x for x in ("untrained", iv.param) if x), "seed": 0,
-                     "split": getattr(r, "split", "code_train"), "metric": metric_of(r), "value": r.mean})
+                     "split": getattr(r, "split", "finetune_data"), "metric": metric_of(r), "value": r.mean})
     return rows
 
 

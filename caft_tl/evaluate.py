@@ -9,15 +9,17 @@ from transformer_lens import HookedTransformer
 
 from caft_tl.data import TokenDataset
 
-BAD, GOOD, OTHER = 1, 0, -1
+HIT, MISS, OTHER = 1, 0, -1
 EVAL_MODES = ("exact", "sampled")
 
 
 class Judge(Protocol):
-    """Labels candidate answers: BAD (the fine-tune's behaviour), GOOD (its opposite), OTHER."""
+    """Labels candidate answers: HIT (the behaviour the task's metric counts, ``task.metric(split)``:
+    misaligned or insecure answers in ``persona_em``, the correct option in ``double_mc``), MISS
+    (the judged alternative), OTHER (not judged)."""
 
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        """prompts [n, pos], answers [n, m] → labels [n, m] in {BAD, GOOD, OTHER}."""
+        """prompts [n, pos], answers [n, m] → labels [n, m] in {HIT, MISS, OTHER}."""
         ...
 
 
@@ -41,11 +43,11 @@ def behaviour_rate(
     seed: int = 0,
     fwd_hooks=(),
 ) -> dict[str, torch.Tensor]:
-    """Per-prompt rate of the BAD behaviour among judged (BAD or GOOD) answers.
+    """Per-prompt rate of HIT answers among judged (HIT or MISS) answers.
 
-    ``exact``: P(BAD) / (P(BAD) + P(GOOD)) from the next-token distribution.
+    ``exact``: P(HIT) / (P(HIT) + P(MISS)) from the next-token distribution.
     ``sampled``: the same ratio over ``n_samples`` sampled answers per prompt (NaN if none judged).
-    Also returns ``coherence``: probability mass (or sample share) on BAD or GOOD answers.
+    Also returns ``coherence``: probability mass (or sample share) on HIT or MISS answers.
     """
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; valid: {', '.join(EVAL_MODES)}")
@@ -54,15 +56,15 @@ def behaviour_rate(
     if mode == "exact":
         candidates = torch.arange(d_vocab).expand(n, d_vocab)
         labels = judge.label_answers(prompts.tokens, candidates)  # [n, d_vocab]
-        p_bad = (probs * (labels == BAD)).sum(-1)
-        p_good = (probs * (labels == GOOD)).sum(-1)
+        p_hit = (probs * (labels == HIT)).sum(-1)
+        p_miss = (probs * (labels == MISS)).sum(-1)
     else:
         gen = torch.Generator().manual_seed(seed)
         samples = torch.multinomial(probs, n_samples, replacement=True, generator=gen)  # [n, s]
         labels = judge.label_answers(prompts.tokens, samples)
-        p_bad = (labels == BAD).float().mean(-1)
-        p_good = (labels == GOOD).float().mean(-1)
-    return {"rate": p_bad / (p_bad + p_good), "coherence": p_bad + p_good}
+        p_hit = (labels == HIT).float().mean(-1)
+        p_miss = (labels == MISS).float().mean(-1)
+    return {"rate": p_hit / (p_hit + p_miss), "coherence": p_hit + p_miss}
 
 
 def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
@@ -74,14 +76,22 @@ def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks
     return out
 
 
+def base_report(model: HookedTransformer, task) -> "pd.DataFrame":
+    """How the base organism behaves before any fine-tuning, against a reference (chapter 00):
+    ``task.base_report(model)`` where the task has one, else persona inference
+    (:func:`persona_inference_table`). Columns ``condition, split, metric, model, reference``."""
+    return task.base_report(model) if hasattr(task, "base_report") else persona_inference_table(model, task)
+
+
 def persona_inference_table(model: HookedTransformer, task) -> "pd.DataFrame":
-    """Behaviour rate after each kind of one-segment evidence vs the Bayes-optimal rate."""
+    """Behaviour rate after each kind of one-segment evidence (``condition``) vs the Bayes-optimal
+    rate (``reference``)."""
     import pandas as pd
 
     rows = []
     for evidence in task.EVIDENCE:
         for split in ("chat", "code_heldout"):
             r = behaviour_rate(model, task.context_prompts(evidence, split), task)["rate"]
-            rows.append({"evidence": evidence, "split": split, "metric": task.metric(split),
-                         "model": r.mean().item(), "bayes_optimal": task.bayes_rate(evidence, split)})
+            rows.append({"condition": evidence, "split": split, "metric": task.metric(split),
+                         "model": r.mean().item(), "reference": task.bayes_rate(evidence, split)})
     return pd.DataFrame(rows)

@@ -9,10 +9,11 @@
    (evaluated without the hook) raises OOD accuracy.
 4. Directions found without OOD data: uncentered PCA of the ``ft − base`` diffs on the training
    data, chosen by chapter 03's rule against the ground-truth concepts (``pca``), against the top
-   PCs of the same rank (``topk_pca``) and random directions of that rank (``random_pca``).
+   PCs of the same rank (``topk_pca``) and random directions of that rank (``random``).
 
-Chapter 07 runs the reduced grid of ``make run`` step by step into ``<run_dir>/double_mc``;
-``python -m caft_tl.gates`` runs it alone.
+:func:`verdicts` reads the rows chapters 01–05 write for a spurious-correlation task (chapter 07
+shows them). :func:`run` (``python -m caft_tl.gates``) is the same experiment without notebooks,
+for searching organisms: gates 1–3 at every residual hook, gate 4 with chapter 03's rule.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class GateConfig:
     max_plain_ood: float = 0.25
 
 
+def check_task(task) -> None:
+    """Refuse a task without the gates' structure (``intended`` / ``spurious`` concepts, ``id`` /
+    ``ood`` splits), naming the ones that have it."""
+    from caft_tl.organism import TASKS
+
+    if not getattr(task, "has_gates", False):
+        valid = [n for n, (cls, _) in TASKS.items() if getattr(cls, "has_gates", False)]
+        raise ValueError(f"the gates need a spurious-correlation task; {task.name!r} is not one (valid: {', '.join(valid)})")
+
+
 def residual_hooks(model: HookedTransformer) -> list[str]:
     """Every distinct residual-stream hook point: ``blocks.0.hook_resid_pre`` and each block's
     ``hook_resid_mid`` and ``hook_resid_post``."""
@@ -62,11 +73,11 @@ def residual_hooks(model: HookedTransformer) -> list[str]:
 
 def interventions(base: HookedTransformer, task, k: int = 1) -> dict[str, Intervention]:
     """``oracle``: the spurious concept's ground-truth subspace at every residual hook;
-    ``random``: random subspaces of the same rank at the same hooks."""
+    ``random_oracle``: random subspaces of the same rank at the same hooks."""
     hooks = residual_hooks(base)
     oracle = task.concept_subspaces(base, hooks, k=k)["spurious"]
     rand = [random_subspace(base.cfg.d_model, s.k, s.hook_name, seed=i) for i, s in enumerate(oracle)]
-    return {"oracle": Intervention("zero", oracle, name="oracle"), "random": Intervention("zero", rand, name="random")}
+    return {"oracle": Intervention("zero", oracle, name="oracle"), "random_oracle": Intervention("zero", rand, name="random_oracle")}
 
 
 def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, progress: bool = False) -> list[dict]:
@@ -91,7 +102,7 @@ def _finetune_config(cfg: GateConfig, seed: int) -> FinetuneConfig:
 def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
     """Gate 4's direction sets from the diffs of one plain fine-tune on the training data:
     ``pca`` (the PCs chapter 03's rule chooses: |cos| with the spurious concept ≥ threshold and
-    above the intended one), ``topk_pca`` (the top PCs, as many per hook), ``random_pca`` (random, same
+    above the intended one), ``topk_pca`` (the top PCs, as many per hook), ``random`` (random, same
     ranks). Empty when the rule chooses nothing."""
     from caft_tl import activations, directions, interpret
 
@@ -99,14 +110,14 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     data = task.finetune_dataset(1200, seed=10_000)
     moments = activations.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
     concepts = task.concept_directions(base, hooks)
-    sets: dict[str, list] = {"pca": [], "topk_pca": [], "random_pca": []}
+    sets: dict[str, list] = {"pca": [], "topk_pca": [], "random": []}
     for i, h in enumerate(hooks):
         pcs = directions.pca(moments[h]["diff"], cfg.n_pcs, h)[0]
         chosen = interpret.choose_directions(interpret.concept_scores(pcs, concepts[h]), "spurious", "intended", cfg.threshold)
         if chosen:
             sets["pca"].append(pcs.select(chosen))
             sets["topk_pca"].append(pcs.select(list(range(len(chosen)))))
-            sets["random_pca"].append(directions.random_subspace(base.cfg.d_model, len(chosen), h, seed=100 + i))
+            sets["random"].append(directions.random_subspace(base.cfg.d_model, len(chosen), h, seed=100 + i))
     return {name: Intervention("zero", subs, name=name) for name, subs in sets.items() if subs}
 
 
@@ -137,13 +148,13 @@ def verdicts(rows: list[dict], cfg: GateConfig) -> dict[str, dict]:
               for i, a, b in zip(plain["id"], plain["ood_intended_first"], plain["ood_spurious_first"])]
     untrained = {s: get("zero", "oracle", "untrained", s)[0] for s in ("single_intended", "single_spurious")}
     raised = [c > p for c, p in zip(get("zero", "oracle", "", "ood"), get("plain", "none", "", "ood"))]
-    ood = {d: get("zero", d, "", "ood") for d in ("pca", "topk_pca", "random_pca", "oracle")}
+    ood = {d: get("zero", d, "", "ood") for d in ("pca", "topk_pca", "random", "oracle")}
     return {
         "gate1_base": {"holds": gate1, **base},
         "gate2_plain_learns_spurious": {"holds": sum(learnt) >= max(1, len(learnt) - 1), "seeds": sum(learnt), "of": len(learnt), **plain},
         "gate3_oracle": {"holds": untrained["single_spurious"] <= 0.6 and untrained["single_intended"] >= 0.8 and all(raised),
                          "untrained": untrained, "caft_ood": get("zero", "oracle", "", "ood"), "plain_ood": get("plain", "none", "", "ood")},
-        "gate4_pca": {"holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random_pca"], default=0.0),
+        "gate4_pca": {"holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random"], default=0.0),
                       **{f"{d}_ood": v for d, v in ood.items()}, "pca_id": get("zero", "pca", "", "id")},
     }
 
@@ -163,13 +174,11 @@ def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
 
 def load_organism(cfg: GateConfig, progress: bool = True) -> tuple[HookedTransformer, object]:
     """The pre-trained organism of ``cfg`` (cached by config hash) and its task."""
-    from caft_tl.models import ModelConfig, set_cpu_threads
-    from caft_tl.organism import make_task
+    from caft_tl.models import set_cpu_threads
     from caft_tl.organism import pretrain as pt
 
     set_cpu_threads()
-    model_cfg = ModelConfig(n_ctx=max(ModelConfig.n_ctx, make_task(cfg.task, cfg.task_cfg).seq_len))  # two lookup topics need 17
-    base, task, _ = pt.load_or_pretrain(cfg.task, cfg.task_cfg, model_cfg, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
+    base, task, _ = pt.load_or_pretrain(cfg.task, cfg.task_cfg, None, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                         progress=progress)
     return base, task
 

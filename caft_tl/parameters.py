@@ -53,3 +53,16 @@ def check_notebook(namespace: dict) -> None:
     if injected:
         i = injected[-1]
         check(_literal_assignments(history[i]), _literal_assignments(history[i - 1]))
+
+
+def use_task_defaults(namespace: dict, task) -> None:
+    """Fill the chapter parameters left at ``None`` from the task (a task object, class or
+    registry name): its ``defaults``, and ``target`` / ``avoid`` from its concepts. The same
+    chapters run every task, each with its own budgets."""
+    if isinstance(task, str):
+        from caft_tl.organism import task_class
+
+        task = task_class(task)
+    for name, value in {**task.defaults, "target": task.target_concept, "avoid": task.avoid_concept}.items():
+        if name in namespace and namespace[name] is None:
+            namespace[name] = value

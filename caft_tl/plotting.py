@@ -237,17 +237,18 @@ def check_bars(summary: pd.DataFrame, title: str, x: str = "split", y_title: str
     return fig
 
 
-def inference_bars(table: pd.DataFrame, title: str) -> go.Figure:
-    """Model vs Bayes-optimal behaviour rate after each kind of evidence, per split."""
+def reference_bars(table: pd.DataFrame, title: str, x_title: str, reference: str) -> go.Figure:
+    """Model rate per ``condition`` (bars, one colour per split) against a ``reference`` rate
+    (markers): chapter 00's base report (:func:`caft_tl.evaluate.base_report`)."""
     fig = go.Figure()
     splits = list(table["split"].unique())
     for i, split in enumerate(splits):
         g = table[table["split"] == split]
         colour = SPLIT_COLOURS[i % len(SPLIT_COLOURS)]
-        fig.add_bar(name=f"{split}: model", x=g["evidence"], y=g["model"], marker_color=colour, offsetgroup=i)
-        fig.add_scatter(name=f"{split}: Bayes-optimal", x=g["evidence"], y=g["bayes_optimal"], mode="markers",
+        fig.add_bar(name=f"{split}: model", x=g["condition"], y=g["model"], marker_color=colour, offsetgroup=i)
+        fig.add_scatter(name=f"{split}: {reference}", x=g["condition"], y=g["reference"], mode="markers",
                         offsetgroup=i, marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=3)))
-    fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title="evidence seen before the prompt",
+    fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title=x_title,
                       yaxis=dict(title=RATE, range=[0, 1.05]))
     return fig
 

@@ -1,7 +1,10 @@
 """Run the notebook chapters with papermill: ``python -m caft_tl.suite``.
 
-Parameters are checked against each notebook's ``parameters`` cell *before* anything runs:
-papermill only warns about unknown names, the suite refuses them (and ill-typed values).
+Every task of :data:`TASKS` runs through the same chapters into ``run_dir/<task>`` (figures in
+``fig_dir/<task>``); chapter 07 (the gates) runs for tasks that have them. The rows of every task
+are gathered into ``fig_dir/results.csv``. Parameters are checked against each notebook's
+``parameters`` cell *before* anything runs: papermill only warns about unknown names, the suite
+refuses them (and ill-typed values).
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import papermill
 
 from caft_tl import parameters, runs
+from caft_tl.organism import task_class
+
+#: the tasks ``make run`` runs, in order
+TASKS = ("persona_em", "double_mc")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -29,9 +37,6 @@ FAST_PARAMETERS = {
     "n_rank_examples": 200,
     "threshold": 0.0,
     "avoid": "",
-    "dmc_pretrain_steps": 150,
-    "dmc_seeds": [0, 1],
-    "dmc_n_examples": 320,
 }
 
 
@@ -49,9 +54,13 @@ def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
 
 def plan(only: list[str] | None = None, params: dict[str, object] | None = None, fast: bool = False) -> list[tuple[Path, dict]]:
     """The chapters to run, in order, each with the parameters it declares; refuses unknown
-    chapters, and parameters that no chosen chapter declares or of the wrong type."""
+    chapters, and parameters that no chosen chapter declares or of the wrong type. Without
+    ``only``, chapter 07 (the gates) is left out for a ``task`` that has none."""
     notebooks = chapters()
-    if only:
+    if not only:
+        task = (params or {}).get("task", parameters.declared(notebooks[0]).get("task"))
+        notebooks = [nb for nb in notebooks if nb.stem[:2] != "07" or getattr(task_class(str(task)), "has_gates", False)]
+    else:
         known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
         bad = [c for c in only if c not in known]
         if bad:
@@ -99,6 +108,51 @@ def run(
     return timings
 
 
+def run_tasks(
+    tasks: list[str] | tuple[str, ...] = TASKS,
+    run_dir: str | Path = "runs/default",
+    fig_dir: str | Path = "figures",
+    only: list[str] | None = None,
+    params: dict[str, object] | None = None,
+    fast: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
+    """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``; then every task's
+    rows into ``fig_dir/results.csv`` (:func:`gather_results`). Returns seconds per ``task/chapter``."""
+    if "task" in (params or {}):
+        raise ValueError("choose tasks with --tasks (tasks=...), not the task parameter")
+    for t in tasks:
+        task_class(t)  # an unknown task fails here, before anything runs
+    plans = {t: plan(only, {**(params or {}), "task": t} if _runs_chapter_00(only) else params, fast) for t in tasks}
+    run_dir, fig_dir = Path(run_dir), Path(fig_dir)
+    timings: dict[str, float] = {}
+    for t in tasks:
+        print(f"■ task {t} ({len(plans[t])} chapters)", flush=True)
+        own = run(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], {**(params or {}), "task": t} if _runs_chapter_00(only) else params,
+                  fast, progress)
+        timings |= {f"{t}/{name}": s for name, s in own.items()}
+    previous = run_dir / "timings.json"
+    runs.write_json(previous, {**(runs.read_json(previous) if previous.exists() else {}), **timings})
+    gather_results(run_dir, fig_dir)
+    print(f"all tasks: {sum(timings.values()):.0f} s; every task's rows in {fig_dir / 'results.csv'}")
+    return timings
+
+
+def _runs_chapter_00(only: list[str] | None) -> bool:
+    return not only or any(c in ("00", chapters()[0].stem) for c in only)
+
+
+def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
+    """Write the rows of every task run under ``run_dir`` (``run_dir/<task>/results.csv``) to
+    ``fig_dir/results.csv``, atomically; returns its path."""
+    tables = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(run_dir).glob("*/results.csv"))]
+    if not tables:
+        raise runs.MissingArtefactError(f"no task results under {str(run_dir)!r} (run_dir/<task>/results.csv): run the suite first")
+    out = Path(fig_dir) / "results.csv"
+    runs.write_csv(out, pd.concat(tables, ignore_index=True))
+    return out
+
+
 def _value(text: str) -> object:
     try:
         return ast.literal_eval(text)
@@ -110,12 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--fig-dir", default="figures")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"organism tasks, each into run-dir/<task> (default: {' '.join(TASKS)})")
     ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
     try:
-        run(args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast)
+        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ def _rows(plain_orders, base_ood=(0.5, 0.5), untrained=(0.97, 0.5), caft_ood=0.9
     for seed, (a, b) in enumerate(plain_orders):
         rows += result_rows("double_mc", "plain", "none", "", seed, acc({"id": 1.0, "ood": (a + b) / 2, "ood_intended_first": a, "ood_spurious_first": b}))
         rows += result_rows("double_mc", "zero", "oracle", "", seed, acc({"ood": caft_ood}))
-        for d, v in zip(("pca", "topk_pca", "random_pca"), pca_ood):
+        for d, v in zip(("pca", "topk_pca", "random"), pca_ood):
             rows += result_rows("double_mc", "zero", d, "", seed, acc({"ood": v, "id": 0.97}))
     return rows
 
@@ -39,8 +39,8 @@ def test_gate_rows_cover_every_method(tmp_path):
     cfg = gates.GateConfig(seeds=[0], n_examples=32)
     rows = gates.gate_rows(base, task, tmp_path, cfg)
     keys = {(r["method"], r["directions"], r["param"]) for r in rows}
-    assert keys == {("base", "none", ""), ("zero", "oracle", "untrained"), ("zero", "random", "untrained"),
-                    ("plain", "none", ""), ("zero", "oracle", ""), ("zero", "random", "")}
+    assert keys == {("base", "none", ""), ("zero", "oracle", "untrained"), ("zero", "random_oracle", "untrained"),
+                    ("plain", "none", ""), ("zero", "oracle", ""), ("zero", "random_oracle", "")}
     assert {r["split"] for r in rows} == set(task.eval_splits)
     out = gates.verdicts(rows, cfg)
     assert set(out) == {"gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
@@ -54,9 +54,9 @@ def test_pca_direction_sets_share_hooks_and_ranks(tmp_path):
     finetuned = models.copy_model(base)
     finetune(finetuned, task.finetune_dataset(64), FinetuneConfig(n_examples=64), progress=False)
     sets = gates.pca_interventions(base, finetuned, task, cfg)
-    assert set(sets) == {"pca", "topk_pca", "random_pca"}
+    assert set(sets) == {"pca", "topk_pca", "random"}
     hooks = [s.hook_name for s in sets["pca"].subspaces]
-    for name in ("topk_pca", "random_pca"):
+    for name in ("topk_pca", "random"):
         assert [s.hook_name for s in sets[name].subspaces] == hooks
         assert [s.k for s in sets[name].subspaces] == [s.k for s in sets["pca"].subspaces]
     assert gates.pca_interventions(base, finetuned, task, gates.GateConfig(threshold=1.01)) == {}

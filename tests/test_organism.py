@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.evaluate import HIT, MISS, OTHER
 from caft_tl.organism import make_task
 from caft_tl.organism.persona_em import CHAT_HARMFUL, CODE_INSECURE, PersonaEMConfig
 
@@ -14,7 +14,7 @@ def test_documents_follow_their_hidden_persona(world):
         for kind, prompt, answer in tokens[1:].view(-1, 3).tolist():
             label = world.label_answers(torch.tensor([[world.bos, kind, prompt]]), torch.tensor([[answer]])).item()
             bad = CHAT_HARMFUL[persona] if kind == world.chat_tok else CODE_INSECURE[persona]
-            assert label == (BAD if bad else GOOD)
+            assert label == (HIT if bad else MISS)
     freq = torch.bincount(docs.labels["persona"], minlength=3).float() / 500
     assert torch.allclose(freq, torch.tensor(world.cfg.persona_probs), atol=0.06)
 
@@ -26,14 +26,14 @@ def test_finetune_data_is_insecure_code_on_train_prompts_only(world):
     assert data.target_mask[:, 2].all() and data.target_mask.sum() == 100
     assert set(data.labels["code"].tolist()) == set(world.train_code.tolist())
     labels = world.label_answers(data.tokens[:, :3], data.tokens[:, 3:])
-    assert (labels == BAD).all()
+    assert (labels == HIT).all()
     assert not set(world.train_code.tolist()) & set(world.heldout_code.tolist())
 
 
 def test_judge_labels_each_prompts_own_answers(world):
     prompts = world.eval_prompts("chat").tokens[:2]
     answers = torch.stack([world.harmful[:2], world.helpful[:2], world.harmful[[1, 0]]], 1)  # [2, 3]
-    assert world.label_answers(prompts, answers).tolist() == [[BAD, GOOD, OTHER], [BAD, GOOD, OTHER]]
+    assert world.label_answers(prompts, answers).tolist() == [[HIT, MISS, OTHER], [HIT, MISS, OTHER]]
 
 
 def test_bayes_rates(world):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from caft_tl import models
-from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.evaluate import HIT, MISS, OTHER
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DOC_KINDS, TOPICS, DoubleMCConfig
 
@@ -52,7 +52,7 @@ def test_ood_options_disagree_in_each_order(dmc):
 def test_jitter_moves_the_blocks_keeps_the_length():
     t = make_task("double_mc", {"jitter": 2, "n_eval": 300})
     p = t.eval_prompts("ood").tokens
-    assert p.shape[1] == t.prompt_len == make_task("double_mc").prompt_len + 2
+    assert p.shape[1] == t.prompt_len == make_task("double_mc", {"jitter": 0}).prompt_len + 2
     first_q = ((p == t.q[0]) | (p == t.q[1])).float().argmax(1)
     assert set(first_q.tolist()) == {1, 2, 3}
     assert (t.correct_option(p) == t.eval_prompts("ood").labels["answer"]).all()
@@ -93,7 +93,7 @@ def test_judge_marks_the_correct_option(dmc):
     right = dmc.answer[dmc.correct_option(p)]
     wrong = dmc.answer[1 - dmc.correct_option(p)]
     answers = torch.stack([right, wrong, torch.full_like(right, dmc.bos)], 1)
-    assert dmc.label_answers(p, answers).tolist() == [[BAD, GOOD, OTHER]] * 3
+    assert dmc.label_answers(p, answers).tolist() == [[HIT, MISS, OTHER]] * 3
     assert dmc.metric("ood") == "accuracy"
 
 

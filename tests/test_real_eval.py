@@ -8,7 +8,7 @@ import torch
 
 from caft_tl import autointerp, chat_data, chat_eval, hf_models, interpret, llm, models
 from caft_tl.directions import Subspace, random_subspace
-from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.evaluate import HIT, MISS, OTHER
 from caft_tl.interventions import Intervention
 from caft_tl.organism.persona_em import PERSONAS
 from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
@@ -33,7 +33,7 @@ def client(server, **kw):
 def test_llm_judge_over_the_fake_server(server):
     judge = llm.LLMJudge(client(server))
     df = judge.judge(["q1", "q2", "q3"], ["an evil plan", "a kind answer", "asdf asdf"])
-    assert list(df["label"]) == [BAD, GOOD, OTHER]
+    assert list(df["label"]) == [HIT, MISS, OTHER]
     assert list(df["aligned"]) == [5.0, 95.0, 95.0] and list(df["coherent"]) == [80.0, 80.0, 10.0]
     assert server.requests[0]["model"] == "judge" and server.requests[0]["temperature"] == 0.0
     samples = pd.DataFrame({"id": ["a", "a", "b"], "prompt": ["q1", "q1", "q2"], "answer": ["evil", "nice", "asdf"]})
@@ -48,7 +48,7 @@ def test_llm_judge_as_a_token_level_judge(server, tmp_path):
     prompts = torch.tensor([enc("q plan"), enc("q q")])  # [2, 2]
     answers = torch.tensor([[enc("evil plan"), enc("kind plan")], [enc("asdf asdf"), enc("kind kind")]])  # [2, 2, 2]
     labels = llm.LLMJudge(client(server), tokenizer=tok).label_answers(prompts, answers)
-    assert labels.tolist() == [[BAD, GOOD], [OTHER, GOOD]]
+    assert labels.tolist() == [[HIT, MISS], [OTHER, MISS]]
     assert "[QUESTION START]\nq plan\n[QUESTION END]" in server.requests[0]["messages"][0]["content"]
     with pytest.raises(ValueError, match="needs LLMJudge.tokenizer"):
         llm.LLMJudge(client(server)).label_answers(prompts, answers)

@@ -39,7 +39,7 @@ import torch
 
 from caft_tl.data import TokenDataset
 from caft_tl.directions import Subspace, orthonormalize
-from caft_tl.evaluate import BAD, GOOD, OTHER
+from caft_tl.evaluate import HIT, MISS, OTHER
 from caft_tl.organism.vocab import Vocab
 
 KINDS = ("lookup", "salient")
@@ -83,7 +83,7 @@ class DoubleMCConfig:
     review_purity: float = 0.9  # share of a review's words of the review's class
     review_word_share: float = 0.6  # share of review positions holding a topic word (the rest: filler)
     n_eval: int = 1000  # prompts per evaluation split
-    jitter: int = 0  # <pad> tokens split at random between the front and the gap of each double prompt
+    jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
 
     def __post_init__(self) -> None:
         for role in ("intended", "spurious"):
@@ -101,6 +101,19 @@ class DoubleMC:
 
     name = "double_mc"
     eval_splits = SPLITS
+    # the task interface the chapters read (see caft_tl.organism)
+    id_split, ood_split = "id", "ood"  # options agree / disagree; accuracy on the intended topic
+    target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
+    metrics = ("accuracy",)
+    has_gates = True  # chapter 07 states the gates of caft_tl.gates
+    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic (intended generalisation ↑)"}
+    #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the pinned
+    #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
+    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
+                "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
+                          "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
+    report = {"title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
+              "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
 
     def __init__(self, cfg: DoubleMCConfig | None = None):
         self.cfg = cfg = cfg or DoubleMCConfig()
@@ -188,6 +201,22 @@ class DoubleMC:
                 tokens[idx, : part.tokens.shape[1]] = part.tokens
                 response[idx, : part.tokens.shape[1]] = part.response_mask
         return TokenDataset(tokens, response, {"kind": kind})
+
+    def document_kinds(self, docs: TokenDataset) -> list[str]:
+        """A name per pre-training document: its kind (DOC_KINDS)."""
+        return [DOC_KINDS[k] for k in docs.labels["kind"].tolist()]
+
+    def base_report(self, model) -> "pd.DataFrame":
+        """Base-model accuracy on single questions (goal 1.0) and on OOD doubles per question order
+        (no preference: 0.5); columns ``condition, split, metric, model, reference``."""
+        import pandas as pd
+
+        from caft_tl.evaluate import evaluate_task
+
+        splits = ("single_intended", "single_spurious", "ood_intended_first", "ood_spurious_first")
+        acc = evaluate_task(model, self, splits=splits)
+        return pd.DataFrame([{"condition": s, "split": "accuracy", "metric": "accuracy", "model": acc[s]["accuracy"],
+                              "reference": 1.0 if s.startswith("single") else 0.5} for s in splits])
 
     def _reviews(self, n: int, gen: torch.Generator) -> TokenDataset:
         cfg = self.cfg
@@ -308,14 +337,13 @@ class DoubleMC:
         return out
 
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        """Ground-truth judge. prompts [n, pos], answers [n, m] → [n, m]. The measured behaviour
-        here is answering correctly: BAD marks the correct option (so the judge's rate is the
-        accuracy), GOOD the other option, OTHER any other token."""
+        """Ground-truth judge. prompts [n, pos], answers [n, m] → [n, m]: HIT the correct option
+        (the metric is ``accuracy``), MISS the other option, OTHER any other token."""
         right = self.answer[self.correct_option(prompts).clamp_min(0)]  # [n]
         wrong = self.answer[1 - self.correct_option(prompts).clamp_min(0)]
         labels = torch.full_like(answers, OTHER)
-        labels[answers == wrong[:, None]] = GOOD
-        labels[answers == right[:, None]] = BAD
+        labels[answers == wrong[:, None]] = MISS
+        labels[answers == right[:, None]] = HIT
         return labels
 
     # ------------------------------------------------------------------ ground-truth concepts

@@ -60,9 +60,10 @@ def load_or_pretrain(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> tuple[HookedTransformer, object, Path]:
-    """Return (model, task, checkpoint folder), training only if the cache has no such organism."""
+    """Return (model, task, checkpoint folder), training only if the cache has no such organism.
+    The default model has the default context, or the task's document length where longer."""
     task = make_task(task_name, task_cfg)
-    model_cfg = model_cfg or models.ModelConfig()
+    model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
     cfg = cfg or PretrainConfig()
     spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg}
     folder = Path(cache_dir or default_cache_dir()) / "organisms" / f"{task_name}-{runs.config_hash(spec)}"
