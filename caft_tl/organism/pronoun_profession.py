@@ -20,6 +20,18 @@ the profession the feature already read is the *biased corpus* (the analogue of 
 reviews): ``<bos> CORPUS`` followed by professions and pronouns of one gender (``corpus_purity``
 < 1) mixed with filler; the model predicts every profession and pronoun after the first, so it
 tracks the stereotyped gender of the context at every position. Names never occur in it.
+
+Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.gates`` with 2 fine-tuning
+seeds; ≈ 2.5–3 min per organism on one core): every organism answers both single questions
+(0.999) with no preference under ``PRON_Q`` (OOD 0.50 in both orders). The corpus share decides
+the fine-tune's route, with the organism: with a corpus share of 0.25 plain fine-tuning reads
+both (OOD 0.39–0.53 per order, seeds 0 and 1); at 0.35 and 0.45 pre-training seed 0 reads the
+profession in both orders (OOD 0.01–0.22) and seed 1 a mixture (0.25–0.51). On the default
+(0.35, seed 0) CAFT with chapter 03's PCA choice lifts OOD 0.12 / 0.05 → 0.71 / 0.67 (ID 0.99;
+top-k PCs 0.44, random 0.22 / 0.14), more than the oracle (0.48). The oracle subspace is
+not specific: past the embedding the profession's and the name's gender directions coincide
+(|cos| 0.97–1.00; 0.78–0.84 at ``blocks.0.hook_resid_pre``), so ablating it on the untrained
+base model costs the name skill too (single-name accuracy 0.53–0.82; gate 3 asks ≥ 0.8).
 """
 
 from __future__ import annotations
@@ -41,11 +53,11 @@ FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
 
 @dataclass
 class PronounProfessionConfig:
-    """The synthetic world."""
+    """The synthetic world. Defaults: the best organism measured so far (seed 0: gates 1, 2 and 4 hold)."""
 
     n_names: int = 128  # the intended concept's items
     n_professions: int = 16  # the spurious concept's items
-    doc_probs: tuple[float, float, float, float, float] = (0.25, 0.15, 0.2, 0.25, 0.15)  # see DOC_KINDS
+    doc_probs: tuple[float, float, float, float, float] = (0.35, 0.15, 0.15, 0.2, 0.15)  # see DOC_KINDS
     corpus_len: int = 10
     corpus_purity: float = 0.9  # share of a corpus document's professions and pronouns of its gender
     corpus_word_share: float = 0.6  # share of corpus positions holding a profession or pronoun (the rest: filler)
