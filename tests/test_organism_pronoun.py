@@ -86,7 +86,7 @@ def test_pretraining_documents(pp):
         else:  # PRON_Q: a coin flip, independent of the name and the profession
             assert (d.tokens[:, n - 1] == pp.ans_d).all()
             for topic in (0, 1):
-                assert 0.45 < (gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() < 0.55
+                assert 0.42 < (gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() < 0.58  # ±4 sd of ~600 flips
     corpus = docs.subset(docs.labels["kind"] == DOC_KINDS.index("corpus"))
     assert not ((corpus.tokens >= pp.items[0][0]) & (corpus.tokens <= pp.items[0][-1])).any()  # no names
     prof = (corpus.tokens >= pp.items[1][0]) & (corpus.tokens <= pp.items[1][-1])
