@@ -24,14 +24,17 @@ tracks the stereotyped gender of the context at every position. Names never occu
 Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.gates`` with 2 fine-tuning
 seeds; ≈ 2.5–3 min per organism on one core): every organism answers both single questions
 (0.999) with no preference under ``PRON_Q`` (OOD 0.50 in both orders). The corpus share decides
-the fine-tune's route, with the organism: with a corpus share of 0.25 plain fine-tuning reads
-both (OOD 0.39–0.53 per order, seeds 0 and 1); at 0.35 and 0.45 pre-training seed 0 reads the
-profession in both orders (OOD 0.01–0.22) and seed 1 a mixture (0.25–0.51). On the default
-(0.35, seed 0) CAFT with chapter 03's PCA choice lifts OOD 0.12 / 0.05 → 0.71 / 0.67 (ID 0.99;
-top-k PCs 0.44, random 0.22 / 0.14), more than the oracle (0.48). The oracle subspace is
-not specific: past the embedding the profession's and the name's gender directions coincide
-(|cos| 0.97–1.00; 0.78–0.84 at ``blocks.0.hook_resid_pre``), so ablating it on the untrained
-base model costs the name skill too (single-name accuracy 0.53–0.82; gate 3 asks ≥ 0.8).
+the fine-tune's route, with the organism (plain OOD accuracy per question order): at 0.25
+pre-training seeds 0 and 1 read both topics (0.39–0.53); at 0.35 seed 0 reads the profession
+(0.01–0.22), seed 1 both, seed 2 the profession only where it comes second (0.005 / 0.31–0.35);
+at 0.45 seeds 0 and 2 read the profession (≤ 0.17), seed 1 both (0.25–0.47). The defaults
+(0.45, pre-training seed 2) hold gates 1–3: plain OOD 0.05 / 0.13, oracle CAFT 0.79 / 0.51, the
+oracle ablation on the untrained base leaves the name at 0.85 and the profession at 0.50; gate 4
+ties (chapter 03's PCs 0.45, the top-k ones 0.45). The oracle subspace is barely specific: past
+the embedding the profession's and the name's gender directions coincide (|cos| 0.97–1.00;
+0.78–0.84 at ``blocks.0.hook_resid_pre``), so on most organisms ablating it costs the name skill
+too (single-name accuracy 0.50–0.85; gate 3 asks ≥ 0.8). CAFT with the PCs chapter 03 chooses
+can beat it: OOD 0.97 / 0.97 at ID 0.996 on (0.35, seed 2), top-k PCs 0.47, random 0.17.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
 
 @dataclass
 class PronounProfessionConfig:
-    """The synthetic world. Defaults: the best organism measured so far (seed 0: gates 1, 2 and 4 hold)."""
+    """The synthetic world. Defaults: the organism whose gates 1–3 hold with pre-training seed 2."""
 
     n_names: int = 128  # the intended concept's items
     n_professions: int = 16  # the spurious concept's items
-    doc_probs: tuple[float, float, float, float, float] = (0.35, 0.15, 0.15, 0.2, 0.15)  # see DOC_KINDS
+    doc_probs: tuple[float, float, float, float, float] = (0.45, 0.1, 0.15, 0.15, 0.15)  # see DOC_KINDS
     corpus_len: int = 10
     corpus_purity: float = 0.9  # share of a corpus document's professions and pronouns of its gender
     corpus_word_share: float = 0.6  # share of corpus positions holding a profession or pronoun (the rest: filler)
@@ -83,8 +86,8 @@ class PronounProfession(DoubleMC):
     name = "pronoun_profession"
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun (grammar generalises ↑)"}
     #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the organism
-    #: and gate 4's diffing (every residual hook, all positions)
-    defaults = {"pretrain_steps": 3000, "seed": 0, "n_examples": 3200, "fewer_examples": [],
+    #: whose gates 1–3 hold (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
+    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
                 "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
                           "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
     report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
