@@ -36,9 +36,10 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
         return [Row("suite_time", "total", float("nan"), f"<= {TARGET_S}", "",
                     f"no {timings_path.relative_to(REPO)}: run `make run` or `make bench SUITE=1`")]
     timings = runs.read_json(timings_path)
-    total = sum(timings.values())
+    wall = timings.pop("wall", None)  # several tasks at once: chapters overlap, the wall time is the total
+    total = wall if wall is not None else sum(timings.values())
     src = f"seconds, from {timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
-    rows = [row("suite_time", chapter, s, "", f"{src}; {s / total:.0%} of total") for chapter, s in timings.items()]
+    rows = [row("suite_time", chapter, s, "", f"{src}; {s / sum(timings.values()):.0%} of the chapters' time") for chapter, s in timings.items()]
     rows.append(row("suite_time", "total", total, f"<= {TARGET_S}", src))
     rows.append(row("suite_time", "total (stretch)", total, f"<= {STRETCH_S}", src))
     return rows

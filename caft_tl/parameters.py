@@ -12,14 +12,15 @@ from pathlib import Path
 
 
 def _literal_assignments(source: str) -> dict[str, object]:
-    """``name = <literal>`` statements of a cell, as name → value (None if not a literal)."""
+    """``name = <literal>`` statements of a cell, as name → value; refuses a value that is not a
+    literal (a parameter's default must be readable without running the notebook)."""
     out: dict[str, object] = {}
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
-                out[node.targets[0].id] = None
+                raise ValueError(f"parameter {node.targets[0].id!r} = {ast.unparse(node.value)} is not a literal") from None
     return out
 
 
@@ -35,14 +36,28 @@ def declared(notebook: str | Path) -> dict[str, object]:
 
 
 def check(given: dict[str, object], defaults: dict[str, object]) -> None:
-    """Raise on a name not in ``defaults`` or a value whose type differs from the default's."""
+    """Raise on a name not in ``defaults`` or a value whose type differs from the default's
+    (for a ``None`` default, "the task's value", from the type of any task's value)."""
     for name, value in given.items():
         if name not in defaults:
             raise ValueError(f"unknown parameter {name!r}; valid: {', '.join(sorted(defaults))}")
         default = defaults[name]
-        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
-        if default is not None and not ok:
-            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(default).__name__} like {default!r}")
+        examples = [default] if default is not None else _task_values(name) if value is not None else []
+        if examples and not any(_same_type(value, e) for e in examples):
+            hint = " (None: the task's value)" if default is None else ""
+            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(examples[0]).__name__} like {examples[0]!r}{hint}")
+
+
+def _same_type(value: object, example: object) -> bool:
+    return isinstance(value, type(example)) or (isinstance(example, float) and isinstance(value, int) and not isinstance(value, bool))
+
+
+def _task_values(name: str) -> list:
+    """Every registered task's value of a parameter that chapters leave at ``None``."""
+    from caft_tl.organism import TASKS
+
+    values = [cls.defaults[name] for cls, _ in TASKS.values() if name in cls.defaults]
+    return values + [getattr(cls, f"{name}_concept") for cls, _ in TASKS.values()] if name in ("target", "avoid") else values
 
 
 def check_notebook(namespace: dict) -> None:

@@ -82,8 +82,10 @@ def run(
     params: dict[str, object] | None = None,
     fast: bool = False,
     progress: bool = True,
+    tag: str = "",
 ) -> dict[str, float]:
-    """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter."""
+    """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter.
+    ``tag`` prefixes the progress lines (the task, when several run at once)."""
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
     steps = plan(only, params, fast)
     from caft_tl import plotting
@@ -96,15 +98,15 @@ def run(
         nb_params = {**nb_params, "run_dir": str(run_dir), "fig_dir": str(fig_dir)}
         out = run_dir / "notebooks" / nb.name
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"▶ {nb.stem}", flush=True)
+        print(f"{tag}▶ {nb.stem}", flush=True)
         t0 = time.perf_counter()
         papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
                                    kernel_name="python3", progress_bar=progress)
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
-        print(f"  {nb.stem}: {timings[nb.stem]} s", flush=True)
+        print(f"{tag}  {nb.stem}: {timings[nb.stem]} s", flush=True)
     previous = run_dir / "timings.json"  # a partial run updates its chapters' entries, keeps the others
     runs.write_json(previous, {**(runs.read_json(previous) if previous.exists() else {}), **timings})
-    print(f"total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
+    print(f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
     return timings
 
 
@@ -116,25 +118,40 @@ def run_tasks(
     params: dict[str, object] | None = None,
     fast: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, float]:
-    """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``; then every task's
-    rows into ``fig_dir/results.csv`` (:func:`gather_results`). Returns seconds per ``task/chapter``."""
+    """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``, ``workers`` tasks
+    at a time (each in its own process; a chapter's start-up and single-threaded steps then overlap
+    with the other task's fine-tunes); then every task's rows into ``fig_dir/results.csv``
+    (:func:`gather_results`). Returns seconds per ``task/chapter``; ``run_dir/timings.json`` also
+    holds the wall time (``wall``)."""
+    if workers < 1:
+        raise ValueError(f"workers = {workers}; expected at least 1")
     if "task" in (params or {}):
         raise ValueError("choose tasks with --tasks (tasks=...), not the task parameter")
     for t in tasks:
         task_class(t)  # an unknown task fails here, before anything runs
-    plans = {t: plan(only, {**(params or {}), "task": t} if _runs_chapter_00(only) else params, fast) for t in tasks}
+    own_params = {t: {**(params or {}), "task": t} if _runs_chapter_00(only) else params for t in tasks}  # chapter 00 takes the task
+    plans = {t: plan(only, own_params[t], fast) for t in tasks}
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
-    timings: dict[str, float] = {}
-    for t in tasks:
-        print(f"■ task {t} ({len(plans[t])} chapters)", flush=True)
-        own = run(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], {**(params or {}), "task": t} if _runs_chapter_00(only) else params,
-                  fast, progress)
-        timings |= {f"{t}/{name}": s for name, s in own.items()}
+    parallel = workers > 1 and len(tasks) > 1
+    jobs = [(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], own_params[t], fast, progress and not parallel, f"[{t}] ") for t in tasks]
+    t0 = time.perf_counter()
+    if parallel:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(run, *zip(*jobs)))
+    else:
+        done = [run(*job) for job in jobs]
+    timings = {f"{t}/{name}": s for t, own in zip(tasks, done) for name, s in own.items()}
+    wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
-    runs.write_json(previous, {**(runs.read_json(previous) if previous.exists() else {}), **timings})
+    old = {k: v for k, v in (runs.read_json(previous) if previous.exists() else {}).items() if k != "wall"}
+    runs.write_json(previous, {**old, **timings, "wall": wall})
     gather_results(run_dir, fig_dir)
-    print(f"all tasks: {sum(timings.values()):.0f} s; every task's rows in {fig_dir / 'results.csv'}")
+    print(f"all tasks: {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every task's rows in {fig_dir / 'results.csv'}")
     return timings
 
 
@@ -144,12 +161,16 @@ def _runs_chapter_00(only: list[str] | None) -> bool:
 
 def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
     """Write the rows of every task run under ``run_dir`` (``run_dir/<task>/results.csv``) to
-    ``fig_dir/results.csv``, atomically; returns its path."""
+    ``fig_dir/results.csv``, and chapter 06's summaries (``fig_dir/<task>/results_summary.csv``) to
+    ``fig_dir/results_summary.csv``, atomically; returns the path of the rows."""
     tables = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(run_dir).glob("*/results.csv"))]
     if not tables:
         raise runs.MissingArtefactError(f"no task results under {str(run_dir)!r} (run_dir/<task>/results.csv): run the suite first")
     out = Path(fig_dir) / "results.csv"
     runs.write_csv(out, pd.concat(tables, ignore_index=True))
+    summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/results_summary.csv"))]
+    if summaries:
+        runs.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out
 
 
@@ -165,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--fig-dir", default="figures")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"organism tasks, each into run-dir/<task> (default: {' '.join(TASKS)})")
+    ap.add_argument("--workers", type=int, default=1, help="tasks run at once, each in its own process (default 1)")
     ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
     try:
-        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast)
+        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

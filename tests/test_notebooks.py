@@ -2,6 +2,7 @@
 
 import csv
 import os
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,22 @@ def _parameters_source(notebook) -> str:
 
     cell = next(c for c in nbformat.read(str(notebook), as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     return cell.source
+
+
+def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
+    def fake_execute(nb, out, parameters, **kw):  # records which process ran which task's chapter
+        task = Path(parameters["run_dir"]).name
+        runs.append_results(Path(parameters["run_dir"]) / "results.csv", [dict(zip(runs.RESULT_COLUMNS, [
+            task, "plain", "none", Path(nb).stem, os.getpid(), "ood", "accuracy", 1.0]))])
+
+    monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
+    timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2)
+    assert list(timings) == [f"{t}/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
+    assert "wall" in runs.read_json(tmp_path / "run" / "timings.json")
+    rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))
+    assert {r["task"] for r in rows} == set(suite.TASKS)
+    by_task = {t: {r["seed"] for r in rows if r["task"] == t} for t in suite.TASKS}
+    assert all(len(p) == 1 for p in by_task.values()) and len(set.union(*by_task.values())) == 2  # one process per task
+    assert str(os.getpid()) not in set.union(*by_task.values())
+    with pytest.raises(ValueError, match="workers = 0"):
+        suite.run_tasks(suite.TASKS, tmp_path, tmp_path, workers=0)

@@ -4,6 +4,7 @@ import papermill
 import pytest
 
 from caft_tl import parameters, runs, suite
+from caft_tl.organism import TASKS
 
 
 def _namespace(declared: str, injected: str) -> dict:
@@ -31,7 +32,9 @@ def test_every_chapter_declares_its_parameters():
     for nb in suite.chapters():
         declared = parameters.declared(nb)
         assert {"run_dir", "fig_dir"} <= set(declared), nb.name
-        assert all(v is not None for v in declared.values()), f"{nb.name}: non-literal default"
+        task_filled = {"target", "avoid"} | {k for cls, _ in TASKS.values() for k in cls.defaults}
+        gaps = {k for k, v in declared.items() if v is None} - task_filled
+        assert not gaps, f"{nb.name}: None defaults that no task fills: {gaps}"
 
 
 def test_provenance_records_versions_commit_and_parameters(tmp_path):
@@ -41,3 +44,18 @@ def test_provenance_records_versions_commit_and_parameters(tmp_path):
     assert saved["packages"]["torch"] and saved["packages"]["transformer-lens"].startswith("3.")
     assert saved["parameters"] == {"seeds": [0, 1]} and saved["python"].startswith("3.11")
     assert len(saved["git_commit"] or "x" * 40) == 40
+
+
+def test_a_non_literal_default_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"parameter 'seeds' = list\(range\(5\)\) is not a literal"):
+        parameters._literal_assignments('run_dir = "x"\nseeds = list(range(5))')
+
+
+def test_a_parameter_the_task_fills_is_still_type_checked():
+    defaults = {"seed": None, "hooks": None, "avoid": None}
+    parameters.check({"seed": 3, "hooks": ["blocks.0.hook_resid_post"], "avoid": ""}, defaults)
+    parameters.check({"seed": None}, defaults)  # None: the task's value
+    with pytest.raises(TypeError, match=r"parameter 'seed' = '0' is str; expected int like 0 \(None: the task's value\)"):
+        parameters.check({"seed": "0"}, defaults)
+    with pytest.raises(TypeError, match=r"parameter 'hooks' = 'blocks.0.hook_resid_post' is str; expected list"):
+        parameters.check({"hooks": "blocks.0.hook_resid_post"}, defaults)
