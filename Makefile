@@ -11,8 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# the organism tasks (caft_tl.organism.TASKS), two at a time; e.g. make run TASKS="persona_em double_mc pronoun_profession"
+TASKS ?= persona_em double_mc
 run: $(VENV)/.installed
-	$(PY) -m caft_tl.suite --run-dir runs/default --fig-dir figures
+	$(PY) -m caft_tl.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --workers 2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
