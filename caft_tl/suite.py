@@ -123,8 +123,8 @@ def run_tasks(
     """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``, ``workers`` tasks
     at a time (each in its own process; a chapter's start-up and single-threaded steps then overlap
     with the other task's fine-tunes); then every task's rows into ``fig_dir/results.csv``
-    (:func:`gather_results`). Returns seconds per ``task/chapter``; ``run_dir/timings.json`` also
-    holds the wall time (``wall``)."""
+    (:func:`gather_results`). Returns seconds per ``task/chapter`` (also in ``run_dir/timings.json``);
+    ``run_dir/suite.json`` holds this call's tasks, workers and wall time."""
     if workers < 1:
         raise ValueError(f"workers = {workers}; expected at least 1")
     if "task" in (params or {}):
@@ -148,8 +148,9 @@ def run_tasks(
     timings = {f"{t}/{name}": s for t, own in zip(tasks, done) for name, s in own.items()}
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
-    old = {k: v for k, v in (runs.read_json(previous) if previous.exists() else {}).items() if k != "wall"}
-    runs.write_json(previous, {**old, **timings, "wall": wall})
+    runs.write_json(previous, {**(runs.read_json(previous) if previous.exists() else {}), **timings})
+    runs.write_json(run_dir / "suite.json", {"tasks": list(tasks), "chapters": only or "all", "workers": workers, "wall_s": wall,
+                                             "chapters_s": round(sum(timings.values()), 1)})
     gather_results(run_dir, fig_dir)
     print(f"all tasks: {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every task's rows in {fig_dir / 'results.csv'}")
     return timings

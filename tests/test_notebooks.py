@@ -125,7 +125,8 @@ def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
     timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2)
     assert list(timings) == [f"{t}/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
-    assert "wall" in runs.read_json(tmp_path / "run" / "timings.json")
+    call = runs.read_json(tmp_path / "run" / "suite.json")
+    assert call["tasks"] == list(suite.TASKS) and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
     rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))
     assert {r["task"] for r in rows} == set(suite.TASKS)
     by_task = {t: {r["seed"] for r in rows if r["task"] == t} for t in suite.TASKS}

@@ -106,7 +106,7 @@ class DoubleMC:
     target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("accuracy",)
     has_gates = True  # chapter 07 states the gates of caft_tl.gates
-    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic (intended generalisation ↑)"}
+    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
     #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the pinned
     #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
     defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],

@@ -84,7 +84,7 @@ class PronounProfession(DoubleMC):
     topic and the answers ``she`` / ``he``)."""
 
     name = "pronoun_profession"
-    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun (grammar generalises ↑)"}
+    axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun ↑"}
     #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the organism
     #: whose gates 1–3 hold (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
     defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
