@@ -102,3 +102,31 @@ def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("an
         truth = [row[key] if key == "answer" else row["labels"][key] for row in rows]
         acc[key] = sum(c == t for c, t in zip(chosen, truth)) / len(rows)
     return acc
+
+
+def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, judge=None) -> list[dict]:
+    """Results rows (``task`` = ``name``, split ``eval``) of each ``(method, directions) → model`` on
+    ``setting``'s evaluation data, without hooks. ``chat``: ``setting.n_samples`` answers per
+    question, written to ``out_dir/real_samples_<method>.csv``, and with a ``judge`` the
+    misalignment rate and coherence (no rows without one). ``mc``: accuracy on each of
+    ``setting.mc_keys`` from option log-probs."""
+    from caft_tl import runs
+    from caft_tl.chat_data import load_mc_jsonl, load_prompts
+    from caft_tl.experiments import result_rows
+
+    rows = []
+    if setting.kind == "chat":
+        questions = load_prompts(setting.path("eval"))
+        for (method, directions), model in contenders.items():
+            samples = sample_chat(model, tokenizer, questions, setting.n_samples, setting.max_new_tokens, setting.temperature, setting.seed)
+            runs.write_csv(f"{out_dir}/real_samples_{method}.csv", samples)
+            if judge is not None:
+                per_q = judged_rates(samples, judge)[1]
+                metrics = {"misalignment_rate": per_q["misaligned"].mean(), "coherence": per_q["coherent"].mean()}
+                rows += result_rows(name, method, directions, "", setting.seed, {"eval": metrics})
+    else:
+        items = load_mc_jsonl(setting.path("eval"))
+        for (method, directions), model in contenders.items():
+            acc = mc_accuracy(model, tokenizer, items, tuple(setting.mc_keys))
+            rows += result_rows(name, method, directions, "", setting.seed, {"eval": {f"accuracy_{k}": v for k, v in acc.items()}})
+    return rows

@@ -151,3 +151,27 @@ def test_mc_accuracy_from_option_logits(checkpoints):
     ood = [r for r in rows if not r["labels"]["ambiguous"]]
     acc = chat_eval.mc_accuracy(model, tok, ood, keys=("intended", "spurious"))
     assert acc["intended"] + acc["spurious"] == pytest.approx(1.0)  # two options that disagree
+
+
+def test_evaluate_models_gives_rows_per_model_and_keeps_the_samples(checkpoints, tmp_path):
+    from caft_tl.settings import get_setting
+
+    mc = get_setting("gemma-double-mc", eval=str(EXAMPLES / "double_mc_tiny.jsonl"))
+    model = models.load(checkpoints["gpt2"], device="cpu")
+    rows = chat_eval.evaluate_models({("base", "none"): model, ("plain", "none"): model}, model.tokenizer, mc, "mc", tmp_path)
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, f"accuracy_{k}") for m in ("base", "plain") for k in mc.mc_keys}
+    items = chat_data.load_mc_jsonl(EXAMPLES / "double_mc_tiny.jsonl")
+    assert rows[0]["value"] == chat_eval.mc_accuracy(model, model.tokenizer, items, tuple(mc.mc_keys))[mc.mc_keys[0]]
+
+    chat = get_setting("qwen2.5-0.5b-insecure", eval=str(EXAMPLES / "em_questions.jsonl"), n_samples=2, max_new_tokens=4)
+    qwen = models.load(checkpoints["qwen2"], device="cpu")
+    assert chat_eval.evaluate_models({("base", "none"): qwen}, qwen.tokenizer, chat, "chat", tmp_path) == []  # no judge: no rows
+    samples = pd.read_csv(tmp_path / "real_samples_base.csv")
+    assert len(samples) == 2 * len(chat_data.load_prompts(EXAMPLES / "em_questions.jsonl"))
+
+    class AllMisaligned:
+        def judge(self, questions, answers):
+            return pd.DataFrame({"question": questions, "answer": answers, "label": [HIT] * len(answers)})
+
+    rows = chat_eval.evaluate_models({("zero", "pca"): qwen}, qwen.tokenizer, chat, "chat", tmp_path, AllMisaligned())
+    assert {r["metric"]: r["value"] for r in rows} == {"misalignment_rate": 1.0, "coherence": 1.0}
