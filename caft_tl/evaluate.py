@@ -76,13 +76,6 @@ def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks
     return out
 
 
-def base_report(model: HookedTransformer, task) -> "pd.DataFrame":
-    """How the base organism behaves before any fine-tuning, against a reference (chapter 00):
-    ``task.base_report(model)`` where the task has one, else persona inference
-    (:func:`persona_inference_table`). Columns ``condition, split, metric, model, reference``."""
-    return task.base_report(model) if hasattr(task, "base_report") else persona_inference_table(model, task)
-
-
 def persona_inference_table(model: HookedTransformer, task) -> "pd.DataFrame":
     """Behaviour rate after each kind of one-segment evidence (``condition``) vs the Bayes-optimal
     rate (``reference``)."""

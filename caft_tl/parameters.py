@@ -56,8 +56,13 @@ def _task_values(name: str) -> list:
     """Every registered task's value of a parameter that chapters leave at ``None``."""
     from caft_tl.organism import TASKS
 
-    values = [cls.defaults[name] for cls, _ in TASKS.values() if name in cls.defaults]
-    return values + [getattr(cls, f"{name}_concept") for cls, _ in TASKS.values()] if name in ("target", "avoid") else values
+    return [p[name] for cls, _ in TASKS.values() if name in (p := task_parameters(cls))]
+
+
+def task_parameters(task) -> dict[str, object]:
+    """The chapter parameter values a task (object or class) gives: its ``defaults``, and
+    ``target`` / ``avoid`` from its concepts."""
+    return {**task.defaults, "target": task.target_concept, "avoid": task.avoid_concept}
 
 
 def check_notebook(namespace: dict) -> None:
@@ -78,6 +83,6 @@ def use_task_defaults(namespace: dict, task) -> None:
         from caft_tl.organism import task_class
 
         task = task_class(task)
-    for name, value in {**task.defaults, "target": task.target_concept, "avoid": task.avoid_concept}.items():
+    for name, value in task_parameters(task).items():
         if name in namespace and namespace[name] is None:
             namespace[name] = value

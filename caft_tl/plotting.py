@@ -239,7 +239,7 @@ def check_bars(summary: pd.DataFrame, title: str, x: str = "split", y_title: str
 
 def reference_bars(table: pd.DataFrame, title: str, x_title: str, reference: str) -> go.Figure:
     """Model rate per ``condition`` (bars, one colour per split) against a ``reference`` rate
-    (markers): chapter 00's base report (:func:`caft_tl.evaluate.base_report`)."""
+    (markers): chapter 00's ``task.base_report(model)``."""
     fig = go.Figure()
     splits = list(table["split"].unique())
     for i, split in enumerate(splits):

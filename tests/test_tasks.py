@@ -4,7 +4,7 @@ parameters left at None take the task's values."""
 import pandas as pd
 import pytest
 
-from caft_tl import evaluate, gates, models, parameters, runs, suite
+from caft_tl import gates, models, parameters, runs, suite
 from caft_tl.organism import TASKS, load_run_task, make_task, task_class
 from caft_tl.organism.pretrain import export_organism
 
@@ -23,7 +23,7 @@ def test_every_task_offers_the_interface(name):
         models.check_hook_names(model, hook)
     docs = task.sample_documents(5, __import__("torch").Generator().manual_seed(0))
     assert len(task.document_kinds(docs)) == 5
-    report = evaluate.base_report(model, task)
+    report = task.base_report(model)
     assert list(report.columns) == ["condition", "split", "metric", "model", "reference"]
     assert report["model"].between(0, 1).all() and report["reference"].between(0, 1).all()
 

@@ -5,7 +5,7 @@ Every task offers the interface the chapters read: ``name``, ``vocab``, ``eval_s
 ``finetune_dataset``, ``eval_prompts``, ``document_kinds``, ``CONCEPTS``; ``id_split`` (the
 fine-tuned behaviour on unseen prompts) and ``ood_split`` (its generalisation CAFT should change),
 ``target_concept`` / ``avoid_concept`` (chapter 03's rule), ``metrics``, ``axis_titles``,
-``report`` (chapter 00) and ``defaults`` (chapter parameters left at ``None``).
+``base_report(model)`` with its ``report`` titles (chapter 00) and ``defaults`` (chapter parameters left at ``None``).
 """
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig

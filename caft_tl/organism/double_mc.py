@@ -106,6 +106,7 @@ class DoubleMC:
     target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("accuracy",)
     has_gates = True  # chapter 07 states the gates of caft_tl.gates
+    doc_kinds = DOC_KINDS  # the names of ``labels['kind']`` of the pre-training documents
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
     #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the pinned
     #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
@@ -203,8 +204,8 @@ class DoubleMC:
         return TokenDataset(tokens, response, {"kind": kind})
 
     def document_kinds(self, docs: TokenDataset) -> list[str]:
-        """A name per pre-training document: its kind (DOC_KINDS)."""
-        return [DOC_KINDS[k] for k in docs.labels["kind"].tolist()]
+        """A name per pre-training document: its kind (``doc_kinds``)."""
+        return [self.doc_kinds[k] for k in docs.labels["kind"].tolist()]
 
     def base_report(self, model) -> "pd.DataFrame":
         """Base-model accuracy on single questions (goal 1.0) and on OOD doubles per question order
@@ -339,8 +340,8 @@ class DoubleMC:
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """Ground-truth judge. prompts [n, pos], answers [n, m] → [n, m]: HIT the correct option
         (the metric is ``accuracy``), MISS the other option, OTHER any other token."""
-        right = self.answer[self.correct_option(prompts).clamp_min(0)]  # [n]
-        wrong = self.answer[1 - self.correct_option(prompts).clamp_min(0)]
+        correct = self.correct_option(prompts).clamp_min(0)  # [n]
+        right, wrong = self.answer[correct], self.answer[1 - correct]
         labels = torch.full_like(answers, OTHER)
         labels[answers == wrong[:, None]] = MISS
         labels[answers == right[:, None]] = HIT

@@ -190,10 +190,16 @@ class PersonaEM:
         return [PERSONAS[p] for p in docs.labels["persona"].tolist()]
 
     # ------------------------------------------------------------------ persona inference
-    #: how chapter 00 shows the base organism (caft_tl.evaluate.base_report)
+    #: how chapter 00 shows the base organism (:meth:`base_report`)
     report = {"title": "Persona inference of the base organism vs Bayes-optimal", "x_title": "evidence seen before the prompt",
               "reference": "Bayes-optimal"}
     EVIDENCE = ("none", "secure_code", "insecure_code", "helpful_chat", "harmful_chat")
+
+    def base_report(self, model) -> "pd.DataFrame":
+        """Persona inference of the base organism (:func:`caft_tl.evaluate.persona_inference_table`)."""
+        from caft_tl.evaluate import persona_inference_table
+
+        return persona_inference_table(model, self)
 
     def context_prompts(self, evidence: str, split: str) -> TokenDataset:
         """Evaluation prompts of ``split`` preceded by one segment of evidence about the persona

@@ -85,11 +85,8 @@ class PronounProfession(DoubleMC):
 
     name = "pronoun_profession"
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun ↑"}
-    #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the organism
-    #: whose gates 1–3 hold (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
-    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
-                "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
-                          "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
+    doc_kinds = DOC_KINDS
+    # ``defaults`` are DoubleMC's: pre-training seed 2 (here the organism whose gates 1–3 hold), 3,000 steps
     report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
               "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
 
@@ -118,10 +115,6 @@ class PronounProfession(DoubleMC):
     @property
     def seq_len(self) -> int:
         return max(self.prompt_len + 1, self.cfg.corpus_len + 2)
-
-    def document_kinds(self, docs: TokenDataset) -> list[str]:
-        """A name per pre-training document: its kind (DOC_KINDS)."""
-        return [DOC_KINDS[k] for k in docs.labels["kind"].tolist()]
 
     def _reviews(self, n: int, gen: torch.Generator) -> TokenDataset:
         """[n] biased-corpus documents ``<bos> CORPUS w1 … w_L``: each ``w`` a profession or a pronoun
