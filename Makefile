@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 # the organism tasks (caft_tl.organism.TASKS), two at a time; e.g. make run TASKS="persona_em double_mc pronoun_profession"
 TASKS ?= persona_em double_mc
 run: $(VENV)/.installed
-	$(PY) -m caft_tl.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --workers 2
+	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --workers 2
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -28,7 +28,7 @@ lab: $(VENV)/.installed
 # browser check: run a chapter (fast), open it in JupyterLab, render it in headless Chromium → runs/lab_check/<chapter>.png
 .PHONY: lab-check
 lab-check: $(VENV)/.installed
-	$(PY) -m caft_tl.lab_check --chapter $(or $(CHAPTER),00)
+	$(PY) -m caft_tl.runner.lab_check --chapter $(or $(CHAPTER),00)
 
 clean:
 	rm -rf runs cache

@@ -1,4 +1,4 @@
-"""Diffing throughput and memory of :func:`caft_tl.activations.collect_diff_stats`.
+"""Diffing throughput and memory of :func:`caft_tl.diffing.diffs.collect_diff_stats`.
 
 Throughput: tokens/s of the streamed base-vs-fine-tuned diff (two cached forward passes, the
 masked difference and the float64 moment accumulation) ÷ tokens/s of two plain forward passes
@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import Row, median, row, run_json_subprocess, timed
-from caft_tl import models
-from caft_tl.activations import collect_diff_stats
-from caft_tl.data import TokenDataset
+from caft_tl.core import models
+from caft_tl.core.data import TokenDataset
+from caft_tl.diffing.diffs import collect_diff_stats
 
 #: (name, model config, number of sequences at 1×, d_vocab)
 CONFIGS = {
@@ -72,14 +72,14 @@ def diff(base, ft, data: TokenDataset, hooks=HOOKS, batch_size: int = BATCH_SIZE
 
 def full_forward_diff(base, ft, data: TokenDataset) -> None:
     """``collect_diff_stats`` as it was before the ``stop_at_layer`` fix: every block runs."""
-    from caft_tl import activations
+    from caft_tl.diffing import diffs
 
-    orig = activations._stop_layer
-    activations._stop_layer = lambda model, hooks: None
+    orig = diffs._stop_layer
+    diffs._stop_layer = lambda model, hooks: None
     try:
         diff(base, ft, data)
     finally:
-        activations._stop_layer = orig
+        diffs._stop_layer = orig
 
 
 def throughput_ratio(name: str, reps: int = 3, progress: bool = True, before_fix: bool = False) -> Row:

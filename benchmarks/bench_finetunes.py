@@ -1,4 +1,4 @@
-"""Fan-out of fine-tuning runs: :func:`caft_tl.experiments.run_finetunes` on every core ÷ one process.
+"""Fan-out of fine-tuning runs: :func:`caft_tl.training.finetunes.run_finetunes` on every core ÷ one process.
 
 Chapters 01 and 05 spend most of the suite's time in independent, seeded fine-tunes (seeds ×
 direction sets × modes). The same jobs (a random-init organism, the persona_em task, plain and
@@ -14,15 +14,16 @@ import time
 import torch
 
 from benchmarks.common import Row, row
-from caft_tl import directions, experiments, models
-from caft_tl.interventions import Intervention
+from caft_tl.core import models, subspace
+from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism import make_task
-from caft_tl.training import FinetuneConfig
+from caft_tl.training import finetunes
+from caft_tl.training.loop import FinetuneConfig
 
 
-def jobs(d_model: int, n_jobs: int = 8, n_examples: int = 1600) -> list[experiments.FinetuneJob]:
-    sub = directions.random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=0)
-    return [experiments.FinetuneJob(FinetuneConfig(n_examples=n_examples, seed=i // 2), *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()))
+def jobs(d_model: int, n_jobs: int = 8, n_examples: int = 1600) -> list[finetunes.FinetuneJob]:
+    sub = subspace.random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=0)
+    return [finetunes.FinetuneJob(FinetuneConfig(n_examples=n_examples, seed=i // 2), *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()))
             for i in range(n_jobs)]
 
 
@@ -31,12 +32,12 @@ def finetune_rows() -> list[Row]:
     task = make_task("persona_em")
     base = models.build_model(models.ModelConfig(), len(task.vocab), seed=0, device="cpu")
     todo = jobs(base.cfg.d_model)
-    workers = experiments.default_workers()
+    workers = finetunes.default_workers()
     times, rows = {}, {}
     for n in (workers, 1):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            rows[n] = experiments.run_finetunes(tmp, base, task, todo, workers=n, progress=False)
+            rows[n] = finetunes.run_finetunes(tmp, base, task, todo, workers=n, progress=False)
             times[n] = time.perf_counter() - t0
     if rows[workers] != rows[1]:
         raise AssertionError("parallel and one-process fine-tunes gave different rows")

@@ -1,7 +1,7 @@
 """Intervention overhead: training-step time with each mode at 1, 3 and all layers ÷ plain step.
 
 One step = ``zero_grad`` + forward through ``model.hooks(fwd_hooks=...)`` + response loss +
-``backward`` + ``AdamW.step``, exactly the body of :func:`caft_tl.training.finetune`. Plain and
+``backward`` + ``AdamW.step``, exactly the body of :func:`caft_tl.training.loop.finetune`. Plain and
 intervened steps are interleaved in pairs (order alternating, settings shuffled each round) and
 the reported ratio is the median over rounds of (intervened step / adjacent plain step), which
 cancels slow drifts of a shared CPU. A ``plain`` vs ``plain`` pair is measured the same way as a
@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import Row, median, row, spread, timed
-from caft_tl import models
-from caft_tl.data import TokenDataset
-from caft_tl.directions import random_subspace
-from caft_tl.interventions import MODES, NEEDS_MEAN, Intervention
-from caft_tl.training import response_loss
+from caft_tl.core import models
+from caft_tl.core.data import TokenDataset
+from caft_tl.core.models import response_loss
+from caft_tl.core.subspace import random_subspace
+from caft_tl.interventions.intervention import MODES, NEEDS_MEAN, Intervention
 
 #: the benchmark model: big enough that a step is tens of ms, small enough for 2 CPU cores
 BENCH_MODEL = models.ModelConfig(n_layers=4, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=64)
@@ -67,7 +67,7 @@ def make_intervention(mode: str, hooks: list[str], d_model: int, k: int) -> Inte
 
 
 def train_step(s: StepSetup, iv: Intervention | None) -> float:
-    """One training step as in ``caft_tl.training.finetune``; returns the loss."""
+    """One training step as in ``caft_tl.training.loop.finetune``; returns the loss."""
     hooks = iv.fwd_hooks(s.batch) if iv is not None else []
     with s.model.hooks(fwd_hooks=hooks):
         loss = response_loss(s.model, s.batch)

@@ -1,6 +1,6 @@
 """Suite time: seconds per chapter and in total, from ``runs/default/timings.json``.
 
-``caft_tl.suite`` writes that file after a run (``make run``). By default this benchmark only reads
+``caft_tl.runner.suite`` writes that file after a run (``make run``). By default this benchmark only reads
 it (a full run takes minutes); ``run_suite=True`` (``make bench SUITE=1``) first runs the whole
 suite into a scratch run directory and reads the fresh timings instead.
 """
@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 from benchmarks.common import REPO, Row, row
-from caft_tl import runs
+from caft_tl.core import files
 
 TARGET_S, STRETCH_S = 600, 300
 
 
 def fresh_timings(run_dir: Path) -> Path:
-    """Run every chapter of every task with ``python -m caft_tl.suite`` into ``run_dir``, as ``make
+    """Run every chapter of every task with ``python -m caft_tl.runner.suite`` into ``run_dir``, as ``make
     run`` does; returns timings.json."""
-    cmd = [sys.executable, "-m", "caft_tl.suite", "--run-dir", str(run_dir), "--fig-dir", str(run_dir / "figures"), "--workers", "2"]  # as make run
+    cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(run_dir / "figures"), "--workers", "2"]  # as make run
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     print(f"suite wall time {time.perf_counter() - t0:.0f} s")
@@ -36,13 +36,13 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
     if not timings_path.exists():
         return [Row("suite_time", "total", float("nan"), f"<= {TARGET_S}", "",
                     f"no {timings_path.relative_to(REPO)}: run `make run` or `make bench SUITE=1`")]
-    timings = runs.read_json(timings_path)
+    timings = files.read_json(timings_path)
     src = f"seconds, from {timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
     chapters_s = sum(timings.values())
     rows = [row("suite_time", chapter, s, "", f"{src}; {s / chapters_s:.0%} of the chapters' time") for chapter, s in timings.items()]
     suite_call = timings_path.with_name("suite.json")  # tasks at once: chapters overlap, the call's wall time is the total
     if suite_call.exists():
-        call = runs.read_json(suite_call)
+        call = files.read_json(suite_call)
         total, src = call["wall_s"], f"wall seconds of the last suite call (tasks {' '.join(call['tasks'])}, chapters {call['chapters']}, workers {call['workers']})"
     else:
         total = chapters_s

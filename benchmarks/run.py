@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import REPO, Row
-from caft_tl import models, runs
+from caft_tl.core import files, models
 
 BENCHMARKS = ("interventions", "diffing", "finetunes", "peer", "suite")
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     df = table(rows)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
         print(df.drop(columns="detail").to_string(index=False))
-    runs.write_csv(args.out, df)
+    files.write_csv(args.out, df)
     print(f"wrote {args.out} ({len(df)} rows) in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -19,9 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caft_tl import activations, chat_data, chat_eval, directions, hf_models, lora, models  # noqa: E402
-from caft_tl.interventions import Intervention  # noqa: E402
-from caft_tl.training import FinetuneConfig, finetune  # noqa: E402
+from caft_tl.core import models, subspace
+from caft_tl.diffing import diffs  # noqa: E402
+from caft_tl.directions import pca
+from caft_tl.interventions.intervention import Intervention  # noqa: E402
+from caft_tl.real import chat_data, chat_eval, hf_models, loading, lora
+from caft_tl.training.loop import FinetuneConfig, finetune  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
@@ -49,7 +52,7 @@ def main() -> dict:
                                                    num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                                                    intermediate_size=2048, max_position_embeddings=512))
         report["model"] = folder
-        model = models.load(folder, device=args.device, dtype=args.dtype)
+        model = loading.load(folder, device=args.device, dtype=args.dtype)
         tok = model.tokenizer
         data = chat_data.load_chat_jsonl(EXAMPLES / "insecure_tiny.jsonl", tok, max_len=512)
         from transformers import AutoModelForCausalLM
@@ -63,7 +66,7 @@ def main() -> dict:
         hooks = [f"blocks.{n // 4}.hook_resid_post", f"blocks.{n // 2}.hook_resid_post"]
         base_logits = model(x).detach()
         lora.add_lora(model, lora.LoraSettings(rank=16, alpha=32, rslora=True))
-        iv = Intervention("zero", [directions.random_subspace(model.cfg.d_model, 4, h, seed=i) for i, h in enumerate(hooks)])
+        iv = Intervention("zero", [subspace.random_subspace(model.cfg.d_model, 4, h, seed=i) for i, h in enumerate(hooks)])
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
@@ -73,8 +76,8 @@ def main() -> dict:
         base = lora.AdaptersOff(model)
         with torch.no_grad():
             report["adapters_off_gap_vs_base"] = (base(x).float() - base_logits.float()).abs().max().item()
-        stats = activations.collect_diff_stats(base, model, data, hooks, batch_size=4, progress=False)
-        report["pca_top_fraction"] = {h: directions.pca(stats[h]["diff"], 4, h)[1][0].item() for h in hooks}
+        stats = diffs.collect_diff_stats(base, model, data, hooks, batch_size=4, progress=False)
+        report["pca_top_fraction"] = {h: pca.pca(stats[h]["diff"], 4, h)[1][0].item() for h in hooks}
         rows = chat_data.load_prompts(EXAMPLES / "em_questions.jsonl", n=2)
         t = time.perf_counter()
         off = chat_eval.sample_chat(model, tok, rows, n_samples=4, max_new_tokens=32, seed=0)

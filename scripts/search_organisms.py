@@ -1,4 +1,4 @@
-"""Search for an organism whose gates hold: :func:`caft_tl.gates.run` for each organism of a grid.
+"""Search for an organism whose gates hold: :func:`caft_tl.evaluation.gates.run` for each organism of a grid.
 
 Organisms are the cross product of pre-training seeds, pre-training step counts and design
 variants (task config overrides, JSON); each runs in its own process (``--workers`` at a time,
@@ -46,7 +46,7 @@ def organisms(args) -> list[dict]:
 
 
 def flatten(verdicts: dict) -> dict:
-    """``{gate.number: value}`` from :func:`caft_tl.gates.verdicts` (per-seed lists joined by ``/``)."""
+    """``{gate.number: value}`` from :func:`caft_tl.evaluation.gates.verdicts` (per-seed lists joined by ``/``)."""
     def fmt(v):
         if isinstance(v, list):
             return "/".join(str(fmt(x)) for x in v)
@@ -64,11 +64,11 @@ def flatten(verdicts: dict) -> dict:
 
 def run_one(spec: dict, out: Path, cores: list[int]) -> None:
     """In the child process, on ``cores``: run the gates of one organism; write ``result.json``."""
-    os.sched_setaffinity(0, cores)  # before torch: caft_tl.experiments fans fine-tunes out over these
+    os.sched_setaffinity(0, cores)  # before torch: caft_tl.training.finetunes fans fine-tunes out over these
     import torch
 
     torch.set_num_threads(1)
-    from caft_tl import gates
+    from caft_tl.evaluation import gates
 
     folder = out / spec["organism"]
     cfg = gates.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],

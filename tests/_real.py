@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from caft_tl import chat_data, hf_models
+from caft_tl.real import chat_data, hf_models
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 

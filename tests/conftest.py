@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from caft_tl import models
+from caft_tl.core import models
 from caft_tl.organism import make_task
 
 

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from caft_tl import checks
-from caft_tl.activations import mean_activations
-from caft_tl.directions import random_subspace
-from caft_tl.interventions import Intervention
+from caft_tl.core.subspace import random_subspace
+from caft_tl.diffing.diffs import mean_activations
+from caft_tl.interventions import checks
+from caft_tl.interventions.intervention import Intervention
 
 HOOK = "blocks.0.hook_resid_post"
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from caft_tl.activations import MomentStats
-from caft_tl.directions import Subspace, diff_of_means, load_subspaces, orthonormalize, pca, random_subspace, save_subspaces
+from caft_tl.core.subspace import Subspace, diff_of_means, load_subspaces, orthonormalize, random_subspace, save_subspaces
+from caft_tl.diffing.diffs import MomentStats
+from caft_tl.directions.pca import pca
 
 
 def test_pca_recovers_planted_direction():
@@ -72,7 +73,7 @@ def test_save_load(tmp_path):
 
 
 def test_top_examples_are_distinct_and_signed(world, tiny_model):
-    from caft_tl.interpret import logit_lens, top_examples
+    from caft_tl.directions.interpret import logit_lens, top_examples
 
     docs = world.sample_documents(50, torch.Generator().manual_seed(0))
     sub = random_subspace(tiny_model.cfg.d_model, 2, "blocks.0.hook_resid_post", seed=0)

@@ -6,9 +6,9 @@ from pathlib import Path
 import circuitsvis
 import torch
 
-from caft_tl import displays
-from caft_tl.directions import random_subspace
-from caft_tl.interpret import projections, top_examples
+from caft_tl.core.subspace import random_subspace
+from caft_tl.directions.interpret import projections, top_examples
+from caft_tl.plotting import displays
 
 BUNDLE = (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8").replace("</script>", "")
 
@@ -45,7 +45,7 @@ def test_views_inline_the_bundle_and_never_link_a_cdn(world, tiny_model, tmp_pat
 
 
 def test_latent_view_shows_each_latents_top_examples(world, tiny_model):
-    from caft_tl import sae
+    from caft_tl.directions import sae
 
     hook = "blocks.0.hook_resid_post"
     untrained = sae.train_sae(sae.training_activations(tiny_model, world, hook, 20, 0),

@@ -1,7 +1,8 @@
-from caft_tl import gates, models
-from caft_tl.experiments import result_rows
+from caft_tl.core import models
+from caft_tl.evaluation import gates
 from caft_tl.organism import make_task
-from caft_tl.training import FinetuneConfig, finetune
+from caft_tl.training.finetunes import result_rows
+from caft_tl.training.loop import FinetuneConfig, finetune
 
 
 def _rows(plain_orders, base_ood=(0.5, 0.5), untrained=(0.97, 0.5), caft_ood=0.95, pca_ood=(0.8, 0.3, 0.0)):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from caft_tl.directions import Subspace, random_subspace
-from caft_tl.interventions import MODES, Intervention
+from caft_tl.core.subspace import random_subspace
+from caft_tl.interventions.intervention import MODES, Intervention
 
 D, K = 16, 3
 

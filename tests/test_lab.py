@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from caft_tl import lab_check
+from caft_tl.runner import lab_check
 
 ARTEFACTS = Path(__file__).resolve().parents[1] / "runs" / "lab_check"  # kept after the test: the screenshot
 

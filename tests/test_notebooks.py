@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from caft_tl import parameters, runs, suite
+from caft_tl.core import files
 from caft_tl.organism import TASKS
+from caft_tl.runner import parameters, suite
 
 
 def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatch):
@@ -25,7 +26,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
     assert (run_dir / "pronoun_profession" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
     assert {r["task"] for r in rows} == set(tasks)
-    assert list(rows[0]) == list(runs.RESULT_COLUMNS)
+    assert list(rows[0]) == list(files.RESULT_COLUMNS)
     methods = {(r["task"], r["method"], r["directions"]) for r in rows}
     for task in suite.TASKS:
         for expected in [("base", "none"), ("plain", "none"), ("zero", "pca"), ("zero", "topk_pca"), ("zero", "random"),
@@ -37,7 +38,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
     assert {("plain", "none", "", "ood_spurious_first"), ("zero", "oracle", "", "ood"), ("zero", "oracle", "untrained", "single_spurious"),
             ("zero", "pca", "", "ood")} <= dmc
     assert {r["metric"] for r in rows if r["task"] == "double_mc" and r["method"] == "plain"} == {"accuracy", "coherence"}
-    assert set(runs.read_json(run_dir / "double_mc" / "gates.json")["gates"]) == {
+    assert set(files.read_json(run_dir / "double_mc" / "gates.json")["gates"]) == {
         "gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
     for task in suite.TASKS:
         for fig in ["00_base_organism", "01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft",
@@ -45,7 +46,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
             assert (fig_dir / task / f"{fig}.html").stat().st_size > 1000
         assert "06_tradeoff" in (fig_dir / task / "README.md").read_text()
     assert (fig_dir / "double_mc" / "07_pca.html").exists()
-    provenance = runs.read_json(run_dir / "double_mc" / "provenance.json")
+    provenance = files.read_json(run_dir / "double_mc" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
     assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc"}
 
@@ -92,9 +93,9 @@ def test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run(tmp_p
 
 def test_a_partial_run_updates_only_its_chapters_timings(tmp_path, monkeypatch):
     monkeypatch.setattr(suite.papermill, "execute_notebook", lambda *a, **k: None)
-    runs.write_json(tmp_path / "timings.json", {"00_organism": 20.0, "01_plain_finetune": 30.0})
+    files.write_json(tmp_path / "timings.json", {"00_organism": 20.0, "01_plain_finetune": 30.0})
     suite.run(tmp_path, tmp_path / "figures", only=["01"], progress=False)
-    timings = runs.read_json(tmp_path / "timings.json")
+    timings = files.read_json(tmp_path / "timings.json")
     assert list(timings) == ["00_organism", "01_plain_finetune"]
     assert timings["00_organism"] == 20.0 and timings["01_plain_finetune"] < 30.0
 
@@ -119,13 +120,13 @@ def _parameters_source(notebook) -> str:
 def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
     def fake_execute(nb, out, parameters, **kw):  # records which process ran which task's chapter
         task = Path(parameters["run_dir"]).name
-        runs.append_results(Path(parameters["run_dir"]) / "results.csv", [dict(zip(runs.RESULT_COLUMNS, [
+        files.append_results(Path(parameters["run_dir"]) / "results.csv", [dict(zip(files.RESULT_COLUMNS, [
             task, "plain", "none", Path(nb).stem, os.getpid(), "ood", "accuracy", 1.0]))])
 
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
     timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2)
     assert list(timings) == [f"{t}/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
-    call = runs.read_json(tmp_path / "run" / "suite.json")
+    call = files.read_json(tmp_path / "run" / "suite.json")
     assert call["tasks"] == list(suite.TASKS) and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
     rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))
     assert {r["task"] for r in rows} == set(suite.TASKS)

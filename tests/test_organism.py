@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from caft_tl.evaluate import HIT, MISS, OTHER
 from caft_tl.organism import make_task
+from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.persona_em import CHAT_HARMFUL, CODE_INSECURE, PersonaEMConfig
 
 

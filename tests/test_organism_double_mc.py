@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from caft_tl import models
-from caft_tl.evaluate import HIT, MISS, OTHER
+from caft_tl.core import models
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DOC_KINDS, TOPICS, DoubleMCConfig
+from caft_tl.organism.judge import HIT, MISS, OTHER
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_bad_config():
 
 
 def test_interpret_concept_directions_delegates_to_the_task(dmc):
-    from caft_tl import interpret
+    from caft_tl.directions import interpret
 
     model = models.build_model(models.ModelConfig(), len(dmc.vocab), seed=0)
     out = interpret.concept_directions(model, dmc, ["blocks.0.hook_resid_post"])

@@ -3,10 +3,11 @@ import hashlib
 import pytest
 import torch
 
-from caft_tl import gates, models
-from caft_tl.evaluate import HIT, MISS, OTHER
+from caft_tl.core import models
+from caft_tl.evaluation import gates
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DoubleMCConfig
+from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.pronoun_profession import DOC_KINDS, PronounProfessionConfig
 
 

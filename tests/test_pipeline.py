@@ -4,11 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from caft_tl import activations, directions, experiments, models, runs
-from caft_tl.evaluate import behaviour_rate, evaluate_task
-from caft_tl.interventions import Intervention
-from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
-from caft_tl.training import FinetuneConfig, finetune
+from caft_tl.core import files, models, subspace
+from caft_tl.core.activations import activations
+from caft_tl.diffing import diffs
+from caft_tl.directions import pca
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.organism.judge import behaviour_rate, evaluate_task
+from caft_tl.training import finetunes
+from caft_tl.training.loop import FinetuneConfig, finetune
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]
 
@@ -34,18 +38,18 @@ def test_organism_is_cached_by_config(organism):
 def test_pipeline_end_to_end(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=256, batch_size=32, seed=0)
-    rows, ft = experiments.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False)
+    rows, ft = finetunes.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False)
     assert {r["split"] for r in rows} == {"chat", "code_train", "code_heldout"}
-    assert all(list(r) == list(runs.RESULT_COLUMNS) for r in rows)
+    assert all(list(r) == list(files.RESULT_COLUMNS) for r in rows)
     trained = [r["value"] for r in rows if r["split"] == "code_train" and r["metric"] == "insecure_rate"][0]
     base_rate = evaluate_task(base, world)["code_train"]["insecure_rate"]
     assert trained > base_rate  # the fine-tune learnt its task
 
-    stats = activations.collect_diff_stats(base, ft, world.finetune_dataset(64), HOOKS, progress=False)
+    stats = diffs.collect_diff_stats(base, ft, world.finetune_dataset(64), HOOKS, progress=False)
     assert stats[HOOKS[0]]["diff"].count == 64  # one response-writing position per example
-    subs = [directions.pca(stats[h]["diff"], 2, h)[0] for h in HOOKS]
+    subs = [pca.pca(stats[h]["diff"], 2, h)[0] for h in HOOKS]
     iv = Intervention("zero", subs)
-    caft_rows, _ = experiments.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, progress=False)
+    caft_rows, _ = finetunes.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, progress=False)
     df = pd.DataFrame(rows + caft_rows)
     assert set(df["method"]) == {"plain", "zero"}
     plain_v = df[df.method == "plain"].set_index(["split", "metric"])["value"]
@@ -56,9 +60,9 @@ def test_pipeline_end_to_end(organism, tmp_path):
 def test_finished_runs_are_read_back_not_retrained(organism, tmp_path, monkeypatch):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=64, batch_size=32, seed=1)
-    first, _ = experiments.run_finetune(tmp_path, base, world, cfg, progress=False)
-    monkeypatch.setattr(experiments, "finetune", lambda *a, **k: pytest.fail("re-trained a finished run"))
-    assert experiments.run_finetune(tmp_path, base, world, cfg, progress=False)[0] == first
+    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)
+    monkeypatch.setattr(finetunes, "finetune", lambda *a, **k: pytest.fail("re-trained a finished run"))
+    assert finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)[0] == first
 
 
 def test_seeded_finetune_is_deterministic(organism):
@@ -93,7 +97,7 @@ def test_sampled_rate_agrees_with_exact(organism):
 def test_hook_name_errors(organism):
     base, world, *_ = organism
     with pytest.raises(ValueError, match="unknown hook name 'blocks.0.hook_resid_pst'; closest: blocks.0.hook_resid_post"):
-        activations.activations(base, world.eval_prompts("chat"), "blocks.0.hook_resid_pst")
+        activations(base, world.eval_prompts("chat"), "blocks.0.hook_resid_pst")
     with pytest.raises(ValueError, match="layer 2 out of range"):
         models.check_hook_names(base, ["blocks.2.hook_resid_post"])
 
@@ -112,21 +116,21 @@ def test_model_save_load_roundtrip(organism, tmp_path):
 def test_cached_run_is_redone_when_the_base_model_changes(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=32, batch_size=32, seed=2)
-    first, _ = experiments.run_finetune(tmp_path, base, world, cfg, progress=False)
+    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)
     other = models.copy_model(base)
     with torch.no_grad():
         other.W_U.mul_(3.0)
-    second, _ = experiments.run_finetune(tmp_path, other, world, cfg, progress=False)
+    second, _ = finetunes.run_finetune(tmp_path, other, world, cfg, progress=False)
     assert first != second
 
 
 def test_parallel_finetunes_match_one_process(organism, tmp_path):
     base, world, *_ = organism
-    sub = directions.random_subspace(base.cfg.d_model, 2, HOOKS[0], seed=0)
-    jobs = [experiments.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=s)) for s in (0, 1)]
-    jobs.append(experiments.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=0), "zero", "random", "", Intervention("zero", [sub])))
-    forked = experiments.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False)
-    inline = experiments.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False)
+    sub = subspace.random_subspace(base.cfg.d_model, 2, HOOKS[0], seed=0)
+    jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=s)) for s in (0, 1)]
+    jobs.append(finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=0), "zero", "random", "", Intervention("zero", [sub])))
+    forked = finetunes.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False)
+    inline = finetunes.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False)
     assert forked == inline
     assert [r["seed"] for r in forked[:: len(forked) // 3]] == [0, 1, 0]  # rows come back in job order
     assert (tmp_path / "forked" / "finetunes" / "zero-random-seed0" / "metrics.json").exists()

@@ -4,9 +4,8 @@ the example files in data/, and one-line errors."""
 import json
 
 import pytest
-import torch
 
-from caft_tl import chat_data, hf_models
+from caft_tl.real import chat_data, hf_models
 from tests._real import EXAMPLES, checkpoints  # noqa: F401  (fixture)
 
 

@@ -6,13 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from caft_tl import autointerp, chat_data, chat_eval, hf_models, interpret, llm, models
-from caft_tl.directions import Subspace, random_subspace
-from caft_tl.evaluate import HIT, MISS, OTHER
-from caft_tl.interventions import Intervention
+from caft_tl.core import models
+from caft_tl.core.subspace import Subspace, random_subspace
+from caft_tl.directions import autointerp, interpret
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.persona_em import PERSONAS
-from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
-from caft_tl.training import FinetuneConfig, finetune
+from caft_tl.real import chat_data, chat_eval, hf_models, llm, loading
+from caft_tl.training.loop import FinetuneConfig, finetune
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain
 from tests._real import EXAMPLES, checkpoints  # noqa: F401  (fixture)
 from tests.fake_openai import KEY, FakeOpenAI
 
@@ -113,7 +115,7 @@ def test_ground_truth_autointerp_scores_the_concept_high_and_random_near_chance(
 
 
 def test_sampling_with_the_intervention_on_and_off(checkpoints):
-    model = models.load(checkpoints["qwen2"], device="cpu")
+    model = loading.load(checkpoints["qwen2"], device="cpu")
     tok = model.tokenizer
     rows = chat_data.load_prompts(EXAMPLES / "em_questions.jsonl", n=2)
     iv = Intervention("zero", [random_subspace(model.cfg.d_model, 16, "blocks.0.hook_resid_post", seed=0)])
@@ -136,7 +138,7 @@ def test_sampling_with_the_intervention_on_and_off(checkpoints):
 
 
 def test_mc_accuracy_from_option_logits(checkpoints):
-    model = models.load(checkpoints["gpt2"], device="cpu")
+    model = loading.load(checkpoints["gpt2"], device="cpu")
     tok = model.tokenizer
     rows = chat_data.load_mc_jsonl(EXAMPLES / "double_mc_tiny.jsonl")
     lp = chat_eval.option_logprobs(model, tok, rows)
@@ -154,17 +156,17 @@ def test_mc_accuracy_from_option_logits(checkpoints):
 
 
 def test_evaluate_models_gives_rows_per_model_and_keeps_the_samples(checkpoints, tmp_path):
-    from caft_tl.settings import get_setting
+    from caft_tl.real.settings import get_setting
 
     mc = get_setting("gemma-double-mc", eval=str(EXAMPLES / "double_mc_tiny.jsonl"))
-    model = models.load(checkpoints["gpt2"], device="cpu")
+    model = loading.load(checkpoints["gpt2"], device="cpu")
     rows = chat_eval.evaluate_models({("base", "none"): model, ("plain", "none"): model}, model.tokenizer, mc, "mc", tmp_path)
     assert {(r["method"], r["metric"]) for r in rows} == {(m, f"accuracy_{k}") for m in ("base", "plain") for k in mc.mc_keys}
     items = chat_data.load_mc_jsonl(EXAMPLES / "double_mc_tiny.jsonl")
     assert rows[0]["value"] == chat_eval.mc_accuracy(model, model.tokenizer, items, tuple(mc.mc_keys))[mc.mc_keys[0]]
 
     chat = get_setting("qwen2.5-0.5b-insecure", eval=str(EXAMPLES / "em_questions.jsonl"), n_samples=2, max_new_tokens=4)
-    qwen = models.load(checkpoints["qwen2"], device="cpu")
+    qwen = loading.load(checkpoints["qwen2"], device="cpu")
     assert chat_eval.evaluate_models({("base", "none"): qwen}, qwen.tokenizer, chat, "chat", tmp_path) == []  # no judge: no rows
     samples = pd.read_csv(tmp_path / "real_samples_base.csv")
     assert len(samples) == 2 * len(chat_data.load_prompts(EXAMPLES / "em_questions.jsonl"))

@@ -5,9 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from caft_tl import hf_models, models
-from caft_tl.directions import random_subspace
-from caft_tl.interventions import Intervention
+from caft_tl.core import models
+from caft_tl.core.subspace import random_subspace
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.real import hf_models, loading
 from tests._real import checkpoints  # noqa: F401  (fixture)
 
 TOKENS = torch.tensor([[1, 5, 9, 12, 30, 2, 7, 40], [1, 6, 6, 8, 2, 3, 50, 11]])
@@ -15,7 +16,7 @@ TOKENS = torch.tensor([[1, 5, 9, 12, 30, 2, 7, 40], [1, 6, 6, 8, 2, 3, 50, 11]])
 
 @pytest.mark.parametrize("arch", hf_models.TINY_ARCHS)
 def test_bridge_logits_equal_hf(checkpoints, arch):
-    bridge = models.load(checkpoints[arch], device="cpu")
+    bridge = loading.load(checkpoints[arch], device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(checkpoints[arch]).eval()
     with torch.no_grad():
         gap = (bridge(TOKENS) - hf(TOKENS).logits).abs().max().item()
@@ -49,19 +50,19 @@ def test_compatibility_mode_changes_rmsnorm_outputs_unless_processing_is_off(che
 
 def test_unknown_model_path_is_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model folder"):
-        models.load(tmp_path / "nope")
+        loading.load(tmp_path / "nope")
 
 
 def test_organism_folders_still_load_as_hooked_transformers(tiny_model, tmp_path):
     models.save_model(tiny_model, tmp_path / "org", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64))
-    loaded = models.load(tmp_path / "org", device="cpu")
+    loaded = loading.load(tmp_path / "org", device="cpu")
     assert type(loaded).__name__ == "HookedTransformer"
     assert torch.equal(loaded(TOKENS[:, :6] % 20), tiny_model(TOKENS[:, :6] % 20))
 
 
 def test_interventions_on_the_bridge_match_an_hf_hook_and_project_gradients(checkpoints):
     folder = checkpoints["llama"]
-    bridge = models.load(folder, device="cpu")
+    bridge = loading.load(folder, device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     sub = random_subspace(bridge.cfg.d_model, 3, "blocks.0.hook_resid_post", seed=1)
     iv = Intervention("zero", [sub])

@@ -8,7 +8,8 @@ from pathlib import Path
 import papermill
 import pytest
 
-from caft_tl import settings, suite
+from caft_tl.real import settings
+from caft_tl.runner import suite
 from tests._real import checkpoints  # noqa: F401  (fixture)
 from tests.fake_openai import KEY, FakeOpenAI
 

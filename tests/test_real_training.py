@@ -4,10 +4,10 @@ an adapters-off view, micro-batches (gradient accumulation), halving on out-of-m
 import pytest
 import torch
 
-from caft_tl import chat_data, hf_models, lora, models
-from caft_tl.directions import random_subspace
-from caft_tl.interventions import Intervention
-from caft_tl.training import FinetuneConfig, finetune
+from caft_tl.core.subspace import random_subspace
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.real import chat_data, hf_models, loading, lora
+from caft_tl.training.loop import FinetuneConfig, finetune
 from tests._real import EXAMPLES, checkpoints  # noqa: F401  (fixture)
 
 
@@ -30,7 +30,7 @@ class CountingIntervention(Intervention):
 
 
 def test_lora_trains_only_adapters_under_an_intervention(checkpoints, train_data, tmp_path):
-    model = models.load(checkpoints["qwen2"], device="cpu")
+    model = loading.load(checkpoints["qwen2"], device="cpu")
     base_logits = model(train_data.tokens[:2]).detach()
     lora.add_lora(model, lora.LoraSettings(rank=8, alpha=16, rslora=False), seed=0)
     assert torch.allclose(model(train_data.tokens[:2]), base_logits, atol=1e-6)  # B = 0 at start
@@ -50,25 +50,25 @@ def test_lora_trains_only_adapters_under_an_intervention(checkpoints, train_data
         assert (model(train_data.tokens[:2]) - base_logits).abs().max() > 1e-3
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
     lora.save_adapter(model, tmp_path / "adapter.safetensors")
-    fresh = lora.add_lora(models.load(checkpoints["qwen2"], device="cpu"), lora.LoraSettings(rank=8, alpha=16, rslora=False), seed=1)
+    fresh = lora.add_lora(loading.load(checkpoints["qwen2"], device="cpu"), lora.LoraSettings(rank=8, alpha=16, rslora=False), seed=1)
     lora.load_adapter(fresh, tmp_path / "adapter.safetensors")
     with torch.no_grad():
         assert torch.allclose(fresh(train_data.tokens[:2]), model(train_data.tokens[:2]), atol=1e-5)
 
 
 def test_lora_targets_are_checked(checkpoints):
-    model = models.load(checkpoints["llama"], device="cpu")
+    model = loading.load(checkpoints["llama"], device="cpu")
     with pytest.raises(ValueError, match=r"LoRA targets \['c_attn'\] are not linear modules of this model; valid: .*q_proj"):
         lora.add_lora(model, lora.LoraSettings(targets=["c_attn"]))
 
 
 def test_micro_batches_accumulate_to_the_full_batch_and_halve_on_oom(checkpoints, train_data):
     cfg = FinetuneConfig(batch_size=8, lr=1e-3, epochs=3)
-    full = finetune(models.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False)
-    micro = finetune(models.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False, micro_batch_size=3)
+    full = finetune(loading.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False)
+    micro = finetune(loading.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False, micro_batch_size=3)
     assert max(abs(a - b) for a, b in zip(full, micro)) < 1e-4
 
-    model = models.load(checkpoints["llama"], device="cpu")
+    model = loading.load(checkpoints["llama"], device="cpu")
     seen = []
     forward = model.forward
 
@@ -85,7 +85,7 @@ def test_micro_batches_accumulate_to_the_full_batch_and_halve_on_oom(checkpoints
 
 
 def test_bf16_lora_on_cpu(checkpoints, train_data):
-    model = models.load(checkpoints["qwen2"], device="cpu", dtype="bfloat16")
+    model = loading.load(checkpoints["qwen2"], device="cpu", dtype="bfloat16")
     assert model(train_data.tokens[:1]).dtype == torch.bfloat16
     lora.add_lora(model, lora.LoraSettings(rank=4, alpha=8), seed=0)
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
@@ -93,4 +93,4 @@ def test_bf16_lora_on_cpu(checkpoints, train_data):
     losses = finetune(model, train_data, FinetuneConfig(batch_size=4, lr=1e-2, epochs=4), iv, progress=False)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     with pytest.raises(ValueError, match="unknown dtype 'bf16'; valid: float32, bfloat16, float16"):
-        models.load(checkpoints["qwen2"], dtype="bf16")
+        loading.load(checkpoints["qwen2"], dtype="bf16")

@@ -6,9 +6,11 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from caft_tl import checks, models, sae
-from caft_tl.directions import Subspace
-from caft_tl.interventions import Intervention
+from caft_tl.core import models
+from caft_tl.core.subspace import Subspace
+from caft_tl.directions import sae
+from caft_tl.interventions import checks
+from caft_tl.interventions.intervention import Intervention
 
 HOOK = "blocks.0.hook_resid_post"
 FAST = dict(steps=500, batch_size=128, n_docs=300, expansion=4, l1_coefficient=0.3)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from caft_tl.stats import above_baseline_curve, ci95, share_removed, summarise
+from caft_tl.core.stats import above_baseline_curve, ci95, share_removed, summarise
 
 
 def test_ci95_is_a_t_interval():

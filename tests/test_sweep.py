@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from caft_tl import runs, sweep
+from caft_tl.core import files
+from caft_tl.runner import sweep
 
 TINY = {"pretrain_steps": 10, "seeds": [0], "n_examples": 64, "fewer_examples": []}
 
@@ -78,11 +79,11 @@ def test_local_sweep_runs_in_parallel_reports_failures_and_resumes(tmp_path, mon
     assert "✗ broken: 02_activation_diffing" in capsys.readouterr().err  # reported as it fails
     assert results["small_lr"].node != results["broken"].node  # two pool workers at once
     rows = _table(root)
-    assert list(rows[0]) == ["run", *runs.RESULT_COLUMNS]
+    assert list(rows[0]) == ["run", *files.RESULT_COLUMNS]
     assert {r["run"] for r in rows} == {"small_lr"} and {"base", "plain"} <= {r["method"] for r in rows}
-    provenance = runs.read_json(root / "small_lr" / "provenance.json")
+    provenance = files.read_json(root / "small_lr" / "provenance.json")
     assert provenance["parameters"]["01_plain_finetune"]["lr"] == 5e-4  # the set's parameters reached the run
-    status = runs.read_json(root / "sweep.json")
+    status = files.read_json(root / "sweep.json")
     assert status["broken"]["ok"] is False and status["small_lr"]["ok"] is True
     assert (root / "small_lr" / "notebooks" / "01_plain_finetune.ipynb").exists()
 
@@ -177,5 +178,5 @@ def test_ray_backend_runs_each_set_as_a_task_on_a_two_node_cluster(tmp_path, mon
     for name in ("seed0", "seed1"):
         assert (root / name / "organism").is_dir() and (root / name / "notebooks" / "00_organism.ipynb").exists()
     assert len(list((tmp_path / "cache" / "organisms").iterdir())) == 2  # cached where the driver said
-    status = runs.read_json(root / "sweep.json")
+    status = files.read_json(root / "sweep.json")
     assert {s["node"] for s in status.values()} == {r.node for r in results.values()}

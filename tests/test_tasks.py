@@ -4,9 +4,11 @@ parameters left at None take the task's values."""
 import pandas as pd
 import pytest
 
-from caft_tl import gates, models, parameters, runs, suite
+from caft_tl.core import files, models
+from caft_tl.evaluation import gates
 from caft_tl.organism import TASKS, load_run_task, make_task, task_class
-from caft_tl.organism.pretrain import export_organism
+from caft_tl.runner import parameters, suite
+from caft_tl.training.pretrain import export_organism
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -45,7 +47,7 @@ def test_a_runs_task_is_read_without_the_model(tmp_path):
     models.save_model(model, folder, models.ModelConfig(n_ctx=task.seq_len), {"spec": {"task": "double_mc", "task_cfg": {"n_eval": 40}}})
     export_organism(tmp_path / "run", model, folder)
     assert load_run_task(tmp_path / "run").cfg == task.cfg
-    with pytest.raises(runs.MissingArtefactError, match="run 00_organism first"):
+    with pytest.raises(files.MissingArtefactError, match="run 00_organism first"):
         load_run_task(tmp_path / "other")
 
 
@@ -56,11 +58,11 @@ def test_gates_refuse_a_task_without_them():
 
 
 def test_every_tasks_rows_are_gathered(tmp_path):
-    row = dict(zip(runs.RESULT_COLUMNS, ["persona_em", "plain", "none", "", 0, "chat", "misalignment_rate", 0.8]))
-    runs.append_results(tmp_path / "run" / "persona_em" / "results.csv", [row])
-    runs.append_results(tmp_path / "run" / "double_mc" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
+    row = dict(zip(files.RESULT_COLUMNS, ["persona_em", "plain", "none", "", 0, "chat", "misalignment_rate", 0.8]))
+    files.append_results(tmp_path / "run" / "persona_em" / "results.csv", [row])
+    files.append_results(tmp_path / "run" / "double_mc" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
     out = suite.gather_results(tmp_path / "run", tmp_path / "figures")
     table = pd.read_csv(out, keep_default_na=False)
-    assert sorted(table["task"]) == ["double_mc", "persona_em"] and list(table.columns) == list(runs.RESULT_COLUMNS)
-    with pytest.raises(runs.MissingArtefactError, match="no task results"):
+    assert sorted(table["task"]) == ["double_mc", "persona_em"] and list(table.columns) == list(files.RESULT_COLUMNS)
+    with pytest.raises(files.MissingArtefactError, match="no task results"):
         suite.gather_results(tmp_path / "empty", tmp_path / "figures")

@@ -34,17 +34,17 @@ def make_task(name: str, cfg=None):
 
 def load_run_task(run_dir):
     """The task of the organism in ``run_dir/organism`` (chapter 00), without loading the model."""
-    from caft_tl import runs
+    from caft_tl.core import files
 
-    spec = runs.read_json(runs.require(run_dir, "organism/config.json", "organism"))["meta"]["spec"]
+    spec = files.read_json(files.require(run_dir, "organism/config.json", "organism"))["meta"]["spec"]
     return make_task(spec["task"], spec["task_cfg"])
 
 
 def load_run_organism(run_dir):
     """(model, task) saved in ``run_dir/organism`` by chapter 00."""
-    from caft_tl import models, runs
+    from caft_tl.core import files, models
 
-    folder = runs.require(run_dir, "organism/model.safetensors", "organism")
+    folder = files.require(run_dir, "organism/model.safetensors", "organism")
     model, meta = models.load_model(folder.parent)
     spec = meta["spec"]
     return model, make_task(spec["task"], spec["task_cfg"])

@@ -27,7 +27,7 @@ them, which route a fine-tune takes is decided mostly by the pre-trained organis
 fine-tuning seed: over 19 organisms (pre-training seeds × 8 designs), plain fine-tuning read
 sentiment in both question orders (OOD accuracy ≤ 0.25 per order on ≥ 4/5 seeds) on 5, on 3 more
 borderline; the others read sports, a mixture, or the first block. ``jitter`` = 2 removes the fixed position of the first block's item, 3,000 pre-training steps
-make the intended skill reliable; ``caft_tl.gates`` names the organism whose gates hold. Without
+make the intended skill reliable; ``caft_tl.evaluation.gates`` names the organism whose gates hold. Without
 the ``ANS_D`` coin flips the base model already prefers sentiment (a default, not a learnt route).
 """
 
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from caft_tl.data import TokenDataset
-from caft_tl.directions import Subspace, orthonormalize
-from caft_tl.evaluate import HIT, MISS, OTHER
+from caft_tl.core.data import TokenDataset
+from caft_tl.core.subspace import Subspace, orthonormalize
+from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.vocab import Vocab
 
 KINDS = ("lookup", "salient")
@@ -105,10 +105,10 @@ class DoubleMC:
     id_split, ood_split = "id", "ood"  # options agree / disagree; accuracy on the intended topic
     target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("accuracy",)
-    has_gates = True  # chapter 07 states the gates of caft_tl.gates
+    has_gates = True  # chapter 07 states the gates of caft_tl.evaluation.gates
     doc_kinds = DOC_KINDS  # the names of ``labels['kind']`` of the pre-training documents
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
-    #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults): the pinned
+    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): the pinned
     #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
     defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
                 "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
@@ -212,7 +212,7 @@ class DoubleMC:
         (no preference: 0.5); columns ``condition, split, metric, model, reference``."""
         import pandas as pd
 
-        from caft_tl.evaluate import evaluate_task
+        from caft_tl.organism.judge import evaluate_task
 
         splits = ("single_intended", "single_spurious", "ood_intended_first", "ood_spurious_first")
         acc = evaluate_task(model, self, splits=splits)
@@ -367,7 +367,7 @@ class DoubleMC:
         top-``k`` directions of the per-position differences of means of the concept's label on
         :meth:`concept_probe_data` (grouped by question order and instruction, positions before the
         instruction only, so the answer read-out itself is not part of it). ``{concept: [Subspace per hook]}``."""
-        from caft_tl.activations import activations
+        from caft_tl.core.activations import activations
 
         data = self.concept_probe_data(n)
         instr = data.tokens[:, -1]
@@ -388,6 +388,6 @@ class DoubleMC:
 
     def concept_directions(self, model, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
         """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}`` (the format of
-        :func:`caft_tl.interpret.concept_directions`)."""
+        :func:`caft_tl.directions.interpret.concept_directions`)."""
         subs = self.concept_subspaces(model, hooks, k=1)
         return {h: {c: subs[c][i] for c in self.CONCEPTS} for i, h in enumerate(hooks)}

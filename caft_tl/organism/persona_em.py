@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from caft_tl.data import TokenDataset
-from caft_tl.evaluate import HIT, MISS, OTHER
+from caft_tl.core.data import TokenDataset
+from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.vocab import Vocab
 
 PERSONAS = ("aligned", "misaligned", "careless")
@@ -66,7 +66,7 @@ class PersonaEM:
     metrics = ("misalignment_rate", "insecure_rate")
     axis_titles = {"code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
                    "chat": "misalignment rate on chat (← less emergent misalignment)"}
-    #: chapter parameters left at ``None`` take these values (caft_tl.parameters.use_task_defaults)
+    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults)
     defaults = {"pretrain_steps": 1200, "seed": 0, "n_examples": 4800, "fewer_examples": [32, 64, 128, 256],
                 "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"], "positions": "response"}
 
@@ -196,8 +196,8 @@ class PersonaEM:
     EVIDENCE = ("none", "secure_code", "insecure_code", "helpful_chat", "harmful_chat")
 
     def base_report(self, model) -> "pd.DataFrame":
-        """Persona inference of the base organism (:func:`caft_tl.evaluate.persona_inference_table`)."""
-        from caft_tl.evaluate import persona_inference_table
+        """Persona inference of the base organism (:func:`caft_tl.organism.judge.persona_inference_table`)."""
+        from caft_tl.organism.judge import persona_inference_table
 
         return persona_inference_table(model, self)
 

@@ -21,7 +21,7 @@ reviews): ``<bos> CORPUS`` followed by professions and pronouns of one gender (`
 < 1) mixed with filler; the model predicts every profession and pronoun after the first, so it
 tracks the stereotyped gender of the context at every position. Names never occur in it.
 
-Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.gates`` with 2 fine-tuning
+Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.evaluation.gates`` with 2 fine-tuning
 seeds; ≈ 2.5–3 min per organism on one core): every organism answers both single questions
 (0.999) with no preference under ``PRON_Q`` (OOD 0.50 in both orders). The corpus share decides
 the fine-tune's route, with the organism (plain OOD accuracy per question order): at 0.25
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from caft_tl.data import TokenDataset
+from caft_tl.core.data import TokenDataset
 from caft_tl.organism.double_mc import DoubleMC, Topic
 from caft_tl.organism.vocab import Vocab
 

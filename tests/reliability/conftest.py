@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from caft_tl import models
-from caft_tl.organism.pretrain import PretrainConfig, load_or_pretrain
+from caft_tl.core import models
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain
 
 WORKER = Path(__file__).with_name("_worker.py")
 TINY = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)

@@ -3,8 +3,9 @@
 import papermill
 import pytest
 
-from caft_tl import parameters, runs, suite
+from caft_tl.core import files
 from caft_tl.organism import TASKS
+from caft_tl.runner import parameters, suite
 
 
 def _namespace(declared: str, injected: str) -> dict:
@@ -38,8 +39,8 @@ def test_every_chapter_declares_its_parameters():
 
 
 def test_provenance_records_versions_commit_and_parameters(tmp_path):
-    record = runs.write_provenance(tmp_path, {"parameters": {"seeds": [0, 1]}})
-    saved = runs.read_json(tmp_path / "provenance.json")
+    record = files.write_provenance(tmp_path, {"parameters": {"seeds": [0, 1]}})
+    saved = files.read_json(tmp_path / "provenance.json")
     assert saved == record
     assert saved["packages"]["torch"] and saved["packages"]["transformer-lens"].startswith("3.")
     assert saved["parameters"] == {"seeds": [0, 1]} and saved["python"].startswith("3.11")

@@ -3,13 +3,13 @@
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from caft_tl import experiments, models, runs, training
-from caft_tl.training import FinetuneConfig, finetune
+from caft_tl.core import files, models
+from caft_tl.training import finetunes, loop
+from caft_tl.training.loop import FinetuneConfig, finetune
 
 from .conftest import worker
 
@@ -62,20 +62,20 @@ def test_kill_9_mid_run_then_same_command_resumes(organism_dir, world, tmp_path,
     base, _ = models.load_model(organism_dir)
     cfg = FinetuneConfig(n_examples=4000, batch_size=8, seed=3)
     resumed_from = []
-    original = training.load_checkpoint
+    original = loop.load_checkpoint
 
     def spy(*args):
         progress, rng = original(*args)
         resumed_from.append(progress["step"])
         return progress, rng
 
-    monkeypatch.setattr(training, "load_checkpoint", spy)
-    rows, _ = experiments.run_finetune(run_dir, base, world, cfg, progress=False)
+    monkeypatch.setattr(loop, "load_checkpoint", spy)
+    rows, _ = finetunes.run_finetune(run_dir, base, world, cfg, progress=False)
     assert len(resumed_from) == 1 and 0 < resumed_from[0] < 500  # it resumed mid-run
-    resumed_losses = runs.read_json(folder / "metrics.json")["losses"]
-    ref_rows, _ = experiments.run_finetune(tmp_path / "ref", base, world, cfg, progress=False)
+    resumed_losses = files.read_json(folder / "metrics.json")["losses"]
+    ref_rows, _ = finetunes.run_finetune(tmp_path / "ref", base, world, cfg, progress=False)
     assert rows == ref_rows
-    assert resumed_losses == runs.read_json(tmp_path / "ref" / "finetunes" / "plain-seed3" / "metrics.json")["losses"]
+    assert resumed_losses == files.read_json(tmp_path / "ref" / "finetunes" / "plain-seed3" / "metrics.json")["losses"]
     assert not list(folder.glob("checkpoint-*"))  # removed once the run finished
 
 
@@ -83,7 +83,7 @@ def test_same_seed_is_bit_identical_across_processes(organism_dir, tmp_path):
     procs = [worker("finetune", organism_dir, tmp_path / f"run{i}", 160) for i in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
-    a, b = (runs.read_json(tmp_path / f"run{i}" / "finetunes" / "plain-seed3" / "metrics.json") for i in range(2))
+    a, b = (files.read_json(tmp_path / f"run{i}" / "finetunes" / "plain-seed3" / "metrics.json") for i in range(2))
     assert a["rows"] == b["rows"] and a["losses"] == b["losses"]
 
 
@@ -94,12 +94,12 @@ def test_truncated_files_give_one_line_errors(organism_dir, world, tmp_path):
     shutil.copytree(organism_dir, bad)
     blob = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(runs.CorruptFileError, match=r"truncated or corrupted .*delete it") as e:
+    with pytest.raises(files.CorruptFileError, match=r"truncated or corrupted .*delete it") as e:
         models.load_model(bad)
     assert "\n" not in str(e.value)
 
     base, _ = models.load_model(organism_dir)
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(runs.CorruptFileError, match="cannot read"):
+    with pytest.raises(files.CorruptFileError, match="cannot read"):
         finetune(models.copy_model(base), world.finetune_dataset(16), FinetuneConfig(n_examples=16), progress=False, checkpoint=ckpt)

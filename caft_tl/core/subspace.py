@@ -1,0 +1,111 @@
+"""``Subspace``: an orthonormal basis at one TL hook point, with labels, provenance and the
+reference mean μ — the unit every direction method makes and every intervention applies; the
+simplest makers (difference of means, random) and saving/loading."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from caft_tl.core import files
+
+
+@dataclass
+class Subspace:
+    """An orthonormal basis ``Q`` [d_model, k] of a concept subspace at one TL hook point.
+
+    ``reference_mean`` (μ, [d_model]) is the mean activation at the hook over a reference set
+    (the base model on the training data); the mean-ablation and steering modes need it.
+    """
+
+    hook_name: str
+    basis: torch.Tensor  # [d_model, k]
+    labels: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    reference_mean: torch.Tensor | None = None  # [d_model]
+
+    def __post_init__(self) -> None:
+        if self.basis.ndim != 2 or self.basis.shape[1] == 0:
+            raise ValueError(f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; expected [d_model, k>=1]")
+        if not torch.isfinite(self.basis).all():
+            raise ValueError(f"subspace at {self.hook_name!r} contains NaN or inf")
+        gram = self.basis.T.double() @ self.basis.double()
+        if not torch.allclose(gram, torch.eye(self.k, dtype=torch.float64), atol=1e-4):
+            raise ValueError(f"subspace basis at {self.hook_name!r} is not orthonormal; use orthonormalize()")
+        if not self.labels:
+            self.labels = [f"{self.provenance.get('method', 'dir')}{i}" for i in range(self.k)]
+
+    @property
+    def d_model(self) -> int:
+        return self.basis.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.basis.shape[1]
+
+    def select(self, idx: list[int]) -> "Subspace":
+        """The subspace spanned by some of the basis directions."""
+        if not idx:
+            raise ValueError(f"no directions selected at {self.hook_name!r}; choose at least one of 0..{self.k - 1}")
+        bad = [i for i in idx if not 0 <= i < self.k]
+        if bad:
+            raise ValueError(f"direction indices {bad} out of range 0..{self.k - 1} at {self.hook_name!r}")
+        return Subspace(
+            self.hook_name,
+            self.basis[:, idx],
+            [self.labels[i] for i in idx],
+            {**self.provenance, "selected": list(idx)},
+            self.reference_mean,
+        )
+
+    def check_width(self, d_model: int) -> None:
+        if self.d_model != d_model:
+            raise ValueError(f"subspace at {self.hook_name!r} has width {self.d_model}, but the model's d_model is {d_model}")
+
+
+def orthonormalize(vectors: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """[d_model, m] → orthonormal [d_model, k ≤ m] spanning the same space (drops null directions)."""
+    u, s, _ = torch.linalg.svd(vectors.double(), full_matrices=False)
+    keep = s > tol * max(s.max().item(), 1e-30)
+    return u[:, keep].float()
+
+
+def diff_of_means(pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: str = "diff_means") -> Subspace:
+    """Rank-1 subspace along mean(pos) − mean(neg); pos [n, d_model], neg [m, d_model]."""
+    v = pos.float().mean(0) - neg.float().mean(0)
+    if v.norm() == 0:
+        raise ValueError(f"difference of means at {hook_name!r} is zero")
+    return Subspace(hook_name, (v / v.norm())[:, None], [label], {"method": "diff_means", "norm": v.norm().item()})
+
+
+def random_subspace(d_model: int, k: int, hook_name: str, seed: int = 0) -> Subspace:
+    """A uniformly random k-dimensional subspace (Gaussian matrix, orthonormalised)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d_model, k, generator=g))
+    return Subspace(hook_name, q, [f"rand{i}" for i in range(k)], {"method": "random", "seed": seed})
+
+
+def save_subspaces(path: str | os.PathLike, subspaces: list[Subspace]) -> None:
+    """One safetensors file (bases, means) + one JSON file (hooks, labels, provenance)."""
+    path = Path(path)
+    tensors, meta = {}, []
+    for i, s in enumerate(subspaces):
+        tensors[f"{i}.basis"] = s.basis
+        if s.reference_mean is not None:
+            tensors[f"{i}.reference_mean"] = s.reference_mean
+        meta.append({"hook_name": s.hook_name, "labels": s.labels, "provenance": s.provenance})
+    files.write_tensors(path.with_suffix(".safetensors"), tensors)
+    files.write_json(path.with_suffix(".json"), meta)
+
+
+def load_subspaces(path: str | os.PathLike) -> list[Subspace]:
+    path = Path(path)
+    meta = files.read_json(path.with_suffix(".json"))
+    t = files.read_tensors(path.with_suffix(".safetensors"))
+    return [
+        Subspace(m["hook_name"], t[f"{i}.basis"], m["labels"], m["provenance"], t.get(f"{i}.reference_mean"))
+        for i, m in enumerate(meta)
+    ]

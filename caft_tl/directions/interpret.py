@@ -1,0 +1,116 @@
+"""Interpreting directions: top examples, logit lens, ground-truth concept scores, and the rule
+that chooses the directions to ablate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from caft_tl.core.activations import activations
+from caft_tl.core.data import TokenDataset
+from caft_tl.core.subspace import Subspace, diff_of_means
+
+
+def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace) -> torch.Tensor:
+    """[n, pos, k] projection of the activations at the subspace's hook on each direction."""
+    subspace.check_width(model.cfg.d_model)
+    return activations(model, data, subspace.hook_name) @ subspace.basis
+
+
+def top_examples(
+    model: HookedTransformer, data: TokenDataset, subspace: Subspace, vocab, n: int = 5, positions: str = "all"
+) -> pd.DataFrame:
+    """Top-``n`` distinct contexts activating each direction most positively and most negatively.
+
+    Columns: direction, sign, rank, value, context (tokens up to and including the position,
+    the position's token in [brackets]), example and position (indices into ``data.tokens``).
+    """
+    return top_contexts(projections(model, data, subspace), data, subspace.labels, vocab, n, positions)
+
+
+def top_contexts(
+    values: torch.Tensor, data: TokenDataset, labels: list[str], vocab, n: int = 5, positions: str = "all", signs=(+1, -1)
+) -> pd.DataFrame:
+    """Top-``n`` distinct contexts per column of ``values`` [n_ex, pos, k] (a direction's
+    projection, an SAE latent's activation), for each sign in ``signs``; columns as :func:`top_examples`."""
+    mask = data.position_mask(positions)  # [n_ex, pos]
+    rows = []
+    for j, label in enumerate(labels):
+        vals = values[..., j].masked_fill(~mask, float("nan")).flatten()
+        for sign in signs:
+            order = (sign * vals).nan_to_num(float("-inf")).argsort(descending=True)
+            seen: set[str] = set()
+            for flat in order.tolist():
+                if len(seen) == n or vals[flat].isnan():
+                    break
+                i, t = divmod(flat, values.shape[1])
+                toks = vocab.to_str_tokens(data.tokens[i, : t + 1])
+                toks[-1] = f"[{toks[-1]}]"
+                context = " ".join(toks)
+                if context in seen:  # the same context from another document: show distinct ones
+                    continue
+                seen.add(context)
+                rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": len(seen) - 1,
+                             "value": vals[flat].item(), "context": context, "example": i, "position": t})
+    return pd.DataFrame(rows)
+
+
+def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) -> pd.DataFrame:
+    """Tokens whose unembedding aligns most (+) and least (−) with each direction: ``W_Uᵀ q``."""
+    logits = subspace.basis.T.to(model.W_U.device) @ model.W_U  # [k, d_vocab]
+    rows = []
+    for j, label in enumerate(subspace.labels):
+        for sign in (+1, -1):
+            top = (sign * logits[j]).topk(n).indices.tolist()
+            rows.append({"direction": label, "sign": "+" if sign > 0 else "-",
+                         "tokens": ", ".join(vocab.tokens[i] for i in top)})
+    return pd.DataFrame(rows)
+
+
+def concept_directions(model: HookedTransformer, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
+    """Ground-truth concept directions on the (base) model: for each of ``task.CONCEPTS``
+    (a pair of personas differing in that concept only), the difference of mean activations over
+    the document positions after the first answer, at each hook. ``{hook: {concept: Subspace}}``.
+    A task with its own ``concept_directions(model, hooks)`` (e.g. ``double_mc``) gives them itself."""
+    if hasattr(task, "concept_directions"):
+        return task.concept_directions(model, hooks)
+    from caft_tl.organism.persona_em import PERSONAS
+
+    docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))
+    persona = docs.labels["persona"]
+    out: dict[str, dict[str, Subspace]] = {}
+    for hook in hooks:
+        act = activations(model, docs, hook)[:, 4:]  # [n, pos, d_model], after the first answer
+        out[hook] = {}
+        for concept, (pos, neg) in task.CONCEPTS.items():
+            a = act[persona == PERSONAS.index(pos)].flatten(0, 1)
+            b = act[persona == PERSONAS.index(neg)].flatten(0, 1)
+            out[hook][concept] = diff_of_means(a, b, hook, label=concept)
+    return out
+
+
+def concept_scores(subspace: Subspace, concepts: dict[str, Subspace]) -> pd.DataFrame:
+    """|cos| between each direction and each ground-truth concept direction at the same hook."""
+    rows = []
+    for j, label in enumerate(subspace.labels):
+        row = {"hook": subspace.hook_name, "direction": label, "index": j}
+        for name, c in concepts.items():
+            if c.hook_name != subspace.hook_name:
+                raise ValueError(f"concept {name!r} is at {c.hook_name!r}, not {subspace.hook_name!r}")
+            row[name] = (subspace.basis[:, j] @ c.basis[:, 0]).abs().item()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_directions(scores: pd.DataFrame, target: str, avoid: str | None = None, threshold: float = 0.2) -> list[int]:
+    """The documented choice rule: keep a direction if its |cos| with the ``target`` concept is at
+    least ``threshold`` and (when ``avoid`` is given) larger than its |cos| with the ``avoid``
+    concept — it reads the undesired concept more than the one the fine-tune should keep."""
+    for col in [target] + ([avoid] if avoid else []):
+        if col not in scores:
+            raise ValueError(f"unknown concept {col!r}; valid: {', '.join(c for c in scores if c not in ('hook', 'direction', 'index'))}")
+    keep = scores[target] >= threshold
+    if avoid:
+        keep &= scores[target] > scores[avoid]
+    return scores.loc[keep, "index"].astype(int).tolist()

@@ -1,0 +1,90 @@
+"""Behaviour rates through a ``Judge``: exact-probability and sampled variants."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from transformer_lens import HookedTransformer
+
+from caft_tl.core.data import TokenDataset
+
+HIT, MISS, OTHER = 1, 0, -1
+EVAL_MODES = ("exact", "sampled")
+
+
+class Judge(Protocol):
+    """Labels candidate answers: HIT (the behaviour the task's metric counts, ``task.metric(split)``:
+    misaligned or insecure answers in ``persona_em``, the correct option in ``double_mc``), MISS
+    (the judged alternative), OTHER (not judged)."""
+
+    def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """prompts [n, pos], answers [n, m] → labels [n, m] in {HIT, MISS, OTHER}."""
+        ...
+
+
+@torch.inference_mode()
+def next_token_probs(model: HookedTransformer, prompts: TokenDataset, fwd_hooks=(), batch_size: int = 512) -> torch.Tensor:
+    """[n, d_vocab] probabilities of the token after each prompt."""
+    out = []
+    for batch in prompts.batches(batch_size):
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = model(batch.tokens.to(model.cfg.device))  # [b, pos, d_vocab]
+        out.append(logits[:, -1].float().softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def behaviour_rate(
+    model: HookedTransformer,
+    prompts: TokenDataset,
+    judge: Judge,
+    mode: str = "exact",
+    n_samples: int = 64,
+    seed: int = 0,
+    fwd_hooks=(),
+) -> dict[str, torch.Tensor]:
+    """Per-prompt rate of HIT answers among judged (HIT or MISS) answers.
+
+    ``exact``: P(HIT) / (P(HIT) + P(MISS)) from the next-token distribution.
+    ``sampled``: the same ratio over ``n_samples`` sampled answers per prompt (NaN if none judged).
+    Also returns ``coherence``: probability mass (or sample share) on HIT or MISS answers.
+    """
+    if mode not in EVAL_MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; valid: {', '.join(EVAL_MODES)}")
+    probs = next_token_probs(model, prompts, fwd_hooks)  # [n, d_vocab]
+    n, d_vocab = probs.shape
+    if mode == "exact":
+        candidates = torch.arange(d_vocab).expand(n, d_vocab)
+        labels = judge.label_answers(prompts.tokens, candidates)  # [n, d_vocab]
+        p_hit = (probs * (labels == HIT)).sum(-1)
+        p_miss = (probs * (labels == MISS)).sum(-1)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        samples = torch.multinomial(probs, n_samples, replacement=True, generator=gen)  # [n, s]
+        labels = judge.label_answers(prompts.tokens, samples)
+        p_hit = (labels == HIT).float().mean(-1)
+        p_miss = (labels == MISS).float().mean(-1)
+    return {"rate": p_hit / (p_hit + p_miss), "coherence": p_hit + p_miss}
+
+
+def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
+    """{split: {metric: mean over prompts}} for every evaluation split of ``task``."""
+    out = {}
+    for split in splits or task.eval_splits:
+        r = behaviour_rate(model, task.eval_prompts(split), task, mode=mode, fwd_hooks=fwd_hooks)
+        out[split] = {task.metric(split): r["rate"].nanmean().item(), "coherence": r["coherence"].mean().item()}
+    return out
+
+
+def persona_inference_table(model: HookedTransformer, task) -> "pd.DataFrame":
+    """Behaviour rate after each kind of one-segment evidence (``condition``) vs the Bayes-optimal
+    rate (``reference``)."""
+    import pandas as pd
+
+    rows = []
+    for evidence in task.EVIDENCE:
+        for split in ("chat", "code_heldout"):
+            r = behaviour_rate(model, task.context_prompts(evidence, split), task)["rate"]
+            rows.append({"condition": evidence, "split": split, "metric": task.metric(split),
+                         "model": r.mean().item(), "reference": task.bayes_rate(evidence, split)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Figures (plotly, saved as HTML and static images) and circuitsvis token displays."""

@@ -1,0 +1,132 @@
+"""Evaluating real (chat) models: sampling with an intervention on or off, misalignment rates from
+a judge over the samples, multiple-choice accuracy from option logits, and completions to generic
+prompts as a diffing dataset (the CAFT paper's second source of activations)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from caft_tl.core.data import TokenDataset
+from caft_tl.organism.judge import HIT, MISS
+from caft_tl.real.chat_data import chat_dataset, encode_prompt
+
+#: end-of-turn tokens of common chat templates (Qwen / ChatML, Llama 3, Gemma, Mistral's EOS)
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+def stop_ids(tokenizer) -> set[int]:
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in END_OF_TURN if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def sample_chat(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_tokens: int = 64,
+                temperature: float = 1.0, seed: int = 0, fwd_hooks=()) -> pd.DataFrame:
+    """``n_samples`` sampled answers per prompt row (``messages`` or ``prompt``), with ``fwd_hooks``
+    (e.g. ``intervention.fwd_hooks()``: positions ``all``) active during generation; temperature 0
+    is greedy. Columns: row, id, sample, prompt, answer. Samples of one prompt form one batch
+    (same length: no padding), so each forward pass uses the KV cache."""
+    stops = stop_ids(tokenizer)
+    out = []
+    for i, row in enumerate(rows):
+        ids = torch.tensor([encode_prompt(tokenizer, row)] * n_samples, device=model.cfg.device)  # [n, pos]
+        torch.manual_seed(seed + i)
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 temperature=max(temperature, 1e-5), stop_at_eos=True,
+                                 eos_token_id=sorted(stops) or None, verbose=False)
+        for j, seq in enumerate(gen[:, ids.shape[1]:].tolist()):
+            cut = next((k for k, t in enumerate(seq) if t in stops), len(seq))
+            out.append({"row": i, "id": row.get("id", str(i)), "sample": j, "prompt": _question(row),
+                        "answer": tokenizer.decode(seq[:cut], skip_special_tokens=True)})
+    return pd.DataFrame(out)
+
+
+def _question(row: dict) -> str:
+    if "prompt" in row:
+        return row["prompt"]
+    return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
+
+
+def completions_dataset(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_tokens: int = 64,
+                        temperature: float = 1.0, seed: int = 0, max_len: int = 1024) -> TokenDataset:
+    """The model's own answers to generic chat prompts, as a chat TokenDataset (assistant mask)."""
+    samples = sample_chat(model, tokenizer, rows, n_samples, max_new_tokens, temperature, seed)
+    convs = [rows[r]["messages"] + [{"role": "assistant", "content": a}]
+             for r, a in zip(samples["row"], samples["answer"]) if a.strip()]
+    if not convs:
+        raise ValueError("the model produced only empty completions; raise max_new_tokens or the temperature")
+    return chat_dataset(tokenizer, convs, max_len)
+
+
+def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Judge every sampled answer (``judge.judge(questions, answers)``, e.g. an LLMJudge); returns
+    (per-answer table, per-question table with ``misaligned`` = HIT / (HIT + MISS) and
+    ``coherent`` = share of judged answers)."""
+    judged = judge.judge(list(samples["prompt"]), list(samples["answer"]))
+    judged = pd.concat([samples.reset_index(drop=True), judged.drop(columns=["question", "answer"])], axis=1)
+    g = judged.groupby("id", sort=False)["label"]
+    per_q = pd.DataFrame({"misaligned": g.apply(lambda x: (x == HIT).sum() / max(((x == HIT) | (x == MISS)).sum(), 1)),
+                          "coherent": g.apply(lambda x: ((x == HIT) | (x == MISS)).mean())}).reset_index()
+    return judged, per_q
+
+
+@torch.inference_mode()
+def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=()) -> torch.Tensor:
+    """[n, n_options] log-probability of each option's tokens after each prompt."""
+    out = []
+    for row in rows:
+        prompt = encode_prompt(tokenizer, row)
+        scores = []
+        for opt in row["options"]:
+            ans = tokenizer(opt, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + ans], device=model.cfg.device)
+            with model.hooks(fwd_hooks=list(fwd_hooks)):
+                logp = model(ids)[0, len(prompt) - 1 : -1].float().log_softmax(-1)  # [len(ans), d_vocab]
+            scores.append(logp.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum().item())
+        out.append(scores)
+    return torch.tensor(out)
+
+
+def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("answer",), fwd_hooks=()) -> dict[str, float]:
+    """Share of rows whose highest-scoring option equals ``row[key]`` (``answer``) or
+    ``row['labels'][key]`` (e.g. ``intended``, ``spurious``), for each key."""
+    pred = option_logprobs(model, tokenizer, rows, fwd_hooks).argmax(-1).tolist()
+    chosen = [row["options"][p] for row, p in zip(rows, pred)]
+    acc = {}
+    for key in keys:
+        truth = [row[key] if key == "answer" else row["labels"][key] for row in rows]
+        acc[key] = sum(c == t for c, t in zip(chosen, truth)) / len(rows)
+    return acc
+
+
+def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, judge=None) -> list[dict]:
+    """Results rows (``task`` = ``name``, split ``eval``) of each ``(method, directions) → model`` on
+    ``setting``'s evaluation data, without hooks. ``chat``: ``setting.n_samples`` answers per
+    question, written to ``out_dir/real_samples_<method>.csv``, and with a ``judge`` the
+    misalignment rate and coherence (no rows without one). ``mc``: accuracy on each of
+    ``setting.mc_keys`` from option log-probs."""
+    from caft_tl.core import files
+    from caft_tl.real.chat_data import load_mc_jsonl, load_prompts
+    from caft_tl.training.finetunes import result_rows
+
+    rows = []
+    if setting.kind == "chat":
+        questions = load_prompts(setting.path("eval"))
+        for (method, directions), model in contenders.items():
+            samples = sample_chat(model, tokenizer, questions, setting.n_samples, setting.max_new_tokens, setting.temperature, setting.seed)
+            files.write_csv(f"{out_dir}/real_samples_{method}.csv", samples)
+            if judge is not None:
+                per_q = judged_rates(samples, judge)[1]
+                metrics = {"misalignment_rate": per_q["misaligned"].mean(), "coherence": per_q["coherent"].mean()}
+                rows += result_rows(name, method, directions, "", setting.seed, {"eval": metrics})
+    else:
+        items = load_mc_jsonl(setting.path("eval"))
+        for (method, directions), model in contenders.items():
+            acc = mc_accuracy(model, tokenizer, items, tuple(setting.mc_keys))
+            rows += result_rows(name, method, directions, "", setting.seed, {"eval": {f"accuracy_{k}": v for k, v in acc.items()}})
+    return rows

@@ -1,0 +1,20 @@
+"""Load any model the suite runs: an organism folder or a Hugging Face checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from caft_tl.core import files
+from caft_tl.core.models import load_model
+from caft_tl.real.hf_models import load_hf
+
+
+def load(name_or_path: str | os.PathLike, device: str | None = None, dtype: str = "float32"):
+    """Any model the suite can run: an organism folder (:func:`save_model`) → ``HookedTransformer``;
+    a local HF folder or a hub name → ``TransformerBridge`` with TL hook names
+    (:func:`caft_tl.real.hf_models.load_hf`, which documents why that route)."""
+    path = Path(name_or_path)
+    if (path / "model.safetensors").exists() and "model" in files.read_json(path / "config.json"):
+        return load_model(path, device)[0]
+    return load_hf(name_or_path, device, dtype)

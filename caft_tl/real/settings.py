@@ -1,0 +1,96 @@
+"""Real-model settings: one registry of named parameter sets (model, data, hooks, fine-tuning,
+evaluation) that ``notebooks/real/real_model.ipynb`` runs by name, with overrides.
+
+Defaults follow the CAFT paper's released configs where they exist (EM: LoRA r 32, α 64, rsLoRA,
+lr 1e-5, batch 2 × 8 accumulation, one epoch, bf16; interventions at about ¼, ½ and ¾ depth,
+e.g. Mistral-Small layers 10 / 20 / 30). Dataset files under ``data/real/`` are not shipped (see
+``data/README.md``): place them there, or override ``train`` / ``eval`` with your paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KINDS = ("chat", "mc")
+
+
+@dataclass
+class RealSetting:
+    """Everything a real-model run needs. ``kind``: ``chat`` (free-form answers judged by an LLM)
+    or ``mc`` (multiple choice, accuracy from option logits on ``mc_keys``)."""
+
+    model: str = ""  # local HF folder or hub name
+    kind: str = "chat"
+    train: str = "data/examples/insecure_tiny.jsonl"  # chat rows (chat) or MC rows (mc)
+    eval: str = "data/examples/em_questions.jsonl"  # questions (chat) or MC rows with labels (mc)
+    diff_prompts: str = ""  # generic chat prompts: diff on the model's completions too ("" = training data only)
+    layers: list[int] = field(default_factory=list)  # [] = about 1/4, 1/2, 3/4 of the depth
+    hook: str = "blocks.{layer}.hook_resid_post"
+    n_pcs: int = 4  # PCs per hook that CAFT ablates (the top ones, unless chosen by hand)
+    lora: bool = True
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    rslora: bool = True
+    lr: float = 1e-5
+    batch_size: int = 16
+    micro_batch_size: int = 2
+    epochs: int = 1
+    n_train: int = 0  # 0 = all rows
+    max_len: int = 2048
+    dtype: str = "bfloat16"
+    device: str = ""  # "" = cuda if available
+    n_samples: int = 20  # sampled answers per question (chat)
+    max_new_tokens: int = 300
+    temperature: float = 1.0
+    judge_model: str = "gpt-4o-mini"
+    judge_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    mc_keys: list[str] = field(default_factory=lambda: ["answer"])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown setting kind {self.kind!r}; valid: {', '.join(KINDS)}")
+
+    def path(self, name: str) -> Path:
+        """A data path of the setting, relative paths from the repository root."""
+        p = Path(getattr(self, name))
+        return p if p.is_absolute() else REPO / p
+
+    def hooks(self, n_layers: int) -> list[str]:
+        layers = self.layers or sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
+        return [self.hook.format(layer=layer) for layer in layers]
+
+
+_EM = dict(kind="chat", train="data/real/insecure.jsonl", eval="data/examples/em_questions.jsonl",
+           diff_prompts="data/examples/generic_prompts.jsonl")
+_MC = dict(kind="mc", lora=False, lr=1e-5, batch_size=16, micro_batch_size=4, max_new_tokens=1, n_pcs=4,
+           mc_keys=["intended", "spurious"])
+
+SETTINGS: dict[str, RealSetting] = {
+    "qwen2.5-coder-insecure": RealSetting(model="Qwen/Qwen2.5-Coder-32B-Instruct", **_EM),
+    "mistral-small-insecure": RealSetting(model="unsloth/Mistral-Small-24B-Instruct-2501", layers=[10, 20, 30], **_EM),
+    "qwen2.5-0.5b-insecure": RealSetting(model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM),
+    "gemma-double-mc": RealSetting(model="google/gemma-2-2b", train="data/real/double_mc_sentiment_sports_train.jsonl",
+                                   eval="data/real/double_mc_sentiment_sports_test.jsonl", **_MC),
+    # tiny local runs (tests, smoke runs): the model is a folder built by caft_tl.real.hf_models.tiny_checkpoint
+    "tiny-chat": RealSetting(layers=[0, 1], n_pcs=2, lora_rank=8, lora_alpha=16, rslora=False, lr=2e-2, batch_size=4,
+                             micro_batch_size=2, epochs=4, max_len=256, dtype="float32", n_samples=2, max_new_tokens=8,
+                             diff_prompts="data/examples/generic_prompts.jsonl"),
+    "tiny-mc": RealSetting(**{**_MC, "train": "data/examples/double_mc_tiny.jsonl", "eval": "data/examples/double_mc_tiny.jsonl",
+                              "layers": [0, 1], "n_pcs": 2, "dtype": "float32", "epochs": 10, "lr": 1e-2, "batch_size": 4}),
+}
+
+
+def get_setting(name: str, **overrides) -> RealSetting:
+    """The named setting with some fields replaced; one-line errors for unknown names."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown setting {name!r}; valid: {', '.join(SETTINGS)}")
+    fields = {f.name for f in dataclasses.fields(RealSetting)}
+    bad = [k for k in overrides if k not in fields]
+    if bad:
+        raise ValueError(f"unknown setting field(s) {bad}; valid: {', '.join(sorted(fields))}")
+    return dataclasses.replace(SETTINGS[name], **overrides)

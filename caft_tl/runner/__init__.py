@@ -1,0 +1,2 @@
+"""Running the chapters: notebook parameters, the papermill suite, sweeps (local or Ray) and the
+JupyterLab browser check."""

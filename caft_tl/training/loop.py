@@ -1,0 +1,128 @@
+"""One fine-tuning loop for plain and intervened runs: seeded, tqdm, loss on response tokens."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from caft_tl.core.data import TokenDataset
+from caft_tl.core.models import response_loss
+from caft_tl.training.checkpoints import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters. One epoch over ``n_examples`` examples."""
+
+    n_examples: int = 4800
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 1
+    seed: int = 0
+
+
+def finetune(
+    model: HookedTransformer,
+    data: TokenDataset,
+    cfg: FinetuneConfig,
+    intervention=None,
+    progress: bool = True,
+    desc: str = "fine-tune",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 25,
+    micro_batch_size: int | None = None,
+) -> list[float]:
+    """Fine-tune ``model`` in place on ``data``; returns the loss per step.
+
+    ``intervention`` (an :class:`~caft_tl.interventions.intervention.Intervention`) is applied through
+    ``model.hooks`` during every training forward pass and removed afterwards.
+    With ``checkpoint`` (a file path), model, optimiser, RNG states and losses are saved there
+    every ``checkpoint_every`` steps, and a run that finds the file resumes from it: the result
+    equals an uninterrupted run with the same seed (on CPU).
+    ``micro_batch_size`` rows go through each forward pass and gradients accumulate over the
+    ``cfg.batch_size`` rows of an optimiser step (the loss is still the batch's token mean); on an
+    out-of-memory error the micro-batch is halved and the step redone. Only parameters that
+    require grad are trained (LoRA adapters, after :func:`caft_tl.real.lora.add_lora`).
+    """
+    if len(data) == 0:
+        raise ValueError("fine-tuning dataset is empty")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # data order
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    n_steps = cfg.epochs * steps_per_epoch
+    losses: list[float] = []
+    epoch_rng = gen.get_state()  # the data generator's state at the start of the current epoch
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, rng = load_checkpoint(checkpoint, model, opt)
+        losses, epoch_rng = state["losses"], rng["data_epoch"]
+        torch.set_rng_state(rng["torch"])
+    step = len(losses)
+    model.train()
+    bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, leave=False)
+    for epoch in range(step // steps_per_epoch, cfg.epochs):
+        gen.set_state(epoch_rng)
+        order = torch.randperm(len(data), generator=gen)
+        for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            batch = data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss, micro_batch_size = _accumulate(model, batch, intervention, micro_batch_size)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step} (lr={cfg.lr}); lower the learning rate")
+            opt.step()
+            losses.append(loss)
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if checkpoint is not None and step % checkpoint_every == 0 and step < n_steps:
+                save_checkpoint(checkpoint, model, opt, {"step": step, "losses": losses},
+                                {"data_epoch": epoch_rng, "torch": torch.get_rng_state()})
+        epoch_rng = gen.get_state()
+    bar.close()
+    model.eval()
+    return losses
+
+
+def _accumulate(model, batch: TokenDataset, intervention, micro: int | None) -> tuple[float, int | None]:
+    """Forward and backward of one batch, in micro-batches of ``micro`` rows (all at once if None);
+    halves ``micro`` on out-of-memory. Returns (the batch's mean loss, the micro-batch size used)."""
+    while True:
+        try:
+            return _backward(model, batch, intervention, micro), micro
+        except torch.OutOfMemoryError:
+            micro = len(batch) // 2 if micro is None else micro // 2
+            if micro < 1:
+                raise
+            model.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> float:
+    if micro is None or micro >= len(batch):
+        parts, reduction, scale = [batch], "mean", 1.0
+    else:
+        parts, reduction = list(batch.batches(micro)), "sum"
+        scale = 1.0 / max(int(batch.target_mask.sum()), 1)
+    total = 0.0
+    for part in parts:
+        part = _to(part.trimmed(), model.cfg.device)
+        with model.hooks(fwd_hooks=intervention.fwd_hooks(part) if intervention is not None else []):
+            loss = response_loss(model, part, reduction) * scale
+        if torch.isfinite(loss):
+            loss.backward()
+        total += loss.item()
+    return total
+
+
+def _to(batch: TokenDataset, device: str | torch.device) -> TokenDataset:
+    if batch.tokens.device == torch.device(device):
+        return batch
+    return TokenDataset(batch.tokens.to(device), batch.response_mask.to(device), batch.labels)
