@@ -1,4 +1,4 @@
-"""Search for an organism whose gates hold: :func:`caft_tl.evaluation.gates.run` for each organism of a grid.
+"""Search for an organism whose gates hold: :func:`caft_tl.runner.gate_search.run` for each organism of a grid.
 
 Organisms are the cross product of pre-training seeds, pre-training step counts and design
 variants (task config overrides, JSON); each runs in its own process (``--workers`` at a time,
@@ -68,13 +68,13 @@ def run_one(spec: dict, out: Path, cores: list[int]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from caft_tl.evaluation import gates
+    from caft_tl.runner import gate_search
 
     folder = out / spec["organism"]
-    cfg = gates.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],
-                           pretrain_seed=spec["pretrain_seed"], seeds=spec["seeds"], n_examples=spec["n_examples"])
+    cfg = gate_search.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],
+                                 pretrain_seed=spec["pretrain_seed"], seeds=spec["seeds"], n_examples=spec["n_examples"])
     t0 = time.time()
-    verdicts = gates.run(folder, folder / "figures", cfg, progress=False)
+    verdicts = gate_search.run(folder, cfg, progress=False)
     result = {"spec": spec, "status": "ok", "seconds": round(time.time() - t0, 1), "verdicts": verdicts}
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result, default=str))

@@ -1,4 +1,4 @@
-"""Run directories: atomic writes, config hashing, and upstream-artefact checks.
+"""Files: atomic writes, JSON and safetensors, config hashes, the cache folder, provenance.
 
 Every file caft-tl writes goes through :func:`atomic_write` (temporary file in the same folder,
 fsync, rename), so a crash never leaves a half-written artefact that a later chapter would read.
@@ -7,7 +7,6 @@ fsync, rename), so a crash never leaves a half-written artefact that a later cha
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import io
@@ -20,17 +19,6 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-#: Which chapter writes each artefact, so a missing one names the notebook to run first.
-ARTEFACT_CHAPTER = {
-    "organism": "00_organism",
-    "plain": "01_plain_finetune",
-    "diffs": "02_activation_diffing",
-    "saes": "02_activation_diffing",
-    "subspaces": "03_interpret_directions",
-    "checks": "04_base_model_checks",
-    "caft": "05_caft",
-}
 
 
 class MissingArtefactError(FileNotFoundError):
@@ -118,48 +106,6 @@ def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a (dataclass) config, used as a cache key."""
     blob = json.dumps(obj, sort_keys=True, default=_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def require(run_dir: str | os.PathLike, relpath: str, artefact: str) -> Path:
-    """Return ``run_dir/relpath`` or raise naming the chapter that produces it."""
-    path = Path(run_dir) / relpath
-    if not path.exists():
-        chapter = ARTEFACT_CHAPTER[artefact]
-        raise MissingArtefactError(
-            f"missing {artefact} artefact {str(path)!r}: run {chapter} first (same run_dir)"
-        )
-    return path
-
-
-RESULT_COLUMNS = ("task", "method", "directions", "param", "seed", "split", "metric", "value")
-
-
-def append_results(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Add rows to a results CSV, replacing earlier rows with the same key (all columns but value).
-
-    The file is rewritten atomically, so re-running a chapter updates its numbers in place.
-    """
-    path = Path(path)
-    key_cols = RESULT_COLUMNS[:-1]
-    for row in rows:
-        unknown = set(row) - set(RESULT_COLUMNS)
-        missing = set(RESULT_COLUMNS) - set(row)
-        if unknown or missing:
-            raise ValueError(
-                f"result row has columns {sorted(row)}; expected exactly {list(RESULT_COLUMNS)}"
-            )
-    existing: dict[tuple, dict] = {}
-    if path.exists():
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                existing[tuple(str(r[c]) for c in key_cols)] = r
-    for row in rows:
-        existing[tuple(str(row[c]) for c in key_cols)] = {c: row[c] for c in RESULT_COLUMNS}
-    with atomic_write(path) as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in existing.values():
-            w.writerow(r)
 
 
 def write_csv(path: str | os.PathLike, df) -> None:

@@ -130,3 +130,9 @@ def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str 
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
     targets = batch.tokens[:, 1:]  # [batch, pos-1]
     return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction=reduction)
+
+
+def residual_hooks(model: HookedTransformer) -> list[str]:
+    """Every distinct residual-stream hook point: ``blocks.0.hook_resid_pre`` and each block's
+    ``hook_resid_mid`` and ``hook_resid_post``."""
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{p}" for l in range(model.cfg.n_layers) for p in ("mid", "post")]

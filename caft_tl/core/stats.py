@@ -20,8 +20,9 @@ def ci95(values) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def summarise(df: pd.DataFrame, by=("task", "method", "directions", "param", "split", "metric")) -> pd.DataFrame:
-    """Mean and 95% interval over seeds for each group of a results table."""
+def summarise(df: pd.DataFrame, by=("task", "organism", "method", "directions", "param", "trained", "split", "metric")) -> pd.DataFrame:
+    """Mean and 95% interval over seeds for each group of a results table (by default: per organism
+    and configuration)."""
     out = []
     for key, g in df.groupby(list(by), dropna=False, sort=False):
         m, lo, hi = ci95(g["value"])

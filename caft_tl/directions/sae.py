@@ -28,6 +28,7 @@ from caft_tl.core import files, models
 from caft_tl.core.activations import _cache, activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import response_loss
+from caft_tl.core.run_dir import RunDir
 from caft_tl.core.subspace import Subspace, orthonormalize
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors")
@@ -376,9 +377,6 @@ def top_examples(model: HookedTransformer, data: TokenDataset, sae: SAE, latents
 
 # ---------------------------------------------------------------------- SAEs of a run directory
 
-MANIFEST = "saes/saes.json"
-
-
 def save_run_saes(run_dir: str | os.PathLike, saes: dict[tuple[str, str], SAE], model: HookedTransformer, task) -> pd.DataFrame:
     """Copy ``{(architecture, hook): SAE}`` into ``run_dir/saes/<architecture>/<hook>/`` (SAELens
     folders), measure each (:func:`reconstruction_metrics`) and write the manifest; returns the
@@ -388,7 +386,7 @@ def save_run_saes(run_dir: str | os.PathLike, saes: dict[tuple[str, str], SAE], 
         folder = save_sae(sae, Path(run_dir) / "saes" / arch / hook)
         rows.append({"architecture": arch, "hook": hook, "d_sae": sae.cfg.d_sae, "folder": str(folder.relative_to(run_dir)),
                      **reconstruction_metrics(model, task, sae)})
-    files.write_json(Path(run_dir) / MANIFEST, rows)
+    files.write_json(RunDir(run_dir).path("saes"), rows)
     return pd.DataFrame(rows)
 
 
@@ -406,8 +404,9 @@ def load_folder(root: str | os.PathLike, model: HookedTransformer) -> dict[tuple
 
 def load_run_saes(run_dir: str | os.PathLike, architecture: str, model: HookedTransformer) -> dict[str, SAE]:
     """``{hook: SAE}`` of one architecture from the run's manifest (written by chapter 02)."""
-    rows = files.read_json(files.require(run_dir, MANIFEST, "saes"))
+    manifest = RunDir(run_dir).require("saes")
+    rows = files.read_json(manifest)
     chosen = [r for r in rows if r["architecture"] == architecture]
     if not chosen:
-        raise ValueError(f"no {architecture!r} SAE in {str(Path(run_dir) / MANIFEST)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}")
+        raise ValueError(f"no {architecture!r} SAE in {str(manifest)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}")
     return {r["hook"]: load_sae(Path(run_dir) / r["folder"], model, r["hook"]) for r in chosen}

@@ -15,6 +15,7 @@ import dataclasses
 import pandas as pd
 from transformer_lens import HookedTransformer
 
+from caft_tl.core import results
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.stats import ci95
@@ -112,20 +113,24 @@ def latent_check(
     return pd.DataFrame(rows)
 
 
-def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, metric_of) -> list[dict]:
-    """Results-table rows of a base-model check, one per summarised condition other than ``none``.
-
-    ``directions`` is the intervention's ``name`` (its direction set); ``param`` is ``untrained``
-    (plus the mode's setting), so these rows never collide with fine-tuning rows;
-    ``metric_of(row)`` names the metric of a summary row.
-    """
+def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, organism: str, metric_of) -> list[dict]:
+    """Results-table rows of a base-model check (``trained`` false), one per summarised condition
+    other than ``none``: ``directions`` is the intervention's ``name`` (its direction set), ``param``
+    the mode's setting; ``metric_of(row)`` names the metric of a summary row."""
     rows = []
     for r in summary[summary["condition"] != NONE].itertuples():
         iv = interventions[r.condition]
-        rows.append({"task": task_name, "method": iv.mode, "directions": iv.name or "custom",
-                     "param": " ".join(x for x in ("untrained", iv.param) if x), "seed": 0,
-                     "split": getattr(r, "split", "finetune_data"), "metric": metric_of(r), "value": r.mean})
+        key = results.RowKey(task_name, organism, iv.mode, iv.name or "custom", iv.param, trained=False)
+        rows += results.rows(key, {getattr(r, "split", "finetune_data"): {metric_of(r): r.mean}})
     return rows
+
+
+def projection_rows(projections: pd.DataFrame, task_name: str, organism: str) -> list[dict]:
+    """Results-table rows of :func:`mean_projection` tables (with ``directions`` and ``data``
+    columns): method ``base``, untrained, ``directions`` = ``<set>/<hook>/<direction>``."""
+    return [row for r in projections.itertuples()
+            for row in results.rows(results.RowKey(task_name, organism, "base", f"{r.directions}/{r.hook}/{r.direction}", trained=False),
+                                    {r.data: {"mean_projection": r.mean_projection}})]
 
 
 def sae_latent_check(

@@ -34,17 +34,18 @@ def make_task(name: str, cfg=None):
 
 def load_run_task(run_dir):
     """The task of the organism in ``run_dir/organism`` (chapter 00), without loading the model."""
-    from caft_tl.core import files
+    from caft_tl.core.run_dir import RunDir
 
-    spec = files.read_json(files.require(run_dir, "organism/config.json", "organism"))["meta"]["spec"]
+    spec = RunDir(run_dir).organism_spec()
     return make_task(spec["task"], spec["task_cfg"])
 
 
 def load_run_organism(run_dir):
     """(model, task) saved in ``run_dir/organism`` by chapter 00."""
-    from caft_tl.core import files, models
+    from caft_tl.core import models
+    from caft_tl.core.run_dir import RunDir
 
-    folder = files.require(run_dir, "organism/model.safetensors", "organism")
+    folder = RunDir(run_dir).require("organism", file="model.safetensors")
     model, meta = models.load_model(folder.parent)
     spec = meta["spec"]
     return model, make_task(spec["task"], spec["task_cfg"])

@@ -159,7 +159,9 @@ def _index_caption(fig_dir: Path, name: str, caption: str) -> None:
 def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str = RATE) -> go.Figure:
     """Grouped bars: one group per split, one bar per configuration, 95% intervals over seeds."""
     s = summary[summary["split"].isin(splits) & (summary["metric"] != "coherence")].copy()
-    s["label"] = [config_label(m, d) + (f" ({p})" if p else "") for m, d, p in zip(s["method"], s["directions"], s["param"].fillna(""))]
+    untrained = ~s["trained"].astype(bool) & (s["method"] != "base") if "trained" in s else pd.Series(False, index=s.index)
+    setting = [" ".join(x for x in ("untrained" if u else "", p) if x) for u, p in zip(untrained, s["param"].fillna(""))]
+    s["label"] = [config_label(m, d) + (f" ({p})" if p else "") for m, d, p in zip(s["method"], s["directions"], setting)]
     fig = go.Figure()
     settings: dict[str, int] = {}
     for label in _order(s["label"]):

@@ -104,15 +104,19 @@ def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("an
     return acc
 
 
-def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, judge=None) -> list[dict]:
-    """Results rows (``task`` = ``name``, split ``eval``) of each ``(method, directions) → model`` on
+def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, judge=None, organism: str = "real:model") -> list[dict]:
+    """Results rows (``task`` = ``name``, ``organism`` (``real:<model>``), split ``eval``; ``trained``
+    false for ``base``) of each ``(method, directions) → model`` on
     ``setting``'s evaluation data, without hooks. ``chat``: ``setting.n_samples`` answers per
     question, written to ``out_dir/real_samples_<method>.csv``, and with a ``judge`` the
     misalignment rate and coherence (no rows without one). ``mc``: accuracy on each of
     ``setting.mc_keys`` from option log-probs."""
-    from caft_tl.core import files
+    from caft_tl.core import files, results
     from caft_tl.real.chat_data import load_mc_jsonl, load_prompts
-    from caft_tl.training.finetunes import result_rows
+
+    def result_rows(method: str, directions: str, metrics: dict) -> list[dict]:
+        key = results.RowKey(name, organism, method, directions, trained=method != "base", seed=setting.seed)
+        return results.rows(key, {"eval": metrics})
 
     rows = []
     if setting.kind == "chat":
@@ -123,10 +127,10 @@ def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, ju
             if judge is not None:
                 per_q = judged_rates(samples, judge)[1]
                 metrics = {"misalignment_rate": per_q["misaligned"].mean(), "coherence": per_q["coherent"].mean()}
-                rows += result_rows(name, method, directions, "", setting.seed, {"eval": metrics})
+                rows += result_rows(method, directions, metrics)
     else:
         items = load_mc_jsonl(setting.path("eval"))
         for (method, directions), model in contenders.items():
             acc = mc_accuracy(model, tokenizer, items, tuple(setting.mc_keys))
-            rows += result_rows(name, method, directions, "", setting.seed, {"eval": {f"accuracy_{k}": v for k, v in acc.items()}})
+            rows += result_rows(method, directions, {f"accuracy_{k}": v for k, v in acc.items()})
     return rows

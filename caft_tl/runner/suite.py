@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import papermill
 
-from caft_tl.core import files
+from caft_tl.core import files, results
 from caft_tl.organism import task_class
 from caft_tl.runner import parameters
 
@@ -41,8 +41,21 @@ FAST_PARAMETERS = {
 }
 
 
+#: a chapter's notebook metadata ``{"caft_tl": {"needs_gates": true}}``: it runs only for tasks with gates
+NEEDS_GATES = "needs_gates"
+
+
 def chapters(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    return sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    """Every chapter: the notebooks named ``NN_<name>.ipynb``, in order. A new chapter is a new notebook."""
+    return sorted(Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+def runs_for(notebook: Path, task: str) -> bool:
+    """Whether a chapter runs for ``task``: always, unless its metadata says it needs gates the task lacks."""
+    import nbformat
+
+    needs = nbformat.read(str(notebook), as_version=4).metadata.get("caft_tl", {})
+    return not needs.get(NEEDS_GATES, False) or task_class(task).has_gates
 
 
 def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
@@ -53,14 +66,15 @@ def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
     parameters.check(params, defaults)
 
 
-def plan(only: list[str] | None = None, params: dict[str, object] | None = None, fast: bool = False) -> list[tuple[Path, dict]]:
+def plan(only: list[str] | None = None, params: dict[str, object] | None = None, fast: bool = False,
+         notebook_dir: Path = NOTEBOOK_DIR) -> list[tuple[Path, dict]]:
     """The chapters to run, in order, each with the parameters it declares; refuses unknown
     chapters, and parameters that no chosen chapter declares or of the wrong type. Without
-    ``only``, chapter 07 (the gates) is left out for a ``task`` that has none."""
-    notebooks = chapters()
+    ``only``, a chapter that needs gates (:data:`NEEDS_GATES`) is left out for a ``task`` that has none."""
+    notebooks = chapters(notebook_dir)
     if not only:
         task = (params or {}).get("task", parameters.declared(notebooks[0]).get("task"))
-        notebooks = [nb for nb in notebooks if nb.stem[:2] != "07" or getattr(task_class(str(task)), "has_gates", False)]
+        notebooks = [nb for nb in notebooks if runs_for(nb, str(task))]
     else:
         known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
         bad = [c for c in only if c not in known]
@@ -84,11 +98,12 @@ def run(
     fast: bool = False,
     progress: bool = True,
     tag: str = "",
+    notebook_dir: Path = NOTEBOOK_DIR,
 ) -> dict[str, float]:
-    """Execute the chapters in order into ``run_dir/notebooks``; returns seconds per chapter.
-    ``tag`` prefixes the progress lines (the task, when several run at once)."""
+    """Execute the chapters (of ``notebook_dir``) in order into ``run_dir/notebooks``; returns
+    seconds per chapter. ``tag`` prefixes the progress lines (the task, when several run at once)."""
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
-    steps = plan(only, params, fast)
+    steps = plan(only, params, fast, notebook_dir)
     from caft_tl.plotting import figures
 
     if note := figures.missing_browser_note():  # once here, not once per chapter; also checks $CAFT_TL_FIGURE_FORMATS
@@ -120,6 +135,7 @@ def run_tasks(
     fast: bool = False,
     progress: bool = True,
     workers: int = 1,
+    notebook_dir: Path = NOTEBOOK_DIR,
 ) -> dict[str, float]:
     """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``, ``workers`` tasks
     at a time (each in its own process; a chapter's start-up and single-threaded steps then overlap
@@ -133,10 +149,11 @@ def run_tasks(
     for t in tasks:
         task_class(t)  # an unknown task fails here, before anything runs
     own_params = {t: {**(params or {}), "task": t} if _runs_chapter_00(only) else params for t in tasks}  # chapter 00 takes the task
-    plans = {t: plan(only, own_params[t], fast) for t in tasks}
+    plans = {t: plan(only, own_params[t], fast, notebook_dir) for t in tasks}
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
     parallel = workers > 1 and len(tasks) > 1
-    jobs = [(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], own_params[t], fast, progress and not parallel, f"[{t}] ") for t in tasks]
+    jobs = [(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], own_params[t], fast, progress and not parallel, f"[{t}] ", notebook_dir)
+            for t in tasks]
     t0 = time.perf_counter()
     if parallel:
         import multiprocessing
@@ -165,11 +182,11 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
     """Write the rows of every task run under ``run_dir`` (``run_dir/<task>/results.csv``) to
     ``fig_dir/results.csv``, and chapter 06's summaries (``fig_dir/<task>/results_summary.csv``) to
     ``fig_dir/results_summary.csv``, atomically; returns the path of the rows."""
-    tables = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(run_dir).glob("*/results.csv"))]
+    tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/{results.RESULTS_FILE}"))]
     if not tables:
-        raise files.MissingArtefactError(f"no task results under {str(run_dir)!r} (run_dir/<task>/results.csv): run the suite first")
-    out = Path(fig_dir) / "results.csv"
-    files.write_csv(out, pd.concat(tables, ignore_index=True))
+        raise files.MissingArtefactError(f"no task results under {str(run_dir)!r} (run_dir/<task>/{results.RESULTS_FILE}): run the suite first")
+    out = Path(fig_dir) / results.RESULTS_FILE
+    results.write(out, pd.concat(tables, ignore_index=True))
     summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/results_summary.csv"))]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))

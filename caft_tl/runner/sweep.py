@@ -43,6 +43,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from caft_tl.core import files
+from caft_tl.core.results import COLUMNS as RESULT_COLUMNS
 from caft_tl.runner import parameters, suite
 
 #: top-level keys of a sweep file that are not parameter sets
@@ -246,7 +247,7 @@ def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) 
 
 def _append_rows(path: Path, run: str, rows: list[dict]) -> None:
     """Replace ``run``'s rows of the sweep table (``run`` + the results columns), atomically."""
-    columns = ("run", *files.RESULT_COLUMNS)
+    columns = ("run", *RESULT_COLUMNS)
     kept = [r for r in csv.DictReader(open(path, newline=""))if r["run"] != run] if path.exists() else []
     with files.atomic_write(path) as f:
         w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")

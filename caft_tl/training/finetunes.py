@@ -1,4 +1,4 @@
-"""Fine-tuning runs as cached units, and their results rows."""
+"""Fine-tuning runs as cached units in the run directory, fanned out over the cores, and their results rows."""
 
 from __future__ import annotations
 
@@ -6,25 +6,16 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from caft_tl.core import files, models
+from caft_tl.core import files, models, results
+from caft_tl.core.run_dir import RunDir
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import evaluate_task
 from caft_tl.training.loop import FinetuneConfig, finetune
-
-
-def result_rows(task: str, method: str, directions: str, param: str, seed: int, metrics: dict[str, dict[str, float]]) -> list[dict]:
-    """Rows of the results table from ``{split: {metric: value}}``."""
-    return [
-        {"task": task, "method": method, "directions": directions, "param": param, "seed": seed,
-         "split": split, "metric": metric, "value": value}
-        for split, ms in metrics.items() for metric, value in ms.items()
-    ]
 
 
 def intervention_hash(iv: Intervention | None) -> str:
@@ -40,14 +31,8 @@ def intervention_hash(iv: Intervention | None) -> str:
     return h.hexdigest()[:12]
 
 
-def run_folder(run_dir: str | os.PathLike, method: str = "plain", directions: str = "none", param: str = "", seed: int = 0) -> Path:
-    """Where :func:`run_finetune` keeps a run: ``run_dir/finetunes/<method>[-<directions>][-<param>]-seed<seed>``."""
-    key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{seed}") if x)
-    return Path(run_dir) / "finetunes" / key
-
-
 def run_finetune(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | RunDir,
     base: HookedTransformer,
     task,
     cfg: FinetuneConfig,
@@ -57,9 +42,11 @@ def run_finetune(
     intervention: Intervention | None = None,
     keep_model: bool = False,
     progress: bool = True,
+    organism: str | None = None,
 ) -> tuple[list[dict], HookedTransformer | None]:
     """Fine-tune a copy of ``base`` (optionally under ``intervention``), evaluate it without the
-    intervention (unless ``on_at_eval``) and return its results rows.
+    intervention (unless ``on_at_eval``) and return its results rows (``organism``: the rows'
+    organism id, by default the run directory's).
 
     A finished run (same config and intervention) is read back from
     ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
@@ -67,15 +54,17 @@ def run_finetune(
     """
     if intervention is not None:
         intervention.check(base)
-    folder = run_folder(run_dir, method, directions, param, cfg.seed)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    key = results.RowKey(task.name, organism or run.organism_id, method, directions, param, trained=True, seed=cfg.seed)
+    folder = run.finetune(method, directions, param, cfg.seed)
     spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name,
             "base": models.weights_hash(base)}
     spec_hash = files.config_hash(spec)
     done = folder / "metrics.json"
-    if done.exists() and files.read_json(done).get("config_hash") == spec_hash and (not keep_model or (folder / "model.safetensors").exists()):
-        blob = files.read_json(done)
+    if done.exists() and (blob := files.read_json(done)).get("config_hash") == spec_hash and "metrics" in blob \
+            and (not keep_model or (folder / "model.safetensors").exists()):
         model = models.load_model(folder)[0] if keep_model else None
-        return blob["rows"], model
+        return results.rows(key, blob["metrics"]), model
 
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
@@ -83,13 +72,12 @@ def run_finetune(
     losses = finetune(model, data, cfg, intervention, progress=progress, desc=folder.name, checkpoint=checkpoint)
     eval_hooks = intervention.eval_hooks() if intervention is not None else []
     metrics = evaluate_task(model, task, fwd_hooks=eval_hooks)
-    rows = result_rows(task.name, method, directions, param, cfg.seed, metrics)
     if keep_model:
         models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
     files.write_json(folder / "run.json", spec)
-    files.write_json(done, {"config_hash": spec_hash, "rows": rows, "losses": losses})
+    files.write_json(done, {"config_hash": spec_hash, "metrics": metrics, "losses": losses})
     checkpoint.unlink(missing_ok=True)
-    return rows, model
+    return results.rows(key, metrics), model
 
 
 @dataclasses.dataclass
@@ -109,23 +97,23 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-_SHARED: dict = {}  # what forked workers inherit instead of unpickling: run_dir, base, task
+_SHARED: dict = {}  # what forked workers inherit instead of unpickling: run_dir, base, task, organism
 
 
 def _run_job(job: FinetuneJob) -> list[dict]:
     torch.set_num_threads(1)
     s = _SHARED
-    return _run(s["run_dir"], s["base"], s["task"], job)
+    return _run(s["run_dir"], s["base"], s["task"], job, s["organism"])
 
 
-def _run(run_dir, base, task, job: FinetuneJob) -> list[dict]:
+def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[dict]:
     return run_finetune(run_dir, base, task, job.cfg, job.method, job.directions, job.param, job.intervention,
-                        keep_model=job.keep_model, progress=False)[0]
+                        keep_model=job.keep_model, progress=False, organism=organism)[0]
 
 
 def run_finetunes(
-    run_dir: str | os.PathLike, base: HookedTransformer, task, jobs: list[FinetuneJob],
-    workers: int | None = None, progress: bool = True, desc: str = "fine-tunes",
+    run_dir: str | os.PathLike | RunDir, base: HookedTransformer, task, jobs: list[FinetuneJob],
+    workers: int | None = None, progress: bool = True, desc: str = "fine-tunes", organism: str | None = None,
 ) -> list[dict]:
     """:func:`run_finetune` for every job, in ``workers`` processes on CPU; the rows in job order.
 
@@ -142,11 +130,11 @@ def run_finetunes(
     if workers <= 1 or str(base.cfg.device) != "cpu":
         rows = []
         for job in jobs:
-            rows.append(_run(run_dir, base, task, job))
+            rows.append(_run(run_dir, base, task, job, organism))
             bar.update()
         bar.close()
         return [r for rs in rows for r in rs]
-    _SHARED.update(run_dir=run_dir, base=base, task=task)
+    _SHARED.update(run_dir=run_dir, base=base, task=task, organism=organism)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             rows = []
