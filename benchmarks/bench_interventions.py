@@ -21,7 +21,8 @@ from caft_tl.core import models
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import response_loss
 from caft_tl.core.subspace import random_subspace
-from caft_tl.interventions.intervention import MODES, NEEDS_MEAN, Intervention
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.interventions.modes import MODES
 
 #: the benchmark model: big enough that a step is tens of ms, small enough for 2 CPU cores
 BENCH_MODEL = models.ModelConfig(n_layers=4, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=64)
@@ -60,7 +61,7 @@ def make_intervention(mode: str, hooks: list[str], d_model: int, k: int) -> Inte
     subs = []
     for i, h in enumerate(hooks):
         s = random_subspace(d_model, k, h, seed=i)
-        if mode in NEEDS_MEAN:
+        if MODES[mode].needs_mean:
             s.reference_mean = torch.randn(d_model, generator=torch.Generator().manual_seed(100 + i))
         subs.append(s)
     return Intervention(mode, subs, scale=SCALES.get(mode, 1.0))

@@ -8,6 +8,7 @@ from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing.diffs import mean_activations
 from caft_tl.interventions import checks
 from caft_tl.interventions.intervention import Intervention
+from caft_tl.interventions.modes import MODES
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -20,10 +21,22 @@ def template(tiny_model):
 
 
 def test_mode_grid_labels_and_params(template):
-    grid = checks.mode_grid(template, ["zero", "mean", "steer_mean", "add"], [-3, 1], [4.0])
+    grid = checks.mode_grid(template, ["zero", "mean", "steer_mean", "add"], {"k": [-3, 1], "alpha": [4.0]})
     assert list(grid) == ["zero", "mean", "steer_mean k=-3", "steer_mean k=1", "add alpha=4"]
+    assert [iv.mode for iv in grid.values()] == ["zero", "mean", "steer_mean", "steer_mean", "add"]
+    assert [iv.scale for iv in grid.values()] == [1.0, 1.0, -3.0, 1.0, 4.0]
     assert grid["steer_mean k=-3"].scale == -3.0 and grid["steer_mean k=-3"].param == "k=-3"
     assert grid["zero"].param == "" and template.mode == "zero"  # the template is not mutated
+    with pytest.raises(ValueError, match=r"mode 'add' takes alpha values"):
+        checks.mode_grid(template, ["add"], {"k": [1]})
+
+
+def test_mode_grid_covers_every_mode_at_its_scale_values(template):
+    values = {"k": [-5, 2.5], "alpha": [-4.0]}
+    grid = checks.mode_grid(template, list(MODES), values)
+    for name, spec in MODES.items():
+        expected = [float(v) for v in values[spec.scale]] if spec.scale else [1.0]
+        assert [iv.scale for iv in grid.values() if iv.mode == name] == expected
 
 
 def test_behaviour_under_and_verdicts(tiny_model, world, template):

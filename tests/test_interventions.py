@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from caft_tl.core.subspace import random_subspace
-from caft_tl.interventions.intervention import MODES, Intervention
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.interventions.modes import MODES
 
 D, K = 16, 3
 
@@ -19,7 +20,7 @@ def _setup(seed=0):
 def _forward_and_grad(mode, scale=1.0):
     h, q, mu, up = _setup()
     h = h.clone().requires_grad_(True)
-    out = MODES[mode](h, q, mu, scale)
+    out = MODES[mode].fn(h, q, mu, scale)
     (out * up).sum().backward()
     return h.detach(), q, mu, up, out.detach(), h.grad
 
@@ -54,15 +55,15 @@ def test_add_forward_and_gradient():
 def test_grad_only_forward_is_bit_identical_and_detached_gradient_identical():
     h, q, mu, up = _setup(1)
     h32, q32 = h.float(), q.float()
-    assert torch.equal(MODES["grad_only"](h32, q32, None, 1.0), h32)
+    assert torch.equal(MODES["grad_only"].fn(h32, q32, None, 1.0), h32)
     x = h32.clone().requires_grad_(True)
-    (MODES["detached"](x, q32, None, 1.0) * up.float()).sum().backward()
+    (MODES["detached"].fn(x, q32, None, 1.0) * up.float()).sum().backward()
     assert torch.equal(x.grad, up.float())
 
 
 def test_steer_mean_k1_equals_mean():
     h, q, mu, _ = _setup(2)
-    torch.testing.assert_close(MODES["steer_mean"](h, q, mu, 1.0), MODES["mean"](h, q, mu, 1.0))
+    torch.testing.assert_close(MODES["steer_mean"].fn(h, q, mu, 1.0), MODES["mean"].fn(h, q, mu, 1.0))
 
 
 def test_zero_ablation_hook_removes_subspace_in_model(tiny_model, world):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping, Sequence
 
 import pandas as pd
 from transformer_lens import HookedTransformer
@@ -22,17 +23,21 @@ from caft_tl.core.stats import ci95
 from caft_tl.core.subspace import Subspace
 from caft_tl.directions.interpret import projections
 from caft_tl.interventions.intervention import Intervention
+from caft_tl.interventions.modes import get_mode
 from caft_tl.organism.judge import behaviour_rate
 
 NONE = "none"
 
 
-def mode_grid(template: Intervention, modes: list[str], steer_ks: list[float], add_alphas: list[float]) -> dict[str, Intervention]:
-    """The settings of a steering check: each mode once, ``steer_mean`` at each k, ``add`` at each α."""
+def mode_grid(template: Intervention, modes: list[str], values: Mapping[str, Sequence[float]]) -> dict[str, Intervention]:
+    """The settings of a steering check, keyed by label: a mode without a scale once, a mode with
+    one at each of ``values[scale]`` (e.g. ``{"k": [-3, 3], "alpha": [4.0]}``)."""
     out = {}
     for mode in modes:
-        scales = steer_ks if mode == "steer_mean" else add_alphas if mode == "add" else [1.0]
-        for s in scales:
+        scale = get_mode(mode).scale
+        if scale is not None and scale not in values:
+            raise ValueError(f"mode {mode!r} takes {scale} values; pass values={{{scale!r}: [...]}}")
+        for s in values[scale] if scale is not None else [1.0]:
             iv = dataclasses.replace(template, mode=mode, scale=float(s))
             out[iv.label] = iv
     return out

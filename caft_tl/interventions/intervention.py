@@ -1,17 +1,5 @@
-"""Interventions on a concept subspace, as TransformerLens hook functions.
-
-``Q`` [d_model, k] orthonormal, ``P = Q Qᵀ``, ``μ`` the reference mean, ``sg`` stop-gradient:
-
-=============  ==========================  ===================
-mode           forward value               gradient upstream
-=============  ==========================  ===================
-``zero``       h − P h                     (I − P)
-``mean``       h − P (h − μ)               (I − P)
-``detached``   h − sg(P h)                 I
-``grad_only``  h − P h + sg(P h)  (= h)    (I − P)
-``steer_mean`` h − P h + k · P μ           (I − P)
-``add``        h + α Σⱼ qⱼ                 I
-=============  ==========================  ===================
+"""The :class:`Intervention`: a mode (see :mod:`caft_tl.interventions.modes`) applied to one
+subspace per hook point, as TransformerLens hook functions.
 
 An :class:`Intervention` is data (mode, subspaces, positions, scale, on-at-eval) that saves to
 JSON + safetensors, so a notebook, a sweep and a results table can all name it.
@@ -32,77 +20,15 @@ from caft_tl.core import files
 from caft_tl.core.data import POSITIONS, TokenDataset
 from caft_tl.core.models import check_hook_names
 from caft_tl.core.subspace import Subspace, load_subspaces, save_subspaces
-
-ModeFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
-
-#: mode name -> f(h [..., d_model], Q [d_model, k], μ [d_model] | None, scale) -> new h
-MODES: dict[str, ModeFn] = {}
-#: modes that need the reference mean μ
-NEEDS_MEAN = {"mean", "steer_mean"}
-
-
-def register_mode(name: str):
-    def deco(fn: ModeFn) -> ModeFn:
-        MODES[name] = fn
-        return fn
-
-    return deco
-
-
-def _proj(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    return (h @ q) @ q.T  # [..., d_model]
-
-
-@register_mode("zero")
-def zero_ablate(h, q, mu, scale):
-    return h - _proj(h, q)
-
-
-@register_mode("mean")
-def mean_ablate(h, q, mu, scale):
-    return h - _proj(h - mu, q)
-
-
-@register_mode("detached")
-def detached_ablate(h, q, mu, scale):
-    return h - _proj(h, q).detach()
-
-
-class _ProjectGradient(torch.autograd.Function):
-    """Identity forward (bit-identical); backward projects the gradient by (I − Q Qᵀ)."""
-
-    @staticmethod
-    def forward(ctx, h, q):
-        ctx.save_for_backward(q)
-        return h.view_as(h)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (q,) = ctx.saved_tensors
-        return grad - _proj(grad, q), None
-
-
-@register_mode("grad_only")
-def grad_only_ablate(h, q, mu, scale):
-    return _ProjectGradient.apply(h, q)
-
-
-@register_mode("steer_mean")
-def steer_mean(h, q, mu, scale):
-    return h - _proj(h, q) + scale * _proj(mu, q)
-
-
-@register_mode("add")
-def add_vector(h, q, mu, scale):
-    return h + scale * q.sum(-1)
+from caft_tl.interventions.modes import ModeFn, ModeSpec, get_mode
 
 
 @dataclass
 class Intervention:
     """A mode applied to one subspace per hook point.
 
-    ``scale`` is k for ``steer_mean`` and α for ``add``; ``on_at_eval`` says whether evaluation
-    keeps it (CAFT evaluates without it).
+    ``scale`` is the mode's setting (its spec's ``scale``: k for ``steer_mean``, α for ``add``);
+    ``on_at_eval`` says whether evaluation keeps it (CAFT evaluates without it).
     """
 
     mode: str
@@ -114,8 +40,7 @@ class Intervention:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown intervention mode {self.mode!r}; valid: {', '.join(MODES)}")
+        spec = self.spec  # raises on an unknown mode
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}")
         if not self.subspaces:
@@ -123,10 +48,15 @@ class Intervention:
         hooks = [s.hook_name for s in self.subspaces]
         if len(set(hooks)) != len(hooks):
             raise ValueError(f"one subspace per hook point; got hooks {hooks}")
-        if self.mode in NEEDS_MEAN:
+        if spec.needs_mean:
             for s in self.subspaces:
                 if s.reference_mean is None:
                     raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; set Subspace.reference_mean")
+
+    @property
+    def spec(self) -> ModeSpec:
+        """The mode's registry entry."""
+        return get_mode(self.mode)
 
     @property
     def hook_names(self) -> list[str]:
@@ -135,7 +65,8 @@ class Intervention:
     @property
     def param(self) -> str:
         """The mode's setting as written in results tables: ``k=-3``, ``alpha=4`` or empty."""
-        return {"steer_mean": f"k={self.scale:g}", "add": f"alpha={self.scale:g}"}.get(self.mode, "")
+        scale = self.spec.scale
+        return f"{scale}={self.scale:g}" if scale else ""
 
     @property
     def label(self) -> str:
@@ -159,7 +90,7 @@ class Intervention:
             if batch is None:
                 raise ValueError(f"positions={self.positions!r} needs the batch to build a position mask")
             mask = batch.position_mask(self.positions)  # [batch, pos]
-        fn = MODES[self.mode]
+        fn = self.spec.fn
         return [(s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask)) for s in self.subspaces]
 
     def eval_hooks(self, batch: TokenDataset | None = None) -> list[tuple[str, Callable]]:
