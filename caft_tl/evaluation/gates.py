@@ -60,8 +60,8 @@ def check_task(task) -> None:
     ``ood`` splits), naming the ones that have it."""
     from caft_tl.organism import TASKS
 
-    if not getattr(task, "has_gates", False):
-        valid = [n for n, (cls, _) in TASKS.items() if getattr(cls, "has_gates", False)]
+    if not task.has_gates:
+        valid = [n for n, (cls, _) in TASKS.items() if cls.has_gates]
         raise ValueError(f"the gates need a spurious-correlation task; {task.name!r} is not one (valid: {', '.join(valid)})")
 
 

@@ -60,7 +60,7 @@ def plan(only: list[str] | None = None, params: dict[str, object] | None = None,
     notebooks = chapters()
     if not only:
         task = (params or {}).get("task", parameters.declared(notebooks[0]).get("task"))
-        notebooks = [nb for nb in notebooks if nb.stem[:2] != "07" or getattr(task_class(str(task)), "has_gates", False)]
+        notebooks = [nb for nb in notebooks if nb.stem[:2] != "07" or task_class(str(task)).has_gates]
     else:
         known = {nb.stem[:2]: nb for nb in notebooks} | {nb.stem: nb for nb in notebooks}
         bad = [c for c in only if c not in known]
