@@ -134,10 +134,8 @@ def test_bad_config():
         make_task("double_mc").eval_prompts("test")
 
 
-def test_interpret_concept_directions_delegates_to_the_task(dmc):
-    from caft_tl.directions import interpret
-
+def test_concept_directions_are_the_rank_1_subspaces(dmc):
     model = models.build_model(models.ModelConfig(), len(dmc.vocab), seed=0)
-    out = interpret.concept_directions(model, dmc, ["blocks.0.hook_resid_post"])
+    out = dmc.concept_directions(model, ["blocks.0.hook_resid_post"])
     assert set(out["blocks.0.hook_resid_post"]) == set(dmc.CONCEPTS)
     assert all(s.k == 1 for s in out["blocks.0.hook_resid_post"].values())

@@ -8,7 +8,7 @@ import torch
 
 from caft_tl.core import models
 from caft_tl.core.subspace import Subspace, random_subspace
-from caft_tl.directions import autointerp, interpret
+from caft_tl.directions import autointerp
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.persona_em import PERSONAS
@@ -92,7 +92,7 @@ def test_ground_truth_autointerp_scores_the_concept_high_and_random_near_chance(
     model, world, _ = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
                                        cfg=PretrainConfig(steps=400, batch_size=32), cache_dir=tmp_path, progress=False)
     hook = "blocks.0.hook_resid_post"
-    concepts = interpret.concept_directions(model, world, [hook], n_docs=1000)[hook]
+    concepts = world.concept_directions(model, [hook], n_docs=1000)[hook]
     span, _ = torch.linalg.qr(torch.cat([c.basis for c in concepts.values()], 1))  # [d_model, 2]
     docs = world.sample_documents(600, torch.Generator().manual_seed(5))
     render = lambda ids: " ".join(world.vocab.to_str_tokens(ids))

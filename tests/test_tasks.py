@@ -1,12 +1,22 @@
 """The task interface the chapters read: every registered task offers it, and chapter
 parameters left at None take the task's values."""
 
+import ast
+import typing
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import torch
 
+import caft_tl
 from caft_tl.core import files, models
+from caft_tl.core.activations import activations
+from caft_tl.core.subspace import diff_of_means
 from caft_tl.evaluation import gates
-from caft_tl.organism import TASKS, load_run_task, make_task, task_class
+from caft_tl.organism import TASKS, load_run_task, make_task, register_task, task_class
+from caft_tl.organism.persona_em import PERSONAS, PersonaEMConfig
+from caft_tl.organism.task import Task
 from caft_tl.runner import parameters, suite
 from caft_tl.training.pretrain import export_organism
 
@@ -66,3 +76,74 @@ def test_every_tasks_rows_are_gathered(tmp_path):
     assert sorted(table["task"]) == ["double_mc", "persona_em"] and list(table.columns) == list(files.RESULT_COLUMNS)
     with pytest.raises(files.MissingArtefactError, match="no task results"):
         suite.gather_results(tmp_path / "empty", tmp_path / "figures")
+
+
+def test_a_task_missing_a_method_cannot_be_built():
+    class Partial(Task):
+        name = "partial"
+
+        def metric(self, split):
+            return "rate"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_registered_task_is_a_task_with_every_class_attribute(name):
+    cls, cfg_cls = TASKS[name]
+    assert issubclass(cls, Task) and isinstance(make_task(name), cls) and isinstance(make_task(name).cfg, cfg_cls)
+    class_attributes = [a for a, t in typing.get_type_hints(Task).items() if typing.get_origin(t) is typing.ClassVar]
+    assert {"name", "CONCEPTS", "has_gates"} <= set(class_attributes)
+    assert [a for a in class_attributes if a not in dir(cls)] == []
+
+
+def test_a_task_name_is_registered_once():
+    with pytest.raises(ValueError, match="task 'persona_em' is already registered"):
+        register_task("persona_em", PersonaEMConfig)(task_class("persona_em"))
+    with pytest.raises(ValueError, match="must be registered with a Task subclass named 'other'"):
+        register_task("other", PersonaEMConfig)(task_class("persona_em"))
+    assert "other" not in TASKS
+
+
+#: names that hold a task (or its class) in caft_tl
+TASK_NAMES = {"task", "world", "cls", "task_cls"}
+
+
+def task_probes(source: str) -> list[str]:
+    """``hasattr`` / ``getattr`` calls on a task: the first argument a task name or ``task_class(...)`` / ``make_task(...)``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr") and node.args:
+            arg = node.args[0]
+            if (isinstance(arg, ast.Name) and arg.id in TASK_NAMES) or (
+                    isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id in ("task_class", "make_task")):
+                out.append(ast.unparse(node))
+    return out
+
+
+def test_no_module_probes_a_task_with_hasattr_or_getattr():
+    assert task_probes('hasattr(task, "x") or getattr(task_class(n), "has_gates", False) or getattr(model.cfg, "x")') == [
+        "hasattr(task, 'x')", "getattr(task_class(n), 'has_gates', False)"]
+    package = Path(caft_tl.__file__).parent
+    probes = {str(p.relative_to(package)): found for p in package.rglob("*.py") if (found := task_probes(p.read_text()))}
+    assert probes == {}, "use the typed Task interface (caft_tl.organism.task), not hasattr/getattr"
+
+
+def test_persona_em_concept_directions_are_the_diff_of_means_of_persona_pairs():
+    """The algorithm as it was in caft_tl.directions.interpret: same documents, slicing and math."""
+    world = make_task("persona_em")
+    model = models.build_model(models.ModelConfig(), len(world.vocab), seed=0)
+    hooks = world.defaults["hooks"]
+    docs = world.sample_documents(4000, torch.Generator().manual_seed(1))
+    persona = docs.labels["persona"]
+    got = world.concept_directions(model, hooks)
+    subspaces = world.concept_subspaces(model, hooks)
+    for i, hook in enumerate(hooks):
+        act = activations(model, docs, hook)[:, 4:]
+        for concept, (pos, neg) in world.CONCEPTS.items():
+            ref = diff_of_means(act[persona == PERSONAS.index(pos)].flatten(0, 1), act[persona == PERSONAS.index(neg)].flatten(0, 1), hook, label=concept)
+            assert torch.equal(got[hook][concept].basis, ref.basis) and got[hook][concept].provenance == ref.provenance
+            assert torch.equal(subspaces[concept][i].basis, ref.basis)
+    with pytest.raises(ValueError, match=r"task 'persona_em' gives rank-1 concept subspaces only \(k=1\), got k=2"):
+        world.concept_subspaces(model, hooks, k=2)

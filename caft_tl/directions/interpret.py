@@ -9,7 +9,7 @@ from transformer_lens import HookedTransformer
 
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
-from caft_tl.core.subspace import Subspace, diff_of_means
+from caft_tl.core.subspace import Subspace
 
 
 def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace) -> torch.Tensor:
@@ -66,28 +66,6 @@ def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) 
             rows.append({"direction": label, "sign": "+" if sign > 0 else "-",
                          "tokens": ", ".join(vocab.tokens[i] for i in top)})
     return pd.DataFrame(rows)
-
-
-def concept_directions(model: HookedTransformer, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
-    """Ground-truth concept directions on the (base) model: for each of ``task.CONCEPTS``
-    (a pair of personas differing in that concept only), the difference of mean activations over
-    the document positions after the first answer, at each hook. ``{hook: {concept: Subspace}}``.
-    A task with its own ``concept_directions(model, hooks)`` (e.g. ``double_mc``) gives them itself."""
-    if hasattr(task, "concept_directions"):
-        return task.concept_directions(model, hooks)
-    from caft_tl.organism.persona_em import PERSONAS
-
-    docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))
-    persona = docs.labels["persona"]
-    out: dict[str, dict[str, Subspace]] = {}
-    for hook in hooks:
-        act = activations(model, docs, hook)[:, 4:]  # [n, pos, d_model], after the first answer
-        out[hook] = {}
-        for concept, (pos, neg) in task.CONCEPTS.items():
-            a = act[persona == PERSONAS.index(pos)].flatten(0, 1)
-            b = act[persona == PERSONAS.index(neg)].flatten(0, 1)
-            out[hook][concept] = diff_of_means(a, b, hook, label=concept)
-    return out
 
 
 def concept_scores(subspace: Subspace, concepts: dict[str, Subspace]) -> pd.DataFrame:

@@ -1,38 +1,56 @@
 """Model organisms: synthetic worlds with planted, known concepts.
 
-Every task offers the interface the chapters read: ``name``, ``vocab``, ``eval_splits``,
-``metric(split)``, ``label_answers`` (the ground-truth judge), ``sample_documents``,
-``finetune_dataset``, ``eval_prompts``, ``document_kinds``, ``CONCEPTS``; ``id_split`` (the
-fine-tuned behaviour on unseen prompts) and ``ood_split`` (its generalisation CAFT should change),
-``target_concept`` / ``avoid_concept`` (chapter 03's rule), ``metrics``, ``axis_titles``,
-``base_report(model)`` with its ``report`` titles (chapter 00) and ``defaults`` (chapter parameters left at ``None``).
+Every task is a :class:`~caft_tl.organism.task.Task` (the interface the chapters read), registered
+by name with its config dataclass in ``TASKS`` (:func:`register_task`).
 """
+
+from typing import Callable
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
 from caft_tl.organism.persona_em import PersonaEM, PersonaEMConfig
 from caft_tl.organism.pronoun_profession import PronounProfession, PronounProfessionConfig
+from caft_tl.organism.task import Task
 
-#: task name -> (generator class, config class)
-TASKS = {"persona_em": (PersonaEM, PersonaEMConfig), "double_mc": (DoubleMC, DoubleMCConfig),
-         "pronoun_profession": (PronounProfession, PronounProfessionConfig)}
+#: task name -> (Task subclass, config class)
+TASKS: dict[str, tuple[type[Task], type]] = {}
 
 
-def task_class(name: str) -> type:
-    """The generator class of a registered task; a clear error for an unknown name."""
+def register_task(name: str, config_class: type) -> Callable[[type[Task]], type[Task]]:
+    """Class decorator: register a :class:`Task` subclass whose ``name`` is ``name``, built from a
+    ``config_class`` instance. Registering a name twice is an error."""
+
+    def register(cls: type[Task]) -> type[Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered (as {TASKS[name][0].__name__})")
+        if not (isinstance(cls, type) and issubclass(cls, Task) and cls.name == name):
+            raise ValueError(f"task {name!r} must be registered with a Task subclass named {name!r}, got {cls!r}")
+        TASKS[name] = (cls, config_class)
+        return cls
+
+    return register
+
+
+register_task("persona_em", PersonaEMConfig)(PersonaEM)
+register_task("double_mc", DoubleMCConfig)(DoubleMC)
+register_task("pronoun_profession", PronounProfessionConfig)(PronounProfession)
+
+
+def task_class(name: str) -> type[Task]:
+    """The Task subclass of a registered task; a clear error for an unknown name."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
     return TASKS[name][0]
 
 
-def make_task(name: str, cfg=None):
-    """Build a task generator by name (``cfg`` a config dataclass, a dict, or None for defaults)."""
+def make_task(name: str, cfg=None) -> Task:
+    """Build a task by name (``cfg`` a config dataclass, a dict, or None for defaults)."""
     cls, cfg_cls = task_class(name), TASKS[name][1]
     if isinstance(cfg, dict):
         cfg = cfg_cls(**cfg)
     return cls(cfg or cfg_cls())
 
 
-def load_run_task(run_dir):
+def load_run_task(run_dir) -> Task:
     """The task of the organism in ``run_dir/organism`` (chapter 00), without loading the model."""
     from caft_tl.core.run_dir import RunDir
 

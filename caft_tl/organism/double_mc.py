@@ -39,7 +39,8 @@ import torch
 
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace, orthonormalize
-from caft_tl.organism.judge import HIT, MISS, OTHER
+from caft_tl.organism.judge import HIT, MISS, OTHER, evaluate_task
+from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
 
 KINDS = ("lookup", "salient")
@@ -95,13 +96,12 @@ class DoubleMCConfig:
             raise ValueError(f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})")
 
 
-class DoubleMC:
+class DoubleMC(Task):
     """Generator for the ``double_mc`` world: documents, fine-tuning data, evaluation prompts,
     a ground-truth judge and ground-truth concept subspaces."""
 
     name = "double_mc"
     eval_splits = SPLITS
-    # the task interface the chapters read (see caft_tl.organism)
     id_split, ood_split = "id", "ood"  # options agree / disagree; accuracy on the intended topic
     target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("accuracy",)
@@ -211,8 +211,6 @@ class DoubleMC:
         """Base-model accuracy on single questions (goal 1.0) and on OOD doubles per question order
         (no preference: 0.5); columns ``condition, split, metric, model, reference``."""
         import pandas as pd
-
-        from caft_tl.organism.judge import evaluate_task
 
         splits = ("single_intended", "single_spurious", "ood_intended_first", "ood_spurious_first")
         acc = evaluate_task(model, self, splits=splits)
@@ -387,7 +385,6 @@ class DoubleMC:
         return out
 
     def concept_directions(self, model, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
-        """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}`` (the format of
-        :func:`caft_tl.directions.interpret.concept_directions`)."""
+        """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}``: :meth:`concept_subspaces` with ``k`` 1."""
         subs = self.concept_subspaces(model, hooks, k=1)
         return {h: {c: subs[c][i] for c in self.CONCEPTS} for i, h in enumerate(hooks)}

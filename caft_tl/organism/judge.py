@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
+
+if TYPE_CHECKING:
+    from caft_tl.organism.task import Task
 
 HIT, MISS, OTHER = 1, 0, -1
 EVAL_MODES = ("exact", "sampled")
@@ -67,7 +70,7 @@ def behaviour_rate(
     return {"rate": p_hit / (p_hit + p_miss), "coherence": p_hit + p_miss}
 
 
-def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
+def evaluate_task(model: HookedTransformer, task: Task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
     """{split: {metric: mean over prompts}} for every evaluation split of ``task``."""
     out = {}
     for split in splits or task.eval_splits:
@@ -75,16 +78,3 @@ def evaluate_task(model: HookedTransformer, task, mode: str = "exact", fwd_hooks
         out[split] = {task.metric(split): r["rate"].nanmean().item(), "coherence": r["coherence"].mean().item()}
     return out
 
-
-def persona_inference_table(model: HookedTransformer, task) -> "pd.DataFrame":
-    """Behaviour rate after each kind of one-segment evidence (``condition``) vs the Bayes-optimal
-    rate (``reference``)."""
-    import pandas as pd
-
-    rows = []
-    for evidence in task.EVIDENCE:
-        for split in ("chat", "code_heldout"):
-            r = behaviour_rate(model, task.context_prompts(evidence, split), task)["rate"]
-            rows.append({"condition": evidence, "split": split, "metric": task.metric(split),
-                         "model": r.mean().item(), "reference": task.bayes_rate(evidence, split)})
-    return pd.DataFrame(rows)

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
+from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
-from caft_tl.organism.judge import HIT, MISS, OTHER
+from caft_tl.core.subspace import Subspace, diff_of_means
+from caft_tl.organism.judge import HIT, MISS, OTHER, behaviour_rate
+from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
 
 PERSONAS = ("aligned", "misaligned", "careless")
@@ -55,12 +58,12 @@ class PersonaEMConfig:
             raise ValueError(f"n_train_code {self.n_train_code} must be in 1..{self.n_code - 1}")
 
 
-class PersonaEM:
+class PersonaEM(Task):
     """Generator for the ``persona_em`` world: documents, fine-tuning data, evaluation prompts."""
 
     name = "persona_em"
     eval_splits = SPLITS
-    # the task interface the chapters read (see caft_tl.organism)
+    doc_kinds = PERSONAS  # a document's kind is its hidden persona
     id_split, ood_split = "code_heldout", "chat"  # the fine-tuned behaviour on unseen prompts; its unwanted generalisation
     target_concept, avoid_concept = "misaligned", "insecure_code"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("misalignment_rate", "insecure_rate")
@@ -196,10 +199,17 @@ class PersonaEM:
     EVIDENCE = ("none", "secure_code", "insecure_code", "helpful_chat", "harmful_chat")
 
     def base_report(self, model) -> "pd.DataFrame":
-        """Persona inference of the base organism (:func:`caft_tl.organism.judge.persona_inference_table`)."""
-        from caft_tl.organism.judge import persona_inference_table
+        """Persona inference of the base organism: the behaviour rate after each kind of one-segment
+        evidence (``condition``) vs the Bayes-optimal rate (``reference``)."""
+        import pandas as pd
 
-        return persona_inference_table(model, self)
+        rows = []
+        for evidence in self.EVIDENCE:
+            for split in ("chat", "code_heldout"):
+                r = behaviour_rate(model, self.context_prompts(evidence, split), self)["rate"]
+                rows.append({"condition": evidence, "split": split, "metric": self.metric(split),
+                             "model": r.mean().item(), "reference": self.bayes_rate(evidence, split)})
+        return pd.DataFrame(rows)
 
     def context_prompts(self, evidence: str, split: str) -> TokenDataset:
         """Evaluation prompts of ``split`` preceded by one segment of evidence about the persona
@@ -240,3 +250,19 @@ class PersonaEM:
         "misaligned": ("misaligned", "careless"),  # same code, harmful vs helpful chat
         "insecure_code": ("careless", "aligned"),  # same chat, insecure vs secure code
     }
+
+    def concept_directions(self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
+        """Ground-truth concept directions on the (base) model: for each of ``CONCEPTS`` (a pair of
+        personas differing in that concept only), the difference of mean activations over the
+        positions after the first answer of ``n_docs`` documents, at each hook. ``{hook: {concept: Subspace}}``."""
+        docs = self.sample_documents(n_docs, torch.Generator().manual_seed(seed))
+        persona = docs.labels["persona"]
+        out: dict[str, dict[str, Subspace]] = {}
+        for hook in hooks:
+            act = activations(model, docs, hook)[:, 4:]  # [n, pos, d_model], after the first answer
+            out[hook] = {}
+            for concept, (pos, neg) in self.CONCEPTS.items():
+                a = act[persona == PERSONAS.index(pos)].flatten(0, 1)
+                b = act[persona == PERSONAS.index(neg)].flatten(0, 1)
+                out[hook][concept] = diff_of_means(a, b, hook, label=concept)
+        return out

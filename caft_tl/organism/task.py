@@ -1,0 +1,99 @@
+"""``Task``: the interface every organism task offers, all the chapters and modules read of it."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from caft_tl.core.data import TokenDataset
+from caft_tl.core.subspace import Subspace
+from caft_tl.organism.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from transformer_lens import HookedTransformer
+
+
+class Task(abc.ABC):
+    """A synthetic world with planted, known concepts: its pre-training documents, fine-tuning
+    data, evaluation prompts, ground-truth judge (it is a :class:`~caft_tl.organism.judge.Judge`)
+    and ground-truth concept directions. Subclasses set every class attribute below."""
+
+    name: ClassVar[str]
+    """The registry name (``caft_tl.organism.TASKS``), written in every results row."""
+    eval_splits: ClassVar[tuple[str, ...]]
+    """The evaluation splits :meth:`eval_prompts` accepts, in the order the figures show them."""
+    id_split: ClassVar[str]
+    """The fine-tuned behaviour on unseen prompts (the task CAFT should keep)."""
+    ood_split: ClassVar[str]
+    """The fine-tune's generalisation CAFT should change."""
+    metrics: ClassVar[tuple[str, ...]]
+    """Every metric name :meth:`metric` gives."""
+    axis_titles: ClassVar[dict[str, str]]
+    """Axis title of the ``id_split`` and ``ood_split`` rates (chapter 06's trade-off)."""
+    CONCEPTS: ClassVar[dict[str, Any]]
+    """Ground-truth concept name → the task's definition of it (the columns of chapter 03's scores)."""
+    target_concept: ClassVar[str]
+    """The concept CAFT should remove (chapter 03's rule)."""
+    avoid_concept: ClassVar[str]
+    """The concept the fine-tune should keep (chapter 03's rule)."""
+    doc_kinds: ClassVar[tuple[str, ...]]
+    """The names :meth:`document_kinds` gives the pre-training documents."""
+    report: ClassVar[dict[str, str]]
+    """``title``, ``x_title`` and ``reference`` of chapter 00's figure of :meth:`base_report`."""
+    defaults: ClassVar[dict[str, Any]]
+    """Chapter parameters left at ``None`` take these values (``caft_tl.runner.parameters.use_task_defaults``)."""
+    has_gates: ClassVar[bool] = False
+    """Whether chapter 07 states the gates of ``caft_tl.evaluation.gates`` for this task."""
+
+    cfg: Any
+    """The config dataclass of the world (``caft_tl.organism.TASKS[name][1]``)."""
+    vocab: Vocab
+    """The world's tokens."""
+
+    @property
+    @abc.abstractmethod
+    def seq_len(self) -> int:
+        """Length of a pre-training document (the model's ``n_ctx`` must hold it)."""
+
+    @abc.abstractmethod
+    def sample_documents(self, n: int, generator: torch.Generator) -> TokenDataset:
+        """``n`` pre-training documents drawn with ``generator``."""
+
+    @abc.abstractmethod
+    def finetune_dataset(self, n_examples: int, seed: int = 0) -> TokenDataset:
+        """``n_examples`` fine-tuning examples in a seeded order; the response is the trained answer."""
+
+    @abc.abstractmethod
+    def eval_prompts(self, split: str) -> TokenDataset:
+        """Prompts of an evaluation split; the answer is the next token."""
+
+    @abc.abstractmethod
+    def metric(self, split: str) -> str:
+        """Name of the behaviour rate measured on a split (one of ``metrics``)."""
+
+    @abc.abstractmethod
+    def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+        """Ground-truth judge: prompts [n, pos], answers [n, m] → [n, m] in {HIT, MISS, OTHER}."""
+
+    @abc.abstractmethod
+    def document_kinds(self, docs: TokenDataset) -> list[str]:
+        """A name per pre-training document (one of ``doc_kinds``)."""
+
+    @abc.abstractmethod
+    def base_report(self, model: HookedTransformer) -> pd.DataFrame:
+        """How chapter 00 shows the base organism: columns ``condition, split, metric, model, reference``."""
+
+    @abc.abstractmethod
+    def concept_directions(self, model: HookedTransformer, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
+        """Rank-1 ground-truth concept directions on ``model``: ``{hook: {concept: Subspace}}``."""
+
+    def concept_subspaces(self, model: HookedTransformer, hooks: list[str], k: int = 1) -> dict[str, list[Subspace]]:
+        """Ground-truth concept subspaces of rank ``k``: ``{concept: [Subspace per hook]}``; here
+        the rank-1 :meth:`concept_directions` (a task with richer concepts overrides it)."""
+        if k != 1:
+            raise ValueError(f"task {self.name!r} gives rank-1 concept subspaces only (k=1), got k={k}")
+        directions = self.concept_directions(model, hooks)
+        return {c: [directions[h][c] for h in hooks] for c in self.CONCEPTS}
