@@ -46,8 +46,8 @@ def test_behaviour_under_and_verdicts(tiny_model, world, template):
     assert check["rate"].between(0, 1).all()
     summary = checks.summarise_check(check)
     named = dataclasses.replace(template, name="pca")
-    rows = checks.result_rows(summary, {"zero": named}, world.name, lambda r: world.metric(r.split))
-    assert {(r["method"], r["directions"], r["param"]) for r in rows} == {("zero", "pca", "untrained")} and len(rows) == 3
+    rows = checks.result_rows(summary, {"zero": named}, world.name, "persona_em-s0-test", lambda r: world.metric(r.split))
+    assert {(r["method"], r["directions"], r["param"], r["trained"]) for r in rows} == {("zero", "pca", "", False)} and len(rows) == 3
 
 
 def test_steering_verdict_reads_intervals(world):

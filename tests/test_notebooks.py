@@ -1,21 +1,33 @@
 """Papermill smoke run of every chapter with the fast parameter set, and parameter checks."""
 
 import csv
+import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from caft_tl.core import files
-from caft_tl.organism import TASKS
+from caft_tl.core import files, results
+from caft_tl.core.run_dir import RunDir
+from caft_tl.evaluation import gates
+from caft_tl.organism import TASKS, make_task, task_class
 from caft_tl.runner import parameters, suite
 
 
-def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatch):
-    monkeypatch.setenv("CAFT_TL_CACHE", str(tmp_path / "cache"))
-    run_dir, fig_dir = tmp_path / "run", tmp_path / "figures"
-    tasks = list(TASKS)  # the suite's two and pronoun_profession, two at a time
-    timings = suite.run_tasks(tasks, run_dir, fig_dir, fast=True, progress=False, workers=2)
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """Every chapter on every task with the fast parameters (the suite's two and pronoun_profession, two at a time)."""
+    tmp = tmp_path_factory.mktemp("fast_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAFT_TL_CACHE", str(tmp / "cache"))
+        timings = suite.run_tasks(list(TASKS), tmp / "run", tmp / "figures", fast=True, progress=False, workers=2)
+    return tmp / "run", tmp / "figures", timings
+
+
+def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
+    run_dir, fig_dir, timings = fast_run
+    tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
     assert len(names) == 8 and names[-1] == "07_gates"
     assert list(timings) == ([f"persona_em/{n}" for n in names[:-1]] + [f"double_mc/{n}" for n in names]  # gates: not for persona_em
@@ -26,7 +38,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
     assert (run_dir / "pronoun_profession" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
     assert {r["task"] for r in rows} == set(tasks)
-    assert list(rows[0]) == list(files.RESULT_COLUMNS)
+    assert tuple(rows[0]) == results.COLUMNS
     methods = {(r["task"], r["method"], r["directions"]) for r in rows}
     for task in suite.TASKS:
         for expected in [("base", "none"), ("plain", "none"), ("zero", "pca"), ("zero", "topk_pca"), ("zero", "random"),
@@ -34,9 +46,9 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
             assert (task, *expected) in methods
     assert ("persona_em", "fewer_examples", "none") in methods
     assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
-    dmc = {(r["method"], r["directions"], r["param"], r["split"]) for r in rows if r["task"] == "double_mc"}
-    assert {("plain", "none", "", "ood_spurious_first"), ("zero", "oracle", "", "ood"), ("zero", "oracle", "untrained", "single_spurious"),
-            ("zero", "pca", "", "ood")} <= dmc
+    dmc = {(r["method"], r["directions"], r["param"], r["trained"], r["split"]) for r in rows if r["task"] == "double_mc"}
+    assert {("plain", "none", "", "True", "ood_spurious_first"), ("zero", "oracle", "", "True", "ood"),
+            ("zero", "oracle", "", "False", "single_spurious"), ("zero", "pca", "", "True", "ood")} <= dmc
     assert {r["metric"] for r in rows if r["task"] == "double_mc" and r["method"] == "plain"} == {"accuracy", "coherence"}
     assert set(files.read_json(run_dir / "double_mc" / "gates.json")["gates"]) == {
         "gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
@@ -49,6 +61,47 @@ def test_every_chapter_runs_every_task_with_fast_parameters(tmp_path, monkeypatc
     provenance = files.read_json(run_dir / "double_mc" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
     assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc"}
+
+
+def test_the_chapters_numbers_agree_with_each_other(fast_run):
+    """Each chapter's rows are there, with the run's organism; the summary is the mean of the rows;
+    the gates written by chapter 07 are the verdicts recomputed from the rows."""
+    run_dir, fig_dir, _ = fast_run
+    for task in TASKS:
+        run = RunDir(run_dir / task)
+        table = run.read_results()
+        assert set(table["organism"]) == {run.organism_id}
+        for method, trained in [("base", False), ("plain", True), ("zero", False), ("mean", False), ("zero", True), ("grad_only", True)]:
+            assert len(results.select(table, method=method, trained=trained)), (task, method, trained)  # chapters 01, 04, 05
+        summary = pd.read_csv(fig_dir / task / "results_summary.csv", keep_default_na=False)
+        compared = results.comparison(table, make_task(task).metrics)
+        means = compared.groupby(["method", "directions", "param", "split", "metric"])["value"].mean()
+        got = summary.set_index(["method", "directions", "param", "split", "metric"])["mean"]
+        assert len(got) == len(means) and (got.sort_index() - means.sort_index()).abs().max() < 1e-12
+        if task_class(task).has_gates:
+            written = files.read_json(run.path("gates"))["gates"]
+            assert json.loads(json.dumps(gates.verdicts(table))) == written
+
+
+def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
+    """A chapter 08 dropped next to the others runs for every task with no other change: it opens
+    with ``setup``, reads artefacts through the run directory and writes a figure."""
+    import nbformat
+
+    run_dir, fig_dir, _ = fast_run
+    for nb in suite.chapters():
+        (tmp_path / nb.name).symlink_to(nb)
+    stub = nbformat.v4.new_notebook()
+    stub.cells = [nbformat.v4.new_code_cell('run_dir = "../runs/default/persona_em"\nfig_dir = "../figures/persona_em"', metadata={"tags": ["parameters"]}),
+                  nbformat.v4.new_code_cell("from caft_tl.runner.chapter import setup\nrun, world, _ = setup(globals(), load='task')\n"
+                                            "from caft_tl.core import files\n"
+                                            "files.write_json(run / 'chapter08.json', {'rows': len(run.read_results()), 'task': world.name})")]
+    stub.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
+    nbformat.write(stub, str(tmp_path / "08_stub.ipynb"))
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][-1] == "08_stub"
+    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["08"], progress=False, notebook_dir=tmp_path)
+    for task in ("persona_em", "double_mc"):
+        assert files.read_json(run_dir / task / "chapter08.json") == {"rows": len(RunDir(run_dir / task).read_results()), "task": task}
 
 
 def test_tasks_are_chosen_by_name(tmp_path):
@@ -120,8 +173,8 @@ def _parameters_source(notebook) -> str:
 def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
     def fake_execute(nb, out, parameters, **kw):  # records which process ran which task's chapter
         task = Path(parameters["run_dir"]).name
-        files.append_results(Path(parameters["run_dir"]) / "results.csv", [dict(zip(files.RESULT_COLUMNS, [
-            task, "plain", "none", Path(nb).stem, os.getpid(), "ood", "accuracy", 1.0]))])
+        key = results.RowKey(task, f"{task}-s0-abcdef", "plain", param=Path(nb).stem, seed=os.getpid())
+        results.append(Path(parameters["run_dir"]) / "results.csv", results.rows(key, {"ood": {"accuracy": 1.0}}))
 
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
     timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from caft_tl.core import models
-from caft_tl.evaluation import gates
+from caft_tl.runner import gate_search
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DoubleMCConfig
 from caft_tl.organism.judge import HIT, MISS, OTHER
@@ -109,7 +109,8 @@ def test_concepts_and_gates_run_on_the_task(pp, tmp_path):
     base = models.build_model(models.ModelConfig(), len(task.vocab), seed=0)
     subs = task.concept_subspaces(base, ["blocks.0.hook_resid_pre"], k=1, n=240)
     assert set(subs) == {"spurious", "intended"} and subs["spurious"][0].k == 1
-    rows = gates.gate_rows(base, task, tmp_path, gates.GateConfig(task="pronoun_profession", seeds=[0], n_examples=32))
+    cfg = gate_search.GateConfig(task="pronoun_profession", seeds=[0], n_examples=32)
+    rows = gate_search.gate_rows(base, task, tmp_path, cfg, organism="pronoun_profession-s0-test")
     assert {r["task"] for r in rows} == {"pronoun_profession"} and {r["split"] for r in rows} == set(task.eval_splits)
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from caft_tl.core import files, models, subspace
+from caft_tl.core import files, models, results, subspace
 from caft_tl.core.activations import activations
 from caft_tl.diffing import diffs
 from caft_tl.directions import pca
@@ -38,9 +38,9 @@ def test_organism_is_cached_by_config(organism):
 def test_pipeline_end_to_end(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=256, batch_size=32, seed=0)
-    rows, ft = finetunes.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False)
+    rows, ft = finetunes.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False, organism="persona_em-s0-test")
     assert {r["split"] for r in rows} == {"chat", "code_train", "code_heldout"}
-    assert all(list(r) == list(files.RESULT_COLUMNS) for r in rows)
+    assert all(tuple(r) == results.COLUMNS and r["trained"] and r["organism"] == "persona_em-s0-test" for r in rows)
     trained = [r["value"] for r in rows if r["split"] == "code_train" and r["metric"] == "insecure_rate"][0]
     base_rate = evaluate_task(base, world)["code_train"]["insecure_rate"]
     assert trained > base_rate  # the fine-tune learnt its task
@@ -49,7 +49,7 @@ def test_pipeline_end_to_end(organism, tmp_path):
     assert stats[HOOKS[0]]["diff"].count == 64  # one response-writing position per example
     subs = [pca.pca(stats[h]["diff"], 2, h)[0] for h in HOOKS]
     iv = Intervention("zero", subs)
-    caft_rows, _ = finetunes.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, progress=False)
+    caft_rows, _ = finetunes.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, progress=False, organism="persona_em-s0-test")
     df = pd.DataFrame(rows + caft_rows)
     assert set(df["method"]) == {"plain", "zero"}
     plain_v = df[df.method == "plain"].set_index(["split", "metric"])["value"]
@@ -60,9 +60,9 @@ def test_pipeline_end_to_end(organism, tmp_path):
 def test_finished_runs_are_read_back_not_retrained(organism, tmp_path, monkeypatch):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=64, batch_size=32, seed=1)
-    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)
+    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")
     monkeypatch.setattr(finetunes, "finetune", lambda *a, **k: pytest.fail("re-trained a finished run"))
-    assert finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)[0] == first
+    assert finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")[0] == first
 
 
 def test_seeded_finetune_is_deterministic(organism):
@@ -116,11 +116,11 @@ def test_model_save_load_roundtrip(organism, tmp_path):
 def test_cached_run_is_redone_when_the_base_model_changes(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=32, batch_size=32, seed=2)
-    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False)
+    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")
     other = models.copy_model(base)
     with torch.no_grad():
         other.W_U.mul_(3.0)
-    second, _ = finetunes.run_finetune(tmp_path, other, world, cfg, progress=False)
+    second, _ = finetunes.run_finetune(tmp_path, other, world, cfg, progress=False, organism="persona_em-s0-test")
     assert first != second
 
 
@@ -129,8 +129,8 @@ def test_parallel_finetunes_match_one_process(organism, tmp_path):
     sub = subspace.random_subspace(base.cfg.d_model, 2, HOOKS[0], seed=0)
     jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=s)) for s in (0, 1)]
     jobs.append(finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=0), "zero", "random", "", Intervention("zero", [sub])))
-    forked = finetunes.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False)
-    inline = finetunes.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False)
+    forked = finetunes.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False, organism="persona_em-s0-test")
+    inline = finetunes.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False, organism="persona_em-s0-test")
     assert forked == inline
     assert [r["seed"] for r in forked[:: len(forked) // 3]] == [0, 1, 0]  # rows come back in job order
     assert (tmp_path / "forked" / "finetunes" / "zero-random-seed0" / "metrics.json").exists()

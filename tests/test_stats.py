@@ -22,7 +22,8 @@ def _summary():
         ("zero", "pca", 0, 0.5, 0.9), ("zero", "pca", 1, 0.5, 0.9),
     ]:
         for split, metric, v in [("chat", "misalignment_rate", chat), ("code_heldout", "insecure_rate", code)]:
-            rows.append(dict(task="t", method=method, directions=directions, param="", seed=seed, split=split, metric=metric, value=v))
+            rows.append(dict(task="t", organism="t-s0-abcdef", method=method, directions=directions, param="", trained=method != "base", seed=seed,
+                             split=split, metric=metric, value=v))
     return summarise(pd.DataFrame(rows))
 
 
@@ -41,8 +42,8 @@ def test_above_baseline_curve_interpolates_the_fewer_examples_line():
     for method, param, chat, code in [("base", "", 0.2, 0.3), ("plain", "", 0.8, 0.9), ("fewer_examples", "n=10", 0.4, 0.5),
                                       ("zero", "", 0.3, 0.7), ("zero", "k=1", 0.9, 0.95)]:
         for split, metric, v in [("chat", "misalignment_rate", chat), ("code_heldout", "insecure_rate", code)]:
-            rows.append(dict(task="t", method=method, directions="pca" if method == "zero" else "none", param=param,
-                             seed=0, split=split, metric=metric, value=v))
+            rows.append(dict(task="t", organism="t-s0-abcdef", method=method, directions="pca" if method == "zero" else "none", param=param,
+                             trained=method != "base", seed=0, split=split, metric=metric, value=v))
     out = above_baseline_curve(summarise(pd.DataFrame(rows)), "code_heldout", "chat").set_index("param")
     assert out.loc["", "curve_y"] == pytest.approx(0.6)  # halfway between (0.5, 0.4) and (0.9, 0.8)
     assert out.loc["", "above_curve"] == pytest.approx(-0.3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import caft_tl
-from caft_tl.core import files, models
+from caft_tl.core import files, models, results
 from caft_tl.core.activations import activations
 from caft_tl.core.subspace import diff_of_means
 from caft_tl.evaluation import gates
@@ -68,12 +68,12 @@ def test_gates_refuse_a_task_without_them():
 
 
 def test_every_tasks_rows_are_gathered(tmp_path):
-    row = dict(zip(files.RESULT_COLUMNS, ["persona_em", "plain", "none", "", 0, "chat", "misalignment_rate", 0.8]))
-    files.append_results(tmp_path / "run" / "persona_em" / "results.csv", [row])
-    files.append_results(tmp_path / "run" / "double_mc" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
+    row = results.rows(results.RowKey("persona_em", "persona_em-s0-abcdef", "plain"), {"chat": {"misalignment_rate": 0.8}})[0]
+    results.append(tmp_path / "run" / "persona_em" / "results.csv", [row])
+    results.append(tmp_path / "run" / "double_mc" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
     out = suite.gather_results(tmp_path / "run", tmp_path / "figures")
-    table = pd.read_csv(out, keep_default_na=False)
-    assert sorted(table["task"]) == ["double_mc", "persona_em"] and list(table.columns) == list(files.RESULT_COLUMNS)
+    table = results.read(out)
+    assert sorted(table["task"]) == ["double_mc", "persona_em"] and tuple(table.columns) == results.COLUMNS
     with pytest.raises(files.MissingArtefactError, match="no task results"):
         suite.gather_results(tmp_path / "empty", tmp_path / "figures")
 

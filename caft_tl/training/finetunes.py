@@ -61,10 +61,13 @@ def run_finetune(
             "base": models.weights_hash(base)}
     spec_hash = files.config_hash(spec)
     done = folder / "metrics.json"
-    if done.exists() and (blob := files.read_json(done)).get("config_hash") == spec_hash and "metrics" in blob \
+    if done.exists() and (blob := files.read_json(done)).get("config_hash") == spec_hash and "values" in blob \
             and (not keep_model or (folder / "model.safetensors").exists()):
         model = models.load_model(folder)[0] if keep_model else None
-        return results.rows(key, blob["metrics"]), model
+        metrics: dict[str, dict[str, float]] = {}
+        for split, metric, value in blob["values"]:  # a list, so the rows come back in their original order
+            metrics.setdefault(split, {})[metric] = value
+        return results.rows(key, metrics), model
 
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
@@ -75,7 +78,8 @@ def run_finetune(
     if keep_model:
         models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
     files.write_json(folder / "run.json", spec)
-    files.write_json(done, {"config_hash": spec_hash, "metrics": metrics, "losses": losses})
+    values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
+    files.write_json(done, {"config_hash": spec_hash, "values": values, "losses": losses})
     checkpoint.unlink(missing_ok=True)
     return results.rows(key, metrics), model
 

@@ -70,10 +70,10 @@ def test_kill_9_mid_run_then_same_command_resumes(organism_dir, world, tmp_path,
         return progress, rng
 
     monkeypatch.setattr(loop, "load_checkpoint", spy)
-    rows, _ = finetunes.run_finetune(run_dir, base, world, cfg, progress=False)
+    rows, _ = finetunes.run_finetune(run_dir, base, world, cfg, progress=False, organism="persona_em-s0-test")
     assert len(resumed_from) == 1 and 0 < resumed_from[0] < 500  # it resumed mid-run
     resumed_losses = files.read_json(folder / "metrics.json")["losses"]
-    ref_rows, _ = finetunes.run_finetune(tmp_path / "ref", base, world, cfg, progress=False)
+    ref_rows, _ = finetunes.run_finetune(tmp_path / "ref", base, world, cfg, progress=False, organism="persona_em-s0-test")
     assert rows == ref_rows
     assert resumed_losses == files.read_json(tmp_path / "ref" / "finetunes" / "plain-seed3" / "metrics.json")["losses"]
     assert not list(folder.glob("checkpoint-*"))  # removed once the run finished
@@ -84,7 +84,7 @@ def test_same_seed_is_bit_identical_across_processes(organism_dir, tmp_path):
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     a, b = (files.read_json(tmp_path / f"run{i}" / "finetunes" / "plain-seed3" / "metrics.json") for i in range(2))
-    assert a["rows"] == b["rows"] and a["losses"] == b["losses"]
+    assert a["values"] == b["values"] and a["losses"] == b["losses"]
 
 
 def test_truncated_files_give_one_line_errors(organism_dir, world, tmp_path):
