@@ -3,6 +3,36 @@ import torch
 
 from caft_tl.core import models
 from caft_tl.organism import make_task
+from caft_tl.training.pretrain import PretrainConfig, pretrain
+
+TINY = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+
+#: The fast lane (``pytest -m "not slow"``) leaves these out; each is marked ``slow`` here rather than
+#: in its file, so the list is one place. Why each is slow (``--durations`` on 2 shared CPU cores):
+SLOW = {
+    # papermill: a Jupyter kernel per chapter
+    "tests/test_notebooks.py::test_every_chapter_runs_every_task_with_fast_parameters": "every chapter × task, minutes",
+    "tests/test_notebooks.py::test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run": "a kernel, 9 s",
+    "tests/test_real_notebook.py::test_chat_setting_with_lora_and_a_judge": "the real-model notebook, minutes",
+    "tests/test_real_notebook.py::test_mc_setting_full_finetune": "the real-model notebook, minutes",
+    # process pools and Ray clusters running chapters
+    "tests/test_sweep.py::test_local_sweep_runs_in_parallel_reports_failures_and_resumes": "two pool workers run chapters",
+    "tests/test_sweep.py::test_ray_backend_runs_each_set_as_a_task_on_a_two_node_cluster": "starts a two-node Ray cluster",
+    # browsers
+    "tests/test_lab.py::test_chapter_00_renders_its_figure_in_jupyterlab": "JupyterLab + headless Chromium",
+    "tests/test_plotting.py::test_static_formats_on_request": "kaleido starts Chromium",
+    # subprocess workers that pre-train and fine-tune
+    "tests/reliability/test_resume.py::test_kill_9_mid_run_then_same_command_resumes": "3 worker processes, 44 s",
+    "tests/reliability/test_resume.py::test_same_seed_is_bit_identical_across_processes": "2 worker processes, 42 s",
+    "tests/reliability/test_memory.py::test_diffing_peak_memory_is_flat_in_dataset_size": "2 worker processes, 16 s",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of :data:`SLOW` (parametrized ones by their base name) ``slow``."""
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +44,21 @@ def world():
 def tiny_model(world):
     """An untrained 2-layer organism-shaped model (d_model 32) for fast shape/hook tests."""
     torch.manual_seed(0)
-    cfg = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)
-    return models.build_model(cfg, len(world.vocab), seed=0, device="cpu")
+    return models.build_model(TINY, len(world.vocab), seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def persona_organism(world):
+    """The tiny model pre-trained briefly on ``persona_em`` (300 steps, ~2 s; answer loss ~0.3)."""
+    return pretrain(world, TINY, PretrainConfig(steps=300, batch_size=32), progress=False)[0]
+
+
+@pytest.fixture(scope="session")
+def double_mc_organism():
+    """(model, task): the tiny model pre-trained briefly on ``double_mc`` (600 steps, ~5 s), enough for
+    the sentiment words' class to be linearly readable from their embeddings."""
+    task = make_task("double_mc")
+    return pretrain(task, TINY, PretrainConfig(steps=600, batch_size=32), progress=False)[0], task
 
 
 models.set_cpu_threads()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from caft_tl.core import models
+from caft_tl.core.activations import activations
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DOC_KINDS, TOPICS, DoubleMCConfig
 from caft_tl.organism.judge import HIT, MISS, OTHER
@@ -116,11 +117,43 @@ def test_concept_subspaces_shapes(dmc):
     for concept, per_hook in subs.items():
         assert [s.hook_name for s in per_hook] == hooks
         assert all(s.k == 2 and s.provenance["concept"] == concept for s in per_hook)
-    # at the embedding, the spurious concept is the sentiment words' class: it separates the classes
-    q = subs["spurious"][0].basis[:, 0]
-    emb = model.W_E.detach()[dmc.items[1]] @ q  # [n_items]
-    cls = dmc.item_class[1].bool()
-    assert (emb[cls].mean() - emb[~cls].mean()).abs() > 3 * emb.std() / len(emb) ** 0.5
+
+
+HOOK = "blocks.0.hook_resid_pre"
+
+
+def held_out_sentiment_accuracy(model, task, shuffle: bool) -> float:
+    """Fit the spurious (sentiment) oracle at the embedding (``HOOK``) on prompts whose sentiment word
+    is in one half of the words; return the accuracy, on the other half's prompts, of the threshold
+    midway between the fit half's class means along it (at the sentiment word's position). With
+    ``shuffle``, each word's class is a fixed random permutation of the true ones (a control task:
+    no structure to generalise)."""
+    data = task.concept_probe_data(3000, seed=1)
+    items = task.items[1]
+    is_word = (data.tokens >= items[0]) & (data.tokens <= items[-1])
+    word, pos = (data.tokens - items[0])[is_word], is_word.float().argmax(1)  # one sentiment word per prompt
+    cls = task.item_class[1]
+    if shuffle:
+        cls = cls[torch.randperm(len(cls), generator=torch.Generator().manual_seed(0))]
+    data.labels["spurious"] = cls[word]
+    fit = (word // 2) % 2 == 0  # both classes in either half
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(task, "concept_probe_data", lambda n, seed=1: data.subset(fit))
+        q = task.concept_subspaces(model, [HOOK], k=1)["spurious"][0].basis[:, 0]
+    p = activations(model, data, HOOK)[torch.arange(len(pos)), pos] @ q
+    y = data.labels["spurious"].bool()
+    hi, lo = p[fit & y].mean(), p[fit & ~y].mean()
+    pred = (p - (hi + lo) / 2) * torch.sign(hi - lo) > 0
+    return (pred[~fit] == y[~fit]).float().mean().item()
+
+
+def test_oracle_reads_sentiment_on_held_out_words(double_mc_organism):
+    """At the embedding, the spurious oracle of a (briefly) pre-trained organism separates the
+    sentiment classes of words it was not fitted on (measured 0.99); the same procedure on shuffled
+    word classes stays at chance (0.48), as does the real one on an untrained model (0.41)."""
+    model, task = double_mc_organism
+    assert held_out_sentiment_accuracy(model, task, shuffle=False) > 0.85
+    assert held_out_sentiment_accuracy(model, task, shuffle=True) < 0.7  # 64 held-out words: chance ± 0.06
 
 
 def test_bad_config():

@@ -128,7 +128,16 @@ def _digest(t: torch.Tensor) -> str:
 
 
 def test_double_mc_unchanged():
-    """The pinned double_mc organism's vocabulary and random draws, as computed before this task existed."""
+    """Golden hashes of the pinned double_mc organism's vocabulary and random draws (pre-training
+    documents, fine-tuning set, OOD prompts), as computed before pronoun_profession reused its code.
+
+    What they protect: the README's double_mc results and the chapters' defaults (pre-training seed 2)
+    name one organism by its seed, and cached checkpoints by a config hash; both stay valid only while
+    the same seed gives the same tokens. A refactor that keeps the distribution but reorders the
+    vocabulary or the generator's calls passes every property test and silently trains another
+    organism; only exact draws catch that. The draws are integers from torch's CPU generator (not
+    floats), so they are the same on every machine with the pinned torch. If a change is meant to alter
+    the organism, update the hashes and re-measure the README's double_mc results."""
     t = make_task("double_mc", DoubleMCConfig(jitter=2, n_eval=200))
     assert hashlib.sha256(" ".join(t.vocab.tokens).encode()).hexdigest()[:16] == "ec1e6ee38aaf1eb2" and len(t.vocab) == 195
     assert _digest(t.sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "71f82681a706a2f2"

@@ -17,33 +17,36 @@ FAST = dict(steps=500, batch_size=128, n_docs=300, expansion=4, l1_coefficient=0
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model, world, tmp_path_factory):
-    """Both architectures trained briefly on the tiny model, cached in a temporary folder."""
+def trained(persona_organism, world, tmp_path_factory):
+    """Both architectures trained briefly on the pre-trained tiny organism, cached in a temporary folder."""
     cache = tmp_path_factory.mktemp("cache")
-    return {arch: sae.train_or_load(tiny_model, world, HOOK, sae.SAETrainConfig(architecture=arch, k=8, **FAST), cache, progress=False)
+    return {arch: sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture=arch, k=8, **FAST), cache, progress=False)
             for arch in sae.ARCHITECTURES}
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk"])
-def test_training_reconstructs_well_above_an_untrained_sae(trained, tiny_model, world, arch):
+def test_training_reconstructs_well_above_an_untrained_sae(trained, persona_organism, world, arch):
+    """On held-out documents (``reconstruction_metrics``' seed, not the training one): the trained SAE
+    explains most of the variance (measured 0.93-0.97; untrained: -0.3) and, spliced in, recovers
+    most of the loss that zero-ablating its hook costs (0.99; untrained: 0.0-0.06)."""
     trained_sae, folder = trained[arch]
-    m = sae.reconstruction_metrics(tiny_model, world, trained_sae, n_docs=200)
-    untrained = sae.train_sae(sae.training_activations(tiny_model, world, HOOK, 20, 0), sae.SAETrainConfig(architecture=arch, k=8, steps=0, batch_size=64, expansion=4), HOOK, progress=False)
-    m0 = sae.reconstruction_metrics(tiny_model, world, untrained, n_docs=200)
-    assert m["explained_variance"] > 0.8 > m0["explained_variance"]
-    assert all(torch.isfinite(torch.tensor(m[k])) for k in ("loss_clean", "loss_sae", "loss_zero"))  # untrained model: no ordering
+    m = sae.reconstruction_metrics(persona_organism, world, trained_sae, n_docs=200)
+    untrained = sae.train_sae(sae.training_activations(persona_organism, world, HOOK, 20, 0), sae.SAETrainConfig(architecture=arch, k=8, steps=0, batch_size=64, expansion=4), HOOK, progress=False)
+    m0 = sae.reconstruction_metrics(persona_organism, world, untrained, n_docs=200)
+    assert m["explained_variance"] > 0.8 and m["explained_variance"] > m0["explained_variance"] + 0.5, (m, m0)
+    assert m["loss_recovered"] > 0.9 and m0["loss_recovered"] < 0.5, (m, m0)
     assert 0 <= m["dead_fraction"] < 1
     assert folder.name.startswith(f"{HOOK}-{arch}-") and trained_sae.cfg.metadata.hook_name == HOOK
 
 
-def test_topk_l0_is_k(trained, tiny_model, world):
-    m = sae.reconstruction_metrics(tiny_model, world, trained["topk"][0], n_docs=200)
+def test_topk_l0_is_k(trained, persona_organism, world):
+    m = sae.reconstruction_metrics(persona_organism, world, trained["topk"][0], n_docs=200)
     assert m["l0"] == pytest.approx(8, abs=0.05)
 
 
-def test_cache_is_reused_by_config_hash(trained, tiny_model, world):
+def test_cache_is_reused_by_config_hash(trained, persona_organism, world):
     sae_, folder = trained["topk"]
-    again, folder2 = sae.train_or_load(tiny_model, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST), folder.parent.parent)
+    again, folder2 = sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST), folder.parent.parent)
     assert folder2 == folder
     torch.testing.assert_close(again.W_dec, sae_.W_dec)
     with pytest.raises(ValueError, match="unknown SAE architecture 'jumpy'; valid: standard, topk"):
