@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from caft_tl.core import files, results
+from caft_tl.core import files
+from caft_tl.core.results import COLUMNS as RESULT_COLUMNS
 from caft_tl.runner import sweep
 
 TINY = {"pretrain_steps": 10, "seeds": [0], "n_examples": 64, "fewer_examples": []}
@@ -79,7 +80,7 @@ def test_local_sweep_runs_in_parallel_reports_failures_and_resumes(tmp_path, mon
     assert "✗ broken: 02_activation_diffing" in capsys.readouterr().err  # reported as it fails
     assert results["small_lr"].node != results["broken"].node  # two pool workers at once
     rows = _table(root)
-    assert tuple(rows[0]) == ("run", *results.COLUMNS)
+    assert tuple(rows[0]) == ("run", *RESULT_COLUMNS)
     assert {r["run"] for r in rows} == {"small_lr"} and {"base", "plain"} <= {r["method"] for r in rows}
     provenance = files.read_json(root / "small_lr" / "provenance.json")
     assert provenance["parameters"]["01_plain_finetune"]["lr"] == 5e-4  # the set's parameters reached the run
