@@ -5,7 +5,7 @@
 * **TL**: the same checkpoint booted offline through ``TransformerBridge.boot_transformers(path)``
   with caft-tl's ``zero`` intervention at ``blocks.L.hook_resid_post`` (the decoder layer's output).
 
-The checkpoint is built locally (``caft_tl.real.hf_models.tiny_checkpoint``: ``Qwen2Config`` with small
+The checkpoint is built locally (``tests._real.tiny_checkpoint``: ``Qwen2Config`` with small
 sizes, random weights, saved to a temporary folder), so nothing is downloaded. Both use eager attention.
 Reported: TL/HF median paired step time (with the ablation, and without any hook, which isolates
 the bridge's own overhead) and TL/HF peak RSS increase of training steps (one subprocess each).
@@ -38,7 +38,7 @@ BATCH, SEQ, LAYER, K = 8, 64, 1, 8
 
 def build_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Save a random-weight tiny Qwen2 checkpoint to ``folder`` (once)."""
-    from caft_tl.real.hf_models import tiny_checkpoint
+    from tests._real import tiny_checkpoint
 
     sizes = {k: v for k, v in SIZES.items() if k != "vocab_size"}
     return tiny_checkpoint(folder, "qwen2", seed=seed, vocab_size=SIZES["vocab_size"], **sizes)

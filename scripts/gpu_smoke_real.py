@@ -46,11 +46,11 @@ def main() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model
         if not folder:
-            from tests._real import example_words
+            from tests._real import example_words, tiny_checkpoint
 
-            folder = str(hf_models.tiny_checkpoint(Path(tmp) / "qwen2", "qwen2", words=example_words(), hidden_size=512,
-                                                   num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                                                   intermediate_size=2048, max_position_embeddings=512))
+            folder = str(tiny_checkpoint(Path(tmp) / "qwen2", "qwen2", words=example_words(), hidden_size=512,
+                                       num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                                       intermediate_size=2048, max_position_embeddings=512))
         report["model"] = folder
         model = loading.load(folder, device=args.device, dtype=args.dtype)
         tok = model.tokenizer

@@ -15,7 +15,7 @@ from caft_tl.organism.persona_em import PERSONAS
 from caft_tl.real import chat_data, chat_eval, hf_models, llm, loading
 from caft_tl.training.loop import FinetuneConfig, finetune
 from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain
-from tests._real import EXAMPLES, checkpoints  # noqa: F401  (fixture)
+from tests._real import EXAMPLES, checkpoints, tiny_checkpoint  # noqa: F401  (fixture)
 from tests.fake_openai import KEY, FakeOpenAI
 
 
@@ -45,7 +45,7 @@ def test_llm_judge_over_the_fake_server(server):
 
 
 def test_llm_judge_as_a_token_level_judge(server, tmp_path):
-    tok = hf_models.load_tokenizer(hf_models.tiny_checkpoint(tmp_path / "j", "gpt2", words=["evil", "kind", "asdf", "plan", "q"]))
+    tok = hf_models.load_tokenizer(tiny_checkpoint(tmp_path / "j", "gpt2", words=["evil", "kind", "asdf", "plan", "q"]))
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
     prompts = torch.tensor([enc("q plan"), enc("q q")])  # [2, 2]
     answers = torch.tensor([[enc("evil plan"), enc("kind plan")], [enc("asdf asdf"), enc("kind kind")]])  # [2, 2, 2]

@@ -9,12 +9,12 @@ from caft_tl.core import models
 from caft_tl.core.subspace import random_subspace
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.real import hf_models, loading
-from tests._real import checkpoints  # noqa: F401  (fixture)
+from tests._real import TINY_ARCHS, checkpoints  # noqa: F401  (fixture)
 
 TOKENS = torch.tensor([[1, 5, 9, 12, 30, 2, 7, 40], [1, 6, 6, 8, 2, 3, 50, 11]])
 
 
-@pytest.mark.parametrize("arch", hf_models.TINY_ARCHS)
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_bridge_logits_equal_hf(checkpoints, arch):
     bridge = loading.load(checkpoints[arch], device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(checkpoints[arch]).eval()

@@ -10,7 +10,7 @@ import pytest
 
 from caft_tl.real import settings
 from caft_tl.runner import suite
-from tests._real import checkpoints  # noqa: F401  (fixture)
+from tests._real import TINY_CHAT, TINY_MC, checkpoints  # noqa: F401  (fixture)
 from tests.fake_openai import KEY, FakeOpenAI
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "real" / "real_model.ipynb"
@@ -32,8 +32,8 @@ def test_chat_setting_with_lora_and_a_judge(tmp_path, checkpoints, monkeypatch):
     monkeypatch.setenv("CAFT_TEST_KEY", KEY)  # the kernel inherits the environment
     fake = FakeOpenAI()
     try:
-        nb, rows = run(tmp_path, setting="tiny-chat", model=str(checkpoints["qwen2"]),
-                       overrides={"judge_url": fake.url, "api_key_env": "CAFT_TEST_KEY"})
+        nb, rows = run(tmp_path, setting="qwen2.5-0.5b-insecure", model=str(checkpoints["qwen2"]),
+                       overrides={**TINY_CHAT, "judge_url": fake.url, "api_key_env": "CAFT_TEST_KEY"})
     finally:
         fake.close()
     prompts = [r["messages"][-1]["content"] for r in fake.requests]
@@ -50,7 +50,7 @@ def test_chat_setting_with_lora_and_a_judge(tmp_path, checkpoints, monkeypatch):
 
 
 def test_mc_setting_full_finetune(tmp_path, checkpoints):
-    nb, rows = run(tmp_path, setting="tiny-mc", model=str(checkpoints["gpt2"]), overrides={"layers": [1]})
+    nb, rows = run(tmp_path, setting="gemma-double-mc", model=str(checkpoints["gpt2"]), overrides={**TINY_MC, "layers": [1]})
     metrics = {(r["method"], r["metric"]): float(r["value"]) for r in rows}
     assert set(metrics) == {(m, f"accuracy_{k}") for m in ("base", "plain", "zero") for k in ("intended", "spurious")}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -69,6 +69,6 @@ def test_settings_registry():
     with pytest.raises(ValueError, match="unknown setting 'qwen-nope'; valid: qwen2.5-coder-insecure"):
         settings.get_setting("qwen-nope")
     with pytest.raises(ValueError, match=r"unknown setting field\(s\) \['learning_rate'\]; valid: .*lr"):
-        settings.get_setting("tiny-chat", learning_rate=1.0)
+        settings.get_setting("qwen2.5-0.5b-insecure", learning_rate=1.0)
     with pytest.raises(ValueError, match="unknown setting kind 'rl'"):
         settings.RealSetting(kind="rl")

@@ -16,8 +16,7 @@ Two traps this module guards against (both tested):
   RMSNorm models unless weight processing is off; :func:`load_hf` never calls it.
 
 TL re-reads the tokenizer by name while booting (with ``AutoTokenizer``, so the first trap again):
-:func:`load_hf` puts the checked one in its place afterwards. :func:`tiny_checkpoint` writes small random-weight checkpoints (with a word-level tokenizer
-and a chat template) for tests and smoke runs.
+:func:`load_hf` puts the checked one in its place afterwards.
 """
 
 from __future__ import annotations
@@ -33,10 +32,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: a Qwen-style chat template (no default system prompt) for the tiny test tokenizers
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _PROBE = "hello world"
 
@@ -98,66 +93,6 @@ def is_bridge(model) -> bool:
     from transformer_lens.model_bridge import TransformerBridge
 
     return isinstance(model, TransformerBridge)
-
-
-def _word_level_tokenizer(words: list[str]):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(SPECIAL_TOKENS + words))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:])
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def _tiny_config(arch: str, vocab_size: int, sizes: dict):
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
-
-    d, layers, heads = sizes.get("hidden_size", 32), sizes.get("num_hidden_layers", 2), sizes.get("num_attention_heads", 4)
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    if arch == "gpt2":
-        return GPT2Config(n_embd=d, n_layer=layers, n_head=heads, n_positions=sizes.get("max_position_embeddings", 128), **common)
-    base = dict(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * d,
-                num_key_value_heads=max(1, heads // 2), max_position_embeddings=128, tie_word_embeddings=False)
-    base.update(sizes)
-    return {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch](**common, **base)
-
-
-TINY_ARCHS = ("qwen2", "llama", "gpt2")
-
-
-def tiny_checkpoint(folder: str | os.PathLike, arch: str = "qwen2", words: list[str] | None = None, seed: int = 0,
-                    vocab_size: int | None = None, **sizes) -> Path:
-    """Save a random-weight ``arch`` checkpoint with a word-level chat tokenizer to ``folder`` (once).
-
-    ``words`` is the tokenizer's vocabulary (after the special tokens ``<|endoftext|>`` = 0,
-    ``<|im_start|>`` = 1, ``<|im_end|>`` = 2 = EOS); ``sizes`` override the HF config.
-    """
-    from transformers import AutoModelForCausalLM
-
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(TINY_ARCHS)}")
-    folder = Path(folder)
-    if (folder / "config.json").exists():
-        return folder
-    words = list(words) if words is not None else ["system", "user", "assistant"] + [f"w{i}" for i in range(61)]
-    tok = _word_level_tokenizer(words)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_tiny_config(arch, vocab_size or len(tok), sizes))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def words_of(texts: list[str]) -> list[str]:
-    """The distinct whitespace/punctuation words of some texts, in order (a tiny tokenizer's vocab)."""
-    from tokenizers import pre_tokenizers
-
-    split = pre_tokenizers.Whitespace()
-    return list(dict.fromkeys(w for t in texts for w, _ in split.pre_tokenize_str(t)))
 
 
 class TokenizerVocab:

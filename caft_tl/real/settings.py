@@ -76,12 +76,6 @@ SETTINGS: dict[str, RealSetting] = {
     "qwen2.5-0.5b-insecure": RealSetting(model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM),
     "gemma-double-mc": RealSetting(model="google/gemma-2-2b", train="data/real/double_mc_sentiment_sports_train.jsonl",
                                    eval="data/real/double_mc_sentiment_sports_test.jsonl", **_MC),
-    # tiny local runs (tests, smoke runs): the model is a folder built by caft_tl.real.hf_models.tiny_checkpoint
-    "tiny-chat": RealSetting(layers=[0, 1], n_pcs=2, lora_rank=8, lora_alpha=16, rslora=False, lr=2e-2, batch_size=4,
-                             micro_batch_size=2, epochs=4, max_len=256, dtype="float32", n_samples=2, max_new_tokens=8,
-                             diff_prompts="data/examples/generic_prompts.jsonl"),
-    "tiny-mc": RealSetting(**{**_MC, "train": "data/examples/double_mc_tiny.jsonl", "eval": "data/examples/double_mc_tiny.jsonl",
-                              "layers": [0, 1], "n_pcs": 2, "dtype": "float32", "epochs": 10, "lr": 1e-2, "batch_size": 4}),
 }
 
 
