@@ -11,10 +11,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# the organism tasks (caft_tl.organism.TASKS), two at a time; e.g. make run TASKS="persona_em double_mc pronoun_profession"
+# the organism tasks (caft_tl.organism.TASKS), each a population of organisms (one per pre-training seed),
+# two organisms at a time; e.g. make run TASKS="persona_em double_mc pronoun_profession" SEEDS="0 1 2 3"
 TASKS ?= persona_em double_mc
+SEEDS ?= 0 1
 run: $(VENV)/.installed
-	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --workers 2
+	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --pretrain-seeds $(SEEDS) --workers 2
+	$(PY) scripts/results_tables.py figures --run-dir runs/default --out figures/TABLES.md
+
+# the full study: every task, 8 organisms each (hours on 2 cores; resumable: finished fine-tunes are read back)
+.PHONY: study
+study: $(VENV)/.installed
+	$(PY) -m caft_tl.runner.suite --run-dir runs/study --fig-dir figures/study --tasks persona_em double_mc pronoun_profession \
+		--pretrain-seeds 0 1 2 3 4 5 6 7 --workers 2
+	$(PY) scripts/results_tables.py figures/study --run-dir runs/study --out figures/study/TABLES.md
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

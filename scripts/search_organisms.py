@@ -46,7 +46,7 @@ def organisms(args) -> list[dict]:
 
 
 def flatten(verdicts: dict) -> dict:
-    """``{gate.number: value}`` from :func:`caft_tl.evaluation.gates.verdicts` (per-seed lists joined by ``/``)."""
+    """``{gate.number: value}`` from the gates' verdicts (per-seed lists joined by ``/``)."""
     def fmt(v):
         if isinstance(v, list):
             return "/".join(str(fmt(x)) for x in v)
@@ -74,7 +74,8 @@ def run_one(spec: dict, out: Path, cores: list[int]) -> None:
     cfg = gate_search.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],
                                  pretrain_seed=spec["pretrain_seed"], seeds=spec["seeds"], n_examples=spec["n_examples"])
     t0 = time.time()
-    verdicts = gate_search.run(folder, cfg, progress=False)
+    out = gate_search.run(folder, cfg, progress=False)
+    verdicts = {g: v for g, v in {**out["validity"], **out["outcomes"]}.items() if g != "valid"}  # V1–V3, then the outcomes
     result = {"spec": spec, "status": "ok", "seconds": round(time.time() - t0, 1), "verdicts": verdicts}
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result, default=str))

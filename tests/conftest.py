@@ -14,6 +14,7 @@ SLOW = {
     "tests/test_notebooks.py::test_every_chapter_runs_every_task_with_fast_parameters": "every chapter × task, minutes",
     "tests/test_notebooks.py::test_the_chapters_numbers_agree_with_each_other": "reads the fast run of every chapter × task",
     "tests/test_notebooks.py::test_a_new_chapter_is_one_notebook": "the fast run, then a stub chapter per task",
+    "tests/test_notebooks.py::test_the_population_is_summarised_over_valid_organisms": "reads the fast run of every chapter × task",
     "tests/test_notebooks.py::test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run": "a kernel, 9 s",
     "tests/test_real_notebook.py::test_chat_setting_with_lora_and_a_judge": "the real-model notebook, minutes",
     "tests/test_real_notebook.py::test_mc_setting_full_finetune": "the real-model notebook, minutes",

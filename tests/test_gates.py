@@ -21,25 +21,36 @@ def _rows(plain_orders, base_ood=(0.5, 0.5), untrained=(0.97, 0.5), caft_ood=0.9
     return rows
 
 
-def test_verdicts_tell_the_spurious_route_from_a_positional_shortcut():
-    ok = gates.verdicts(_rows([(0.0, 0.02), (0.05, 0.0), (0.1, 0.1)]))
+def test_validity_tells_the_spurious_route_from_a_positional_shortcut():
+    ok = gates.validity(_rows([(0.0, 0.02), (0.05, 0.0), (0.1, 0.1)]))
     assert all(v["holds"] for v in ok.values())
-    first_block = gates.verdicts(_rows([(0.98, 0.3), (0.95, 0.35), (0.99, 0.4)]))  # answers the first block
-    assert not first_block["gate2_plain_learns_spurious"]["holds"] and first_block["gate2_plain_learns_spurious"]["seeds"] == 0
-    assert gates.verdicts(_rows([(0.0, 0.0), (0.9, 0.9), (0.0, 0.0)]))["gate2_plain_learns_spurious"]["holds"]  # 2 of 3
-    assert not gates.verdicts(_rows([(0.0, 0.0)], base_ood=(0.05, 0.95)))["gate1_base"]["holds"]  # a default preference
-    assert not gates.verdicts(_rows([(0.0, 0.0)], untrained=(0.55, 0.5)))["gate3_oracle"]["holds"]  # ablation costs the intended skill
-    assert not gates.verdicts(_rows([(0.0, 0.0)], caft_ood=0.0))["gate3_oracle"]["holds"]
-    assert not gates.verdicts(_rows([(0.0, 0.0)], pca_ood=(0.5, 0.6, 0.0)))["gate4_pca"]["holds"]  # top-k does better
-    assert not gates.verdicts(_rows([(0.0, 0.0)], pca_ood=()))["gate4_pca"]["holds"]  # the rule chose nothing
+    first_block = gates.validity(_rows([(0.98, 0.3), (0.95, 0.35), (0.99, 0.4)]))  # answers the first block
+    assert not first_block["V2_plain_learns_spurious"]["holds"] and first_block["V2_plain_learns_spurious"]["seeds"] == 0
+    assert not first_block["valid"]["holds"]
+    assert gates.validity(_rows([(0.0, 0.0), (0.9, 0.9), (0.0, 0.0)]))["V2_plain_learns_spurious"]["holds"]  # 2 of 3
+    assert not gates.validity(_rows([(0.0, 0.0)], base_ood=(0.05, 0.95)))["V1_base"]["holds"]  # a default preference
+    assert not gates.validity(_rows([(0.0, 0.0)], untrained=(0.55, 0.5)))["V3_oracle_removes_spurious"]["holds"]  # costs the intended skill
     strict = gates.GateThresholds(max_plain_ood=0.01)  # thresholds are read from the config, not inline
-    assert not gates.verdicts(_rows([(0.0, 0.02), (0.05, 0.0), (0.1, 0.1)]), strict)["gate2_plain_learns_spurious"]["holds"]
+    assert not gates.validity(_rows([(0.0, 0.02), (0.05, 0.0), (0.1, 0.1)]), strict)["V2_plain_learns_spurious"]["holds"]
+
+
+def test_validity_reads_no_caft_outcome():
+    """The gates are the same whatever CAFT did; CAFT's results are outcomes, reported beside them."""
+    good, bad = _rows([(0.0, 0.0)], caft_ood=0.95, pca_ood=(0.8, 0.3, 0.0)), _rows([(0.0, 0.0)], caft_ood=0.0, pca_ood=(0.5, 0.6, 0.0))
+    assert gates.validity(good) == gates.validity(bad)
+    no_caft = [r for r in good if not (r["method"] == "zero" and r["trained"])]
+    assert gates.validity(no_caft) == gates.validity(good)
+    assert all(v["holds"] for v in gates.outcomes(good).values())
+    assert not any(v["holds"] for v in gates.outcomes(bad).values())
+    assert not gates.outcomes(_rows([(0.0, 0.0)], pca_ood=()))["pca_beats_topk_and_random"]["holds"]  # the rule chose nothing
+    text = gates.takeaway("double_mc-s0-abcdef", gates.validity(bad), gates.outcomes(bad))
+    assert text.startswith("Organism double_mc-s0-abcdef is a valid test") and "did not raise OOD accuracy" in text
 
 
 def test_a_missing_row_names_the_chapter_that_writes_it():
     rows = [r for r in _rows([(0.0, 0.0)]) if r["trained"] or r["method"] == "base"]  # chapter 04 did not run
     with pytest.raises(results.MissingRowsError, match="run 04_base_model_checks first"):
-        gates.verdicts(rows)
+        gates.validity(rows)
 
 
 def test_gate_rows_cover_every_method(tmp_path):
@@ -53,9 +64,9 @@ def test_gate_rows_cover_every_method(tmp_path):
     assert keys == {("base", "none", "", False), ("zero", "oracle", "", False), ("zero", "random_oracle", "", False),
                     ("plain", "none", "", True), ("zero", "oracle", "", True), ("zero", "random_oracle", "", True)}
     assert {r["split"] for r in rows} == set(task.eval_splits) and {r["organism"] for r in rows} == {"double_mc-s0-abcdef"}
-    out = gates.verdicts(rows)
-    assert set(out) == {"gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
-    assert not out["gate1_base"]["holds"]  # an untrained model answers nothing
+    out = gates.validity(rows)
+    assert set(out) == {"V1_base", "V2_plain_learns_spurious", "V3_oracle_removes_spurious", "valid"}
+    assert not out["V1_base"]["holds"] and not out["valid"]["holds"]  # an untrained model answers nothing
 
 
 def test_pca_direction_sets_share_hooks_and_ranks(tmp_path):

@@ -1,6 +1,7 @@
 """Papermill smoke run of every chapter with the fast parameter set, and parameter checks."""
 
 import csv
+import itertools
 import json
 import os
 from pathlib import Path
@@ -10,18 +11,22 @@ import pytest
 
 from caft_tl.core import files, results
 from caft_tl.core.run_dir import RunDir
-from caft_tl.evaluation import gates
+from caft_tl.evaluation import gates, population
 from caft_tl.organism import TASKS, make_task, task_class
 from caft_tl.runner import parameters, suite
 
 
+SEEDS = [0, 1]  # a population of two tiny organisms per task
+
+
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory):
-    """Every chapter on every task with the fast parameters (the suite's two and pronoun_profession, two at a time)."""
+    """Every chapter on a population of two organisms of every task, with the fast parameters
+    (the suite's two tasks and pronoun_profession, two organisms at a time)."""
     tmp = tmp_path_factory.mktemp("fast_run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CAFT_TL_CACHE", str(tmp / "cache"))
-        timings = suite.run_tasks(list(TASKS), tmp / "run", tmp / "figures", fast=True, progress=False, workers=2)
+        timings = suite.run_tasks(list(TASKS), tmp / "run", tmp / "figures", fast=True, progress=False, workers=2, pretrain_seeds=SEEDS)
     return tmp / "run", tmp / "figures", timings
 
 
@@ -30,14 +35,15 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
     assert len(names) == 8 and names[-1] == "07_gates"
-    assert list(timings) == ([f"persona_em/{n}" for n in names[:-1]] + [f"double_mc/{n}" for n in names]  # gates: not for persona_em
-                             + [f"pronoun_profession/{n}" for n in names])
-    for task in suite.TASKS:
-        for name in names[:-1]:
-            assert (run_dir / task / "notebooks" / f"{name}.ipynb").exists()
-    assert (run_dir / "pronoun_profession" / "gates.json").exists()
+    assert list(timings) == [f"{t}/seed{s}/{n}" for t in tasks for s in SEEDS for n in names
+                             if t != "persona_em" or n != "07_gates"]  # gates: not for persona_em
+    for task in tasks:
+        for s in SEEDS:
+            for name in names[:-1]:
+                assert (run_dir / task / f"seed{s}" / "notebooks" / f"{name}.ipynb").exists()
+    assert (run_dir / "pronoun_profession" / "seed1" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
-    assert {r["task"] for r in rows} == set(tasks)
+    assert {r["task"] for r in rows} == set(tasks) and len({r["organism"] for r in rows}) == len(tasks) * len(SEEDS)
     assert tuple(rows[0]) == results.COLUMNS
     methods = {(r["task"], r["method"], r["directions"]) for r in rows}
     for task in suite.TASKS:
@@ -50,37 +56,58 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     assert {("plain", "none", "", "True", "ood_spurious_first"), ("zero", "oracle", "", "True", "ood"),
             ("zero", "oracle", "", "False", "single_spurious"), ("zero", "pca", "", "True", "ood")} <= dmc
     assert {r["metric"] for r in rows if r["task"] == "double_mc" and r["method"] == "plain"} == {"accuracy", "coherence"}
-    assert set(files.read_json(run_dir / "double_mc" / "gates.json")["gates"]) == {
-        "gate1_base", "gate2_plain_learns_spurious", "gate3_oracle", "gate4_pca"}
-    for task in suite.TASKS:
+    gates_json = files.read_json(run_dir / "double_mc" / "seed0" / "gates.json")
+    assert set(gates_json["validity"]) == {"V1_base", "V2_plain_learns_spurious", "V3_oracle_removes_spurious", "valid"}
+    assert set(gates_json["outcomes"]) == {"oracle_caft_raises_ood", "pca_beats_topk_and_random"}
+    for task in tasks:
         for fig in ["00_base_organism", "01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft",
                     "06_tradeoff"]:
-            assert (fig_dir / task / f"{fig}.html").stat().st_size > 1000
-        assert "06_tradeoff" in (fig_dir / task / "README.md").read_text()
-    assert (fig_dir / "double_mc" / "07_pca.html").exists()
-    provenance = files.read_json(run_dir / "double_mc" / "provenance.json")
+            assert (fig_dir / task / "seed1" / f"{fig}.html").stat().st_size > 1000
+        assert "06_tradeoff" in (fig_dir / task / "seed0" / "README.md").read_text()
+    assert (fig_dir / "double_mc" / "seed0" / "07_pca.html").exists()
+    provenance = files.read_json(run_dir / "double_mc" / "seed1" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
-    assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc"}
+    assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc", "seed": 1}
 
 
 def test_the_chapters_numbers_agree_with_each_other(fast_run):
     """Each chapter's rows are there, with the run's organism; the summary is the mean of the rows;
     the gates written by chapter 07 are the verdicts recomputed from the rows."""
     run_dir, fig_dir, _ = fast_run
-    for task in TASKS:
-        run = RunDir(run_dir / task)
+    for task, s in itertools.product(TASKS, SEEDS):
+        run = RunDir(run_dir / task / f"seed{s}")
         table = run.read_results()
-        assert set(table["organism"]) == {run.organism_id}
+        assert set(table["organism"]) == {run.organism_id} and run.organism_spec()["pretrain"]["seed"] == s
         for method, trained in [("base", False), ("plain", True), ("zero", False), ("mean", False), ("zero", True), ("grad_only", True)]:
             assert len(results.select(table, method=method, trained=trained)), (task, method, trained)  # chapters 01, 04, 05
-        summary = pd.read_csv(fig_dir / task / "results_summary.csv", keep_default_na=False)
+        summary = pd.read_csv(fig_dir / task / f"seed{s}" / "results_summary.csv", keep_default_na=False)
         compared = results.comparison(table, make_task(task).metrics)
         means = compared.groupby(["method", "directions", "param", "split", "metric"])["value"].mean()
         got = summary.set_index(["method", "directions", "param", "split", "metric"])["mean"]
         assert len(got) == len(means) and (got.sort_index() - means.sort_index()).abs().max() < 1e-12
         if task_class(task).has_gates:
-            written = files.read_json(run.path("gates"))["gates"]
-            assert json.loads(json.dumps(gates.verdicts(table))) == written
+            written = files.read_json(run.path("gates"))
+            assert json.loads(json.dumps(gates.validity(table))) == written["validity"]
+            assert json.loads(json.dumps(gates.outcomes(table))) == written["outcomes"]
+
+
+def test_the_population_is_summarised_over_valid_organisms(fast_run):
+    """Per task: every organism's validity, and the summary's means are the means over the valid
+    organisms of each organism's mean over fine-tuning seeds."""
+    run_dir, fig_dir, _ = fast_run
+    for task in TASKS:
+        verdicts = pd.read_csv(fig_dir / task / population.VALIDITY_FILE)
+        assert sorted(verdicts["pretrain_seed"]) == SEEDS and verdicts["valid"].dtype == bool
+        if not task_class(task).has_gates:
+            assert verdicts["valid"].all()
+        valid = set(verdicts.loc[verdicts["valid"], "organism"])
+        summary = pd.read_csv(fig_dir / task / population.SUMMARY_FILE, keep_default_na=False)
+        table = pd.concat([RunDir(run_dir / task / f"seed{s}").read_results() for s in SEEDS])
+        plain = results.select(results.comparison(table, make_task(task).metrics), method="plain", split=make_task(task).ood_split)
+        per_org = plain[plain["organism"].isin(valid)].groupby(["organism", "metric"])["value"].mean().groupby("metric").mean()
+        got = summary[(summary["method"] == "plain") & (summary["split"] == make_task(task).ood_split)].set_index("metric")["mean"]
+        assert len(got) == len(per_org) and (got.sort_index() - per_org.sort_index()).abs().max() < 1e-12
+        assert set(summary["n_organisms"]) <= {len(valid)}
 
 
 def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
@@ -99,9 +126,10 @@ def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
     stub.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
     nbformat.write(stub, str(tmp_path / "08_stub.ipynb"))
     assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][-1] == "08_stub"
-    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["08"], progress=False, notebook_dir=tmp_path)
+    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["08"], progress=False, notebook_dir=tmp_path, pretrain_seeds=[0])
     for task in ("persona_em", "double_mc"):
-        assert files.read_json(run_dir / task / "chapter08.json") == {"rows": len(RunDir(run_dir / task).read_results()), "task": task}
+        run = RunDir(run_dir / task / "seed0")
+        assert files.read_json(run / "chapter08.json") == {"rows": len(run.read_results()), "task": task}
 
 
 def test_tasks_are_chosen_by_name(tmp_path):
@@ -109,6 +137,12 @@ def test_tasks_are_chosen_by_name(tmp_path):
         suite.run_tasks(["persona"], tmp_path, tmp_path)
     with pytest.raises(ValueError, match="choose tasks with --tasks"):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"task": "double_mc"})
+    with pytest.raises(ValueError, match="choose organisms with --pretrain-seeds"):
+        suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"seed": 3})
+    with pytest.raises(ValueError, match=r"pretrain_seeds = \[-1\]; expected a non-empty list"):
+        suite.run_tasks(["double_mc"], tmp_path, tmp_path, pretrain_seeds=[-1])
+    with pytest.raises(ValueError, match=r"unknown double_mc design parameter\(s\) \['topic'\]; valid: intended, spurious"):
+        suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"task_cfg": {"topic": "x"}})
     assert [nb.stem[:2] for nb, _ in suite.plan(params={"task": "persona_em"})] == ["00", "01", "02", "03", "04", "05", "06"]
     assert suite.plan(params={"task": "double_mc"})[-1][0].stem == "07_gates"
     assert not list(tmp_path.iterdir())
@@ -172,13 +206,14 @@ def _parameters_source(notebook) -> str:
 
 def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
     def fake_execute(nb, out, parameters, **kw):  # records which process ran which task's chapter
-        task = Path(parameters["run_dir"]).name
+        task = Path(parameters["run_dir"]).parent.name
         key = results.RowKey(task, f"{task}-s0-abcdef", "plain", param=Path(nb).stem, seed=os.getpid())
         results.append(Path(parameters["run_dir"]) / "results.csv", results.rows(key, {"ood": {"accuracy": 1.0}}))
 
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
-    timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2)
-    assert list(timings) == [f"{t}/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
+    timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2,
+                              pretrain_seeds=[0])
+    assert list(timings) == [f"{t}/seed0/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
     call = files.read_json(tmp_path / "run" / "suite.json")
     assert call["tasks"] == list(suite.TASKS) and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
     rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))

@@ -15,16 +15,16 @@ def test_grid_and_rows(tmp_path):
     specs = search.organisms(args)
     assert [s["organism"] for s in specs] == ["a-steps100-seed0", "a-steps100-seed1", "b-steps100-seed0", "b-steps100-seed1"]
     assert specs[2]["task_cfg"] == {"jitter": 2, "corpus_purity": 0.8}
-    verdicts = {"gate1_base": {"holds": True, "single_intended": 0.99},
-                "gate2_plain_learns_spurious": {"holds": False, "id": [1.0, 0.98]},
-                "gate3_oracle": {"holds": True, "untrained": {"single_intended": 0.9}}}
+    verdicts = {"V1_base": {"holds": True, "single_intended": 0.99},
+                "V2_plain_learns_spurious": {"holds": False, "id": [1.0, 0.98]},
+                "V3_oracle_removes_spurious": {"holds": True, "untrained": {"single_intended": 0.9}}}
     results = {specs[0]["organism"]: {"spec": specs[0], "status": "ok", "seconds": 3.0, "verdicts": verdicts},
                specs[2]["organism"]: {"spec": specs[2], "status": "error (exit 1)", "seconds": 1.0, "error": "ValueError: x"}}
     search.write_csv(results, specs, tmp_path / "search.csv")
     df = pd.read_csv(tmp_path / "search.csv", dtype=str, keep_default_na=False)
     assert df["organism"].tolist() == ["a-steps100-seed0", "b-steps100-seed0"]  # grid order, finished ones only
     ok, err = df.iloc[0], df.iloc[1]
-    assert ok["gates_held"] == "+-+" and ok["gate2_plain_learns_spurious.id"] == "1.0/0.98"
-    assert ok["gate3_oracle.untrained.single_intended"] == "0.9" and json.loads(ok["task_cfg"]) == {"jitter": 2}
+    assert ok["gates_held"] == "+-+" and ok["V2_plain_learns_spurious.id"] == "1.0/0.98"
+    assert ok["V3_oracle_removes_spurious.untrained.single_intended"] == "0.9" and json.loads(ok["task_cfg"]) == {"jitter": 2}
     assert err["status"] == "error (exit 1)" and err["error"] == "ValueError: x" and err["gates_held"] == ""
     assert not (tmp_path / "search.csv.tmp").exists()

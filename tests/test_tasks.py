@@ -69,12 +69,12 @@ def test_gates_refuse_a_task_without_them():
 
 def test_every_tasks_rows_are_gathered(tmp_path):
     row = results.rows(results.RowKey("persona_em", "persona_em-s0-abcdef", "plain"), {"chat": {"misalignment_rate": 0.8}})[0]
-    results.append(tmp_path / "run" / "persona_em" / "results.csv", [row])
-    results.append(tmp_path / "run" / "double_mc" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
+    results.append(tmp_path / "run" / "persona_em" / "seed0" / "results.csv", [row])
+    results.append(tmp_path / "run" / "double_mc" / "seed3" / "results.csv", [{**row, "task": "double_mc", "split": "ood", "metric": "accuracy"}])
     out = suite.gather_results(tmp_path / "run", tmp_path / "figures")
     table = results.read(out)
     assert sorted(table["task"]) == ["double_mc", "persona_em"] and tuple(table.columns) == results.COLUMNS
-    with pytest.raises(files.MissingArtefactError, match="no task results"):
+    with pytest.raises(files.MissingArtefactError, match="no results under"):
         suite.gather_results(tmp_path / "empty", tmp_path / "figures")
 
 

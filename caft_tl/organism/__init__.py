@@ -4,6 +4,7 @@ Every task is a :class:`~caft_tl.organism.task.Task` (the interface the chapters
 by name with its config dataclass in ``TASKS`` (:func:`register_task`).
 """
 
+import dataclasses
 from typing import Callable
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
@@ -46,6 +47,10 @@ def make_task(name: str, cfg=None) -> Task:
     """Build a task by name (``cfg`` a config dataclass, a dict, or None for defaults)."""
     cls, cfg_cls = task_class(name), TASKS[name][1]
     if isinstance(cfg, dict):
+        fields = [f.name for f in dataclasses.fields(cfg_cls)]
+        unknown = [k for k in cfg if k not in fields]
+        if unknown:
+            raise ValueError(f"unknown {name} design parameter(s) {unknown}; valid: {', '.join(fields)}")
         cfg = cfg_cls(**cfg)
     return cls(cfg or cfg_cls())
 

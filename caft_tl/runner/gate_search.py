@@ -2,7 +2,7 @@
 searching organisms (``scripts/search_organisms.py``): pre-train (or load) the organism, run the
 steps of chapters 01–05 that the gates read — gates 1–3 with the oracle at every residual hook,
 gate 4 with chapter 03's rule and direction-set builder — and write rows and verdicts
-(:func:`caft_tl.evaluation.gates.verdicts`)."""
+(:func:`caft_tl.evaluation.gates.validity` and :func:`~caft_tl.evaluation.gates.outcomes`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing import diffs
 from caft_tl.directions import interpret, sets
 from caft_tl.directions.pca import pca
-from caft_tl.evaluation.gates import GateThresholds, check_task, verdicts
+from caft_tl.evaluation.gates import GateThresholds, check_task, outcomes, validity
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism import judge
 from caft_tl.training.finetunes import FinetuneJob, run_finetune, run_finetunes
@@ -115,11 +115,12 @@ def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[Hook
 
 
 def write(rows: list[dict], run_dir: str | Path, cfg: GateConfig) -> dict:
-    """Add the rows to ``run_dir/results.csv``; write and return the verdicts (``run_dir/gates.json``)."""
+    """Add the rows to ``run_dir/results.csv``; write and return the validity gates and the outcomes
+    (``run_dir/gates.json``)."""
     run = RunDir(run_dir)
     results.append(run.results, rows)
-    out = verdicts(rows, cfg.thresholds)
-    files.write_json(run.path("gates"), {"config": dataclasses.asdict(cfg), "gates": out})
+    out = {"validity": validity(rows, cfg.thresholds), "outcomes": outcomes(rows)}
+    files.write_json(run.path("gates"), {"config": dataclasses.asdict(cfg), **out})
     return out
 
 
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default="runs/gate_search")
     args = ap.parse_args(argv)
-    for gate, v in run(args.run_dir).items():
+    out = run(args.run_dir)
+    for gate, v in {**out["validity"], **out["outcomes"]}.items():
         print(f"{gate}: {'holds' if v['holds'] else 'FAILS'} — " + ", ".join(f"{k}={v[k]}" for k in v if k != "holds"))
     return 0
 

@@ -1,8 +1,10 @@
 """Run the notebook chapters with papermill: ``python -m caft_tl.runner.suite``.
 
-Every task of :data:`TASKS` runs through the same chapters into ``run_dir/<task>`` (figures in
-``fig_dir/<task>``); chapter 07 (the gates) runs for tasks that have them. The rows of every task
-are gathered into ``fig_dir/results.csv``. Parameters are checked against each notebook's
+Every task of :data:`TASKS` runs as a population of organisms (one per pre-training seed), each
+through the same chapters into ``run_dir/<task>/seed<s>`` (figures in ``fig_dir/<task>/seed<s>``);
+chapter 07 (the validity gates) runs for tasks that have them. The rows of every organism are
+gathered into ``fig_dir/results.csv``, and each task's validity and summary over valid organisms
+into ``fig_dir/<task>/population_*.csv``. Parameters are checked against each notebook's
 ``parameters`` cell *before* anything runs: papermill only warns about unknown names, the suite
 refuses them (and ill-typed values).
 """
@@ -19,7 +21,7 @@ import pandas as pd
 import papermill
 
 from caft_tl.core import files, results
-from caft_tl.organism import task_class
+from caft_tl.organism import make_task, task_class
 from caft_tl.runner import parameters
 
 #: the tasks ``make run`` runs, in order
@@ -126,6 +128,11 @@ def run(
     return timings
 
 
+def organism_dir(seed: int) -> str:
+    """The folder of one organism of a task's population: ``seed<pre-training seed>``."""
+    return f"seed{seed}"
+
+
 def run_tasks(
     tasks: list[str] | tuple[str, ...] = TASKS,
     run_dir: str | Path = "runs/default",
@@ -136,42 +143,66 @@ def run_tasks(
     progress: bool = True,
     workers: int = 1,
     notebook_dir: Path = NOTEBOOK_DIR,
+    pretrain_seeds: list[int] | None = None,
 ) -> dict[str, float]:
-    """:func:`run` for each task into ``run_dir/<task>`` and ``fig_dir/<task>``, ``workers`` tasks
-    at a time (each in its own process; a chapter's start-up and single-threaded steps then overlap
-    with the other task's fine-tunes); then every task's rows into ``fig_dir/results.csv``
-    (:func:`gather_results`). Returns seconds per ``task/chapter`` (also in ``run_dir/timings.json``);
-    ``run_dir/suite.json`` holds this call's tasks, workers and wall time."""
+    """:func:`run` for each organism of each task — a population: one pre-training seed each, of
+    ``pretrain_seeds`` (default: the task's own seed), into ``run_dir/<task>/seed<s>`` and
+    ``fig_dir/<task>/seed<s>`` — ``workers`` organisms at a time (each in its own process). Then
+    every organism's rows into ``fig_dir/results.csv`` (:func:`gather_results`) and, per task, the
+    validity of each organism and the summary over the valid ones
+    (:func:`caft_tl.evaluation.population.write`, in ``fig_dir/<task>/``). Returns seconds per
+    ``task/seed<s>/chapter`` (also in ``run_dir/timings.json``); ``run_dir/suite.json`` holds this
+    call's tasks, organisms, workers and wall time."""
     if workers < 1:
         raise ValueError(f"workers = {workers}; expected at least 1")
-    if "task" in (params or {}):
-        raise ValueError("choose tasks with --tasks (tasks=...), not the task parameter")
+    for name in ("task", "seed"):
+        if name in (params or {}):
+            raise ValueError(f"choose {'tasks with --tasks' if name == 'task' else 'organisms with --pretrain-seeds'}, not the {name} parameter")
+    if pretrain_seeds is not None and (not pretrain_seeds or not all(isinstance(s, int) and s >= 0 for s in pretrain_seeds)):
+        raise ValueError(f"pretrain_seeds = {pretrain_seeds!r}; expected a non-empty list of non-negative integers")
     for t in tasks:
-        task_class(t)  # an unknown task fails here, before anything runs
-    own_params = {t: {**(params or {}), "task": t} if _runs_chapter_00(only) else params for t in tasks}  # chapter 00 takes the task
-    plans = {t: plan(only, own_params[t], fast, notebook_dir) for t in tasks}
+        make_task(t, (params or {}).get("task_cfg"))  # an unknown task or design parameter fails here, before anything runs
+    population = {t: list(pretrain_seeds) if pretrain_seeds is not None else [task_class(t).defaults["seed"]] for t in tasks}
+    jobs, keys = [], []
+    for t in tasks:
+        for seed in population[t]:
+            own = {**(params or {}), "task": t, "seed": seed} if _runs_chapter_00(only) else params  # chapter 00 makes the organism
+            steps = plan(only, own, fast, notebook_dir)
+            keys.append(f"{t}/{organism_dir(seed)}")
+            jobs.append((Path(run_dir) / keys[-1], Path(fig_dir) / keys[-1], [nb.stem for nb, _ in steps], own, fast, progress, f"[{keys[-1]}] ",
+                         notebook_dir))
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
-    parallel = workers > 1 and len(tasks) > 1
-    jobs = [(run_dir / t, fig_dir / t, [nb.stem for nb, _ in plans[t]], own_params[t], fast, progress and not parallel, f"[{t}] ", notebook_dir)
-            for t in tasks]
+    parallel = workers > 1 and len(jobs) > 1
+    jobs = [(*j[:5], progress and not parallel, *j[6:]) for j in jobs]
     t0 = time.perf_counter()
     if parallel:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
             done = list(pool.map(run, *zip(*jobs)))
     else:
         done = [run(*job) for job in jobs]
-    timings = {f"{t}/{name}": s for t, own in zip(tasks, done) for name, s in own.items()}
+    timings = {f"{k}/{name}": s for k, own in zip(keys, done) for name, s in own.items()}
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
-    files.write_json(run_dir / "suite.json", {"tasks": list(tasks), "chapters": only or "all", "workers": workers, "wall_s": wall,
-                                             "chapters_s": round(sum(timings.values()), 1)})
+    files.write_json(run_dir / "suite.json", {"tasks": list(tasks), "pretrain_seeds": population, "chapters": only or "all", "workers": workers,
+                                             "wall_s": wall, "chapters_s": round(sum(timings.values()), 1), "organisms": len(keys)})
     gather_results(run_dir, fig_dir)
-    print(f"all tasks: {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every task's rows in {fig_dir / 'results.csv'}")
+    print(f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}")
+    if only is None or "06" in only or any(c.startswith("06") for c in only):
+        for t in tasks:
+            print(summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg"))))
     return timings
+
+
+def summarise_population(task_dir: Path, task_fig_dir: Path, task) -> str:
+    """The population files of one task (:func:`caft_tl.evaluation.population.write`); its headline line."""
+    from caft_tl.evaluation import population
+
+    verdicts, summary = population.write(task_dir, task_fig_dir, task)
+    return population.headline(task.name, verdicts, summary, task.ood_split, task.metric(task.ood_split))
 
 
 def _runs_chapter_00(only: list[str] | None) -> bool:
@@ -179,15 +210,15 @@ def _runs_chapter_00(only: list[str] | None) -> bool:
 
 
 def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
-    """Write the rows of every task run under ``run_dir`` (``run_dir/<task>/results.csv``) to
-    ``fig_dir/results.csv``, and chapter 06's summaries (``fig_dir/<task>/results_summary.csv``) to
-    ``fig_dir/results_summary.csv``, atomically; returns the path of the rows."""
-    tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/{results.RESULTS_FILE}"))]
+    """Write the rows of every organism run under ``run_dir`` (``run_dir/<task>/<organism>/results.csv``)
+    to ``fig_dir/results.csv``, and chapter 06's summaries (``fig_dir/<task>/<organism>/results_summary.csv``)
+    to ``fig_dir/results_summary.csv``, atomically; returns the path of the rows."""
+    tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/*/{results.RESULTS_FILE}"))]
     if not tables:
-        raise files.MissingArtefactError(f"no task results under {str(run_dir)!r} (run_dir/<task>/{results.RESULTS_FILE}): run the suite first")
+        raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first")
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
-    summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/results_summary.csv"))]
+    summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out
@@ -205,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--fig-dir", default="figures")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"organism tasks, each into run-dir/<task> (default: {' '.join(TASKS)})")
-    ap.add_argument("--workers", type=int, default=1, help="tasks run at once, each in its own process (default 1)")
+    ap.add_argument("--workers", type=int, default=1, help="organisms run at once, each in its own process (default 1)")
+    ap.add_argument("--pretrain-seeds", type=int, nargs="+", help="the population: one organism per pre-training seed (default: the task's seed)")
     ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
     try:
-        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers)
+        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers,
+                  pretrain_seeds=args.pretrain_seeds)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -47,6 +47,11 @@ def pretrain(task, model_cfg: models.ModelConfig, cfg: PretrainConfig, progress:
     return model, losses
 
 
+def platform() -> dict:
+    """What, besides the design, decides which organism pre-training makes: torch version, device, threads."""
+    return {"torch": torch.__version__, "device": models.default_device(), "threads": torch.get_num_threads()}
+
+
 def load_or_pretrain(
     task_name: str,
     task_cfg=None,
@@ -56,11 +61,16 @@ def load_or_pretrain(
     progress: bool = True,
 ) -> tuple[HookedTransformer, object, Path]:
     """Return (model, task, checkpoint folder), training only if the cache has no such organism.
-    The default model has the default context, or the task's document length where longer."""
+    The default model has the default context, or the task's document length where longer.
+
+    The cache key holds everything that makes a different organism: the design (task, its config,
+    model, pre-training budget and seed) and the platform (:func:`platform`), since pre-training is
+    chaotic and float reduction order differs between torch versions, devices and thread counts —
+    a cache never hands back another machine's organism."""
     task = make_task(task_name, task_cfg)
     model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
     cfg = cfg or PretrainConfig()
-    spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg}
+    spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg, "platform": platform()}
     folder = Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}"
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         model, _ = models.load_model(folder)

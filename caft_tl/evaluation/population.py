@@ -1,0 +1,91 @@
+"""A population of organisms of one design: the organism is the unit of replication.
+
+Each organism (one pre-training seed) has its own run directory, with its own diffing, directions,
+checks and fine-tunes. :func:`validity` states each organism's validity gates (tasks with gates;
+other tasks have none and every organism counts), and :func:`summarise` gives every configuration's
+mean over the *valid* organisms with a 95% interval over organisms, beside the spread over
+fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from caft_tl.core import files, results
+from caft_tl.core.run_dir import RunDir
+from caft_tl.core.stats import ci95
+from caft_tl.evaluation import gates
+from caft_tl.organism import Task
+
+CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
+#: files :func:`write` puts in the task's figure folder
+VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = "population_validity.csv", "population_summary.csv", "population_organisms.csv"
+
+
+def organisms(task_dir: str | Path) -> list[RunDir]:
+    """The organisms' run directories under a task's folder (those chapter 00 ran in), in order."""
+    return [RunDir(p.parent) for p in sorted(Path(task_dir).glob("*/organism/config.json"))]
+
+
+def validity(runs: list[RunDir], task: Task) -> pd.DataFrame:
+    """One row per organism: its id, pre-training seed, each gate's verdict and ``valid`` (True for
+    every organism of a task without gates — nothing to fail)."""
+    rows = []
+    for run in runs:
+        row = {"organism": run.organism_id, "pretrain_seed": run.organism_spec()["pretrain"]["seed"]}
+        if task.has_gates:
+            row.update({g: v["holds"] for g, v in gates.validity(run.read_results()).items()})
+        else:
+            row["valid"] = True
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_organism(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Each configuration's mean and standard deviation over fine-tuning seeds, per organism."""
+    rows = results.comparison(table, metrics)
+    g = rows.groupby(["task", "organism", *CONFIG], sort=False)["value"]
+    return g.agg(mean="mean", seed_sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n_seeds="size").reset_index()
+
+
+def summarise(per_org: pd.DataFrame, valid: set[str]) -> pd.DataFrame:
+    """Mean over the valid organisms with a 95% t-interval over organisms, the number of organisms,
+    and the mean spread over fine-tuning seeds within an organism."""
+    out = []
+    kept = per_org[per_org["organism"].isin(valid)]
+    for key, g in kept.groupby(["task", *CONFIG], sort=False):
+        m, lo, hi = ci95(g["mean"])
+        out.append({**dict(zip(["task", *CONFIG], key)), "mean": m, "low": lo, "high": hi, "n_organisms": len(g),
+                    "within_organism_seed_sd": float(g["seed_sd"].mean())})
+    return pd.DataFrame(out)
+
+
+def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validity per organism and the summary over valid organisms into ``fig_dir`` (CSV, atomically);
+    returns both. Organisms that fail a gate are listed with their verdicts, never dropped silently."""
+    runs = organisms(task_dir)
+    if not runs:
+        raise files.MissingArtefactError(f"no organism under {str(task_dir)!r}: run the suite (chapter 00 onwards) first")
+    verdicts = validity(runs, task)
+    table = pd.concat([run.read_results() for run in runs], ignore_index=True)
+    per_org = per_organism(table, task.metrics)
+    summary = summarise(per_org, set(verdicts.loc[verdicts["valid"], "organism"]))
+    fig_dir = Path(fig_dir)
+    files.write_csv(fig_dir / VALIDITY_FILE, verdicts)
+    files.write_csv(fig_dir / PER_ORGANISM_FILE, per_org)
+    files.write_csv(fig_dir / SUMMARY_FILE, summary)
+    return verdicts, summary
+
+
+def headline(task: str, verdicts: pd.DataFrame, summary: pd.DataFrame, ood_split: str, metric: str) -> str:
+    """One line per task: organisms, the share valid, and CAFT (zero · each direction set) vs plain
+    on the OOD split over the valid organisms."""
+    n, n_valid = len(verdicts), int(verdicts["valid"].sum())
+    s = summary[(summary["split"] == ood_split) & (summary["metric"] == metric) & summary["trained"]]
+    cells = [f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
+             for r in s.itertuples() if r.method == "plain" or (r.method == "zero")]
+    share = f"{n_valid}/{n} valid" + ("" if n_valid else " — no CAFT comparison")
+    return f"{task}: {n} organisms, {share}; {ood_split} {metric} over valid organisms: " + "; ".join(cells)
