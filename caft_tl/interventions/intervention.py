@@ -51,7 +51,7 @@ class Intervention:
         if spec.needs_mean:
             for s in self.subspaces:
                 if s.reference_mean is None:
-                    raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; set Subspace.reference_mean")
+                    raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use Subspace.with_mean(mu)")
 
     @property
     def spec(self) -> ModeSpec:
