@@ -209,7 +209,7 @@ def read_json(path: str | os.PathLike, fix: str = "delete it and re-run the step
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        where = f"{e.msg}: line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
         raise CorruptFileError(f"cannot read {str(path)!r}: not valid JSON, truncated or corrupted ({where}); {fix}") from None
 
 
