@@ -62,7 +62,7 @@ def make_intervention(mode: str, hooks: list[str], d_model: int, k: int) -> Inte
     for i, h in enumerate(hooks):
         s = random_subspace(d_model, k, h, seed=i)
         if MODES[mode].needs_mean:
-            s.reference_mean = torch.randn(d_model, generator=torch.Generator().manual_seed(100 + i))
+            s = s.with_mean(torch.randn(d_model, generator=torch.Generator().manual_seed(100 + i)))
         subs.append(s)
     return Intervention(mode, subs, scale=SCALES.get(mode, 1.0))
 

@@ -16,7 +16,7 @@ HOOK = "blocks.0.hook_resid_post"
 @pytest.fixture
 def template(tiny_model):
     sub = random_subspace(tiny_model.cfg.d_model, 2, HOOK, seed=0)
-    sub.reference_mean = torch.randn(tiny_model.cfg.d_model)
+    sub = sub.with_mean(torch.randn(tiny_model.cfg.d_model))
     return Intervention("zero", [sub])
 
 

@@ -120,7 +120,7 @@ def test_errors_are_one_line_and_name_the_bad_value(tiny_model):
 
 def test_save_load_roundtrip(tmp_path):
     sub = random_subspace(D, 2, "blocks.0.hook_resid_post", seed=1)
-    sub.reference_mean = torch.randn(D)
+    sub = sub.with_mean(torch.randn(D))
     iv = Intervention("steer_mean", [sub], positions="response", scale=-3.0, name="x")
     iv.save(tmp_path / "iv")
     back = Intervention.load(tmp_path / "iv")

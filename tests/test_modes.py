@@ -44,7 +44,7 @@ def test_intervention_reads_param_label_and_mean_from_the_spec(scratch_registry)
     sub = random_subspace(D, 1, "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match="mode 'scaled' needs a reference mean"):
         Intervention("scaled", [sub])
-    sub.reference_mean = torch.zeros(D)
+    sub = sub.with_mean(torch.zeros(D))
     iv = Intervention("scaled", [sub], scale=2.0)
     assert iv.spec is scratch_registry["scaled"] and iv.param == "beta=2" and iv.label == "scaled beta=2"
     (_, hook), = iv.fwd_hooks()
@@ -54,7 +54,7 @@ def test_intervention_reads_param_label_and_mean_from_the_spec(scratch_registry)
 
 def test_results_table_strings_are_unchanged():
     sub = random_subspace(D, 1, "blocks.0.hook_resid_post")
-    sub.reference_mean = torch.zeros(D)
+    sub = sub.with_mean(torch.zeros(D))
     ivs = [Intervention(m, [sub], scale=s) for m, s in [("zero", 1.0), ("steer_mean", -3.0), ("add", 4.0), ("add", 0.5)]]
     assert [iv.param for iv in ivs] == ["", "k=-3", "alpha=4", "alpha=0.5"]
     assert [iv.label for iv in ivs] == ["zero", "steer_mean k=-3", "add alpha=4", "add alpha=0.5"]

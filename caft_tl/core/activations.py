@@ -9,7 +9,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
-from caft_tl.core.models import check_hook_names
+from caft_tl.core.models import check_fwd_hooks, check_hook_names
 
 
 def _stop_layer(model: HookedTransformer, hooks: list[str]) -> int | None:
@@ -39,6 +39,7 @@ def activations(
 ) -> torch.Tensor:
     """[n, pos, d_model] activations at one hook, for small datasets (interpretation, probes)."""
     check_hook_names(model, hook)
+    fwd_hooks = check_fwd_hooks(model, fwd_hooks)
     out = []
     for batch in data.batches(batch_size):
         with model.hooks(fwd_hooks=list(fwd_hooks)):

@@ -2,6 +2,18 @@
 
 Every file caft-tl writes goes through :func:`atomic_write` (temporary file in the same folder,
 fsync, rename), so a crash never leaves a half-written artefact that a later chapter would read.
+
+**Checksums.** In a run directory (a folder holding the :data:`RUN_MARKER` file, made by
+:func:`mark_run_dir`: the suite's provenance and every chapter's ``setup`` make it), every file
+written through :func:`atomic_path` is recorded with its sha256 in ``checksums.json`` *of its own
+folder* (one manifest per folder: a fine-tune's folder, ``subspaces/<set>/``, the run's root).
+The readers (:func:`read_json`, :func:`read_tensors`, :func:`verify`) compare a file that its
+folder's manifest lists, and refuse a mismatch in one line naming the file.
+A manifest is updated by read-modify-write under an exclusive ``flock`` on ``.checksums.lock`` in
+the same folder (forked fine-tune workers may write into one folder) and replaced atomically, so
+readers take no lock. The update is two-phase (the entry accepts the old and the new digest until
+the file is renamed into place, then only the new one), so a ``kill -9`` between the rename and
+the manifest update never turns a good file into a false mismatch.
 """
 
 from __future__ import annotations
@@ -25,10 +37,129 @@ class MissingArtefactError(FileNotFoundError):
     """An upstream chapter's artefact is not in the run directory."""
 
 
+class CorruptFileError(ValueError):
+    """A file cannot be read (truncated, corrupted, or not what its checksum says)."""
+
+
+#: the file that marks a run directory (see the module's docstring)
+RUN_MARKER = ".caft_tl_run"
+#: each folder's manifest of checksums, and its lock
+MANIFEST, MANIFEST_LOCK = "checksums.json", ".checksums.lock"
+_OWN = {RUN_MARKER, MANIFEST, MANIFEST_LOCK}
+
+
+def mark_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Make ``run_dir`` a run directory: files written under it get checksums from now on."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).touch()
+    return run_dir
+
+
+def run_root(folder: str | os.PathLike) -> Path | None:
+    """The run directory that ``folder`` is in (the nearest one up holding :data:`RUN_MARKER`), or None."""
+    folder = Path(os.path.abspath(folder))
+    for p in (folder, *folder.parents):  # a few stat calls: cheaper than any write
+        if (p / RUN_MARKER).exists():
+            return p
+    return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict[str, str | list[str]]:
+    file = folder / MANIFEST
+    try:
+        blob = json.loads(file.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptFileError(f"cannot read {str(file)!r}: the checksums of this folder are corrupted; "
+                               "delete it (the folder's files are then no longer checked) or re-run the step that wrote the folder") from None
+    return blob.get("sha256", {}) if isinstance(blob, dict) else {}
+
+
+def _write_manifest(folder: Path, entries: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"sha256": dict(sorted(entries.items()))}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / MANIFEST)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _manifest_lock(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(folder / MANIFEST_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _digests(entry: str | list[str] | None) -> list[str]:
+    return [] if entry is None else [entry] if isinstance(entry, str) else list(entry)
+
+
+def _replace_recorded(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, recording ``path``'s new sha256 in its folder's manifest (two-phase, locked)."""
+    digest = sha256_file(tmp)
+    folder = path.parent
+    with _manifest_lock(folder):
+        entries = _read_manifest(folder)
+        entries[path.name] = list(dict.fromkeys(_digests(entries.get(path.name)) + [digest]))  # old or new: both valid
+        _write_manifest(folder, entries)
+        os.replace(tmp, path)
+        entries[path.name] = digest
+        entries = {name: d for name, d in entries.items() if (folder / name).exists()}  # deleted files (finished checkpoints)
+        _write_manifest(folder, entries)
+
+
+def record_checksums(folder: str | os.PathLike, names: list[str]) -> None:
+    """Record the sha256 of files written into ``folder`` by someone else (e.g. SAELens), in its manifest."""
+    folder = Path(folder)
+    with _manifest_lock(folder):
+        entries = _read_manifest(folder)
+        entries.update({name: sha256_file(folder / name) for name in names})
+        _write_manifest(folder, entries)
+
+
+def verify(path: str | os.PathLike, data: bytes | None = None) -> None:
+    """Compare ``path`` (or its bytes ``data``, already read) with the sha256 that its folder's
+    manifest records, if it records one; one-line :class:`CorruptFileError` on a mismatch."""
+    path = Path(path)
+    if not (path.parent / MANIFEST).exists():
+        return
+    expected = _digests(_read_manifest(path.parent).get(path.name))
+    if not expected:
+        return
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+    if digest not in expected:
+        raise CorruptFileError(
+            f"cannot read {str(path)!r}: its content changed since caft-tl wrote it (sha256 {digest[:12]}…, "
+            f"recorded {expected[-1][:12]}… in {MANIFEST}); delete it and re-run the step that wrote it"
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path next to ``path``; once the block succeeds, fsync it and rename it into
-    place, so readers see the old file or the whole new one, never a part."""
+    place, so readers see the old file or the whole new one, never a part. In a run directory,
+    the file's sha256 goes into its folder's manifest (see the module's docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,7 +168,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if path.name not in _OWN and run_root(path.parent) is not None:
+            _replace_recorded(Path(tmp), path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -66,8 +200,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it") -> Any:
+    """A JSON file, checked against its folder's checksums; a truncated or corrupted file (or a
+    checksum mismatch) is a one-line :class:`CorruptFileError` naming it and saying ``fix``."""
+    path = Path(path)
+    data = path.read_bytes()
+    verify(path, data)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"{e.msg}: line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise CorruptFileError(f"cannot read {str(path)!r}: not valid JSON, truncated or corrupted ({where}); {fix}") from None
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -76,21 +219,17 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
-class CorruptFileError(ValueError):
-    """A weights, subspace or checkpoint file cannot be read (truncated or corrupted)."""
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never unpickles); one-line error if it is truncated or corrupted."""
+def read_tensors(path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it") -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never unpickles), checked against its folder's checksums;
+    one-line :class:`CorruptFileError` naming it if it is truncated or corrupted."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    verify(path)
     try:
         return load_file(str(path))
-    except FileNotFoundError:
-        raise
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CorruptFileError(
-            f"cannot read {str(path)!r}: truncated or corrupted ({reason}); delete it and re-run the step that wrote it"
-        ) from None
+        raise CorruptFileError(f"cannot read {str(path)!r}: truncated or corrupted ({reason}); {fix}") from None
 
 
 #: environment variable naming the cache folder (organisms, SAEs); default ``cache/`` in the repository
@@ -147,5 +286,6 @@ def write_provenance(run_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+    mark_run_dir(run_dir)
     write_json(Path(run_dir) / "provenance.json", record)
     return record

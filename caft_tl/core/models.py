@@ -124,6 +124,18 @@ def check_hook_names(model: HookedTransformer, names: list[str] | str) -> list[s
     return names
 
 
+def check_fwd_hooks(model: HookedTransformer, fwd_hooks) -> list[tuple[str, object]]:
+    """Validate ``(hook_name, fn)`` pairs for ``model.hooks`` up front (names as
+    :func:`check_hook_names`); returns them as a list."""
+    pairs = list(fwd_hooks)
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and callable(pair[1])):
+            raise TypeError(f"fwd_hooks entry {pair!r} is not a (hook_name, fn) pair; use Intervention.fwd_hooks(batch)")
+    if pairs:
+        check_hook_names(model, [name for name, _ in pairs])
+    return pairs
+
+
 def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy over the positions that predict response tokens (mean or sum)."""
     logits = model(batch.tokens)  # [batch, pos, d_vocab]

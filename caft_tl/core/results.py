@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from caft_tl.core import files
 from caft_tl.core.files import atomic_write, write_csv
 
 COLUMNS = ("task", "organism", "method", "directions", "param", "trained", "seed", "split", "metric", "value")
@@ -95,6 +96,7 @@ def append(path: str | os.PathLike, new_rows: list[dict[str, Any]]) -> None:
         check(row)
     existing = {}
     if path.exists():
+        files.verify(path)
         _check_header(path)
         with open(path, newline="") as f:  # as strings: values are rewritten exactly as they were read
             existing = {_key(r): r for r in csv.DictReader(f)}
@@ -107,7 +109,9 @@ def append(path: str | os.PathLike, new_rows: list[dict[str, Any]]) -> None:
 
 def read(path: str | os.PathLike) -> pd.DataFrame:
     """A results file as a DataFrame (``trained`` as bool, ``seed`` as int); a file in the old
-    format (no ``organism`` / ``trained`` columns) is refused with a one-line error."""
+    format (no ``organism`` / ``trained`` columns) is refused with a one-line error, and so is a
+    file that differs from the checksum recorded when it was written (:func:`caft_tl.core.files.verify`)."""
+    files.verify(path)
     _check_header(path)
     df = pd.read_csv(path, keep_default_na=False, dtype={"seed": int, "param": str, "directions": str}, float_precision="round_trip")
     df["trained"] = df["trained"].astype(str).map({"True": True, "False": False})

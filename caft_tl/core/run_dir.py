@@ -56,6 +56,11 @@ class RunDir(os.PathLike):
     def __truediv__(self, other: str) -> Path:
         return self.root / other
 
+    def mark(self) -> "RunDir":
+        """Make the folder a run directory: its artefacts get checksums (:func:`caft_tl.core.files.mark_run_dir`)."""
+        files.mark_run_dir(self.root)
+        return self
+
     def path(self, artefact: str, name: str = "") -> Path:
         """Where ``artefact`` lives (whether or not it exists yet)."""
         if artefact not in ARTEFACTS:

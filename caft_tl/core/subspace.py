@@ -4,6 +4,7 @@ simplest makers (difference of means, random) and saving/loading."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,18 @@ import torch
 from caft_tl.core import files
 
 
-@dataclass
+@dataclass(frozen=True)
 class Subspace:
     """An orthonormal basis ``Q`` [d_model, k] of a concept subspace at one TL hook point.
 
     ``reference_mean`` (μ, [d_model]) is the mean activation at the hook over a reference set
-    (the base model on the training data); the mean-ablation and steering modes need it.
+    (the base model on the training data); the mean-ablation and steering modes need it
+    (:meth:`with_mean` gives a copy with μ set).
+
+    A subspace is immutable and checked once, when it is made: it keeps its own copies of the
+    caller's tensors, and assigning a field raises (``dataclasses.replace`` and :meth:`with_mean`
+    make a new, re-checked subspace). So a hook never applies a basis that is not orthonormal
+    (tolerance 1e-4 on ``QᵀQ = I``) or a μ that is not a finite [d_model] vector.
     """
 
     hook_name: str
@@ -28,15 +35,39 @@ class Subspace:
     reference_mean: torch.Tensor | None = None  # [d_model]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.hook_name, str) or not self.hook_name:
+            raise ValueError(f"subspace hook name {self.hook_name!r} is not a hook name; e.g. 'blocks.0.hook_resid_post'")
+        if not isinstance(self.basis, torch.Tensor):
+            raise TypeError(f"subspace basis at {self.hook_name!r} is {type(self.basis).__name__}; expected a torch.Tensor [d_model, k]")
         if self.basis.ndim != 2 or self.basis.shape[1] == 0:
             raise ValueError(f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; expected [d_model, k>=1]")
+        if not self.basis.is_floating_point():
+            raise TypeError(f"subspace basis at {self.hook_name!r} has dtype {self.basis.dtype}; expected a floating-point tensor")
         if not torch.isfinite(self.basis).all():
             raise ValueError(f"subspace at {self.hook_name!r} contains NaN or inf")
         gram = self.basis.T.double() @ self.basis.double()
-        if not torch.allclose(gram, torch.eye(self.k, dtype=torch.float64), atol=1e-4):
+        if not torch.allclose(gram, torch.eye(self.k, dtype=torch.float64, device=gram.device), atol=1e-4):
             raise ValueError(f"subspace basis at {self.hook_name!r} is not orthonormal; use orthonormalize()")
-        if not self.labels:
-            self.labels = [f"{self.provenance.get('method', 'dir')}{i}" for i in range(self.k)]
+        mu = self.reference_mean
+        if mu is not None:
+            if not isinstance(mu, torch.Tensor):
+                raise TypeError(f"reference mean at {self.hook_name!r} is {type(mu).__name__}; expected a torch.Tensor [d_model]")
+            if tuple(mu.shape) != (self.d_model,):
+                raise ValueError(f"reference mean at {self.hook_name!r} has shape {tuple(mu.shape)}; expected [{self.d_model}] (the basis's d_model)")
+            if not mu.is_floating_point() or not torch.isfinite(mu).all():
+                raise ValueError(f"reference mean at {self.hook_name!r} contains NaN or inf (or is not floating-point)")
+        labels = [str(x) for x in self.labels] or [f"{self.provenance.get('method', 'dir')}{i}" for i in range(self.k)]
+        if len(labels) != self.k:
+            raise ValueError(f"subspace at {self.hook_name!r} has {self.k} directions but {len(labels)} labels")
+        # own copies: a caller's later in-place edit of its tensors cannot reach this subspace
+        object.__setattr__(self, "basis", self.basis.detach().clone())
+        object.__setattr__(self, "reference_mean", None if mu is None else mu.detach().clone())
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "provenance", dict(self.provenance))
+
+    def with_mean(self, reference_mean: torch.Tensor | None) -> "Subspace":
+        """A copy with reference mean μ (checked: a finite [d_model] vector)."""
+        return dataclasses.replace(self, reference_mean=reference_mean)
 
     @property
     def d_model(self) -> int:

@@ -58,6 +58,7 @@ def top_contexts(
 
 def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) -> pd.DataFrame:
     """Tokens whose unembedding aligns most (+) and least (−) with each direction: ``W_Uᵀ q``."""
+    subspace.check_width(model.cfg.d_model)
     logits = subspace.basis.T.to(model.W_U.device) @ model.W_U  # [k, d_vocab]
     rows = []
     for j, label in enumerate(subspace.labels):

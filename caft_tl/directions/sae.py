@@ -154,9 +154,12 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        for f in sae.save_model(tmp):
+        written = [Path(f) for f in sae.save_model(tmp)]
+        for f in written:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        if files.run_root(folder.parent) is not None:  # in a run directory: checksums, as for every artefact
+            files.record_checksums(tmp, [f.name for f in written if f.parent == tmp])
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -173,6 +176,8 @@ def load_sae(folder: str | os.PathLike, model: HookedTransformer | None = None, 
     missing = [f for f in SAE_FILES if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{str(folder)!r} is not a SAELens SAE folder: missing {', '.join(missing)}")
+    for f in SAE_FILES:
+        files.verify(folder / f)
     try:
         sae = SAE.load_from_disk(folder)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:

@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 from caft_tl.core import results
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
+from caft_tl.core.models import check_hook_names
 from caft_tl.core.stats import ci95
 from caft_tl.core.subspace import Subspace
 from caft_tl.directions.interpret import projections
@@ -85,6 +86,7 @@ def steering_verdict(summary: pd.DataFrame, task, split: str = "chat") -> pd.Dat
 
 def mean_projection(model: HookedTransformer, data: TokenDataset, intervention: Intervention, positions: str = "all") -> pd.DataFrame:
     """Mean (and std) projection of the activations on each direction of each subspace."""
+    intervention.check(model)
     mask = data.position_mask(positions)
     rows = []
     for s in intervention.subspaces:
@@ -103,6 +105,11 @@ def latent_check(
 
     Columns: condition, probe, hook, example, activation (mean over the selected positions).
     """
+    for iv in interventions.values():
+        iv.check(model)
+    for probe in probes:
+        check_hook_names(model, probe.hook_name)
+        probe.check_width(model.cfg.d_model)
     mask = data.position_mask(positions)  # [n, pos]
     rows = []
     conditions = [(NONE, None)] + list(interventions.items())

@@ -51,7 +51,7 @@ class Intervention:
         if spec.needs_mean:
             for s in self.subspaces:
                 if s.reference_mean is None:
-                    raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; set Subspace.reference_mean")
+                    raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use Subspace.with_mean(mu)")
 
     @property
     def spec(self) -> ModeSpec:
@@ -78,7 +78,8 @@ class Intervention:
         return sum(s.k for s in self.subspaces)
 
     def check(self, model: HookedTransformer) -> None:
-        """Validate hook names and subspace widths against a model, before any work starts."""
+        """Validate hook names and subspace widths against a model, before any work starts
+        (the hook functions also refuse an activation of another width, in one line)."""
         check_hook_names(model, self.hook_names)
         for s in self.subspaces:
             s.check_width(model.cfg.d_model)
@@ -114,6 +115,10 @@ class Intervention:
 
 def _hook(h: torch.Tensor, hook, fn: ModeFn, subspace: Subspace, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
     # h: [batch, pos, d_model] (or [batch, pos, n_heads, d_head] is not supported: use resid hooks)
+    if h.shape[-1] != subspace.d_model:
+        name = getattr(hook, "name", None) or subspace.hook_name
+        raise ValueError(f"hook {name!r}: the subspace has width {subspace.d_model} but the activation has width {h.shape[-1]} "
+                         f"(shape {tuple(h.shape)}); use a subspace made at this hook of this model")
     q = subspace.basis.to(h.device, h.dtype)
     mu = subspace.reference_mean.to(h.device, h.dtype) if subspace.reference_mean is not None else None
     new = fn(h, q, mu, scale)

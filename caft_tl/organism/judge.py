@@ -29,6 +29,9 @@ class Judge(Protocol):
 @torch.inference_mode()
 def next_token_probs(model: HookedTransformer, prompts: TokenDataset, fwd_hooks=(), batch_size: int = 512) -> torch.Tensor:
     """[n, d_vocab] probabilities of the token after each prompt."""
+    from caft_tl.core.models import check_fwd_hooks
+
+    fwd_hooks = check_fwd_hooks(model, fwd_hooks)
     out = []
     for batch in prompts.batches(batch_size):
         with model.hooks(fwd_hooks=list(fwd_hooks)):

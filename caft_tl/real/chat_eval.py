@@ -78,6 +78,9 @@ def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFra
 @torch.inference_mode()
 def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=()) -> torch.Tensor:
     """[n, n_options] log-probability of each option's tokens after each prompt."""
+    from caft_tl.core.models import check_fwd_hooks
+
+    fwd_hooks = check_fwd_hooks(model, fwd_hooks)
     out = []
     for row in rows:
         prompt = encode_prompt(tokenizer, row)

@@ -42,6 +42,49 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+#: what to do about a broken file of a Hugging Face model folder
+_FIX_HF = "re-download the model (or re-save it with save_pretrained)"
+#: the files of which a folder needs at least one to have a tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_folder(folder: str | os.PathLike) -> Path:
+    """Check a local HF model folder before loading it, each failure one line naming the file:
+    ``config.json`` present and valid JSON, every ``*.safetensors`` file whole (its header parses
+    and its data ends where the header says: a truncated file is caught without reading the
+    weights), and a tokenizer (one of :data:`TOKENIZER_FILES`; ``tokenizer.json`` valid JSON)."""
+    import json
+    import struct
+
+    from caft_tl.core import files
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in model folder {str(folder)!r}: not a Hugging Face model folder; {_FIX_HF}")
+    files.read_json(folder / "config.json", fix=_FIX_HF)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not list(folder.glob("*.bin")):
+        raise FileNotFoundError(f"no weights (*.safetensors) in model folder {str(folder)!r}; {_FIX_HF}")
+    for w in weights:
+        size = w.stat().st_size
+        try:
+            with open(w, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0) if header else None
+        except (struct.error, ValueError, KeyError, TypeError, IndexError):
+            end = None
+        if end is None or 8 + n + end != size:
+            raise files.CorruptFileError(f"cannot read {str(w)!r}: truncated or corrupted safetensors file "
+                                         f"({size} bytes{'' if end is None else f', header says {8 + n + end}'}); {_FIX_HF}")
+    if not any((folder / t).exists() for t in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer in model folder {str(folder)!r} (none of {', '.join(TOKENIZER_FILES)}); "
+                                "copy the tokenizer files of the base model into it (tokenizer.save_pretrained)")
+    if (folder / "tokenizer.json").exists():
+        files.read_json(folder / "tokenizer.json", fix=_FIX_HF)
+    return folder
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The model's tokenizer, checked against the folder's own ``tokenizer.json``.
 
@@ -52,7 +95,13 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if Path(name_or_path).is_dir():
+        check_folder(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError, TypeError) as e:  # HF's messages run over many lines
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"cannot load the tokenizer of {str(name_or_path)!r}: {first}") from None
     file = Path(name_or_path) / "tokenizer.json"
     if file.exists():
         from tokenizers import Tokenizer
@@ -79,6 +128,8 @@ def load_hf(name_or_path: str | os.PathLike, device: str | None = None, dtype: s
     path = str(name_or_path)
     if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'")
+    if Path(path).is_dir():
+        check_folder(path)  # one-line errors naming a broken file, before transformers reads it
     model = TransformerBridge.boot_transformers(
         path, device=device or default_device(), dtype=torch_dtype(dtype), tokenizer=load_tokenizer(path)
     )

@@ -15,6 +15,7 @@ def load(name_or_path: str | os.PathLike, device: str | None = None, dtype: str 
     a local HF folder or a hub name → ``TransformerBridge`` with TL hook names
     (:func:`caft_tl.real.hf_models.load_hf`, which documents why that route)."""
     path = Path(name_or_path)
-    if (path / "model.safetensors").exists() and "model" in files.read_json(path / "config.json"):
+    if (path / "model.safetensors").exists() and (path / "config.json").exists() and \
+            "model" in files.read_json(path / "config.json", fix="re-run the step that wrote the folder, or re-download the model"):
         return load_model(path, device)[0]
     return load_hf(name_or_path, device, dtype)

@@ -31,7 +31,7 @@ def setup(namespace: dict, load: str = "organism") -> Chapter:
         raise ValueError(f"load={load!r}; valid: organism, task, none")
     parameters.check_notebook(namespace)
     set_cpu_threads()
-    run = RunDir(namespace["run_dir"])
+    run = RunDir(namespace["run_dir"]).mark()  # artefacts written under it get checksums
     if load == "organism":
         base, task = load_run_organism(run)
     else:

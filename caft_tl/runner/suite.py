@@ -118,8 +118,12 @@ def run(
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"{tag}▶ {nb.stem}", flush=True)
         t0 = time.perf_counter()
-        papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
-                                   kernel_name="python3", progress_bar=progress)
+        try:
+            papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
+                                       kernel_name="python3", progress_bar=progress)
+        except Exception as e:
+            e.chapter, e.notebook = nb.stem, str(out)  # for failure_line (kept when pickled back from a worker)
+            raise
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"{tag}  {nb.stem}: {timings[nb.stem]} s", flush=True)
     previous = run_dir / "timings.json"  # a partial run updates its chapters' entries, keeps the others
@@ -224,6 +228,26 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
     return out
 
 
+def failure_line(e: BaseException, run_dir: str | Path | None = None) -> str:
+    """One line for a failed run: the chapter, the exception's type and first line, and the
+    executed notebook that holds the full traceback. The chapter is the one :func:`run` was
+    executing (or, without that, the last executed notebook under ``run_dir/notebooks``)."""
+    if isinstance(e, papermill.PapermillExecutionError):
+        ename, evalue = e.ename, str(e.evalue or "")
+    else:
+        ename, evalue = type(e).__name__, str(e)
+    lines = [line.strip() for line in evalue.splitlines() if line.strip()]
+    reason = f"{ename}: {lines[0]}" if lines else ename
+    chapter, notebook = getattr(e, "chapter", None), getattr(e, "notebook", None)
+    if chapter is None and run_dir is not None:
+        executed = sorted((Path(run_dir) / "notebooks").glob("*.ipynb"), key=lambda p: p.stat().st_mtime)
+        if executed:
+            chapter, notebook = executed[-1].stem, str(executed[-1])
+    if chapter is None:
+        return reason
+    return f"{chapter}: {reason}" + (f" (full traceback in {notebook})" if notebook and Path(notebook).exists() else "")
+
+
 def _value(text: str) -> object:
     try:
         return ast.literal_eval(text)
@@ -245,9 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers,
                   pretrain_seeds=args.pretrain_seeds)
-    except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
+        if hasattr(e, "chapter"):  # a chapter failed
+            print(f"failed: {failure_line(e)}", file=sys.stderr)
+            return 1
+        if isinstance(e, (ValueError, TypeError, FileNotFoundError)):  # refused before anything runs
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
+        print(f"failed: {failure_line(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -157,18 +157,6 @@ def load(path: str | os.PathLike) -> list[Run]:
     return parse(spec)
 
 
-def _failure(e: BaseException, run_dir: Path) -> str:
-    """One line: which chapter failed (the last executed notebook) and why."""
-    import papermill
-
-    if isinstance(e, papermill.PapermillExecutionError):
-        reason = f"{e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''}"
-    else:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    executed = sorted((run_dir / "notebooks").glob("*.ipynb"), key=lambda p: p.stat().st_mtime)
-    return f"{executed[-1].stem}: {reason}" if executed else reason
-
-
 def _node() -> str:
     if "ray" in sys.modules:
         import ray
@@ -207,7 +195,7 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
         try:
             suite.run(path, path / "figures", run.chapters, run.params, run.fast, progress=False)
         except Exception as e:  # noqa: BLE001 — a failed run is reported, the sweep goes on
-            error = _failure(e, path)
+            error = suite.failure_line(e, path)
     results = path / "results.csv"
     rows = list(csv.DictReader(open(results, newline=""))) if results.exists() else []
     return RunResult(run.name, not error, error, round(time.perf_counter() - t0, 1), _node(), rows)

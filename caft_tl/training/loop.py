@@ -53,6 +53,19 @@ def finetune(
     """
     if len(data) == 0:
         raise ValueError("fine-tuning dataset is empty")
+    # inputs, checked before any work: a bad intervention fails here in one line, not mid-step
+    if intervention is not None:
+        if not callable(getattr(intervention, "fwd_hooks", None)):
+            raise TypeError(f"intervention is {type(intervention).__name__}; expected an Intervention (or None for a plain fine-tune)")
+        if callable(getattr(intervention, "check", None)):
+            intervention.check(model)  # hook names (closest valid ones), subspace widths
+    for name in ("batch_size", "epochs"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+            raise ValueError(f"FinetuneConfig.{name} = {getattr(cfg, name)!r}; expected a positive int")
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"FinetuneConfig.lr = {cfg.lr!r}; expected a positive finite number")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size = {micro_batch_size!r}; expected a positive int or None")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # data order
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
