@@ -255,7 +255,7 @@ class StackedInterventions:
     basis ``[R, d_model, k_max]`` (zero columns pad smaller ranks and fill members without a
     subspace there), μ ``[R, d_model]``, scale ``[R]``, and per mode a member mask."""
 
-    def __init__(self, interventions: list, d_model: int, device):
+    def __init__(self, interventions: list, d_model: int, device, dtype: torch.dtype = torch.float32):
         self.R = len(interventions)
         self.device = device
         names = list(dict.fromkeys(h for iv in interventions if iv is not None for h in iv.hook_names))
@@ -266,14 +266,14 @@ class StackedInterventions:
             subs = [next((s for s in iv.subspaces if s.hook_name == name), None) if iv is not None else None
                     for iv in interventions]
             k = max(s.k for s in subs if s is not None)
-            q = torch.zeros(self.R, d_model, k)
-            mu = torch.zeros(self.R, d_model)
+            q = torch.zeros(self.R, d_model, k, dtype=dtype)
+            mu = torch.zeros(self.R, d_model, dtype=dtype)
             for r, s in enumerate(subs):
                 if s is not None:
-                    q[r, :, : s.k] = s.basis.float()
+                    q[r, :, : s.k] = s.basis.to(dtype)
                     if s.reference_mean is not None:
-                        mu[r] = s.reference_mean.float()
-            scale = torch.tensor([float(iv.scale) if iv is not None else 0.0 for iv in interventions])
+                        mu[r] = s.reference_mean.to(dtype)
+            scale = torch.tensor([float(iv.scale) if iv is not None else 0.0 for iv in interventions], dtype=dtype)
             sel = {m: torch.tensor([s is not None and interventions[r].mode == m for r, s in enumerate(subs)])
                    for m in modes}
             self.hooks[name] = {"q": q.to(device), "mu": mu.to(device), "scale": scale.to(device),
