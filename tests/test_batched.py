@@ -164,3 +164,23 @@ def test_real_models_and_other_architectures_stay_on_the_one_at_a_time_path(tiny
     assert "not a HookedTransformer" in batched.batchable(torch.nn.Linear(2, 2))
     cfg = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64, normalization_type="RMS")
     assert "normalization_type" in batched.batchable(models.build_model(cfg, 20, device="cpu"))
+
+
+def test_batched_pretraining_equals_each_seed_alone(world, tmp_path):
+    from caft_tl.training import pretrain as pt
+
+    design = models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+    cfgs = [pt.PretrainConfig(steps=12, batch_size=16, warmup=5, seed=s) for s in (0, 1, 2)]
+    together = pt.pretrain_many(world, design, cfgs, progress=False)
+    probe = world.sample_documents(8, torch.Generator().manual_seed(9)).tokens
+    for (model, losses), cfg in zip(together, cfgs):
+        alone, want = pt.pretrain(world, design, cfg, progress=False)
+        assert max(abs(a - b) for a, b in zip(losses, want)) <= 1e-5
+        with torch.no_grad():
+            assert (model(probe) - alone(probe)).abs().max().item() <= 1e-4
+    # the cache: same folders as load_or_pretrain, a cached seed is loaded, not trained again
+    got = pt.load_or_pretrain_many("persona_em", model_cfg=design, cfgs=cfgs[:2], cache_dir=tmp_path, progress=False)
+    _, _, folder = pt.load_or_pretrain("persona_em", model_cfg=design, cfg=cfgs[1], cache_dir=tmp_path, progress=False)
+    assert got[1][2] == folder
+    with pytest.raises(ValueError, match="only in seed"):
+        pt.pretrain_many(world, design, [cfgs[0], pt.PretrainConfig(steps=3, seed=1)])
