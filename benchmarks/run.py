@@ -17,7 +17,7 @@ import torch
 from benchmarks.common import REPO, Row
 from caft_tl.core import files, models
 
-BENCHMARKS = ("interventions", "diffing", "finetunes", "peer", "suite")
+BENCHMARKS = ("interventions", "diffing", "finetunes", "batched", "peer", "suite")
 
 
 def collect(name: str, args: argparse.Namespace) -> list[Row]:
@@ -35,6 +35,10 @@ def collect(name: str, args: argparse.Namespace) -> list[Row]:
             from benchmarks.bench_finetunes import finetune_rows
 
             return finetune_rows()
+        if name == "batched":
+            from benchmarks.bench_batched import batched_rows
+
+            return batched_rows()
         if name == "peer":
             from benchmarks.bench_peer import peer_rows
 

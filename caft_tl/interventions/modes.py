@@ -85,12 +85,20 @@ def detached_ablate(h, q, mu, scale):
 
 
 class _ProjectGradient(torch.autograd.Function):
-    """Identity forward (bit-identical); backward projects the gradient by (I − Q Qᵀ)."""
+    """Identity forward (bit-identical); backward projects the gradient by (I − Q Qᵀ).
+
+    In the ``setup_context`` form with ``generate_vmap_rule``, so it also runs under
+    ``torch.func.vmap`` (the batched fine-tunes of :mod:`caft_tl.training.batched`)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, h, q):
-        ctx.save_for_backward(q)
+    def forward(h, q):
         return h.view_as(h)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad):

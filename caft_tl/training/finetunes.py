@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import multiprocessing
 import os
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +17,7 @@ from caft_tl.core import files, models, results
 from caft_tl.core.run_dir import RunDir
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import evaluate_task
+from caft_tl.training import batched
 from caft_tl.training.loop import FinetuneConfig, finetune
 
 
@@ -54,34 +57,65 @@ def run_finetune(
     """
     if intervention is not None:
         intervention.check(base)
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    key = results.RowKey(task.name, organism or run.organism_id, method, directions, param, trained=True, seed=cfg.seed)
-    folder = run.finetune(method, directions, param, cfg.seed)
-    spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(intervention), "task": task.name,
-            "base": models.weights_hash(base)}
-    spec_hash = files.config_hash(spec)
-    done = folder / "metrics.json"
-    if done.exists() and (blob := files.read_json(done)).get("config_hash") == spec_hash and "values" in blob \
-            and (not keep_model or (folder / "model.safetensors").exists()):
-        model = models.load_model(folder)[0] if keep_model else None
-        metrics: dict[str, dict[str, float]] = {}
-        for split, metric, value in blob["values"]:  # a list, so the rows come back in their original order
-            metrics.setdefault(split, {})[metric] = value
-        return results.rows(key, metrics), model
+    unit = _Unit.make(run_dir, base, task, FinetuneJob(cfg, method, directions, param, intervention, keep_model), organism)
+    if (metrics := unit.cached()) is not None:
+        model = models.load_model(unit.folder)[0] if keep_model else None
+        return results.rows(unit.key, metrics), model
 
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
-    checkpoint = folder / f"checkpoint-{spec_hash}.safetensors"  # an interrupted run resumes from here
-    losses = finetune(model, data, cfg, intervention, progress=progress, desc=folder.name, checkpoint=checkpoint)
-    eval_hooks = intervention.eval_hooks() if intervention is not None else []
-    metrics = evaluate_task(model, task, fwd_hooks=eval_hooks)
-    if keep_model:
-        models.save_model(model, folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
-    files.write_json(folder / "run.json", spec)
-    values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
-    files.write_json(done, {"config_hash": spec_hash, "values": values, "losses": losses})
+    checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
+    losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint)
+    metrics = unit.finish(model, task, losses)
     checkpoint.unlink(missing_ok=True)
-    return results.rows(key, metrics), model
+    return results.rows(unit.key, metrics), model
+
+
+@dataclasses.dataclass
+class _Unit:
+    """One fine-tuning run's place in the run directory: its rows' key, folder and config hash."""
+
+    job: "FinetuneJob"
+    key: results.RowKey
+    folder: Path
+    spec: dict
+    spec_hash: str
+
+    @classmethod
+    def make(cls, run_dir, base, task, job: "FinetuneJob", organism: str | None, base_hash: str | None = None) -> "_Unit":
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        cfg = job.cfg
+        key = results.RowKey(task.name, organism or run.organism_id, job.method, job.directions, job.param, trained=True, seed=cfg.seed)
+        folder = run.finetune(job.method, job.directions, job.param, cfg.seed)
+        spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(job.intervention), "task": task.name,
+                "base": base_hash or models.weights_hash(base)}
+        return cls(job, key, folder, spec, files.config_hash(spec))
+
+    def cached(self) -> dict[str, dict[str, float]] | None:
+        """The metrics of a finished run with this config (and saved weights if it keeps them), else None."""
+        done = self.folder / "metrics.json"
+        if not (done.exists() and (blob := files.read_json(done)).get("config_hash") == self.spec_hash and "values" in blob
+                and (not self.job.keep_model or (self.folder / "model.safetensors").exists())):
+            return None
+        metrics: dict[str, dict[str, float]] = {}
+        for split, metric, value in blob["values"]:  # a list, so the rows come back in their original order
+            metrics.setdefault(split, {})[metric] = value
+        return metrics
+
+    def finish(self, model: HookedTransformer, task, losses: list[float]) -> dict[str, dict[str, float]]:
+        """Evaluate the fine-tuned ``model`` and write the run's files; returns its metrics."""
+        iv = self.job.intervention
+        metrics = evaluate_task(model, task, fwd_hooks=iv.eval_hooks() if iv is not None else [])
+        if self.job.keep_model:
+            models.save_model(model, self.folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
+        files.write_json(self.folder / "run.json", self.spec)
+        values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
+        files.write_json(self.folder / "metrics.json", {"config_hash": self.spec_hash, "values": values, "losses": losses})
+        return metrics
+
+    @property
+    def n_steps(self) -> int:
+        return self.job.cfg.epochs * math.ceil(self.job.cfg.n_examples / self.job.cfg.batch_size)
 
 
 @dataclasses.dataclass
@@ -118,17 +152,104 @@ def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[di
 def run_finetunes(
     run_dir: str | os.PathLike | RunDir, base: HookedTransformer, task, jobs: list[FinetuneJob],
     workers: int | None = None, progress: bool = True, desc: str = "fine-tunes", organism: str | None = None,
+    batch: bool | None = None, group_size: int = 64,
 ) -> list[dict]:
-    """:func:`run_finetune` for every job, in ``workers`` processes on CPU; the rows in job order.
+    """:func:`run_finetune` for every job; the rows in job order, the same as a one-process loop's.
 
-    Each worker is forked (it shares the base model and task without copying them) and trains on
-    one torch thread, so on a machine with n free cores n runs go at once. Runs are independent,
-    seeded and cached by hash, so the rows are the same as a one-process loop's; ``workers=1``, or
-    a model not on the CPU, runs them in this process.
+    By default (``batch`` None) an organism (a HookedTransformer that :func:`caft_tl.training.batched.batchable`
+    accepts) trains its unfinished jobs in groups of at most ``group_size`` as one stacked computation
+    (:func:`caft_tl.training.batched.finetune_batched`), at least one group per worker; each member is
+    cached in its own run folder exactly as :func:`run_finetune` caches it, and a group checkpoints
+    itself (``finetunes/group-<hash>.safetensors``) so an interrupted group resumes. Other models
+    (real ones, ``batch=False``) run one job at a time. On CPU, ``workers`` forked processes (one per
+    available core by default) each take groups (or jobs) and train on one torch thread.
     """
     for job in jobs:
         if job.intervention is not None:
             job.intervention.check(base)
+    if batch is None:
+        batch = batched.batchable(base) is None
+    if not batch:
+        return _one_at_a_time(run_dir, base, task, jobs, workers, progress, desc, organism)
+    base_hash = models.weights_hash(base)
+    units = [_Unit.make(run_dir, base, task, job, organism, base_hash) for job in jobs]
+    rows: list[list[dict] | None] = [None] * len(jobs)
+    hooks = set(batched.hook_names(base.cfg.n_layers))
+    pending, alone = [], []
+    for i, u in enumerate(units):
+        if (metrics := u.cached()) is not None:
+            rows[i] = results.rows(u.key, metrics)
+        elif u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks:
+            pending.append(i)
+        else:
+            alone.append(i)  # a hook the stacked forward does not offer
+    workers = max(1, min(workers or default_workers(), len(pending))) if str(base.cfg.device) == "cpu" else 1
+    n_groups = max(workers, math.ceil(len(pending) / group_size)) if pending else 0
+    by_steps = sorted(pending, key=lambda i: -units[i].n_steps)  # round-robin: groups of similar work
+    groups = [[i for i in by_steps[g::n_groups]] for g in range(n_groups)]
+    groups = [sorted(g) for g in groups if g]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending) - len(alone), desc=desc, disable=not progress)
+    todo = [("group", [units[i] for i in g]) for g in groups] + [("one", [units[i]]) for i in alone]
+    index = [g for g in groups] + [[i] for i in alone]
+    _SHARED.update(base=base, task=task)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            done = []
+            for t in todo:
+                done.append(_run_todo(t))
+                bar.update(len(t[1]))
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                done = []
+                for t, r in zip(todo, pool.imap(_run_todo, todo)):
+                    done.append(r)
+                    bar.update(len(t[1]))
+    finally:
+        _SHARED.clear()
+        bar.close()
+    for idx, rs in zip(index, done):
+        for i, r in zip(idx, rs):
+            rows[i] = r
+    return [r for rs in rows for r in rs]
+
+
+def _run_todo(todo) -> list[list[dict]]:
+    """Rows of each unit of a ``("group", units)`` or ``("one", [unit])`` item (in a worker or not)."""
+    kind, units = todo
+    base, task = _SHARED["base"], _SHARED["task"]
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)
+    if kind == "one":
+        u = units[0]
+        model = models.copy_model(base)
+        data = task.finetune_dataset(u.job.cfg.n_examples, seed=u.job.cfg.seed)
+        checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
+        losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint)
+        metrics = u.finish(model, task, losses)
+        checkpoint.unlink(missing_ok=True)
+        return [results.rows(u.key, metrics)]
+    return _run_group(base, task, units)
+
+
+def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[dict]]:
+    """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
+    datas = [task.finetune_dataset(u.job.cfg.n_examples, seed=u.job.cfg.seed) for u in units]
+    name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
+    checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
+    states, losses = batched.finetune_batched(base, datas, [u.job.cfg for u in units], [u.job.intervention for u in units],
+                                              progress=False, checkpoint=checkpoint)
+    model = models.copy_model(base)
+    out = []
+    for u, state, loss in zip(units, states, losses):
+        model.load_state_dict(state, strict=False)
+        model.eval()
+        out.append(results.rows(u.key, u.finish(model, task, loss)))
+    checkpoint.unlink(missing_ok=True)
+    return out
+
+
+def _one_at_a_time(run_dir, base, task, jobs, workers, progress, desc, organism) -> list[dict]:
+    """Each job by :func:`run_finetune`, in ``workers`` forked processes on CPU (the path of real models)."""
     workers = min(workers or default_workers(), len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     if workers <= 1 or str(base.cfg.device) != "cpu":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from transformer_lens import HookedTransformer
 from caft_tl.core import files, models
 from caft_tl.core.models import response_loss
 from caft_tl.organism import make_task
+from caft_tl.training import batched
 
 
 @dataclass
@@ -52,6 +54,47 @@ def platform() -> dict:
     return {"torch": torch.__version__, "device": models.default_device(), "threads": torch.get_num_threads()}
 
 
+def pretrain_many(task, model_cfg: models.ModelConfig, cfgs: list[PretrainConfig], progress: bool = True,
+                  device: str | None = None) -> list[tuple[HookedTransformer, list[float]]]:
+    """:func:`pretrain` for several seeds of one design at once (one stacked computation,
+    :mod:`caft_tl.training.batched`): each organism starts from its seed's initialisation, sees its
+    seed's document stream and gets its own AdamW state, as pre-training it alone would give
+    (equal up to float rounding). The configs may differ only in ``seed``."""
+    if not cfgs:
+        return []
+    if task.seq_len > model_cfg.n_ctx:
+        raise ValueError(f"n_ctx {model_cfg.n_ctx} < document length {task.seq_len}")
+    first = dataclasses.asdict(cfgs[0])
+    for c in cfgs:
+        if {**dataclasses.asdict(c), "seed": first["seed"]} != first:
+            raise ValueError(f"pretrain_many: the configs may differ only in seed; got {c} and {cfgs[0]}")
+    cfg = cfgs[0]
+    inits = [models.build_model(model_cfg, len(task.vocab), seed=c.seed, device=device) for c in cfgs]
+    why = batched.batchable(inits[0])
+    if why is not None:
+        return [pretrain(task, model_cfg, c, progress=progress) for c in cfgs]
+    stack = batched.Stack(inits[0], [{n: p.detach() for n, p in m.named_parameters()} for m in inits])
+    opt = batched.StackedAdamW(stack, [cfg.lr] * len(cfgs), [0.01] * len(cfgs))
+    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    dev = inits[0].cfg.device
+    losses = torch.zeros(len(cfgs), cfg.steps)
+    for step in tqdm(range(cfg.steps), desc=f"pre-train ×{len(cfgs)}", disable=not progress, leave=False):
+        docs = [task.sample_documents(cfg.batch_size, g) for g in gens]
+        tokens = torch.stack([d.tokens for d in docs]).to(dev)
+        target = torch.stack([d.target_mask for d in docs]).to(dev)
+        loss = batched.stacked_loss(batched.stacked_forward(inits[0].cfg, stack.params, tokens), tokens, target)
+        stack.grad.zero_()
+        batched._backward(loss.sum())
+        opt.step(len(cfgs), lr_factor=min(1.0, (step + 1) / cfg.warmup))  # the LambdaLR warm-up of pretrain
+        losses[:, step] = loss.detach().cpu()
+    out = []
+    for r, model in enumerate(inits):
+        model.load_state_dict(stack.state(r), strict=False)
+        model.eval()
+        out.append((model, losses[r].tolist()))
+    return out
+
+
 def load_or_pretrain(
     task_name: str,
     task_cfg=None,
@@ -86,3 +129,29 @@ def export_organism(run_dir: str | os.PathLike, model: HookedTransformer, checkp
     meta = files.read_json(Path(checkpoint) / "config.json")
     models.save_model(model, dest, models.ModelConfig(**meta["model"]), meta["meta"])
     return dest
+
+
+def load_or_pretrain_many(
+    task_name: str,
+    task_cfg=None,
+    model_cfg: models.ModelConfig | None = None,
+    cfgs: list[PretrainConfig] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[tuple[HookedTransformer, object, Path]]:
+    """:func:`load_or_pretrain` for several pre-training seeds of one design: the cached ones load,
+    the others pre-train together (:func:`pretrain_many`). Pre-training is chaotic, so the stacked
+    path makes other organisms than one at a time (equal up to float rounding, then diverging): its
+    cache key marks ``batched`` in the platform, and the two never hand back each other's organism."""
+    task = make_task(task_name, task_cfg)
+    model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
+    cfgs = cfgs or [PretrainConfig()]
+    folders = []
+    for cfg in cfgs:
+        spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg, "platform": {**platform(), "batched": True}}
+        folders.append((Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}", spec))
+    missing = [i for i, (f, _) in enumerate(folders) if not ((f / "model.safetensors").exists() and (f / "config.json").exists())]
+    for i, (model, losses) in zip(missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)):
+        folder, spec = folders[i]
+        models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
+    return [(models.load_model(f)[0], task, f) for f, _ in folders]
