@@ -178,9 +178,10 @@ def test_batched_pretraining_equals_each_seed_alone(world, tmp_path):
         assert max(abs(a - b) for a, b in zip(losses, want)) <= 1e-5
         with torch.no_grad():
             assert (model(probe) - alone(probe)).abs().max().item() <= 1e-4
-    # the cache: same folders as load_or_pretrain, a cached seed is loaded, not trained again
+    # the cache: a cached seed is loaded, not trained again; the one-at-a-time path never gets a batched organism
     got = pt.load_or_pretrain_many("persona_em", model_cfg=design, cfgs=cfgs[:2], cache_dir=tmp_path, progress=False)
+    again = pt.load_or_pretrain_many("persona_em", model_cfg=design, cfgs=cfgs[1:2], cache_dir=tmp_path, progress=False)
     _, _, folder = pt.load_or_pretrain("persona_em", model_cfg=design, cfg=cfgs[1], cache_dir=tmp_path, progress=False)
-    assert got[1][2] == folder
+    assert again[0][2] == got[1][2] != folder
     with pytest.raises(ValueError, match="only in seed"):
         pt.pretrain_many(world, design, [cfgs[0], pt.PretrainConfig(steps=3, seed=1)])
