@@ -64,10 +64,8 @@ def test_each_member_gets_its_own_mode_subspace_mean_and_scale(positions):
 
 
 def _mixed(d_model):
-    s0 = random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=1)
-    s1 = random_subspace(d_model, 1, "blocks.1.hook_resid_mid", seed=2)
-    s0.reference_mean = torch.linspace(-0.2, 0.2, d_model)
-    s1.reference_mean = torch.linspace(0.1, -0.1, d_model)
+    s0 = random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=1).with_mean(torch.linspace(-0.2, 0.2, d_model))
+    s1 = random_subspace(d_model, 1, "blocks.1.hook_resid_mid", seed=2).with_mean(torch.linspace(0.1, -0.1, d_model))
     return [None, Intervention("zero", [s0]), Intervention("grad_only", [s0, s1]), Intervention("mean", [s1, s0]),
             Intervention("steer_mean", [s1], scale=-3.0, positions="prompt"), Intervention("add", [s0], scale=2.0, positions="response"),
             Intervention("detached", [s1])]

@@ -16,7 +16,7 @@ def _suite(*args, timeout=300):
 def test_a_failing_chapter_prints_one_line_naming_the_chapter_and_the_notebook(tmp_path):
     out = _suite("--run-dir", tmp_path / "runs", "--fig-dir", tmp_path / "figs", "--tasks", "persona_em", "--chapters", "02")
     assert out.returncode == 1
-    notebook = tmp_path / "runs" / "persona_em" / "notebooks" / "02_activation_diffing.ipynb"
+    notebook = tmp_path / "runs" / "persona_em" / "seed0" / "notebooks" / "02_activation_diffing.ipynb"
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("failed: 02_activation_diffing: MissingArtefactError: missing the organism"), out.stderr
     assert "run 00_organism first" in lines[-1] and lines[-1].endswith(f"(full traceback in {notebook})")
@@ -43,7 +43,7 @@ def test_main_prints_one_line_for_a_failing_chapter_in_process(tmp_path, monkeyp
     monkeypatch.setattr(suite.papermill, "execute_notebook", fail)
     rc = suite.main(["--run-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "figs"), "--tasks", "persona_em", "--chapters", "02"])
     err = capsys.readouterr().err.strip()
-    notebook = (tmp_path / "runs" / "persona_em" / "notebooks" / "02_activation_diffing.ipynb").resolve()
+    notebook = (tmp_path / "runs" / "persona_em" / "seed0" / "notebooks" / "02_activation_diffing.ipynb").resolve()  # the task's organism
     assert rc == 1
     assert err == (f"failed: 02_activation_diffing: MissingArtefactError: missing the organism: run 00_organism first "
                    f"(full traceback in {notebook})")
