@@ -27,7 +27,7 @@ VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = "population_validity.csv", "pop
 
 def organisms(task_dir: str | Path) -> list[RunDir]:
     """The organisms' run directories under a task's folder (those chapter 00 ran in), in order."""
-    return [RunDir(p.parent) for p in sorted(Path(task_dir).glob("*/organism/config.json"))]
+    return [RunDir(p.parent.parent) for p in sorted(Path(task_dir).glob("*/organism/config.json"))]
 
 
 def validity(runs: list[RunDir], task: Task) -> pd.DataFrame:
