@@ -15,6 +15,7 @@ SLOW = {
     "tests/test_notebooks.py::test_the_chapters_numbers_agree_with_each_other": "reads the fast run of every chapter × task",
     "tests/test_notebooks.py::test_a_new_chapter_is_one_notebook": "the fast run, then a stub chapter per task",
     "tests/test_notebooks.py::test_the_population_is_summarised_over_valid_organisms": "reads the fast run of every chapter × task",
+    "tests/test_notebooks.py::test_result_tables_are_generated_from_the_population_files": "reads the fast run of every chapter × task",
     "tests/test_notebooks.py::test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run": "a kernel, 9 s",
     "tests/reliability/test_failures.py::test_a_failing_chapter_prints_one_line_naming_the_chapter_and_the_notebook": "the suite's CLI and a kernel, 35 s",
     "tests/reliability/test_parameters_and_provenance.py::test_suite_refuses_ill_typed_list_elements_before_anything_runs": "the suite's CLI in a subprocess (imports), 20 s",
