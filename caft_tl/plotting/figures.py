@@ -178,8 +178,9 @@ def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str =
 
 def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_title: str, title: str) -> go.Figure:
     """Each configuration as a point (x: task behaviour kept, y: undesired behaviour), with 95%
-    intervals; ``fewer_examples`` settings are joined as a line (the paper's baseline curve)."""
-    s = summary[summary["metric"] != "coherence"]
+    intervals; ``fewer_examples`` settings are joined as a line (the paper's baseline curve). The
+    draws of the null distribution (``random/<i>``) are left out: chapter 05 shows them (``05_null``)."""
+    s = summary[(summary["metric"] != "coherence") & ~summary["directions"].astype(str).str.match(r"random/\d+$")]
     xs = s[s["split"] == x_split].set_index(["method", "directions", "param"])
     ys = s[s["split"] == y_split].set_index(["method", "directions", "param"])
     both = xs.join(ys, lsuffix="_x", rsuffix="_y", how="inner").reset_index()
