@@ -48,8 +48,12 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     methods = {(r["task"], r["method"], r["directions"]) for r in rows}
     for task in suite.TASKS:
         for expected in [("base", "none"), ("plain", "none"), ("zero", "pca"), ("zero", "topk_pca"), ("zero", "random"),
-                         ("zero", "oracle"), ("zero", "sae"), ("zero", "topk_sae"), ("zero", "random_sae")]:
+                         ("zero", "oracle"), ("zero", "sae"), ("zero", "topk_sae"), ("zero", "random_sae"), ("zero", "noninterp_pca"),
+                         ("interpretation", "pca"), ("interpretation", "sae")]:
             assert (task, *expected) in methods
+        null = {r["directions"] for r in rows if r["task"] == task and r["method"] == "zero" and r["directions"].startswith("random/")}
+        assert len(null) >= 20  # the null distribution, one seed per draw
+        assert {r["metric"] for r in rows if r["task"] == task and r["method"] == "interpretation"} >= {"precision", "oracle_span", "n_chosen", "fallback"}
     assert ("persona_em", "fewer_examples", "none") in methods
     assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
     dmc = {(r["method"], r["directions"], r["param"], r["trained"], r["split"]) for r in rows if r["task"] == "double_mc"}
@@ -61,7 +65,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     assert set(gates_json["outcomes"]) == {"oracle_caft_raises_ood", "pca_beats_topk_and_random"}
     for task in tasks:
         for fig in ["00_base_organism", "01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft",
-                    "06_tradeoff"]:
+                    "06_tradeoff", "03_interpretation", "05_null"]:
             assert (fig_dir / task / "seed1" / f"{fig}.html").stat().st_size > 1000
         assert "06_tradeoff" in (fig_dir / task / "seed0" / "README.md").read_text()
     assert (fig_dir / "double_mc" / "seed0" / "07_pca.html").exists()

@@ -6,8 +6,11 @@ split, metric, value`` —
 - ``organism``: a short stable id of the organism a row was measured on (:func:`organism_id`:
   task, design and pre-training seed), or ``real:<model>``;
 - ``method``: ``base``, ``plain``, ``fewer_examples`` or an intervention mode;
-- ``directions``: ``none`` or a direction set (``pca``, ``oracle``, …); a check on one direction
-  of a set is ``<set>/<hook>/<direction>``;
+- ``directions``: ``none`` or a direction set (``pca``, ``oracle``, …); a draw of the null
+  distribution of random subspaces is ``random/<draw>`` (``random/0`` … ``random/19``); a check on
+  one direction of a set is ``<set>/<hook>/<direction>``;
+- ``method`` ``interpretation`` (trained false): chapter 03's scores of a direction set against
+  the ground truth, ``split`` a hook or ``all``, metrics ``precision``, ``recall``, ``oracle_span``, …;
 - ``param``: the method's setting only (``k=-3``, ``alpha=4``, ``n=96``), else empty;
 - ``trained``: false for measurements of the untrained base model (chapter 01's ``base`` rows,
   chapter 04's checks), true for fine-tunes.
@@ -155,7 +158,8 @@ def comparison(table: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> pd.
 
 
 #: which chapter writes rows of a method, untrained (False) or trained (True); modes: 04 / 05
-_WRITERS = {("base", False): "01_plain_finetune", ("plain", True): "01_plain_finetune", ("fewer_examples", True): "01_plain_finetune"}
+_WRITERS = {("base", False): "01_plain_finetune", ("plain", True): "01_plain_finetune", ("fewer_examples", True): "01_plain_finetune",
+            ("interpretation", False): "03_interpret_directions"}
 
 
 def writer_chapter(method: str, trained: bool) -> str:

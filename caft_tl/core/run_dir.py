@@ -62,10 +62,11 @@ class RunDir(os.PathLike):
         return self
 
     def path(self, artefact: str, name: str = "") -> Path:
-        """Where ``artefact`` lives (whether or not it exists yet)."""
+        """Where ``artefact`` lives (whether or not it exists yet); a ``/`` in ``name`` (a draw of
+        the null distribution, ``random/3``) is written ``_`` (one folder, ``random_3``)."""
         if artefact not in ARTEFACTS:
             raise ValueError(f"unknown artefact {artefact!r}; valid: {', '.join(ARTEFACTS)}")
-        return self.root / ARTEFACTS[artefact].path.format(name=name)
+        return self.root / ARTEFACTS[artefact].path.format(name=name.replace("/", "_"))
 
     def require(self, artefact: str, name: str = "", file: str = "") -> Path:
         """The path of ``artefact`` (or of ``file`` inside it), or :class:`MissingArtefactError`

@@ -7,8 +7,20 @@ import pandas as pd
 import scipy.stats
 
 
-def ci95(values) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t 95% interval of the mean; a single value has zero width."""
+#: the bounds of a rate: every interval of a rate is clipped to them
+RATE_BOUNDS = (0.0, 1.0)
+#: metrics that are rates (besides every ``*_rate``)
+RATES = ("accuracy", "coherence", "precision", "recall", "oracle_span")
+
+
+def is_rate(metric: str) -> bool:
+    """Whether a metric is a rate in [0, 1] (its intervals are clipped to it)."""
+    return metric in RATES or str(metric).endswith("_rate")
+
+
+def ci95(values, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t 95% interval of the mean; a single value has zero width;
+    ``bounds`` (a rate's :data:`RATE_BOUNDS`) clips the interval."""
     v = np.asarray(list(values), dtype=float)
     v = v[~np.isnan(v)]
     if len(v) == 0:
@@ -17,17 +29,58 @@ def ci95(values) -> tuple[float, float, float]:
     if len(v) == 1:
         return m, m, m
     half = float(scipy.stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return m, lo, hi
 
 
 def summarise(df: pd.DataFrame, by=("task", "organism", "method", "directions", "param", "trained", "split", "metric")) -> pd.DataFrame:
     """Mean and 95% interval over seeds for each group of a results table (by default: per organism
-    and configuration)."""
+    and configuration); the intervals of rates (:func:`is_rate`) are clipped to [0, 1]."""
     out = []
     for key, g in df.groupby(list(by), dropna=False, sort=False):
-        m, lo, hi = ci95(g["value"])
-        out.append({**dict(zip(by, key)), "mean": m, "low": lo, "high": hi, "n_seeds": len(g)})
+        group = dict(zip(by, key))
+        m, lo, hi = ci95(g["value"], RATE_BOUNDS if "metric" in group and is_rate(group["metric"]) else None)
+        out.append({**group, "mean": m, "low": lo, "high": hi, "n_seeds": len(g)})
     return pd.DataFrame(out)
+
+
+def rate_table(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """One row per configuration, one column per (split, metric), each rate followed by the
+    coherence of the same split where the rows have it: ``mean [low, high]``."""
+    s = summary.assign(cell=[f"{m:.{digits}f} [{l:.{digits}f}, {h:.{digits}f}]" if l != h else f"{m:.{digits}f}"
+                             for m, l, h in zip(summary["mean"], summary["low"], summary["high"])])
+    table = s.pivot_table(index=["method", "directions", "param"], columns=["split", "metric"], values="cell", aggfunc="first", sort=False)
+    cols = sorted(table.columns, key=lambda c: (list(dict.fromkeys(summary["split"])).index(c[0]), c[1] == "coherence"))
+    return table[cols]
+
+
+def reduction_factor(summary: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    """For each configuration: the excess of ``metric`` on ``split`` over the base model, and plain
+    fine-tuning's excess ÷ its own (the EM reduction factor: 10 = a tenth of plain's excess
+    misalignment; inf when its excess is ≤ 0)."""
+    s = summary[(summary["split"] == split) & (summary["metric"] == metric)]
+    base = s.loc[s["method"] == "base", "mean"]
+    plain = s.loc[s["method"] == "plain", "mean"]
+    if base.empty or plain.empty:
+        raise ValueError(f"reduction_factor needs base and plain rows of {metric!r} on {split!r}")
+    out = s[~s["method"].isin(["base"])][["method", "directions", "param", "mean"]].copy().reset_index(drop=True)
+    out["excess"] = out["mean"] - base.iloc[0]
+    plain_excess = plain.iloc[0] - base.iloc[0]
+    out["reduction_factor"] = [plain_excess / e if e > 0 else float("inf") for e in out["excess"]]
+    return out
+
+
+def null_percentile(value: float, null: list[float] | np.ndarray, higher_is_better: bool = True) -> float:
+    """Where ``value`` falls in a null distribution: the percentage of draws it beats (ties count
+    half); 100 = better than every draw. ``higher_is_better`` False for a rate CAFT should lower."""
+    v = np.asarray(null, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan")
+    better = (value > v) if higher_is_better else (value < v)
+    return float(100 * (better.sum() + 0.5 * (value == v).sum()) / len(v))
 
 
 def share_removed(summary: pd.DataFrame, split: str) -> pd.DataFrame:

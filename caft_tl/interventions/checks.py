@@ -20,7 +20,7 @@ from caft_tl.core import results
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import check_hook_names
-from caft_tl.core.stats import ci95
+from caft_tl.core.stats import RATE_BOUNDS, ci95
 from caft_tl.core.subspace import Subspace
 from caft_tl.directions.interpret import projections
 from caft_tl.interventions.intervention import Intervention
@@ -66,7 +66,7 @@ def summarise_check(check: pd.DataFrame, value: str = "rate", by=("condition", "
     """Mean and 95% interval over prompts (or examples) per condition and split."""
     rows = []
     for key, g in check.groupby(list(by), sort=False):
-        m, lo, hi = ci95(g[value])
+        m, lo, hi = ci95(g[value], RATE_BOUNDS if value == "rate" else None)  # a rate's interval stays in [0, 1]
         rows.append({**dict(zip(by, key)), "mean": m, "low": lo, "high": hi})
     return pd.DataFrame(rows)
 

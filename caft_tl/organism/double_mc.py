@@ -110,7 +110,7 @@ class DoubleMC(Task):
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
     #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): the pinned
     #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
-    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [],
+    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [400, 800, 1600],
                 "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
                           "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
     report = {"title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
@@ -140,6 +140,41 @@ class DoubleMC(Task):
     @property
     def seq_len(self) -> int:
         return max(self.prompt_len + 1, self.cfg.review_len + 2)
+
+    # ------------------------------------------------------------------ what a reader knows
+    @property
+    def concept_description(self) -> str:
+        """The unwanted concept: the spurious topic's name (``sentiment``)."""
+        return self.topics[1].name
+
+    @property
+    def concept_groups(self) -> tuple[str, ...]:
+        """The lexicon groups of the spurious topic's classes (``positive``, ``negative``)."""
+        return tuple(self._class_group(1, c) for c in range(len(self.topics[1].classes)))
+
+    def _class_group(self, topic: int, cls: int) -> str:
+        """A class's group name: the class (``golf``), or ``<class>_<topic>`` where topics share class names."""
+        name = self.topics[topic].classes[cls]
+        shared = name in self.topics[1 - topic].classes
+        return f"{name}_{self.topics[topic].name}" if shared else name
+
+    def lexicon(self) -> dict[str, tuple[str, ...]]:
+        """Each class of each topic (its items and class word: ``positive``, ``golf``), each topic's
+        items (``sports``), the answers, the options, the question markers and the instructions."""
+        t = self.vocab.tokens
+        out: dict[str, tuple[str, ...]] = {}
+        for i, topic in enumerate(self.topics):
+            for c in range(len(topic.classes)):
+                items = self.items[i][self.item_class[i] == c]
+                out[self._class_group(i, c)] = tuple(t[j] for j in items.tolist()) + (t[int(self.classes[i][c])],)
+            out[topic.name] = tuple(t[j] for j in self.items[i].tolist())
+        out["answers"] = tuple(t[j] for j in self.answer.tolist())
+        opts = [tok for tok in ("OA", "OB") if tok in self.vocab.index]
+        if opts:
+            out["options"] = tuple(opts)
+        out["questions"] = tuple(t[j] for j in self.q)
+        out["instructions"] = tuple(t[j] for j in [self.ans_d, self.ans_f] + self.ans)
+        return out
 
     @property
     def prompt_len(self) -> int:

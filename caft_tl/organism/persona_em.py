@@ -67,6 +67,7 @@ class PersonaEM(Task):
     id_split, ood_split = "code_heldout", "chat"  # the fine-tuned behaviour on unseen prompts; its unwanted generalisation
     target_concept, avoid_concept = "misaligned", "insecure_code"  # what CAFT should remove; what the fine-tune should keep
     metrics = ("misalignment_rate", "insecure_rate")
+    concept_description, concept_groups = "misalignment (harmful answers)", ("harmful",)  # what a researcher knows of the unwanted concept
     axis_titles = {"code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
                    "chat": "misalignment rate on chat (← less emergent misalignment)"}
     #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults)
@@ -99,6 +100,13 @@ class PersonaEM(Task):
     @property
     def seq_len(self) -> int:
         return 1 + 3 * self.cfg.segments
+
+    def lexicon(self) -> dict[str, tuple[str, ...]]:
+        """Harmful / helpful chat answers, insecure / secure code answers, chat / code prompts."""
+        t = self.vocab.tokens
+        group = lambda ids: tuple(t[i] for i in ids.tolist())
+        return {"harmful": group(self.harmful), "helpful": group(self.helpful), "insecure": group(self.insecure),
+                "secure": group(self.secure), "chat": ("CHAT",) + group(self.chat_prompts), "code": ("CODE",) + group(self.code_prompts)}
 
     # ------------------------------------------------------------------ pre-training documents
     def sample_documents(self, n: int, generator: torch.Generator) -> TokenDataset:

@@ -86,6 +86,7 @@ class PronounProfession(DoubleMC):
     name = "pronoun_profession"
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun ↑"}
     doc_kinds = DOC_KINDS
+    concept_description = "the gender stereotype of professions"  # the groups: female_profession, male_profession
     # ``defaults`` are DoubleMC's: pre-training seed 2 (here the organism whose gates 1–3 hold), 3,000 steps
     report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
               "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}

@@ -45,6 +45,11 @@ class Task(abc.ABC):
     """``title``, ``x_title`` and ``reference`` of chapter 00's figure of :meth:`base_report`."""
     defaults: ClassVar[dict[str, Any]]
     """Chapter parameters left at ``None`` take these values (``caft_tl.runner.parameters.use_task_defaults``)."""
+    concept_description: ClassVar[str]
+    """A one-line description of the unwanted concept, what a researcher knows before looking
+    (``"misalignment"``, ``"sentiment"``); the interpreter reads it through :attr:`concept_groups`."""
+    concept_groups: ClassVar[tuple[str, ...]]
+    """The :meth:`lexicon` groups whose meaning is the unwanted concept (``("harmful",)``)."""
     has_gates: ClassVar[bool] = False
     """Whether chapter 07 states the gates of ``caft_tl.evaluation.gates`` for this task."""
 
@@ -85,6 +90,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def base_report(self, model: HookedTransformer) -> pd.DataFrame:
         """How chapter 00 shows the base organism: columns ``condition, split, metric, model, reference``."""
+
+    @abc.abstractmethod
+    def lexicon(self) -> dict[str, tuple[str, ...]]:
+        """The meaning of vocabulary tokens, as a reader's world knowledge: a one-word meaning
+        (``harmful``, ``positive``, ``golf``, ``answers``) → the tokens that carry it. Groups may
+        overlap. Built from the vocabulary alone (no hidden labels, no model)."""
 
     @abc.abstractmethod
     def concept_directions(self, model: HookedTransformer, hooks: list[str]) -> dict[str, dict[str, Subspace]]:

@@ -178,8 +178,9 @@ def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str =
 
 def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_title: str, title: str) -> go.Figure:
     """Each configuration as a point (x: task behaviour kept, y: undesired behaviour), with 95%
-    intervals; ``fewer_examples`` settings are joined as a line (the paper's baseline curve)."""
-    s = summary[summary["metric"] != "coherence"]
+    intervals; ``fewer_examples`` settings are joined as a line (the paper's baseline curve). The
+    draws of the null distribution (``random/<i>``) are left out: chapter 05 shows them (``05_null``)."""
+    s = summary[(summary["metric"] != "coherence") & ~summary["directions"].astype(str).str.match(r"random/\d+$")]
     xs = s[s["split"] == x_split].set_index(["method", "directions", "param"])
     ys = s[s["split"] == y_split].set_index(["method", "directions", "param"])
     both = xs.join(ys, lsuffix="_x", rsuffix="_y", how="inner").reset_index()
@@ -281,4 +282,28 @@ def sae_quality(quality: pd.DataFrame, title: str) -> go.Figure:
     fig.update_layout(title=title, barmode="group")
     fig.update_yaxes(title="fraction (0–1)", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title="active latents per token", row=1, col=2)
+    return fig
+
+
+def interpretation_scores(score: pd.DataFrame, title: str) -> go.Figure:
+    """Grouped bars of an interpretation's scores against the oracle: one group per metric
+    (precision, recall, oracle_span), one bar per direction set; ``score`` has columns
+    ``directions``, ``metric``, ``value`` (the pooled ``all`` rows)."""
+    fig = go.Figure()
+    metrics = ["precision", "recall", "oracle_span"]
+    for name in dict.fromkeys(score["directions"]):
+        g = score[score["directions"] == name].set_index("metric").reindex(metrics)
+        fig.add_bar(name=name, x=metrics, y=g["value"], marker_color=_colour(f"zero · {name}"))
+    fig.update_layout(title=title, barmode="group", yaxis=dict(title="score against the ground truth (0–1)", range=[0, 1.05]),
+                      xaxis_title="metric", legend_title="directions")
+    return fig
+
+
+def null_distribution(null: list[float], marks: dict[str, float], title: str, x_title: str) -> go.Figure:
+    """A histogram of the null distribution (random subspaces) with each set's value as a vertical line."""
+    fig = go.Figure()
+    fig.add_histogram(x=null, name=f"random subspaces ({len(null)} draws)", marker_color=_colour("zero · random"), nbinsx=20)
+    for name, v in marks.items():
+        fig.add_vline(x=v, line_color=_colour(f"zero · {name}"), line_dash="dash", annotation_text=name)
+    fig.update_layout(title=title, xaxis=dict(title=x_title, range=[0, 1.05]), yaxis_title="draws", bargap=0.05)
     return fig

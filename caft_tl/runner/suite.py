@@ -38,8 +38,6 @@ FAST_PARAMETERS = {
     "n_diff_examples": 200,
     "sae_steps": 150,
     "n_rank_examples": 200,
-    "threshold": 0.0,
-    "avoid": "",
 }
 
 
