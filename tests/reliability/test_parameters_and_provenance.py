@@ -81,7 +81,7 @@ def test_list_elements_and_ranges_are_checked(name, value, error, message):
     with pytest.raises(error, match=message) as e:
         parameters.check({name: value}, defaults)
     assert "\n" not in str(e.value)
-    parameters.check({"add_alphas": [-4, 4.0], "fewer_examples": [], "threshold": 0, "seeds": [7]}, defaults)  # int for float; [] where a task has []
+    parameters.check({"add_alphas": [-4, 4.0], "threshold": 0, "seeds": [7]}, defaults)  # int where a float is expected
 
 
 def test_suite_refuses_ill_typed_list_elements_before_anything_runs(tmp_path):
