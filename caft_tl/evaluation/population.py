@@ -60,7 +60,7 @@ def summarise(per_org: pd.DataFrame, valid: set[str]) -> pd.DataFrame:
         m, lo, hi = ci95(g["mean"])
         out.append({**dict(zip(["task", *CONFIG], key)), "mean": m, "low": lo, "high": hi, "n_organisms": len(g),
                     "within_organism_seed_sd": float(g["seed_sd"].mean())})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["task", *CONFIG, "mean", "low", "high", "n_organisms", "within_organism_seed_sd"])
 
 
 def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -84,8 +84,9 @@ def headline(task: str, verdicts: pd.DataFrame, summary: pd.DataFrame, ood_split
     """One line per task: organisms, the share valid, and CAFT (zero · each direction set) vs plain
     on the OOD split over the valid organisms."""
     n, n_valid = len(verdicts), int(verdicts["valid"].sum())
+    if summary.empty:
+        return f"{task}: {n} organisms, {n_valid}/{n} valid — no CAFT comparison"
     s = summary[(summary["split"] == ood_split) & (summary["metric"] == metric) & summary["trained"]]
     cells = [f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
              for r in s.itertuples() if r.method == "plain" or (r.method == "zero")]
-    share = f"{n_valid}/{n} valid" + ("" if n_valid else " — no CAFT comparison")
-    return f"{task}: {n} organisms, {share}; {ood_split} {metric} over valid organisms: " + "; ".join(cells)
+    return f"{task}: {n} organisms, {n_valid}/{n} valid; {ood_split} {metric} over valid organisms: " + "; ".join(cells)
