@@ -88,5 +88,5 @@ def headline(task: str, verdicts: pd.DataFrame, summary: pd.DataFrame, ood_split
         return f"{task}: {n} organisms, {n_valid}/{n} valid — no CAFT comparison"
     s = summary[(summary["split"] == ood_split) & (summary["metric"] == metric) & summary["trained"]]
     cells = [f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
-             for r in s.itertuples() if r.method == "plain" or (r.method == "zero")]
+             for r in s.itertuples() if r.method == "plain" or (r.method == "zero" and "/" not in r.directions)]  # not the null's draws
     return f"{task}: {n} organisms, {n_valid}/{n} valid; {ood_split} {metric} over valid organisms: " + "; ".join(cells)
