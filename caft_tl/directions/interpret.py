@@ -80,16 +80,3 @@ def concept_scores(subspace: Subspace, concepts: dict[str, Subspace]) -> pd.Data
             row[name] = (subspace.basis[:, j] @ c.basis[:, 0]).abs().item()
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def choose_directions(scores: pd.DataFrame, target: str, avoid: str | None = None, threshold: float = 0.2) -> list[int]:
-    """The documented choice rule: keep a direction if its |cos| with the ``target`` concept is at
-    least ``threshold`` and (when ``avoid`` is given) larger than its |cos| with the ``avoid``
-    concept — it reads the undesired concept more than the one the fine-tune should keep."""
-    for col in [target] + ([avoid] if avoid else []):
-        if col not in scores:
-            raise ValueError(f"unknown concept {col!r}; valid: {', '.join(c for c in scores if c not in ('hook', 'direction', 'index'))}")
-    keep = scores[target] >= threshold
-    if avoid:
-        keep &= scores[target] > scores[avoid]
-    return scores.loc[keep, "index"].astype(int).tolist()

@@ -3,8 +3,8 @@
 On an organism the task knows its concept directions (``Task.concept_directions``). A direction
 *is* the unwanted concept when its |cos| with the ``target`` concept is at least ``threshold``
 and larger than its |cos| with the ``avoid`` concept (the concept the fine-tune should keep):
-:func:`is_concept` (chapter 03's old choice rule, :func:`caft_tl.directions.interpret.choose_directions`,
-now used to score and to build the ``oracle_pca`` set only). :func:`score_choice` scores a choice
+:func:`is_concept` (chapter 03's old choice rule, now used to score and to build the ``oracle_pca``
+set only). :func:`score_choice` scores a choice
 of directions against it, per hook: precision and recall of the chosen directions among the
 candidates, and how much of the oracle concept direction the chosen subspace spans
 (``oracle_span`` = ‖P_chosen q_oracle‖², 0 with nothing chosen, 1 when it holds q).

@@ -340,7 +340,7 @@ def decoder_directions(sae: SAE, latents: list[int]) -> torch.Tensor:
 def latent_concept_scores(sae: SAE, latents: list[int], concepts: dict[str, Subspace]) -> pd.DataFrame:
     """|cos| of each latent's decoder direction with each ground-truth concept direction at the
     SAE's hook; columns as :func:`caft_tl.directions.interpret.concept_scores` (``index`` is the latent id),
-    so :func:`caft_tl.directions.interpret.choose_directions` applies the same rule as to the PCs."""
+    so :func:`caft_tl.directions.oracle.is_concept` scores them as it scores the PCs."""
     hook = sae.cfg.metadata.hook_name
     dirs = decoder_directions(sae, latents)  # [d_in, m]
     rows = []

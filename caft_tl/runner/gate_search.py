@@ -1,7 +1,7 @@
 """The gates of one organism without notebooks (``python -m caft_tl.runner.gate_search``), for
 searching organisms (``scripts/search_organisms.py``): pre-train (or load) the organism, run the
-steps of chapters 01–05 that the gates read — gates 1–3 with the oracle at every residual hook,
-gate 4 with chapter 03's rule and direction-set builder — and write rows and verdicts
+steps of chapters 01–05 that the gates read — the validity gates with the oracle at every residual
+hook, and the outcomes with chapter 03's direction-set builder — and write rows and verdicts
 (:func:`caft_tl.evaluation.gates.validity` and :func:`~caft_tl.evaluation.gates.outcomes`)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from caft_tl.core.models import residual_hooks
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing import diffs
-from caft_tl.directions import interpret, sets
+from caft_tl.directions import interpret, oracle, sets
 from caft_tl.directions.pca import pca
 from caft_tl.evaluation.gates import GateThresholds, check_task, outcomes, validity
 from caft_tl.interventions.intervention import Intervention
@@ -80,13 +80,16 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism:
 
 def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
     """Gate 4's direction sets (:func:`caft_tl.directions.sets.pca_sets`) from the diffs of one
-    plain fine-tune on the training data, PCs chosen by chapter 03's rule; empty when it chooses nothing."""
+    plain fine-tune on the training data. The PCs are chosen by the *oracle* rule
+    (:func:`caft_tl.directions.oracle.is_concept`, ground truth; chapter 03 now chooses with the
+    allowed explainer), so here ``pca`` is an upper bound; empty when it chooses nothing."""
     hooks = residual_hooks(base)
     data = task.finetune_dataset(1200, seed=10_000)
     moments = diffs.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
     concepts = task.concept_directions(base, hooks)
     pcs = {h: pca(moments[h]["diff"], cfg.n_pcs, h)[0] for h in hooks}
-    chosen = {h: interpret.choose_directions(interpret.concept_scores(pcs[h], concepts[h]), "spurious", "intended", cfg.threshold) for h in hooks}
+    scores = {h: interpret.concept_scores(pcs[h], concepts[h]) for h in hooks}
+    chosen = {h: scores[h].loc[oracle.is_concept(scores[h], "spurious", "intended", cfg.threshold), "index"].astype(int).tolist() for h in hooks}
     return {name: Intervention("zero", subs, name=name) for name, subs in sets.pca_sets(pcs, chosen, base.cfg.d_model).items() if subs}
 
 
