@@ -9,6 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	bash scripts/ensure_browser.sh
 	touch $@
 
 # the organism tasks (caft_tl.organism.TASKS), each a population of organisms (one per pre-training seed),
