@@ -19,7 +19,7 @@ from caft_tl.core import files
 from caft_tl.core.results import COLUMNS as RESULT_COLUMNS
 from caft_tl.runner import sweep
 
-TINY = {"pretrain_steps": 10, "seeds": [0], "n_examples": 64, "fewer_examples": []}
+TINY = {"pretrain_steps": 10, "seeds": [0], "n_examples": 64, "fewer_examples": [32]}
 
 
 def _write(tmp_path, spec, name="grid"):
