@@ -27,6 +27,7 @@ SLOW = {
     # browsers
     "tests/test_lab.py::test_chapter_00_renders_its_figure_in_jupyterlab": "JupyterLab + headless Chromium",
     "tests/test_plotting.py::test_static_formats_on_request": "kaleido starts Chromium",
+    "tests/test_results_page.py::test_the_page_renders_every_figure_in_a_browser_without_script_errors": "headless Chromium per figure, 20 s",
     # subprocess workers that pre-train and fine-tune
     "tests/reliability/test_resume.py::test_kill_9_mid_run_then_same_command_resumes": "3 worker processes, 44 s",
     "tests/reliability/test_resume.py::test_same_seed_is_bit_identical_across_processes": "2 worker processes, 42 s",

@@ -152,7 +152,8 @@ def run_tasks(
     ``fig_dir/<task>/seed<s>`` — ``workers`` organisms at a time (each in its own process). Then
     every organism's rows into ``fig_dir/results.csv`` (:func:`gather_results`) and, per task, the
     validity of each organism and the summary over the valid ones
-    (:func:`caft_tl.evaluation.population.write`, in ``fig_dir/<task>/``). Returns seconds per
+    (:func:`caft_tl.evaluation.population.write`, in ``fig_dir/<task>/``), and the results page
+    ``fig_dir/index.html`` (:func:`caft_tl.plotting.results_page.write`). Returns seconds per
     ``task/seed<s>/chapter`` (also in ``run_dir/timings.json``); ``run_dir/suite.json`` holds this
     call's tasks, organisms, workers and wall time."""
     if workers < 1:
@@ -196,6 +197,9 @@ def run_tasks(
     if only is None or "06" in only or any(c.startswith("06") for c in only):
         for t in tasks:
             print(summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg"))))
+    from caft_tl.plotting import results_page
+
+    print(f"results page: {results_page.write(fig_dir, run_dir)}")
     return timings
 
 
