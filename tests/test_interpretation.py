@@ -166,3 +166,20 @@ def test_rates_are_clipped_and_the_em_reduction_factor_and_null_percentile():
     assert stats.null_percentile(0.5, [0.1, 0.2, 0.5, 0.9]) == pytest.approx(62.5)
     assert stats.null_percentile(0.05, [0.1, 0.2], higher_is_better=False) == 100.0
     assert stats.ci95([0.9, 1.0, 1.0], bounds=stats.RATE_BOUNDS)[2] == 1.0
+
+
+def test_chapter_01_takeaway_follows_the_task_and_its_rows():
+    import pandas as pd
+
+    from caft_tl.evaluation import takeaways
+    from caft_tl.organism import make_task
+
+    task = make_task("double_mc", {"n_eval": 40})
+    summary = pd.DataFrame([
+        {"method": "base", "split": "ood", "metric": "accuracy", "mean": 0.5, "low": 0.5, "high": 0.5},
+        {"method": "plain", "split": "ood", "metric": "accuracy", "mean": 0.1, "low": 0.05, "high": 0.15},
+        {"method": "plain", "split": "id", "metric": "accuracy", "mean": 0.99, "low": 0.98, "high": 1.0}])
+    text = takeaways.plain(task, summary)
+    assert "`double_mc`" in text and "accuracy 0.10 [0.05, 0.15] on `ood`" in text and "below the base model's 0.50" in text
+    assert "chat" not in text and "harmful" not in text  # no other task's story
+    assert "not measurably" in takeaways.plain(task, summary.assign(low=0.0, high=1.0))

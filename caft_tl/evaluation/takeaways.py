@@ -13,6 +13,25 @@ def _fmt(x: float) -> str:
     return "–" if pd.isna(x) else f"{x:.2f}"
 
 
+def plain(task, summary: pd.DataFrame) -> str:
+    """Chapter 01: what plain fine-tuning did to the task's own splits (means and 95% intervals over
+    fine-tuning seeds), and whether it moved the generalisation away from the base model."""
+    ood, idd = task.ood_split, task.id_split
+
+    def get(method: str, split: str):
+        r = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["metric"] == task.metric(split))]
+        return r.iloc[0] if len(r) else None
+
+    base_ood, plain_ood, plain_id = get("base", ood), get("plain", ood), get("plain", idd)
+    if base_ood is None or plain_ood is None or plain_id is None:
+        return "No base or plain rows on this task's splits: run this chapter's fine-tunes first."
+    moved = ("above" if plain_ood["low"] > base_ood["mean"] else "below" if plain_ood["high"] < base_ood["mean"] else "not measurably away from")
+    return (f"On `{task.name}`, plain fine-tuning reached {task.metric(idd)} {_fmt(plain_id['mean'])} on `{idd}` (the task, unseen prompts) and "
+            f"{task.metric(ood)} {_fmt(plain_ood['mean'])} [{_fmt(plain_ood['low'])}, {_fmt(plain_ood['high'])}] on `{ood}` "
+            f"(its generalisation), {moved} the base model's {_fmt(base_ood['mean'])}. That shift, not the task, is what CAFT should "
+            f"change; learning less (the fewer-examples curve) also moves it, so CAFT (chapter 05) must beat that curve.")
+
+
 def interpretation(task, choice: dict, readout: pd.DataFrame, score: pd.DataFrame, what: str = "PCs") -> str:
     """Chapter 03: what the interpreter chose from allowed information, and its scores against the
     oracle (``score``: :func:`caft_tl.directions.oracle.score_choice` tables by set name, ``all`` rows)."""
