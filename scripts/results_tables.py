@@ -34,7 +34,9 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def provenance(fig_dir: Path, run_dir: Path | None) -> str:
     """When, at which commit and on which machine the run's numbers were measured."""
     run = run_dir / "suite.json" if run_dir and (run_dir / "suite.json").exists() else None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    recorded = sorted(run_dir.glob("*/*/provenance.json")) if run_dir else []  # the commit the run was measured at
+    commit = (json.loads(recorded[0].read_text()).get("git_commit") or "")[:7] if recorded else ""
+    commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
     import torch
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, torch {torch.__version__}"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from caft_tl.core import files, results
 from caft_tl.core.run_dir import RunDir
-from caft_tl.core.stats import ci95
+from caft_tl.core.stats import RATE_BOUNDS, ci95, is_rate
 from caft_tl.evaluation import gates
 from caft_tl.organism import Task
 
@@ -57,7 +57,7 @@ def summarise(per_org: pd.DataFrame, valid: set[str]) -> pd.DataFrame:
     out = []
     kept = per_org[per_org["organism"].isin(valid)]
     for key, g in kept.groupby(["task", *CONFIG], sort=False):
-        m, lo, hi = ci95(g["mean"])
+        m, lo, hi = ci95(g["mean"], RATE_BOUNDS if is_rate(key[CONFIG.index("metric") + 1]) else None)
         out.append({**dict(zip(["task", *CONFIG], key)), "mean": m, "low": lo, "high": hi, "n_organisms": len(g),
                     "within_organism_seed_sd": float(g["seed_sd"].mean())})
     return pd.DataFrame(out, columns=["task", *CONFIG, "mean", "low", "high", "n_organisms", "within_organism_seed_sd"])
