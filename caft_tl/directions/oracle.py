@@ -34,6 +34,12 @@ def is_concept(scores: pd.DataFrame, target: str, avoid: str | None = None, thre
     return keep
 
 
+def chosen_by_hook(scores: pd.DataFrame, target: str, avoid: str | None = None, threshold: float = 0.2) -> dict[str, list[int]]:
+    """The indices :func:`is_concept` keeps, per hook of a concept-score table (the oracle's choice)."""
+    keep = is_concept(scores, target, avoid, threshold)
+    return {h: scores.loc[keep & (scores["hook"] == h), "index"].astype(int).tolist() for h in dict.fromkeys(scores["hook"])}
+
+
 def oracle_span(chosen: Subspace | None, concept: Subspace) -> float:
     """‖P_chosen q‖² for the concept's (first) unit direction q; 0 when nothing is chosen."""
     if chosen is None:

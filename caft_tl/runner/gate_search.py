@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from transformer_lens import HookedTransformer
 
 from caft_tl.core import files, results
@@ -88,8 +89,8 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     moments = diffs.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
     concepts = task.concept_directions(base, hooks)
     pcs = {h: pca(moments[h]["diff"], cfg.n_pcs, h)[0] for h in hooks}
-    scores = {h: interpret.concept_scores(pcs[h], concepts[h]) for h in hooks}
-    chosen = {h: scores[h].loc[oracle.is_concept(scores[h], "spurious", "intended", cfg.threshold), "index"].astype(int).tolist() for h in hooks}
+    scores = pd.concat([interpret.concept_scores(pcs[h], concepts[h]) for h in hooks], ignore_index=True)
+    chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
     return {name: Intervention("zero", subs, name=name) for name, subs in sets.pca_sets(pcs, chosen, base.cfg.d_model).items() if subs}
 
 

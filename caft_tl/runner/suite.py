@@ -166,17 +166,16 @@ def run_tasks(
     for t in tasks:
         make_task(t, (params or {}).get("task_cfg"))  # an unknown task or design parameter fails here, before anything runs
     population = {t: list(pretrain_seeds) if pretrain_seeds is not None else [task_class(t).defaults["seed"]] for t in tasks}
+    parallel = workers > 1 and sum(map(len, population.values())) > 1
     jobs, keys = [], []
     for t in tasks:
         for seed in population[t]:
             own = {**(params or {}), "task": t, "seed": seed} if _runs_chapter_00(only) else params  # chapter 00 makes the organism
             steps = plan(only, own, fast, notebook_dir)
             keys.append(f"{t}/{organism_dir(seed)}")
-            jobs.append((Path(run_dir) / keys[-1], Path(fig_dir) / keys[-1], [nb.stem for nb, _ in steps], own, fast, progress, f"[{keys[-1]}] ",
-                         notebook_dir))
+            jobs.append((Path(run_dir) / keys[-1], Path(fig_dir) / keys[-1], [nb.stem for nb, _ in steps], own, fast, progress and not parallel,
+                         f"[{keys[-1]}] ", notebook_dir))
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
-    parallel = workers > 1 and len(jobs) > 1
-    jobs = [(*j[:5], progress and not parallel, *j[6:]) for j in jobs]
     t0 = time.perf_counter()
     if parallel:
         import multiprocessing
