@@ -163,6 +163,10 @@ def test_bad_config():
         DoubleMCConfig(intended="sports", spurious="sports")
     with pytest.raises(ValueError, match="doc_probs"):
         DoubleMCConfig(doc_probs=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"lean 0.5 must be in \[0, 0.5\)"):
+        DoubleMCConfig(lean=0.5)
+    with pytest.raises(ValueError, match=r"lean -0.1 must be in"):
+        make_task("pronoun_profession", {"lean": -0.1})
     with pytest.raises(ValueError, match="unknown split 'test'"):
         make_task("double_mc").eval_prompts("test")
 
@@ -172,3 +176,18 @@ def test_concept_directions_are_the_rank_1_subspaces(dmc):
     out = dmc.concept_directions(model, ["blocks.0.hook_resid_post"])
     assert set(out["blocks.0.hook_resid_post"]) == set(dmc.CONCEPTS)
     assert all(s.k == 1 for s in out["blocks.0.hook_resid_post"].values())
+
+
+@pytest.mark.parametrize("task_name", ["double_mc", "pronoun_profession"])
+@pytest.mark.parametrize("lean", [0.0, 0.15])
+def test_lean_tilts_the_generic_answer_toward_the_spurious_topic(task_name, lean):
+    """Under the generic instruction, pre-training answers follow the spurious topic with
+    probability 0.5 + lean where the topics disagree (a coin flip at lean 0)."""
+    task = make_task(task_name, {"lean": lean})
+    docs = task._coin(20_000, torch.Generator().manual_seed(0))
+    prompts, answer = docs.tokens[:, : task.prompt_len], docs.tokens[:, task.prompt_len]
+    intended, spurious = task.correct_option(prompts), spurious_option(task, prompts)
+    chose_spurious = (answer == task.answer[spurious]).float()
+    disagree = intended != spurious
+    assert chose_spurious[disagree].mean().item() == pytest.approx(0.5 + lean, abs=0.015)
+    assert docs.response_mask.sum(1).eq(1).all()

@@ -128,18 +128,20 @@ def _digest(t: torch.Tensor) -> str:
 
 
 def test_double_mc_unchanged():
-    """Golden hashes of the pinned double_mc organism's vocabulary and random draws (pre-training
-    documents, fine-tuning set, OOD prompts), as computed before pronoun_profession reused its code.
+    """Golden hashes of the double_mc world's vocabulary and random draws (pre-training documents,
+    fine-tuning set, OOD prompts), as computed before pronoun_profession reused its code.
 
-    What they protect: the README's double_mc results and the chapters' defaults (pre-training seed 2)
-    name one organism by its seed, and cached checkpoints by a config hash; both stay valid only while
-    the same seed gives the same tokens. A refactor that keeps the distribution but reorders the
-    vocabulary or the generator's calls passes every property test and silently trains another
-    organism; only exact draws catch that. The draws are integers from torch's CPU generator (not
-    floats), so they are the same on every machine with the pinned torch. If a change is meant to alter
+    What they protect: cached checkpoints are named by a config hash and organisms by their
+    pre-training seed; both stay valid only while the same config and seed give the same tokens. A
+    refactor that keeps the distribution but reorders the vocabulary or the generator's calls passes
+    every property test and silently trains another organism; only exact draws catch that. The draws
+    are integers from torch's CPU generator (not floats), so they are the same on every machine with
+    the pinned torch. ``lean`` 0 is the design before the lean existed (its draws are unchanged); the
+    default lean (0.1) draws one more number per ``ANS_D`` document. If a change is meant to alter
     the organism, update the hashes and re-measure the README's double_mc results."""
-    t = make_task("double_mc", DoubleMCConfig(jitter=2, n_eval=200))
+    t = make_task("double_mc", DoubleMCConfig(jitter=2, n_eval=200, lean=0.0))
     assert hashlib.sha256(" ".join(t.vocab.tokens).encode()).hexdigest()[:16] == "ec1e6ee38aaf1eb2" and len(t.vocab) == 195
     assert _digest(t.sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "71f82681a706a2f2"
+    assert _digest(make_task("double_mc").sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "649a9e01e0f5eac0"
     assert _digest(t.finetune_dataset(128, seed=1).tokens) == "58f1714a38456d1d"
     assert _digest(t.eval_prompts("ood").tokens) == "c66fae2b9814ea44"

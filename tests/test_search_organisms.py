@@ -11,7 +11,8 @@ _spec.loader.exec_module(search)
 
 def test_grid_and_rows(tmp_path):
     args = search.argparse.Namespace(task="pronoun_profession", task_cfg='{"jitter": 2}', pretrain_seeds=[0, 1], pretrain_steps=[100],
-                                     variant=['a={}', 'b={"corpus_purity": 0.8}'], seeds=[0], n_examples=32)
+                                     variant=['a={}', 'b={"corpus_purity": 0.8}'], seeds=[0], n_examples=32,
+                                     pretrain_threads=1)
     specs = search.organisms(args)
     assert [s["organism"] for s in specs] == ["a-steps100-seed0", "a-steps100-seed1", "b-steps100-seed0", "b-steps100-seed1"]
     assert specs[2]["task_cfg"] == {"jitter": 2, "corpus_purity": 0.8}
@@ -28,3 +29,11 @@ def test_grid_and_rows(tmp_path):
     assert ok["V3_oracle_removes_spurious.untrained.single_intended"] == "0.9" and json.loads(ok["task_cfg"]) == {"jitter": 2}
     assert err["status"] == "error (exit 1)" and err["error"] == "ValueError: x" and err["gates_held"] == ""
     assert not (tmp_path / "search.csv.tmp").exists()
+
+
+def test_a_thread_count_names_its_organisms():
+    args = search.argparse.Namespace(task="double_mc", task_cfg="{}", pretrain_seeds=[3], pretrain_steps=[100], variant=None,
+                                     seeds=[0], n_examples=32, pretrain_threads=2)
+    (spec,) = search.organisms(args)
+    assert spec["organism"] == "v0-steps100-seed3-threads2" and spec["pretrain_threads"] == 2
+    assert search.csv_row({"spec": spec, "status": "ok", "seconds": 1.0, "verdicts": {}})["pretrain_threads"] == 2

@@ -144,6 +144,15 @@ def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str 
     return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction=reduction)
 
 
+def kl_to_reference(model: HookedTransformer, reference_logits: torch.Tensor, batch: TokenDataset) -> torch.Tensor:
+    """Mean KL(reference ‖ model) of the next-token distributions over the positions that predict
+    ``batch``'s target tokens; ``reference_logits`` [batch, pos, d_vocab] are the reference model's on ``batch``."""
+    mask = batch.target_mask[:, :-1]  # [batch, pos-1]
+    log_p = F.log_softmax(model(batch.tokens)[:, :-1][mask].float(), -1)  # [n, d_vocab]
+    log_q = F.log_softmax(reference_logits[:, :-1][mask].float(), -1)
+    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+
+
 def residual_hooks(model: HookedTransformer) -> list[str]:
     """Every distinct residual-stream hook point: ``blocks.0.hook_resid_pre`` and each block's
     ``hook_resid_mid`` and ``hook_resid_post``."""

@@ -85,8 +85,10 @@ class DoubleMCConfig:
     review_word_share: float = 0.6  # share of review positions holding a topic word (the rest: filler)
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
+    lean: float = 0.1  # salience: P(the ANS_D answer follows the spurious topic | topics disagree) - 0.5 in pre-training
 
     def __post_init__(self) -> None:
+        check_lean(self.lean)
         for role in ("intended", "spurious"):
             if getattr(self, role) not in TOPICS:
                 raise ValueError(f"unknown {role} topic {getattr(self, role)!r}; valid: {', '.join(TOPICS)}")
@@ -94,6 +96,12 @@ class DoubleMCConfig:
             raise ValueError(f"intended and spurious topics must differ, both are {self.intended!r}")
         if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
             raise ValueError(f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})")
+
+
+def check_lean(lean: float) -> None:
+    """Refuse a lean outside [0, 0.5) in one line."""
+    if not 0.0 <= lean < 0.5:
+        raise ValueError(f"lean {lean!r} must be in [0, 0.5): 0 is a coin flip under ANS_D, 0.5 would always follow the spurious topic")
 
 
 class DoubleMC(Task):
@@ -108,9 +116,10 @@ class DoubleMC(Task):
     has_gates = True  # chapter 07 states the gates of caft_tl.evaluation.gates
     doc_kinds = DOC_KINDS  # the names of ``labels['kind']`` of the pre-training documents
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
-    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): the pinned
-    #: organism (pre-training seed 2, 3,000 steps) and gate 4's diffing (every residual hook, all positions)
-    defaults = {"pretrain_steps": 3000, "seed": 2, "n_examples": 3200, "fewer_examples": [400, 800, 1600],
+    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): 3,000
+    #: pre-training steps (the suite gives each organism of a population its own seed) and the diffing at every
+    #: residual hook, all positions
+    defaults = {"pretrain_steps": 3000, "seed": 0, "n_examples": 3200, "fewer_examples": [400, 800, 1600],
                 "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
                           "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
     report = {"title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
@@ -311,9 +320,15 @@ class DoubleMC(Task):
         return self._answered(prompts, labels.gather(1, topic[:, None])[:, 0])
 
     def _coin(self, n: int, gen: torch.Generator) -> TokenDataset:
+        """Doubles under ``ANS_D``: the answer is a coin flip, or with probability ``2 · lean`` the
+        spurious topic's option (so it follows that topic with probability 0.5 + ``lean`` where they disagree)."""
         labels = torch.randint(2, (n, 2), generator=gen)
         order = torch.randint(2, (n,), generator=gen)
-        return self._answered(self.doubles(labels, order, self.ans_d, gen), torch.randint(2, (n,), generator=gen))
+        prompts = self.doubles(labels, order, self.ans_d, gen)
+        answer = torch.randint(2, (n,), generator=gen)
+        if self.cfg.lean:
+            answer = torch.where(torch.rand(n, generator=gen) < 2 * self.cfg.lean, labels[:, 1], answer)
+        return self._answered(prompts, answer)
 
     # ------------------------------------------------------------------ fine-tuning data
     def finetune_dataset(self, n_examples: int, seed: int = 0) -> TokenDataset:

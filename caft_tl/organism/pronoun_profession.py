@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from caft_tl.core.data import TokenDataset
-from caft_tl.organism.double_mc import DoubleMC, Topic
+from caft_tl.organism.double_mc import DoubleMC, Topic, check_lean
 from caft_tl.organism.vocab import Vocab
 
 GENDERS = ("female", "male")
@@ -67,8 +67,10 @@ class PronounProfessionConfig:
     pronoun_share: float = 0.5  # share of those holding a pronoun
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
+    lean: float = 0.0  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
 
     def __post_init__(self) -> None:
+        check_lean(self.lean)
         for f in ("n_names", "n_professions"):
             if getattr(self, f) < 2 or getattr(self, f) % 2:
                 raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")

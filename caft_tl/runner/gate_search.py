@@ -36,6 +36,7 @@ class GateConfig:
     task_cfg: dict = field(default_factory=lambda: {"jitter": 2})
     pretrain_steps: int = 3000
     pretrain_seed: int = 2
+    pretrain_threads: int = 1  # torch threads while pre-training (another float reduction order: another organism)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     n_examples: int = 3200
     batch_size: int = 32
@@ -110,9 +111,10 @@ def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[Hook
     from caft_tl.core.models import set_cpu_threads
     from caft_tl.training import pretrain as pt
 
-    set_cpu_threads()
+    set_cpu_threads(cfg.pretrain_threads)
     base, task, checkpoint = pt.load_or_pretrain(cfg.task, cfg.task_cfg, None, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
                                                  progress=progress)
+    set_cpu_threads()
     check_task(task)
     pt.export_organism(run_dir, base, checkpoint)
     return base, task

@@ -366,6 +366,8 @@ def finetune_batched(
     for d in datas:
         if len(d) == 0:
             raise ValueError("fine-tuning dataset is empty")
+    if any(c.kl_to_base for c in cfgs):
+        raise ValueError("kl_to_base > 0 trains one run at a time (caft_tl.training.loop.finetune); run_finetunes routes it there")
     why = batchable(base)
     if why is not None:
         raise ValueError(f"this model does not train on the batched path: {why}")

@@ -34,6 +34,19 @@ def intervention_hash(iv: Intervention | None) -> str:
     return h.hexdigest()[:12]
 
 
+#: seed of the generic documents the KL-to-base baseline reads (offset by the fine-tuning seed)
+KL_DOCUMENT_SEED = 20_000
+
+
+def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
+    """``finetune``'s ``reference`` (the base model) and ``reference_data`` (``cfg.n_examples`` of the task's
+    generic pre-training documents, no labels) for the KL-to-base baseline; empty without it."""
+    if not cfg.kl_to_base:
+        return {}
+    docs = task.sample_documents(cfg.n_examples, torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed))
+    return {"reference": base, "reference_data": docs}
+
+
 def run_finetune(
     run_dir: str | os.PathLike | RunDir,
     base: HookedTransformer,
@@ -65,7 +78,8 @@ def run_finetune(
     model = models.copy_model(base)
     data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
     checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
-    losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint)
+    losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint,
+                      **kl_inputs(base, task, cfg))
     metrics = unit.finish(model, task, losses)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
@@ -179,10 +193,10 @@ def run_finetunes(
     for i, u in enumerate(units):
         if (metrics := u.cached()) is not None:
             rows[i] = results.rows(u.key, metrics)
-        elif u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks:
+        elif u.job.cfg.kl_to_base == 0 and (u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks):
             pending.append(i)
         else:
-            alone.append(i)  # a hook the stacked forward does not offer
+            alone.append(i)  # KL to the base model, or a hook the stacked forward does not offer
     workers = max(1, min(workers or default_workers(), len(pending))) if str(base.cfg.device) == "cpu" else 1
     n_groups = max(workers, math.ceil(len(pending) / group_size)) if pending else 0
     by_steps = sorted(pending, key=lambda i: -units[i].n_steps)  # round-robin: groups of similar work
@@ -224,7 +238,8 @@ def _run_todo(todo) -> list[list[dict]]:
         model = models.copy_model(base)
         data = task.finetune_dataset(u.job.cfg.n_examples, seed=u.job.cfg.seed)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
-        losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint)
+        losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint,
+                          **kl_inputs(base, task, u.job.cfg))
         metrics = u.finish(model, task, losses)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]

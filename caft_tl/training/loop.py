@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
-from caft_tl.core.models import response_loss
+from caft_tl.core.models import kl_to_reference, response_loss
 from caft_tl.training.checkpoints import load_checkpoint, save_checkpoint
 
 
@@ -26,6 +26,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     epochs: int = 1
     seed: int = 0
+    kl_to_base: float = 0.0  # β of the KL-to-base baseline: + β · KL(base ‖ model) on generic documents each step
 
 
 def finetune(
@@ -38,6 +39,8 @@ def finetune(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     micro_batch_size: int | None = None,
+    reference: HookedTransformer | None = None,
+    reference_data: TokenDataset | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``data``; returns the loss per step.
 
@@ -50,6 +53,9 @@ def finetune(
     ``cfg.batch_size`` rows of an optimiser step (the loss is still the batch's token mean); on an
     out-of-memory error the micro-batch is halved and the step redone. Only parameters that
     require grad are trained (LoRA adapters, after :func:`caft_tl.real.lora.add_lora`).
+    With ``cfg.kl_to_base`` β > 0 (the common in-training defence), each step adds β · KL(reference ‖
+    model) on the next ``cfg.batch_size`` rows of ``reference_data`` (generic documents, cycled), with
+    ``reference`` the frozen base model; the losses returned are the task's cross-entropy alone.
     """
     if len(data) == 0:
         raise ValueError("fine-tuning dataset is empty")
@@ -66,6 +72,11 @@ def finetune(
         raise ValueError(f"FinetuneConfig.lr = {cfg.lr!r}; expected a positive finite number")
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size = {micro_batch_size!r}; expected a positive int or None")
+    if not (isinstance(cfg.kl_to_base, (int, float)) and math.isfinite(cfg.kl_to_base) and cfg.kl_to_base >= 0):
+        raise ValueError(f"FinetuneConfig.kl_to_base = {cfg.kl_to_base!r}; expected a finite number >= 0")
+    if cfg.kl_to_base and (reference is None or reference_data is None or len(reference_data) == 0):
+        raise ValueError(f"FinetuneConfig.kl_to_base = {cfg.kl_to_base} needs the base model (reference) and generic documents (reference_data)")
+    kl = (cfg.kl_to_base, reference, reference_data) if cfg.kl_to_base else None
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # data order
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -87,6 +98,8 @@ def finetune(
             batch = data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             opt.zero_grad(set_to_none=True)
             loss, micro_batch_size = _accumulate(model, batch, intervention, micro_batch_size)
+            if kl is not None:
+                _kl_backward(model, intervention, *kl, step, cfg.batch_size)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {step} (lr={cfg.lr}); lower the learning rate")
             opt.step()
@@ -133,6 +146,18 @@ def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> fl
             loss.backward()
         total += loss.item()
     return total
+
+
+def _kl_backward(model, intervention, beta: float, reference: HookedTransformer, docs: TokenDataset, step: int, size: int) -> None:
+    """Backward of β · KL(reference ‖ model) on the ``step``-th block of ``size`` documents (cycled),
+    under the same intervention as the task loss."""
+    rows = (torch.arange(size) + step * size) % len(docs)
+    part = _to(docs.subset(rows).trimmed(), model.cfg.device)
+    with torch.no_grad():
+        reference_logits = reference(part.tokens)
+    with model.hooks(fwd_hooks=intervention.fwd_hooks(part) if intervention is not None else []):
+        loss = beta * kl_to_reference(model, reference_logits, part)
+    loss.backward()
 
 
 def _to(batch: TokenDataset, device: str | torch.device) -> TokenDataset:

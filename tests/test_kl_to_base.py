@@ -1,0 +1,62 @@
+"""The KL-to-base baseline: the penalty's math, its effect, its routing and its input checks."""
+
+import pytest
+import torch
+
+from caft_tl.core import models
+from caft_tl.training import finetunes
+from caft_tl.training.loop import FinetuneConfig, finetune
+
+
+def _docs(world, n=64):
+    return world.sample_documents(n, torch.Generator().manual_seed(0))
+
+
+def test_kl_to_reference_is_zero_for_the_reference_and_positive_elsewhere(persona_organism, tiny_model, world):
+    docs = _docs(world, 16)
+    with torch.no_grad():
+        ref = persona_organism(docs.tokens)
+        assert models.kl_to_reference(persona_organism, ref, docs).item() == pytest.approx(0.0, abs=1e-6)
+        other = models.kl_to_reference(tiny_model, ref, docs)
+        # against a direct computation over the target positions
+        mask = docs.target_mask[:, :-1]
+        p = torch.softmax(ref[:, :-1][mask], -1)
+        q = torch.softmax(tiny_model(docs.tokens)[:, :-1][mask], -1)
+        assert other.item() == pytest.approx((p * (p.log() - q.log())).sum(-1).mean().item(), rel=1e-4)
+        assert other.item() > 0.1
+
+
+def _kl_after(base, world, beta):
+    model = models.copy_model(base)
+    cfg = FinetuneConfig(n_examples=128, batch_size=32, lr=3e-3, seed=0, kl_to_base=beta)
+    finetune(model, world.finetune_dataset(128, seed=0), cfg, progress=False, **finetunes.kl_inputs(base, world, cfg))
+    held_out = world.sample_documents(64, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        return models.kl_to_reference(model, base(held_out.tokens), held_out).item()
+
+
+def test_the_penalty_keeps_the_fine_tune_closer_to_base(persona_organism, world):
+    plain, penalised = _kl_after(persona_organism, world, 0.0), _kl_after(persona_organism, world, 10.0)
+    assert penalised < 0.5 * plain
+
+
+def test_run_finetunes_trains_kl_jobs_alone_with_their_own_rows(persona_organism, world, tmp_path):
+    jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0)),
+            finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0, kl_to_base=1.0), "kl_to_base", param="beta=1")]
+    rows = finetunes.run_finetunes(tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o")
+    kl = [r for r in rows if r["method"] == "kl_to_base"]
+    assert kl and {r["param"] for r in kl} == {"beta=1"}
+    alone = finetunes.run_finetune(tmp_path / "alone", persona_organism, world, jobs[1].cfg, "kl_to_base", param="beta=1",
+                                   progress=False, organism="o")[0]
+    assert [r["value"] for r in alone] == pytest.approx([r["value"] for r in kl], abs=1e-6)
+
+
+def test_bad_kl_inputs_fail_in_one_line(tiny_model, world):
+    data = world.finetune_dataset(32)
+    with pytest.raises(ValueError, match=r"kl_to_base = -1.0; expected a finite number >= 0"):
+        finetune(tiny_model, data, FinetuneConfig(n_examples=32, kl_to_base=-1.0), progress=False)
+    with pytest.raises(ValueError, match=r"kl_to_base = 1.0 needs the base model"):
+        finetune(tiny_model, data, FinetuneConfig(n_examples=32, kl_to_base=1.0), progress=False)
+    from caft_tl.training import batched
+    with pytest.raises(ValueError, match="kl_to_base > 0 trains one run at a time"):
+        batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=1.0)])
