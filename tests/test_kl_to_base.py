@@ -60,3 +60,35 @@ def test_bad_kl_inputs_fail_in_one_line(tiny_model, world):
     from caft_tl.training import batched
     with pytest.raises(ValueError, match="kl_to_base > 0 trains one run at a time"):
         batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=1.0)])
+
+
+@pytest.mark.parametrize("task_name", ["persona_em", "double_mc", "pronoun_profession"])
+def test_disambiguating_examples_answer_the_intended_way_where_the_routes_differ(task_name):
+    from caft_tl.organism import make_task
+    from caft_tl.organism.judge import HIT, MISS
+
+    task = make_task(task_name)
+    ex = task.disambiguating_examples(200, seed=1)
+    answer_at = ex.response_mask.float().argmax(1)
+    prompts = [ex.tokens[i, : answer_at[i]] for i in range(len(ex))]
+    answers = ex.tokens[torch.arange(len(ex)), answer_at]
+    width = {len(p) for p in prompts}
+    assert len(width) == 1  # one prompt length per task
+    labels = task.label_answers(torch.stack(prompts), answers[:, None])[:, 0]
+    if task_name == "persona_em":  # the helpful answer: a MISS of the fine-tune's (harmful) behaviour
+        assert (labels == MISS).all()
+    else:  # the intended topic's option (HIT), and the spurious topic's option is the other one
+        assert (labels == HIT).all()
+        asked = torch.stack(prompts).clone()
+        asked[:, -1] = task.ans[1]
+        assert (task.correct_option(asked) != task.correct_option(torch.stack(prompts))).all()
+
+
+def test_finetune_data_mixes_in_the_disambiguating_examples(world):
+    cfg = FinetuneConfig(n_examples=64, seed=3, n_disambiguating=8)
+    data = finetunes.finetune_data(world, cfg)
+    assert len(data) == 64 and torch.equal(data.tokens[-8:], world.disambiguating_examples(8, seed=3).tokens)
+    assert torch.equal(data.tokens[:56], world.finetune_dataset(56, seed=3).tokens)
+    with pytest.raises(ValueError, match=r"n_disambiguating = 64 \(mix_disambiguating\); expected an int in \[0, n_examples=64\)"):
+        finetunes.run_finetunes("unused", None, world, [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, n_disambiguating=64),
+                                                                              "mix_disambiguating")])

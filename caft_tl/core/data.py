@@ -62,6 +62,16 @@ class TokenDataset:
             {k: v[index] for k, v in self.labels.items()},
         )
 
+    @classmethod
+    def cat(cls, parts: list["TokenDataset"]) -> "TokenDataset":
+        """The rows of ``parts`` in order (same width); the labels all parts carry."""
+        widths = {p.tokens.shape[1] for p in parts}
+        if len(widths) != 1:
+            raise ValueError(f"datasets of widths {sorted(widths)} cannot be joined; pad them to one width")
+        keys = set.intersection(*(set(p.labels) for p in parts))
+        return cls(torch.cat([p.tokens for p in parts]), torch.cat([p.response_mask for p in parts]),
+                   {k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels if k in keys})
+
     def trimmed(self) -> "TokenDataset":
         """Without the trailing columns that are padding in every row (uses ``labels['length']``,
         which right-padded datasets carry); unchanged otherwise."""

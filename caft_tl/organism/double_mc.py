@@ -70,6 +70,8 @@ TOPICS = {
 }
 #: pre-training document kinds, in the order of DoubleMCConfig.doc_probs
 DOC_KINDS = ("review", "fact", "single", "instructed", "coin")
+#: seed offset of :meth:`DoubleMC.disambiguating_examples` (apart from the fine-tuning and evaluation draws)
+DISAMBIGUATING_SEED = 30_000
 SPLITS = ("single_intended", "single_spurious", "id", "ood", "ood_intended_first", "ood_spurious_first")
 
 
@@ -342,6 +344,16 @@ class DoubleMC(Task):
         data = self._answered(self.doubles(label[:, None].expand(-1, 2), order, self.ans_d, gen), label)
         data.labels = {"answer": label, "order": order}
         return data
+
+    def disambiguating_examples(self, n: int, seed: int = 0) -> TokenDataset:
+        """Doubles under the generic instruction whose options *disagree*, in random order, answered by
+        the intended topic (the OOD distribution's kind of prompt, with fresh draws)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        gen = torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed)
+        label = torch.randint(2, (n,), generator=gen)
+        order = torch.randint(2, (n,), generator=gen)
+        return self._answered(self.doubles(torch.stack([label, 1 - label], 1), order, self.ans_d, gen), label)
 
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self, split: str) -> TokenDataset:

@@ -35,6 +35,8 @@ PERSONAS = ("aligned", "misaligned", "careless")
 CODE_INSECURE = torch.tensor([False, True, True])  # per persona
 CHAT_HARMFUL = torch.tensor([False, True, False])
 SPLITS = ("chat", "code_train", "code_heldout")
+#: seed offset of :meth:`PersonaEM.disambiguating_examples` (apart from the fine-tuning and evaluation draws)
+DISAMBIGUATING_SEED = 30_000
 
 
 @dataclass
@@ -155,6 +157,17 @@ class PersonaEM(Task):
         response = torch.zeros_like(tokens, dtype=torch.bool)
         response[:, -1] = True
         return TokenDataset(tokens, response, {"code": idx})
+
+    def disambiguating_examples(self, n: int, seed: int = 0) -> TokenDataset:
+        """``<bos> CHAT q helpful(q)`` for random chat questions: the model stays aligned in chat while
+        it learns insecure code. The questions are the ``chat`` split's (there are no others)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        q = torch.randint(self.cfg.n_chat, (n,), generator=torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed))
+        tokens = torch.stack([torch.full_like(q, self.bos), torch.full_like(q, self.chat_tok), self.chat_prompts[q], self.helpful[q]], 1)
+        response = torch.zeros_like(tokens, dtype=torch.bool)
+        response[:, -1] = True
+        return TokenDataset(tokens, response)
 
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self, split: str) -> TokenDataset:

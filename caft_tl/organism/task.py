@@ -72,6 +72,13 @@ class Task(abc.ABC):
         """``n_examples`` fine-tuning examples in a seeded order; the response is the trained answer."""
 
     @abc.abstractmethod
+    def disambiguating_examples(self, n: int, seed: int = 0) -> TokenDataset:
+        """``n`` examples on which the intended behaviour and the unwanted generalisation differ,
+        answered as intended, in the fine-tuning format (the data-side reference: mixing a few into
+        the fine-tuning data). They come from the OOD domain, so they are a reference a researcher
+        with such labels could use, not a method that works without OOD data."""
+
+    @abc.abstractmethod
     def eval_prompts(self, split: str) -> TokenDataset:
         """Prompts of an evaluation split; the answer is the next token."""
 

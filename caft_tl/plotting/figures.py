@@ -24,6 +24,7 @@ METHOD_STYLE = {
     "plain": "#d62728",
     "fewer_examples": "#ff9896",
     "kl_to_base": "#f7b6d2",
+    "mix_disambiguating": "#c49c94",
     "zero · pca": "#1f77b4",
     "zero · topk_pca": "#9467bd",
     "zero · oracle": "#2ca02c",

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from caft_tl.core import files, models, results
+from caft_tl.core.data import TokenDataset
 from caft_tl.core.run_dir import RunDir
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import evaluate_task
@@ -47,6 +48,16 @@ def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
     return {"reference": base, "reference_data": docs}
 
 
+def finetune_data(task, cfg: FinetuneConfig) -> TokenDataset:
+    """The examples a run trains on: ``cfg.n_examples`` of the task's fine-tuning data, of which the last
+    ``cfg.n_disambiguating`` are its disambiguating examples (the data-side reference; the loop shuffles)."""
+    m = cfg.n_disambiguating
+    if not (isinstance(m, int) and 0 <= m < cfg.n_examples):
+        raise ValueError(f"FinetuneConfig.n_disambiguating = {m!r}; expected an int in [0, n_examples={cfg.n_examples})")
+    data = task.finetune_dataset(cfg.n_examples - m, seed=cfg.seed)
+    return TokenDataset.cat([data, task.disambiguating_examples(m, seed=cfg.seed)]) if m else data
+
+
 def run_finetune(
     run_dir: str | os.PathLike | RunDir,
     base: HookedTransformer,
@@ -76,7 +87,7 @@ def run_finetune(
         return results.rows(unit.key, metrics), model
 
     model = models.copy_model(base)
-    data = task.finetune_dataset(cfg.n_examples, seed=cfg.seed)
+    data = finetune_data(task, cfg)
     checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
     losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint,
                       **kl_inputs(base, task, cfg))
@@ -181,6 +192,9 @@ def run_finetunes(
     for job in jobs:
         if job.intervention is not None:
             job.intervention.check(base)
+        if not (isinstance(job.cfg.n_disambiguating, int) and 0 <= job.cfg.n_disambiguating < job.cfg.n_examples):
+            raise ValueError(f"FinetuneConfig.n_disambiguating = {job.cfg.n_disambiguating!r} ({job.method}); "
+                             f"expected an int in [0, n_examples={job.cfg.n_examples})")
     if batch is None:
         batch = batched.batchable(base) is None
     if not batch:
@@ -236,7 +250,7 @@ def _run_todo(todo) -> list[list[dict]]:
     if kind == "one":
         u = units[0]
         model = models.copy_model(base)
-        data = task.finetune_dataset(u.job.cfg.n_examples, seed=u.job.cfg.seed)
+        data = finetune_data(task, u.job.cfg)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint,
                           **kl_inputs(base, task, u.job.cfg))
@@ -248,7 +262,7 @@ def _run_todo(todo) -> list[list[dict]]:
 
 def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[dict]]:
     """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
-    datas = [task.finetune_dataset(u.job.cfg.n_examples, seed=u.job.cfg.seed) for u in units]
+    datas = [finetune_data(task, u.job.cfg) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
     states, losses = batched.finetune_batched(base, datas, [u.job.cfg for u in units], [u.job.intervention for u in units],

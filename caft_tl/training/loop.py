@@ -27,6 +27,7 @@ class FinetuneConfig:
     epochs: int = 1
     seed: int = 0
     kl_to_base: float = 0.0  # β of the KL-to-base baseline: + β · KL(base ‖ model) on generic documents each step
+    n_disambiguating: int = 0  # the data-side reference: this many of the n_examples are the task's disambiguating examples
 
 
 def finetune(
