@@ -25,7 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from caft_tl.core import files  # noqa: E402
-from caft_tl.evaluation.population import SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
+from caft_tl.evaluation import questions  # noqa: E402
+from caft_tl.evaluation.population import QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
 from caft_tl.organism import make_task  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -72,6 +73,11 @@ def task_tables(task_dir: Path) -> str:
     for config, g in s.groupby("config", sort=False):
         by = {r.split: cell(r) for r in g.itertuples()}
         lines.append(f"| {config} | {' | '.join(by.get(sp, '') for sp in splits)} | {int(g['n_organisms'].max())} |")
+    if (task_dir / QUESTIONS_FILE).exists():
+        answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})
+        answers[["value", "low", "high"]] = answers[["value", "low", "high"]].apply(pd.to_numeric, errors="coerce")
+        lines += ["", f"The thread's questions over the valid organisms (`caft_tl.evaluation.questions`; effects are signed so that "
+                  f"+ is better on `{task.ood_split}`):", "", questions.markdown(answers)]
     return "\n".join(lines + [""])
 
 

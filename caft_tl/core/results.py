@@ -159,6 +159,7 @@ def comparison(table: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> pd.
 
 #: which chapter writes rows of a method, untrained (False) or trained (True); modes: 04 / 05
 _WRITERS = {("base", False): "01_plain_finetune", ("plain", True): "01_plain_finetune", ("fewer_examples", True): "01_plain_finetune",
+            ("kl_to_base", True): "01_plain_finetune", ("mix_disambiguating", True): "01_plain_finetune",
             ("interpretation", False): "03_interpret_directions"}
 
 

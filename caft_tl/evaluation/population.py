@@ -4,7 +4,8 @@ Each organism (one pre-training seed) has its own run directory, with its own di
 checks and fine-tunes. :func:`validity` states each organism's validity gates (tasks with gates;
 other tasks have none and every organism counts), and :func:`summarise` gives every configuration's
 mean over the *valid* organisms with a 95% interval over organisms, beside the spread over
-fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder.
+fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder, with the
+thread's questions answered over the valid organisms (:mod:`caft_tl.evaluation.questions`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import pandas as pd
 from caft_tl.core import files, results
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.stats import RATE_BOUNDS, ci95, is_rate
-from caft_tl.evaluation import gates
+from caft_tl.evaluation import gates, questions
 from caft_tl.organism import Task
 
 CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
 #: files :func:`write` puts in the task's figure folder
 VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = "population_validity.csv", "population_summary.csv", "population_organisms.csv"
+QUESTIONS_FILE = "population_questions.csv"  # the thread's questions answered over the valid organisms
 
 
 def organisms(task_dir: str | Path) -> list[RunDir]:
@@ -72,11 +74,14 @@ def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.Dat
     verdicts = validity(runs, task)
     table = pd.concat([run.read_results() for run in runs], ignore_index=True)
     per_org = per_organism(table, task.metrics)
-    summary = summarise(per_org, set(verdicts.loc[verdicts["valid"], "organism"]))
+    valid = list(verdicts.loc[verdicts["valid"], "organism"])
+    summary = summarise(per_org, set(valid))
     fig_dir = Path(fig_dir)
     files.write_csv(fig_dir / VALIDITY_FILE, verdicts)
     files.write_csv(fig_dir / PER_ORGANISM_FILE, per_org)
     files.write_csv(fig_dir / SUMMARY_FILE, summary)
+    if valid:
+        files.write_csv(fig_dir / QUESTIONS_FILE, questions.answers(table, task.ood_split, task.metric(task.ood_split), organisms=valid))
     return verdicts, summary
 
 

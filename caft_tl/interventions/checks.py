@@ -137,6 +137,16 @@ def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], t
     return rows
 
 
+def baseline_rows(summary: pd.DataFrame, task_name: str, organism: str, metric_of) -> list[dict]:
+    """Results-table rows of a check's ``none`` condition (the base model without intervention):
+    method ``base``, directions ``none``, untrained — what each condition's rows are compared with."""
+    rows = []
+    for r in summary[summary["condition"] == NONE].itertuples():
+        key = results.RowKey(task_name, organism, "base", "none", trained=False)
+        rows += results.rows(key, {getattr(r, "split", "finetune_data"): {metric_of(r): r.mean}})
+    return rows
+
+
 def projection_rows(projections: pd.DataFrame, task_name: str, organism: str) -> list[dict]:
     """Results-table rows of :func:`mean_projection` tables (with ``directions`` and ``data``
     columns): method ``base``, untrained, ``directions`` = ``<set>/<hook>/<direction>``."""

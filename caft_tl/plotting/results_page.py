@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from caft_tl.core import files
-from caft_tl.evaluation import population
+from caft_tl.evaluation import population, questions
 from caft_tl.organism import TASKS, make_task
 
 PAGE = "index.html"
@@ -161,6 +161,16 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     return "".join(parts), len(names)
 
 
+def _questions_table(answers: pd.DataFrame) -> str:
+    """The thread's questions (:mod:`caft_tl.evaluation.questions`) as an HTML table."""
+    head = "<tr><th></th><th>question</th><th>answer</th><th>value</th><th>[95% interval]</th><th>n</th></tr>"
+    body = "".join(
+        f"<tr><td>{_e(r.question)}</td><td>{_e(r.text)}</td><td>{_e(r.answer)}</td><td>{_e(questions.VALUES.get(str(r.question), ''))}</td>"
+        f"<td>{'' if not r.n else _e(f'{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]')}</td><td>{_e(f'{r.n} {r.over}' if r.n else 0)}</td></tr>"
+        for r in answers.itertuples())
+    return f"<table>{head}{body}</table>"
+
+
 def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> str:
     task = _task(name)
     verdicts = _read(fig_dir / name / population.VALIDITY_FILE)
@@ -178,6 +188,9 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
                else f'<p class="note">No {_e(population.VALIDITY_FILE)} (the population summary runs after chapter 06).</p>')
     out.append(f'<h3 id="{_e(name)}-comparison">CAFT vs baselines</h3>')
     out.append(_comparison_table(summary, task) if summary is not None else f'<p class="note">No {_e(population.SUMMARY_FILE)}.</p>')
+    answers = _read(fig_dir / name / population.QUESTIONS_FILE)
+    if answers is not None:
+        out.append(f'<h3 id="{_e(name)}-questions">The thread\'s questions</h3>' + _questions_table(answers))
     out.append(f'<h3 id="{_e(name)}-figures">Figures per organism</h3>')
     valid = {}
     if verdicts is not None:
