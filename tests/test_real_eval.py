@@ -177,3 +177,23 @@ def test_evaluate_models_gives_rows_per_model_and_keeps_the_samples(checkpoints,
 
     rows = chat_eval.evaluate_models({("zero", "pca"): qwen}, qwen.tokenizer, chat, "chat", tmp_path, AllMisaligned())
     assert {r["metric"]: r["value"] for r in rows} == {"misalignment_rate": 1.0, "coherence": 1.0}
+
+
+def _greedy(model, ids, cache: bool, hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        return model.generate(ids, max_new_tokens=6, do_sample=False, use_past_kv_cache=cache, stop_at_eos=False, verbose=False)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_cached_generation_equals_uncached_with_and_without_hooks(checkpoints, arch):
+    """transformers 5 hands the KV cache to attention as ``cache=``; TL 3.9's attention bridge read
+    only ``past_key_values``, so every cached step attended to its own token alone (SmolLM2:
+    "The------"). hf_models.patch_kv_cache repairs it; the uncached loop is the reference."""
+    model = loading.load(checkpoints[arch], device="cpu")
+    ids = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_greedy(model, ids, True), _greedy(model, ids, False))
+    iv = Intervention("zero", [random_subspace(model.cfg.d_model, 16, "blocks.0.hook_resid_post", seed=0)])
+    on = _greedy(model, ids, True, iv.fwd_hooks())
+    assert torch.equal(on, _greedy(model, ids, False, iv.fwd_hooks()))
+    assert not torch.equal(on, _greedy(model, ids, True))  # the hooks act during cached generation
+
