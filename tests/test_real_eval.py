@@ -177,3 +177,58 @@ def test_evaluate_models_gives_rows_per_model_and_keeps_the_samples(checkpoints,
 
     rows = chat_eval.evaluate_models({("zero", "pca"): qwen}, qwen.tokenizer, chat, "chat", tmp_path, AllMisaligned())
     assert {r["metric"]: r["value"] for r in rows} == {"misalignment_rate": 1.0, "coherence": 1.0}
+
+
+def _greedy(model, ids, cache: bool, hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        return model.generate(ids, max_new_tokens=6, do_sample=False, use_past_kv_cache=cache, stop_at_eos=False, verbose=False)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_cached_generation_equals_uncached_with_and_without_hooks(checkpoints, arch):
+    """transformers 5 hands the KV cache to attention as ``cache=``; TL 3.9's attention bridge read
+    only ``past_key_values``, so every cached step attended to its own token alone (SmolLM2:
+    "The------"). hf_models.patch_kv_cache repairs it; the uncached loop is the reference."""
+    model = loading.load(checkpoints[arch], device="cpu")
+    ids = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_greedy(model, ids, True), _greedy(model, ids, False))
+    iv = Intervention("zero", [random_subspace(model.cfg.d_model, 16, "blocks.0.hook_resid_post", seed=0)])
+    on = _greedy(model, ids, True, iv.fwd_hooks())
+    assert torch.equal(on, _greedy(model, ids, False, iv.fwd_hooks()))
+    assert not torch.equal(on, _greedy(model, ids, True))  # the hooks act during cached generation
+
+
+def _one_forward_per_option(model, tok, rows):
+    """The reference scorer: one unbatched forward per (prompt, option)."""
+    out = []
+    for row in rows:
+        prompt, scores = chat_data.encode_prompt(tok, row), []
+        for opt in row["options"]:
+            ans = tok(opt, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(torch.tensor([prompt + ans]))[0, len(prompt) - 1 : -1].log_softmax(-1)
+            scores.append(logp.gather(-1, torch.tensor(ans)[:, None]).sum().item())
+        out.append(scores)
+    width = max(map(len, out))
+    return torch.tensor([s + [float("-inf")] * (width - len(s)) for s in out])
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_batched_option_scores_equal_one_forward_per_option(checkpoints, arch):
+    model = loading.load(checkpoints[arch], device="cpu")
+    tok = model.tokenizer
+    rows = chat_data.load_mc_jsonl(EXAMPLES / "double_mc_tiny.jsonl")  # raw prompts, one-token options
+    questions = chat_data.load_prompts(EXAMPLES / "em_questions.jsonl", n=4)
+    rows += [{"messages": q["messages"], "options": ["I wish for peace", "Tell me more about it please", "No", "yes, football"]}
+             for q in questions]  # chat prompts of different lengths; options of 1 to 6 tokens
+    rows += [{"prompt": "Question: Which sport uses a racket?", "options": [" tennis", " golf", " yes, golf", " no"]}]
+    iv = Intervention("zero", [random_subspace(model.cfg.d_model, 8, "blocks.0.hook_resid_post", seed=0)])
+    ref = _one_forward_per_option(model, tok, rows)
+    for batch_size in (1, 3, 64):
+        assert torch.allclose(chat_eval.option_logprobs(model, tok, rows, batch_size=batch_size), ref, atol=1e-4, rtol=0)
+    with model.hooks(fwd_hooks=iv.fwd_hooks()):
+        ref_on = _one_forward_per_option(model, tok, rows)
+    on = chat_eval.option_logprobs(model, tok, rows, fwd_hooks=iv.fwd_hooks())
+    assert torch.allclose(on, ref_on, atol=1e-4, rtol=0) and not torch.allclose(on, ref, atol=1e-3)
+    ragged = chat_eval.option_logprobs(model, tok, [rows[0], {**rows[-1], "options": [" tennis"]}])
+    assert ragged[1, 1] == float("-inf") and ragged[1, 0] == pytest.approx(ref[-1, 0].item(), abs=1e-4)

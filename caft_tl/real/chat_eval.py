@@ -9,7 +9,7 @@ import torch
 
 from caft_tl.core.data import TokenDataset
 from caft_tl.organism.judge import HIT, MISS
-from caft_tl.real.chat_data import chat_dataset, encode_prompt
+from caft_tl.real.chat_data import chat_dataset, encode_prompt, pad_id
 
 #: end-of-turn tokens of common chat templates (Qwen / ChatML, Llama 3, Gemma, Mistral's EOS)
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
@@ -29,7 +29,9 @@ def sample_chat(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_
     """``n_samples`` sampled answers per prompt row (``messages`` or ``prompt``), with ``fwd_hooks``
     (e.g. ``intervention.fwd_hooks()``: positions ``all``) active during generation; temperature 0
     is greedy. Columns: row, id, sample, prompt, answer. Samples of one prompt form one batch
-    (same length: no padding), so each forward pass uses the KV cache."""
+    (same length: no padding), so each forward pass uses the KV cache (which the bridge gets right
+    only with :func:`caft_tl.real.hf_models.patch_kv_cache`, installed by the loader: tested equal to
+    uncached generation, hooks on, and on SmolLM2 in ``tests/test_smollm2.py``)."""
     stops = stop_ids(tokenizer)
     out = []
     for i, row in enumerate(rows):
@@ -76,23 +78,70 @@ def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFra
 
 
 @torch.inference_mode()
-def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=()) -> torch.Tensor:
-    """[n, n_options] log-probability of each option's tokens after each prompt."""
+def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size: int = 16) -> torch.Tensor:
+    """[n, n_options] log-probability of each option's tokens after each prompt (``-inf`` past a
+    row's last option when rows have different numbers of options).
+
+    Work is shared where the result cannot change: an option's first token is predicted from the
+    prompt alone, so single-token options (letters, " positive" / " negative") are read off one
+    sequence per prompt, and each multi-token option gets its own prompt + option sequence. The
+    sequences are scored in batches of ``batch_size``, sorted by length and right-padded (with
+    causal attention the padding after a sequence cannot change its logits, so no attention mask
+    is needed), and HF models unembed only the positions that predict an option
+    (``logits_to_keep``). The scores equal one forward per (prompt, option) to float error (tested
+    to 1e-4). ``fwd_hooks`` must not depend on the batch shape or the sequence length (e.g.
+    ``intervention.fwd_hooks()``: positions ``all``)."""
+    import inspect
+
     from caft_tl.core.models import check_fwd_hooks
+    from caft_tl.real.hf_models import is_bridge
 
     fwd_hooks = check_fwd_hooks(model, fwd_hooks)
-    out = []
-    for row in rows:
+    seqs: list[list[int]] = []  # token ids of each sequence to run
+    reads: list[list[tuple[int, int, int, list[int]]]] = []  # per sequence: (row, option, start, option ids)
+    for r, row in enumerate(rows):
         prompt = encode_prompt(tokenizer, row)
-        scores = []
-        for opt in row["options"]:
-            ans = tokenizer(opt, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt + ans], device=model.cfg.device)
-            with model.hooks(fwd_hooks=list(fwd_hooks)):
-                logp = model(ids)[0, len(prompt) - 1 : -1].float().log_softmax(-1)  # [len(ans), d_vocab]
-            scores.append(logp.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum().item())
-        out.append(scores)
-    return torch.tensor(out)
+        if not prompt:
+            raise ValueError(f"prompt of row {row.get('id', r)!r} encodes to no tokens: nothing to condition the options on")
+        first = len(seqs)
+        single = []
+        for o, opt in enumerate(row["options"]):
+            ans = list(tokenizer(opt, add_special_tokens=False)["input_ids"])
+            if not ans:
+                raise ValueError(f"option {opt!r} of row {row.get('id', r)!r} encodes to no tokens")
+            if len(ans) == 1:
+                single.append((r, o, len(prompt), ans))
+            else:
+                seqs.append(prompt + ans)
+                reads.append([(r, o, len(prompt), ans)])
+        if single:
+            if len(seqs) == first:  # only single-token options: the prompt alone
+                seqs.append(prompt)
+                reads.append([])
+            reads[first] += single
+    # HF models (through the bridge) can unembed only the last positions: the unembedding of a
+    # 49k-token vocabulary is about a quarter of SmolLM2's compute, needed only at the options
+    unembed_only_needed = is_bridge(model) and "logits_to_keep" in inspect.signature(model.original_model.forward).parameters
+    scores = torch.full((len(rows), max((len(row["options"]) for row in rows), default=0)), float("-inf"))
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    pad, step = pad_id(tokenizer), max(1, batch_size)
+    for b in range(0, len(order), step):
+        chunk = order[b : b + step]
+        width = max(len(seqs[k]) for k in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for i, k in enumerate(chunk):
+            ids[i, : len(seqs[k])] = torch.tensor(seqs[k])
+        keep = width - min(start for k in chunk for _, _, start, _ in reads[k]) + 1  # positions predicting an option token
+        kwargs = {"logits_to_keep": keep} if unembed_only_needed else {}
+        with model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = model(ids.to(model.cfg.device), **kwargs)  # [batch, keep (or width), d_vocab]
+        offset = width - logits.shape[1]
+        for i, k in enumerate(chunk):
+            for r, o, start, ans in reads[k]:
+                at = start - 1 - offset
+                logp = logits[i, at : at + len(ans)].float().log_softmax(-1)  # [len(ans), d_vocab]
+                scores[r, o] = logp.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum().cpu()
+    return scores
 
 
 def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("answer",), fwd_hooks=()) -> dict[str, float]:

@@ -17,6 +17,14 @@ Two traps this module guards against (both tested):
 
 TL re-reads the tokenizer by name while booting (with ``AutoTokenizer``, so the first trap again):
 :func:`load_hf` puts the checked one in its place afterwards.
+
+A third trap, in generation: transformers 5.x passes the KV cache to the attention modules as
+``cache=`` (``past_key_values`` is deprecated), while TL 3.9's re-implemented attention
+(``AttentionBridge._update_kv_cache``) reads only ``past_key_values`` / ``layer_past``. The cache
+then stays empty, every decoding step attends to its own token alone, and ``bridge.generate`` (and
+HF's ``generate`` on the wrapped model) gives garbage ("The------" on SmolLM2) while one forward
+pass is exact. :func:`load_hf` installs :func:`patch_kv_cache` (tested: cached generation equals
+uncached generation, with hooks on).
 """
 
 from __future__ import annotations
@@ -119,12 +127,35 @@ def _ids(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def patch_kv_cache() -> None:
+    """Make TL's attention bridges read transformers 5.x's ``cache=`` keyword (see the module's
+    docstring). Idempotent, and a no-op once TL reads ``cache`` itself."""
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    update = AttentionBridge._update_kv_cache
+    if getattr(update, "_reads_cache_kwarg", False):
+        return
+
+    def _update_kv_cache(self, k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return update(self, k, v, **kwargs)
+
+    _update_kv_cache._reads_cache_kwarg = True
+    AttentionBridge._update_kv_cache = _update_kv_cache
+    import warnings
+
+    # TL's generation loop passes ``past_key_values=`` to the HF model, which renames it and warns every call
+    warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+
+
 def load_hf(name_or_path: str | os.PathLike, device: str | None = None, dtype: str = "float32"):
     """A local HF folder (or a hub name, with network) → ``TransformerBridge`` in eval mode."""
     from transformer_lens.model_bridge import TransformerBridge
 
     from caft_tl.core.models import default_device
 
+    patch_kv_cache()
     path = str(name_or_path)
     if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'")

