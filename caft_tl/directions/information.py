@@ -11,7 +11,7 @@ outcome.
 It is structural: an interpreter (:mod:`caft_tl.directions.explain`) receives an
 :class:`InterpretationInputs` and nothing of the task; :func:`interpretation_inputs` is the one
 function that builds it from a task, and it calls only ``finetune_dataset``,
-``sample_documents`` (whose labels it strips), ``lexicon`` and the concept description.
+``sample_documents`` (whose labels it strips), ``trait_prompts``, ``lexicon`` and the concept description.
 :class:`InterpretationInputs` refuses a dataset that carries labels (hidden personas, the
 answers and spurious labels of evaluation prompts). ``tests/test_interpretation.py`` makes the
 task's ``eval_prompts`` and ground-truth directions raise and runs the interpreter end to end.
@@ -50,7 +50,8 @@ class InterpretationInputs:
     fine-tuning data (``finetune``, the response-writing positions); completions of the base and
     fine-tuned models to generic prompts go here too. ``lexicon``: group → token ids.
     ``concept`` / ``concept_groups``: the one-line description of the unwanted concept and the
-    lexicon groups that carry it.
+    lexicon groups that carry it. ``trait_prompts``: the task's prompts that evoke and suppress the
+    unwanted behaviour (:mod:`caft_tl.directions.persona_vector` reads them; the explainer does not).
     """
 
     task_name: str
@@ -59,11 +60,13 @@ class InterpretationInputs:
     concept: str
     concept_groups: tuple[str, ...]
     datasets: dict[str, tuple[TokenDataset, str]] = field(default_factory=dict)
+    trait_prompts: tuple[TokenDataset, TokenDataset] | None = None  # (evoke, suppress): Persona Vectors' contrast
 
     def __post_init__(self) -> None:
         if not self.datasets:
             raise InformationRuleError("an interpreter needs at least one allowed dataset")
-        for name, (data, positions) in self.datasets.items():
+        trait = dict(zip(("trait_evoke", "trait_suppress"), self.trait_prompts or ()))
+        for name, (data, positions) in {**self.datasets, **{k: (d, "all") for k, d in trait.items()}}.items():
             if not isinstance(data, TokenDataset):
                 raise InformationRuleError(f"dataset {name!r} is a {type(data).__name__}, not a TokenDataset")
             hidden = [k for k in data.labels if k not in ALLOWED_LABELS]
@@ -96,7 +99,8 @@ def interpretation_inputs(task: Task, n_documents: int = 600, n_finetune: int = 
                           finetune_positions: str = "response", completions: dict[str, TokenDataset] | None = None) -> InterpretationInputs:
     """The allowed inputs from a task: ``n_documents`` generic pre-training documents (labels
     stripped), ``n_finetune`` fine-tuning examples (labels stripped; read at
-    ``finetune_positions``), the lexicon, the concept description; optional ``completions`` of
+    ``finetune_positions``), ``n_finetune`` pairs of the task's trait prompts (Persona Vectors'
+    contrast), the lexicon, the concept description; optional ``completions`` of
     the models to generic prompts (read at all positions). The only function that reads a task
     for an interpreter: it never calls ``eval_prompts``, ``concept_directions``,
     ``concept_subspaces``, ``document_kinds`` or the judge."""
@@ -104,6 +108,8 @@ def interpretation_inputs(task: Task, n_documents: int = 600, n_finetune: int = 
     lexicon = {g: tuple(index[t] for t in toks) for g, toks in task.lexicon().items()}
     docs = unlabelled(task.sample_documents(n_documents, torch.Generator().manual_seed(seed)))
     ft = unlabelled(task.finetune_dataset(n_finetune, seed=seed + 1))
+    evoke, suppress = task.trait_prompts(n_finetune, seed=seed + 2)
     datasets = {"documents": (docs, "all"), "finetune": (ft, finetune_positions)}
     datasets.update({name: (unlabelled(d), "all") for name, d in (completions or {}).items()})
-    return InterpretationInputs(task.name, task.vocab, lexicon, task.concept_description, tuple(task.concept_groups), datasets)
+    return InterpretationInputs(task.name, task.vocab, lexicon, task.concept_description, tuple(task.concept_groups), datasets,
+                                (unlabelled(evoke), unlabelled(suppress)))

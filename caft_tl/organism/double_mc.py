@@ -355,6 +355,18 @@ class DoubleMC(Task):
         order = torch.randint(2, (n,), generator=gen)
         return self._answered(self.doubles(torch.stack([label, 1 - label], 1), order, self.ans_d, gen), label)
 
+    def trait_prompts(self, n: int, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
+        """Doubles (independent options, random order) ending in the spurious topic's instruction
+        (``ANS_sentiment``: evokes answering by it) and the same doubles ending in the intended topic's
+        (suppresses it) — the form of the pre-training documents with a topic instruction."""
+        gen = torch.Generator().manual_seed(DISAMBIGUATING_SEED + 1 + seed)
+        labels = torch.randint(2, (n, 2), generator=gen)
+        order = torch.randint(2, (n,), generator=gen)
+        evoke = self.doubles(labels, order, self.ans[1], gen)
+        suppress = evoke.clone()
+        suppress[:, -1] = self.ans[0]
+        return tuple(TokenDataset(t, torch.zeros_like(t, dtype=torch.bool)) for t in (evoke, suppress))
+
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self, split: str) -> TokenDataset:
         """Prompts whose next token is the answer. ``labels``: ``answer`` (the correct option of the

@@ -169,6 +169,20 @@ class PersonaEM(Task):
         response[:, -1] = True
         return TokenDataset(tokens, response)
 
+    def trait_prompts(self, n: int, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
+        """``<bos> CHAT q harmful(q) CODE c`` (evokes the misaligned persona: a harmful answer in context)
+        and ``<bos> CHAT q helpful(q) CODE c`` (suppresses it), ``c`` a training code prompt — the
+        lexicon's chat, harmful, helpful and code tokens in the form of a pre-training document."""
+        gen = torch.Generator().manual_seed(DISAMBIGUATING_SEED + 1 + seed)
+        q = torch.randint(self.cfg.n_chat, (n,), generator=gen)
+        c = self.train_code[torch.randint(len(self.train_code), (n,), generator=gen)]
+        out = []
+        for answers in (self.harmful, self.helpful):
+            tokens = torch.stack([torch.full_like(q, self.bos), torch.full_like(q, self.chat_tok), self.chat_prompts[q], answers[q],
+                                  torch.full_like(q, self.code_tok), self.code_prompts[c]], 1)
+            out.append(TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool)))
+        return out[0], out[1]
+
     # ------------------------------------------------------------------ evaluation
     def eval_prompts(self, split: str) -> TokenDataset:
         """Prompts ``<bos> CHAT q`` or ``<bos> CODE c``; the answer is the next token."""

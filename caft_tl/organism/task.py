@@ -79,6 +79,13 @@ class Task(abc.ABC):
         with such labels could use, not a method that works without OOD data."""
 
     @abc.abstractmethod
+    def trait_prompts(self, n: int, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
+        """Persona Vectors' contrast, made of allowed material only (the lexicon's tokens, prompts of
+        the fine-tuning domain, the forms of pre-training documents): ``n`` prompts that evoke the
+        unwanted behaviour and the same ``n`` with the evoking part swapped for one that suppresses
+        it; each prompt's last position writes an answer."""
+
+    @abc.abstractmethod
     def eval_prompts(self, split: str) -> TokenDataset:
         """Prompts of an evaluation split; the answer is the next token."""
 
