@@ -37,3 +37,29 @@ def test_a_thread_count_names_its_organisms():
     (spec,) = search.organisms(args)
     assert spec["organism"] == "v0-steps100-seed3-threads2" and spec["pretrain_threads"] == 2
     assert search.csv_row({"spec": spec, "status": "ok", "seconds": 1.0, "verdicts": {}})["pretrain_threads"] == 2
+
+
+def test_validity_tables_count_valid_organisms_per_design_and_thread_count(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("validity_tables", search.REPO / "scripts" / "validity_tables.py")
+    vt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vt)
+    rows = []
+    for seed, (v1, v2, v3), threads in [(0, (True, True, True), 1), (1, (True, False, True), 1), (2, (True, True, True), 1),
+                                         (0, (True, True, False), 2)]:
+        rows.append({"organism": f"a-seed{seed}", "task": "double_mc", "variant": "a", "pretrain_seed": seed, "pretrain_steps": 100,
+                     "pretrain_threads": threads, "task_cfg": '{"lean": 0.1}', "status": "ok", "V1_base.holds": v1,
+                     "V2_plain_learns_spurious.holds": v2, "V3_oracle_removes_spurious.holds": v3,
+                     "oracle_caft_raises_ood.caft_ood": "0.9/1.0", "oracle_caft_raises_ood.plain_ood": "0.0/0.1"})
+    rows.append({**rows[0], "organism": "broken", "status": "error (exit 1)"})
+    pd.DataFrame(rows).to_csv(tmp_path / "search.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{vt.BEGIN}\nold\n{vt.END}\nrest\n")
+    assert vt.main([str(tmp_path / "search.csv"), "--out", str(tmp_path / "V.md"), "--readme", str(readme)]) == 0
+    lines = [l for l in (tmp_path / "V.md").read_text().splitlines() if l.startswith("| double_mc")]
+    assert lines == ["| double_mc | lean=0.1 | 1 | 3 | 2 | 67% | V2_plain_learns_spurious (1) | 0.95 | 0.05 |",
+                     "| double_mc | lean=0.1 | 2 | 1 | 0 | 0% | V3_oracle_removes_spurious (1) | nan | nan |"]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "\nold\n" not in text and lines[0] in text
+    assert vt.main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "V.md")]) == 2
