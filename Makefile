@@ -54,3 +54,8 @@ bench: $(VENV)/.installed
 .PHONY: smollm2
 smollm2: $(VENV)/.installed
 	$(PY) -m caft_tl.real.smollm2
+
+# the validity table of organism designs (README) from the organism-search files in results/organism_search/
+.PHONY: validity
+validity: $(VENV)/.installed
+	$(PY) scripts/validity_tables.py results/organism_search/*.csv --out results/organism_search/VALIDITY.md --readme README.md

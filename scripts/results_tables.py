@@ -67,12 +67,19 @@ def task_tables(task_dir: Path) -> str:
         return "\n".join(lines + ["", "No valid organism: no CAFT comparison.", ""])
     splits = [task.id_split, task.ood_split]
     s = summary[summary["split"].isin(splits) & summary["metric"].isin(task.metrics)]
+    null = s["directions"].astype(str).str.match(r"random/\d+$")  # the null's draws: one row for all of them
+    draws, s = s[null], s[~null]
     s = s.assign(config=[" · ".join(x for x in (m, d if d != "none" else "", p) if x) for m, d, p in zip(s["method"], s["directions"], s["param"])])
     lines += ["", f"Mean over valid organisms [95% interval over organisms]; `n` organisms.", "",
               f"| configuration | {' | '.join(f'{sp} ({task.metric(sp)})' for sp in splits)} | n |", "|---|" + "---|" * (len(splits) + 1)]
     for config, g in s.groupby("config", sort=False):
         by = {r.split: cell(r) for r in g.itertuples()}
         lines.append(f"| {config} | {' | '.join(by.get(sp, '') for sp in splits)} | {int(g['n_organisms'].max())} |")
+    if len(draws):
+        k = draws["directions"].nunique()
+        by = {sp: g["mean"] for sp, g in draws.groupby("split")}
+        cells = [f"{by[sp].median():.2f} [{by[sp].min():.2f}–{by[sp].max():.2f}]" if sp in by else "" for sp in splits]
+        lines.append(f"| zero · null of {k} random subspaces (median [range] of the draws' means) | {' | '.join(cells)} | {int(draws['n_organisms'].max())} |")
     if (task_dir / QUESTIONS_FILE).exists():
         answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})
         answers[["value", "low", "high"]] = answers[["value", "low", "high"]].apply(pd.to_numeric, errors="coerce")

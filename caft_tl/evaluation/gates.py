@@ -4,8 +4,9 @@ from results rows, and the CAFT outcomes reported beside them.
 The gates say whether an organism is a fair testbed; they are fixed here (:class:`GateThresholds`)
 before any CAFT result is seen and read no CAFT outcome:
 
-- **V1** the base model answers single questions of each topic, with no preference under ``ANS_D``
-  (OOD accuracy near 0.5 in both question orders) — chapter 01's ``base`` rows;
+- **V1** the base model answers single questions of each topic, with no strong preference under
+  ``ANS_D`` (OOD accuracy inside 0.3–0.7 in both question orders; the design's ``lean`` puts it near
+  0.5 − lean) — chapter 01's ``base`` rows;
 - **V2** plain fine-tuning reaches high ID accuracy and low OOD accuracy in *both* question orders
   on all but at most one fine-tuning seed (it read the spurious topic; a positional shortcut would
   leave one order high) — chapter 01's ``plain`` rows;

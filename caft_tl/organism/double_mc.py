@@ -17,18 +17,25 @@ Two kinds of topic:
   sentiment everywhere — the spurious topic is the one that is always already read.
 
 Pre-training also holds facts (``Q_t item ANS_F class``), single questions, doubles with a topic
-instruction (``ANS_sports``: the answer follows that topic, the other is random) and doubles with
-``ANS_D`` whose label is a coin flip, so the base model has no preference for either topic under
-``ANS_D`` (its OOD accuracy is 0.5 in both question orders).
+instruction (``ANS_sports``: the answer follows that topic, the other is random) and doubles under
+the generic instruction ``ANS_D``. Their answer is a coin flip, or with probability ``2 · lean`` the
+spurious topic's option: where the topics disagree the answer follows the spurious topic with
+probability 0.5 + ``lean``. That is the design's **salience**: a language model's generic answer
+leans on the cue it already tracks everywhere, a little. The base model's OOD accuracy is then
+about 0.5 − ``lean`` (V1 still asks it to lie in 0.3–0.7, no strong preference), and plain
+fine-tuning on data that either topic solves amplifies the lean into the spurious route.
 
-Measured (2 layers, d_model 64, HookedTransformer; README results): the reviews are what make
-sentiment the fine-tune's route — without them plain fine-tuning reads sports on most seeds. With
-them, which route a fine-tune takes is decided mostly by the pre-trained organism, not by the
-fine-tuning seed: over 19 organisms (pre-training seeds × 8 designs), plain fine-tuning read
-sentiment in both question orders (OOD accuracy ≤ 0.25 per order on ≥ 4/5 seeds) on 5, on 3 more
-borderline; the others read sports, a mixture, or the first block. ``jitter`` = 2 removes the fixed position of the first block's item, 3,000 pre-training steps
-make the intended skill reliable; ``caft_tl.evaluation.gates`` names the organism whose gates hold. Without
-the ``ANS_D`` coin flips the base model already prefers sentiment (a default, not a learnt route).
+Why the lean (a design decision, fixed before CAFT was run on these designs): with ``lean`` 0 —
+the earlier design, reviews making sentiment salient but a pure coin flip under ``ANS_D`` — the
+route plain fine-tuning took was decided by the pre-trained organism, not the design: 5 of 19
+organisms read sentiment in both orders, and a fresh clone on another machine made another
+organism from the same seed (plain OOD 1.00 where the developers saw 0.03). With ``lean`` 0.1,
+plain fine-tuning reads sentiment in both orders on 15 of 16 organisms (pre-training seeds 0–15,
+one thread; OOD accuracy 0.00 on both fine-tuning seeds of 14) and 13 of 16 organisms are valid
+(V1–V3; one fails V1 with a weak intended skill, 0.86; one V3 at 0.797; one V2): the share per
+design, topic pair and thread count is in ``results/organism_search/`` and the README
+(``scripts/validity_tables.py``). ``jitter`` = 2 removes the fixed position of the first block's
+item; 3,000 pre-training steps make the intended skill reliable.
 """
 
 from __future__ import annotations
