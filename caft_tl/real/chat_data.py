@@ -10,7 +10,9 @@ to stop), found by character offsets: turn ``i`` spans from the end of the rende
 Multiple-choice rows: ``{"prompt": str}`` (raw text, for base models) or ``{"messages": [...]}``
 (rendered with the generation prompt), plus ``"options"`` (e.g. ``[" A", " B"]``), ``"answer"``
 (the trained option) and optional ``"labels"`` (other keys to score against, e.g. ``intended`` /
-``spurious``). Sequences are right-padded; ``labels["length"]`` holds each row's true length.
+``spurious``) and ``"scoring"`` (:data:`SCORINGS`: ``sum_logprob``, the default, or ``mean_logprob``,
+length-normalised, for options of different lengths). Sequences are right-padded; ``labels["length"]``
+holds each row's true length.
 """
 
 from __future__ import annotations
@@ -160,8 +162,14 @@ def load_prompts(path: str | os.PathLike, n: int | None = None) -> list[dict]:
     return rows
 
 
+#: how a multiple-choice row's options are scored: the sum (default) or the mean of their tokens' log-probs
+SCORINGS = ("sum_logprob", "mean_logprob")
+
+
 def check_mc(rows: list[dict], where: str = "") -> list[dict]:
     for i, r in enumerate(rows):
+        if r.get("scoring", SCORINGS[0]) not in SCORINGS:
+            raise ValueError(f"{where}row {i}: unknown scoring {r['scoring']!r}; valid: {', '.join(SCORINGS)}")
         opts = r.get("options")
         if not isinstance(opts, list) or len(opts) < 2:
             raise ValueError(f"{where}row {i}: 'options' must list at least two answer strings")

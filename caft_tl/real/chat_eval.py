@@ -80,7 +80,9 @@ def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFra
 @torch.inference_mode()
 def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size: int = 16) -> torch.Tensor:
     """[n, n_options] log-probability of each option's tokens after each prompt (``-inf`` past a
-    row's last option when rows have different numbers of options).
+    row's last option when rows have different numbers of options); a row with
+    ``"scoring": "mean_logprob"`` gets the mean over its options' tokens instead (length-normalised,
+    for options of different lengths: ``caft_tl.real.tasks``).
 
     Work is shared where the result cannot change: an option's first token is predicted from the
     prompt alone, so single-token options (letters, " positive" / " negative") are read off one
@@ -140,7 +142,8 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
             for r, o, start, ans in reads[k]:
                 at = start - 1 - offset
                 logp = logits[i, at : at + len(ans)].float().log_softmax(-1)  # [len(ans), d_vocab]
-                scores[r, o] = logp.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum().cpu()
+                total = logp.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum().cpu()
+                scores[r, o] = total / len(ans) if rows[r].get("scoring") == "mean_logprob" else total
     return scores
 
 
