@@ -141,5 +141,6 @@ def markdown(df: pd.DataFrame) -> str:
     lines = ["| | question | answer | value | [95% interval] | n |", "|---|---|---|---|---|---|"]
     for r in df.itertuples():
         value = "" if r.n == 0 else f"{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]"
-        lines.append(f"| {r.question} | {r.text} | {r.answer} | {VALUES[r.question]} | {value} | {r.n} {r.over if r.n else ''} |")
+        over = (r.over.removesuffix("s") if r.n == 1 else r.over) if r.n else ""
+        lines.append(f"| {r.question} | {r.text} | {r.answer} | {VALUES[r.question]} | {value} | {r.n} {over} |")
     return "\n".join(lines)
