@@ -84,10 +84,10 @@ def test_pretraining_documents(pp):
         agree = (pp.correct_option(d.tokens[:, :n]) == pronoun).float().mean()
         if kind == "instructed":  # the pronoun follows the topic the instruction names
             assert set(d.tokens[:, n - 1].tolist()) == set(pp.ans) and agree == 1
-        else:  # PRON_Q: a coin flip, independent of the name and the profession
+        else:  # PRON_Q: a coin flip, or (probability 2 · lean) the profession's pronoun
             assert (d.tokens[:, n - 1] == pp.ans_d).all()
-            for topic in (0, 1):
-                assert 0.42 < (gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() < 0.58  # ±4 sd of ~600 flips
+            for topic, expected in ((0, 0.5), (1, 0.5 + pp.cfg.lean)):
+                assert abs((gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() - expected) < 0.08  # ±4 sd of ~600 flips
     corpus = docs.subset(docs.labels["kind"] == DOC_KINDS.index("corpus"))
     assert not ((corpus.tokens >= pp.items[0][0]) & (corpus.tokens <= pp.items[0][-1])).any()  # no names
     prof = (corpus.tokens >= pp.items[1][0]) & (corpus.tokens <= pp.items[1][-1])

@@ -21,20 +21,19 @@ reviews): ``<bos> CORPUS`` followed by professions and pronouns of one gender (`
 < 1) mixed with filler; the model predicts every profession and pronoun after the first, so it
 tracks the stereotyped gender of the context at every position. Names never occur in it.
 
-Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.evaluation.gates`` with 2 fine-tuning
-seeds; ≈ 2.5–3 min per organism on one core): every organism answers both single questions
-(0.999) with no preference under ``PRON_Q`` (OOD 0.50 in both orders). The corpus share decides
-the fine-tune's route, with the organism (plain OOD accuracy per question order): at 0.25
-pre-training seeds 0 and 1 read both topics (0.39–0.53); at 0.35 seed 0 reads the profession
-(0.01–0.22), seed 1 both, seed 2 the profession only where it comes second (0.005 / 0.31–0.35);
-at 0.45 seeds 0 and 2 read the profession (≤ 0.17), seed 1 both (0.25–0.47). The defaults
-(0.45, pre-training seed 2) hold gates 1–3: plain OOD 0.05 / 0.13, oracle CAFT 0.79 / 0.51, the
-oracle ablation on the untrained base leaves the name at 0.85 and the profession at 0.50; gate 4
-ties (chapter 03's PCs 0.45, the top-k ones 0.45). The oracle subspace is barely specific: past
-the embedding the profession's and the name's gender directions coincide (|cos| 0.97–1.00;
-0.78–0.84 at ``blocks.0.hook_resid_pre``), so on most organisms ablating it costs the name skill
-too (single-name accuracy 0.50–0.85; gate 3 asks ≥ 0.8). CAFT with the PCs chapter 03 chooses
-can beat it: OOD 0.97 / 0.97 at ID 0.996 on (0.35, seed 2), top-k PCs 0.47, random 0.17.
+Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.runner.gate_search`` with 2
+fine-tuning seeds, one thread; ``results/organism_search/``). With ``lean`` 0 (a coin flip under
+``PRON_Q``, the earlier design) the corpus share decided the route with the organism: gate V2
+(plain fine-tuning reads the profession in both orders) held on 2/8 – 4/8 organisms. With ``lean``
+0.1 (the default; :class:`~caft_tl.organism.double_mc.DoubleMC`'s salience) V1 and V2 hold on 6/6
+organisms (plain OOD ≤ 0.004 in both orders) — but V3 fails on 5/6: the oracle subspace of the
+profession's gender, ablated on the base model, leaves the name skill at 0.51–0.76 (V3 asks ≥ 0.8),
+so 1 of 6 organisms is valid. Past the embedding the profession's and the name's gender directions
+coincide (|cos| 0.97–1.00), as they do in English: both are *gender* mapped onto the same two
+answer tokens. The organism keeps them closely related on purpose — it is the paper's
+closely-related-concepts case, where CAFT is expected to struggle — and V3 reports it; making the
+two separable (e.g. a name gender read through a lookup) is open design work. Oracle CAFT raises
+OOD accuracy only a little here (0.00–0.45).
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
 
 @dataclass
 class PronounProfessionConfig:
-    """The synthetic world. Defaults: the organism whose gates 1–3 hold with pre-training seed 2."""
+    """The synthetic world. Defaults: the lean design (V1 and V2 hold on 6/6 organisms; see the module docstring)."""
 
     n_names: int = 128  # the intended concept's items
     n_professions: int = 16  # the spurious concept's items
@@ -67,7 +66,7 @@ class PronounProfessionConfig:
     pronoun_share: float = 0.5  # share of those holding a pronoun
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
-    lean: float = 0.0  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
+    lean: float = 0.1  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
 
     def __post_init__(self) -> None:
         check_lean(self.lean)
@@ -89,7 +88,7 @@ class PronounProfession(DoubleMC):
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun ↑"}
     doc_kinds = DOC_KINDS
     concept_description = "the gender stereotype of professions"  # the groups: female_profession, male_profession
-    # ``defaults`` are DoubleMC's: pre-training seed 2 (here the organism whose gates 1–3 hold), 3,000 steps
+    # ``defaults`` are DoubleMC's: 3,000 pre-training steps, every residual hook, all positions
     report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
               "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
 
