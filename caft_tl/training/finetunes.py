@@ -48,9 +48,12 @@ def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
     return {"reference": base, "reference_data": docs}
 
 
-def finetune_data(task, cfg: FinetuneConfig) -> TokenDataset:
-    """The examples a run trains on: ``cfg.n_examples`` of the task's fine-tuning data, of which the last
-    ``cfg.n_disambiguating`` are its disambiguating examples (the data-side reference; the loop shuffles)."""
+def finetune_data(task, cfg: FinetuneConfig, data: TokenDataset | None = None) -> TokenDataset:
+    """The examples a run trains on: ``data`` when given (a job's own examples), else ``cfg.n_examples`` of
+    the task's fine-tuning data, of which the last ``cfg.n_disambiguating`` are its disambiguating
+    examples (the data-side reference; the loop shuffles)."""
+    if data is not None:
+        return data
     m = cfg.n_disambiguating
     if not (isinstance(m, int) and 0 <= m < cfg.n_examples):
         raise ValueError(f"FinetuneConfig.n_disambiguating = {m!r}; expected an int in [0, n_examples={cfg.n_examples})")
@@ -70,6 +73,7 @@ def run_finetune(
     keep_model: bool = False,
     progress: bool = True,
     organism: str | None = None,
+    data: TokenDataset | None = None,
 ) -> tuple[list[dict], HookedTransformer | None]:
     """Fine-tune a copy of ``base`` (optionally under ``intervention``), evaluate it without the
     intervention (unless ``on_at_eval``) and return its results rows (``organism``: the rows'
@@ -77,17 +81,18 @@ def run_finetune(
 
     A finished run (same config and intervention) is read back from
     ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
-    ``keep_model`` saves (or reloads) the fine-tuned weights too.
+    ``keep_model`` saves (or reloads) the fine-tuned weights too; ``data`` trains on those examples
+    instead of the task's (one epoch; ``cfg.n_examples`` is then not used).
     """
     if intervention is not None:
         intervention.check(base)
-    unit = _Unit.make(run_dir, base, task, FinetuneJob(cfg, method, directions, param, intervention, keep_model), organism)
+    unit = _Unit.make(run_dir, base, task, FinetuneJob(cfg, method, directions, param, intervention, keep_model, data), organism)
     if (metrics := unit.cached()) is not None:
         model = models.load_model(unit.folder)[0] if keep_model else None
         return results.rows(unit.key, metrics), model
 
     model = models.copy_model(base)
-    data = finetune_data(task, cfg)
+    data = finetune_data(task, cfg, unit.job.data)
     checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
     losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint,
                       **kl_inputs(base, task, cfg))
@@ -114,6 +119,8 @@ class _Unit:
         folder = run.finetune(job.method, job.directions, job.param, cfg.seed)
         spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(job.intervention), "task": task.name,
                 "base": base_hash or models.weights_hash(base)}
+        if job.data is not None:  # a job's own examples: their tokens and masks decide the run too
+            spec["data"] = hashlib.sha256(job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()).hexdigest()[:16]
         return cls(job, key, folder, spec, files.config_hash(spec))
 
     def cached(self) -> dict[str, dict[str, float]] | None:
@@ -140,7 +147,8 @@ class _Unit:
 
     @property
     def n_steps(self) -> int:
-        return self.job.cfg.epochs * math.ceil(self.job.cfg.n_examples / self.job.cfg.batch_size)
+        n = len(self.job.data) if self.job.data is not None else self.job.cfg.n_examples
+        return self.job.cfg.epochs * math.ceil(n / self.job.cfg.batch_size)
 
 
 @dataclasses.dataclass
@@ -153,6 +161,7 @@ class FinetuneJob:
     param: str = ""
     intervention: Intervention | None = None
     keep_model: bool = False  # save the fine-tuned weights too
+    data: TokenDataset | None = None  # train on these examples instead of the task's (e.g. a filtered subset); one epoch
 
 
 def default_workers() -> int:
@@ -171,7 +180,7 @@ def _run_job(job: FinetuneJob) -> list[dict]:
 
 def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[dict]:
     return run_finetune(run_dir, base, task, job.cfg, job.method, job.directions, job.param, job.intervention,
-                        keep_model=job.keep_model, progress=False, organism=organism)[0]
+                        keep_model=job.keep_model, progress=False, organism=organism, data=job.data)[0]
 
 
 def run_finetunes(
@@ -250,7 +259,7 @@ def _run_todo(todo) -> list[list[dict]]:
     if kind == "one":
         u = units[0]
         model = models.copy_model(base)
-        data = finetune_data(task, u.job.cfg)
+        data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint,
                           **kl_inputs(base, task, u.job.cfg))
@@ -262,7 +271,7 @@ def _run_todo(todo) -> list[list[dict]]:
 
 def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[dict]]:
     """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
-    datas = [finetune_data(task, u.job.cfg) for u in units]
+    datas = [finetune_data(task, u.job.cfg, u.job.data) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
     states, losses = batched.finetune_batched(base, datas, [u.job.cfg for u in units], [u.job.intervention for u in units],
