@@ -34,12 +34,12 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     run_dir, fig_dir, timings = fast_run
     tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
-    assert len(names) == 8 and names[-1] == "07_gates"
+    assert len(names) == 9 and names[-2:] == ["07_gates", "08_questions"]
     assert list(timings) == [f"{t}/seed{s}/{n}" for t in tasks for s in SEEDS for n in names
                              if t != "persona_em" or n != "07_gates"]  # gates: not for persona_em
     for task in tasks:
         for s in SEEDS:
-            for name in names[:-1]:
+            for name in [n for n in names if task != "persona_em" or n != "07_gates"]:
                 assert (run_dir / task / f"seed{s}" / "notebooks" / f"{name}.ipynb").exists()
     assert (run_dir / "pronoun_profession" / "seed1" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
@@ -115,7 +115,7 @@ def test_the_population_is_summarised_over_valid_organisms(fast_run):
 
 
 def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
-    """A chapter 08 dropped next to the others runs for every task with no other change: it opens
+    """A chapter 09 dropped next to the others runs for every task with no other change: it opens
     with ``setup``, reads artefacts through the run directory and writes a figure."""
     import nbformat
 
@@ -128,9 +128,9 @@ def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
                                             "from caft_tl.core import files\n"
                                             "files.write_json(run / 'chapter08.json', {'rows': len(run.read_results()), 'task': world.name})")]
     stub.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
-    nbformat.write(stub, str(tmp_path / "08_stub.ipynb"))
-    assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][-1] == "08_stub"
-    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["08"], progress=False, notebook_dir=tmp_path, pretrain_seeds=[0])
+    nbformat.write(stub, str(tmp_path / "09_stub.ipynb"))
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][-1] == "09_stub"
+    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["09"], progress=False, notebook_dir=tmp_path, pretrain_seeds=[0])
     for task in ("persona_em", "double_mc"):
         run = RunDir(run_dir / task / "seed0")
         assert files.read_json(run / "chapter08.json") == {"rows": len(run.read_results()), "task": task}
@@ -147,8 +147,8 @@ def test_tasks_are_chosen_by_name(tmp_path):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, pretrain_seeds=[-1])
     with pytest.raises(ValueError, match=r"unknown double_mc design parameter\(s\) \['topic'\]; valid: intended, spurious"):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"task_cfg": {"topic": "x"}})
-    assert [nb.stem[:2] for nb, _ in suite.plan(params={"task": "persona_em"})] == ["00", "01", "02", "03", "04", "05", "06"]
-    assert suite.plan(params={"task": "double_mc"})[-1][0].stem == "07_gates"
+    assert [nb.stem[:2] for nb, _ in suite.plan(params={"task": "persona_em"})] == ["00", "01", "02", "03", "04", "05", "06", "08"]
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-2:] == ["07_gates", "08_questions"]
     assert not list(tmp_path.iterdir())
 
 

@@ -1,6 +1,7 @@
 """The thread's questions, answered from rows: verdicts follow the intervals, missing rows say so."""
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from caft_tl.core import results
@@ -64,3 +65,15 @@ def test_a_checks_none_condition_becomes_base_rows():
     rows = checks.baseline_rows(summary, "double_mc", "o", lambda r: f"sae_latent_{r.probe.replace(' ', '_')}")
     assert [(r["method"], r["directions"], r["trained"], r["metric"], r["value"]) for r in rows] == \
         [("base", "none", False, "sae_latent_blocks.1_L3", 1.0)]
+
+
+def test_question_bars_show_the_measured_questions_with_their_intervals():
+    from caft_tl.plotting import figures
+
+    t = _table(1, sae=False)
+    a = questions.answers(t[t["method"] != "add"], "ood", "accuracy")
+    fig = figures.question_bars(a, "t")
+    bar = fig.data[0]
+    measured = a[a["n"] > 0]
+    assert list(bar.x) == [questions.SHORT[q] for q in measured["question"]]  # b and f are not measured: no bar
+    assert list(bar.error_y.array) == pytest.approx(list(measured["high"] - measured["value"]))

@@ -32,6 +32,9 @@ QUESTIONS = {
     "e": "Which sign of k in steer_mean helps, and does the best k reach CAFT's effect?",
     "f": "CAFT (zero) vs preventative steering (add)?",
 }
+#: question id -> a short label (figures)
+SHORT = {"a": "a · zero on the base", "b": "b · SAE latents", "c": "c · detached vs CAFT", "d": "d · grad_only vs CAFT",
+         "e": "e · best steer k vs CAFT", "f": "f · CAFT vs add"}
 #: question id -> what its value is
 VALUES = {
     "a": "OOD change on the base, + toward the behaviour",

@@ -309,3 +309,18 @@ def null_distribution(null: list[float], marks: dict[str, float], title: str, x_
         fig.add_vline(x=v, line_color=_colour(f"zero · {name}"), line_dash="dash", annotation_text=name)
     fig.update_layout(title=title, xaxis=dict(title=x_title, range=[0, 1.05]), yaxis_title="draws", bargap=0.05)
     return fig
+
+
+def question_bars(answers: pd.DataFrame, title: str) -> go.Figure:
+    """The thread's questions (:func:`caft_tl.evaluation.questions.answers`): one bar per measured
+    question, its value with the 95% interval, the verdict as hover text; 0 is "no difference"."""
+    a = answers[answers["n"] > 0]
+    from caft_tl.evaluation.questions import SHORT
+
+    fig = go.Figure(go.Bar(x=[SHORT.get(str(q), str(q)) for q in a["question"]], y=a["value"],
+                           error_y=dict(type="data", symmetric=False, array=a["high"] - a["value"], arrayminus=a["value"] - a["low"]),
+                           hovertext=[f"{t}<br>{v}" for t, v in zip(a["text"], a["answer"])], marker_color=_colour("zero · pca")))
+    fig.add_hline(y=0, line_color="#333", line_width=1)
+    fig.update_layout(title=title, xaxis_title="question", yaxis_title="value (see the table; 0: no difference)",
+                      template=TEMPLATE)
+    return fig
