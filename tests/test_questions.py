@@ -77,3 +77,13 @@ def test_question_bars_show_the_measured_questions_with_their_intervals():
     measured = a[a["n"] > 0]
     assert list(bar.x) == [questions.SHORT[q] for q in measured["question"]]  # b and f are not measured: no bar
     assert list(bar.error_y.array) == pytest.approx(list(measured["high"] - measured["value"]))
+
+
+def test_a_nil_effect_with_a_tight_interval_is_no_measurable_difference():
+    t = _table()
+    shift = (t["method"] == "detached") & t["trained"]
+    t.loc[shift, "value"] = t.loc[shift, "value"] + 0.005  # excludes 0 over organisms, but below MIN_EFFECT
+    a = questions.answers(t, "ood", "accuracy").set_index("question")
+    assert a.loc["c", "low"] > -1 and "no measurable effect" in a.loc["c", "answer"]
+    t.loc[shift, "value"] = t.loc[shift, "value"] + 0.1  # now a real effect
+    assert questions.answers(t, "ood", "accuracy").set_index("question").loc["c", "answer"].startswith("helps")

@@ -2,7 +2,8 @@
 
 Each answer is a number with its 95% interval over organisms (over fine-tuning seeds when there
 is one organism) and a verdict that reads the interval, or "not measured" where the rows are
-missing. Effects are signed so that positive is *better* on the OOD split: toward the base model
+missing; an effect on a rate below :data:`MIN_EFFECT` reads as no measurable difference. Effects are
+signed so that positive is *better* on the OOD split: toward the base model
 and away from plain fine-tuning's generalisation (``effect(m) = s · (m − plain)``, ``s`` the sign
 of ``base − plain``).
 
@@ -52,12 +53,17 @@ def _interval(values: pd.Series) -> tuple[float, float, float, int]:
     return m, lo, hi, int(values.notna().sum())
 
 
-def _sign_word(lo: float, hi: float, n: int, up: str, down: str, none: str = "no measurable difference") -> str:
+#: effects on a rate smaller than this (0–1 scale) read as "no measurable difference" even where the
+#: interval excludes 0 (five seeds that all sit at 0.000 give a tight interval around a nil effect)
+MIN_EFFECT = 0.02
+
+
+def _sign_word(m: float, lo: float, hi: float, n: int, up: str, down: str, none: str = "no measurable difference",
+               min_effect: float = MIN_EFFECT) -> str:
     if n == 0 or np.isnan(lo):
         return "not measured"
-    if n == 1:
-        return f"{up if lo > 0 else down if hi < 0 else none} (one value: no interval)"
-    return up if lo > 0 else down if hi < 0 else none
+    word = up if lo > 0 and m >= min_effect else down if hi < 0 and m <= -min_effect else none
+    return f"{word} (one value: no interval)" if n == 1 else word
 
 
 def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = "pca", organisms: list[str] | None = None) -> pd.DataFrame:
@@ -97,7 +103,7 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
              & (t["metric"] == "mean_projection") & (t["split"] == "finetune_data")]
     pos = f"; mean projection on the fine-tuning data positive on {int((proj['value'] > 0).sum())}/{len(proj)} directions" if len(proj) else ""
     m, lo, hi, n = _interval(toward)
-    add("a", _sign_word(lo, hi, n, "toward the behaviour", "away from the behaviour") + pos, toward, "organisms")
+    add("a", _sign_word(m, lo, hi, n, "toward the behaviour", "away from the behaviour") + pos, toward, "organisms")
 
     # b: the concept SAE latents under zero-ablation of the chosen directions, against the base model
     lat = t[~t["trained"] & t["metric"].astype(str).str.startswith("sae_latent_") & (t["split"] == "finetune_data")]
@@ -105,15 +111,17 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
     off = lat[(lat["method"] == "base") & (lat["directions"] == "none")].groupby("organism")["value"].mean()
     change = (on - off).dropna()
     m, lo, hi, n = _interval(change)
-    add("b", _sign_word(lo, hi, n, "up", "down"), change if len(change) else None, "organisms")
+    add("b", _sign_word(m, lo, hi, n, "up", "down", min_effect=0.0), change if len(change) else None, "organisms")  # activations, not a rate
 
     caft = effect(trained("zero", directions))
     for q, mode in (("c", "detached"), ("d", "grad_only")):
         part = effect(trained(mode, directions))
         m, lo, hi, n = _interval(part - caft)
         pm, plo, phi, pn = _interval(part)
-        verdict = ("not measured" if pn == 0 else "recovers it (no measurable difference from CAFT)" if n > 1 and lo <= 0 <= hi and plo > 0
-                   else f"{_sign_word(plo, phi, pn, 'helps', 'hurts', 'no measurable effect')}; vs CAFT: {_sign_word(lo, hi, n, 'more', 'less')}")
+        helps = _sign_word(pm, plo, phi, pn, "helps", "hurts", "no measurable effect")
+        versus = _sign_word(m, lo, hi, n, "more", "less")
+        verdict = ("not measured" if pn == 0 else "recovers it (no measurable difference from CAFT)" if n > 1 and helps == "helps"
+                   and versus == "no measurable difference" else f"{helps}; vs CAFT: {versus}")
         add(q, verdict, part - caft)
 
     steer = ood[ood["trained"] & (ood["method"] == "steer_mean") & (ood["directions"] == directions)]
@@ -121,9 +129,9 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
     if ks:
         effects = {k: effect(trained("steer_mean", directions, k)) for k in ks}
         best = max(ks, key=lambda k: effects[k].mean())
-        helping = [k for k in ks if (v := _interval(effects[k]))[1] > 0]
+        helping = [k for k in ks if _sign_word(*_interval(effects[k]), "helps", "hurts") == "helps"]
         m, lo, hi, n = _interval(effects[best] - caft)
-        add("e", f"helps at {', '.join(helping) or 'no k'}; best {best}: {_sign_word(lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
+        add("e", f"helps at {', '.join(helping) or 'no k'}; best {best}: {_sign_word(m, lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
             effects[best] - caft)
     else:
         add("e", "not measured", None)
@@ -133,7 +141,7 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
         best = max(adds, key=lambda p: effect(trained("add", directions, p)).mean())
         diff = caft - effect(trained("add", directions, best))
         m, lo, hi, n = _interval(diff)
-        add("f", f"CAFT vs add ({best}): {_sign_word(lo, hi, n, 'CAFT better', 'add better')}", diff)
+        add("f", f"CAFT vs add ({best}): {_sign_word(m, lo, hi, n, 'CAFT better', 'add better')}", diff)
     else:
         add("f", "not measured", None)
     return pd.DataFrame(rows, columns=COLUMNS)
