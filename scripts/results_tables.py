@@ -103,13 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     with files.atomic_write(args.out) as f:
         f.write(text)
     if args.readme:
-        readme = args.readme.read_text()
-        if BEGIN not in readme or END not in readme:
-            print(f"error: {args.readme} has no {BEGIN} … {END} block to replace", file=sys.stderr)
+        try:
+            files.replace_block(args.readme, BEGIN, END, text + "\n")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        head, rest = readme.split(BEGIN, 1)
-        with files.atomic_write(args.readme) as f:
-            f.write(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
     print(f"tables for {len(tasks)} task(s) in {args.out}")
     return 0
 

@@ -178,6 +178,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def replace_block(path: str | os.PathLike, begin: str, end: str, text: str) -> None:
+    """Replace what stands between the markers ``begin`` and ``end`` of a text file (a README's
+    generated block) with ``text``, atomically; a file without both markers raises in one line."""
+    path = Path(path)
+    content = path.read_text()
+    if begin not in content or end not in content:
+        raise ValueError(f"{path} has no {begin} … {end} block to replace")
+    head, rest = content.split(begin, 1)
+    with atomic_write(path) as f:
+        f.write(head + begin + "\n" + text + end + rest.split(end, 1)[1])
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[io.IOBase]:
     """Open a file that appears at ``path`` whole, or not at all if the block raises."""
