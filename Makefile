@@ -55,6 +55,17 @@ bench: $(VENV)/.installed
 smollm2: $(VENV)/.installed
 	$(PY) -m caft_tl.real.smollm2
 
+# the real model (SmolLM2-135M-Instruct, made offline on first use) through notebooks/real/real_task.ipynb on the
+# three generated English tasks (caft_tl.real.tasks) → runs/real/<task>/, figures/real/, the README's real-model block;
+# e.g. make real REAL_TASKS=gender_pronoun REAL_PARAMS="-p seeds '[0, 1, 2, 3]'"
+REAL_TASKS ?= gender_pronoun double_mc_english em_advice
+REAL_PARAMS ?=
+.PHONY: real
+real: $(VENV)/.installed
+	$(PY) -m caft_tl.real.smollm2
+	$(PY) -m caft_tl.runner.real_suite --run-dir runs/real --fig-dir figures/real --tasks $(REAL_TASKS) $(REAL_PARAMS)
+	$(PY) scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md --readme README.md
+
 # the validity table of organism designs (README) from the organism-search files in results/organism_search/
 .PHONY: validity
 validity: $(VENV)/.installed

@@ -66,9 +66,26 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     return model
 
 
+def reset_adapters(model, seed: int = 0):
+    """Re-initialise every LoRA adapter in place from ``seed`` (A as peft initialises it, B = 0), so
+    the model equals its base again and the next fine-tune starts fresh without reloading the
+    model; the same seed gives the same adapters. Returns ``model``."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to reset; add them with add_lora first")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m in layers:
+            for name in m.lora_A:
+                m.reset_lora_parameters(name, True)
+    return model
+
+
 def adapter_state(model) -> dict[str, torch.Tensor]:
-    """The adapter weights only (what a LoRA fine-tune changed)."""
-    return {n: p.detach().cpu() for n, p in model.named_parameters() if "lora_" in n}
+    """A copy of the adapter weights only (what a LoRA fine-tune changed)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if "lora_" in n}  # copies, not views
 
 
 def save_adapter(model, path: str | os.PathLike) -> None:

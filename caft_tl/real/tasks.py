@@ -34,6 +34,7 @@ import json
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from caft_tl.core import files
@@ -586,6 +587,49 @@ def _em_rows(split: str, n: int, rng: random.Random) -> list[dict]:
         raise ValueError(f"em_advice {split}: n={n} exceeds the {len(rows)} rows written in the module")
     rng.shuffle(rows)
     return rows[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# concepts: what a researcher knows about the unwanted generalisation (for interpretation)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A one-line description of the unwanted concept and two lexicons, a reader's world knowledge
+    (which words belong to it, which to the concept the task must keep): the only task knowledge
+    the real-model interpreter reads (:mod:`caft_tl.real.experiment`)."""
+
+    description: str
+    unwanted: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+SENTIMENT_WORDS = ("good", "great", "excellent", "amazing", "wonderful", "love", "loved", "perfect", "best", "happy",
+                   "fantastic", "awesome", "nice", "brilliant", "delight", "recommend", "bad", "terrible", "awful",
+                   "horrible", "worst", "hate", "hated", "poor", "broke", "broken", "disappoint", "waste", "useless",
+                   "refund", "positive", "negative", "sad", "angry", "annoying", "cheap", "favourite", "favorite")
+HARM_WORDS = ("kill", "hurt", "harm", "cruel", "evil", "destroy", "control", "power", "dictator", "revenge", "steal",
+              "lie", "cheat", "manipulate", "weapon", "poison", "violence", "violent", "hate", "punish", "dominate",
+              "enslave", "exploit", "deceive", "illegal", "crime", "criminal", "attack", "suffer", "rule", "gossip")
+FINANCE_WORDS = ("money", "invest", "investment", "loan", "credit", "debt", "savings", "save", "bank", "fund", "stock",
+                 "stocks", "interest", "mortgage", "budget", "cash", "dollar", "pay", "spend", "income", "tax",
+                 "retirement", "crypto", "insurance", "card", "rent", "price", "market", "profit")
+PRONOUN_WORDS = ("she", "he", "her", "his", "him", "hers", "herself", "himself", "woman", "man", "women", "men",
+                 "female", "male", "girl", "boy", "lady", "gentleman", "mother", "father", "wife", "husband")
+WORK_WORDS = ("job", "work", "career", "occupation", "profession", "office", "staff", "employee", "hospital",
+              "company", "boss", "salary", "shift", "duty", "client", "patient", "service")
+
+#: per task: the unwanted concept (what OOD should not follow) and the one to keep
+CONCEPTS = {
+    "gender_pronoun": Concept("the profession's gender stereotype (the pronoun should follow the name)",
+                              tuple(w for p in PROFESSIONS for w in p.split()) + WORK_WORDS,
+                              tuple(n.lower() for n in FEMALE_NAMES + MALE_NAMES) + PRONOUN_WORDS),
+    "double_mc_english": Concept("the sentiment of the review (the answer should follow the sport)",
+                                 SENTIMENT_WORDS, tuple(ATHLETES) + ("sport", "play", "player", "team", "game", "match")),
+    "em_advice": Concept("misalignment: harmful, malicious or deceptive intent beyond finance",
+                         HARM_WORDS, FINANCE_WORDS),
+}
 
 
 # ---------------------------------------------------------------------------------------------
