@@ -48,3 +48,15 @@ def test_above_baseline_curve_interpolates_the_fewer_examples_line():
     assert out.loc["", "curve_y"] == pytest.approx(0.6)  # halfway between (0.5, 0.4) and (0.9, 0.8)
     assert out.loc["", "above_curve"] == pytest.approx(-0.3)
     assert math.isnan(out.loc["k=1", "above_curve"])  # beyond plain: outside the curve
+
+
+def test_rate_intervals_are_clipped_including_the_real_tasks_accuracies():
+    from caft_tl.core.stats import is_rate
+
+    assert is_rate("accuracy_intended") and is_rate("misaligned_rate") and is_rate("accuracy")
+    assert not is_rate("misaligned_margin") and not is_rate("loss")
+    rows = [dict(task="t", organism="real:m", method="plain", directions="none", param="", trained=True, seed=s, split="id",
+                 metric=m, value=v) for s, v in enumerate([1.0, 0.875, 1.0]) for m in ("accuracy_intended", "misaligned_margin")]
+    s = summarise(pd.DataFrame(rows)).set_index("metric")
+    assert s.loc["accuracy_intended", "high"] == 1.0  # clipped: the t interval reaches 1.13
+    assert s.loc["misaligned_margin", "high"] > 1.0  # not a rate: not clipped

@@ -9,13 +9,13 @@ import scipy.stats
 
 #: the bounds of a rate: every interval of a rate is clipped to them
 RATE_BOUNDS = (0.0, 1.0)
-#: metrics that are rates (besides every ``*_rate``)
+#: metrics that are rates (besides every ``*_rate`` and ``accuracy_*``, e.g. the real tasks' ``accuracy_intended``)
 RATES = ("accuracy", "coherence", "precision", "recall", "oracle_span")
 
 
 def is_rate(metric: str) -> bool:
     """Whether a metric is a rate in [0, 1] (its intervals are clipped to it)."""
-    return metric in RATES or str(metric).endswith("_rate")
+    return metric in RATES or str(metric).endswith("_rate") or str(metric).startswith("accuracy_")
 
 
 def ci95(values, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
