@@ -60,3 +60,25 @@ def test_rate_intervals_are_clipped_including_the_real_tasks_accuracies():
     s = summarise(pd.DataFrame(rows)).set_index("metric")
     assert s.loc["accuracy_intended", "high"] == 1.0  # clipped: the t interval reaches 1.13
     assert s.loc["misaligned_margin", "high"] > 1.0  # not a rate: not clipped
+
+
+def _seed_rows(spec):
+    """rows from {(method, directions, param): [(x, y) per seed]} on splits x / y."""
+    return pd.DataFrame([dict(task="t", organism="o", method=m, directions=d, param=p, trained=m != "base", seed=s, split=split, metric="rate", value=v)
+                         for (m, d, p), pts in spec.items() for s, xy in enumerate(pts) for split, v in zip(("x", "y"), xy)])
+
+
+def test_bootstrap_above_curve_matches_the_point_estimate_and_widens_with_spread():
+    from caft_tl.core.stats import bootstrap_above_curve
+
+    spec = {("base", "none", ""): [(0.0, 0.0)], ("plain", "none", ""): [(1.0, 1.0)] * 3,
+            ("zero", "pca", ""): [(0.5, 0.1), (0.5, 0.1), (0.5, 0.1)],  # 0.4 below the diagonal curve, no spread
+            ("zero", "random", ""): [(0.5, 0.2), (0.5, 0.8), (0.5, 0.5)]}  # on the curve on average, wide
+    table = _seed_rows(spec)
+    out = bootstrap_above_curve(table, "x", "y", n_boot=400).set_index("directions")
+    point = above_baseline_curve(summarise(table.rename(columns={})), "x", "y").set_index("directions")
+    assert out.loc["pca", "above_curve"] == pytest.approx(point.loc["pca", "above_curve"]) == pytest.approx(-0.4)
+    assert out.loc["pca", "low"] == pytest.approx(-0.4) and out.loc["pca", "high"] == pytest.approx(-0.4)
+    assert out.loc["random", "low"] < -0.1 < 0.1 < out.loc["random", "high"]
+    with pytest.raises(ValueError, match="n_boot = 0"):
+        bootstrap_above_curve(table, "x", "y", n_boot=0)

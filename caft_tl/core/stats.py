@@ -113,3 +113,43 @@ def above_baseline_curve(summary: pd.DataFrame, x_split: str, y_split: str, base
     xy["curve_y"] = np.where(inside, np.interp(xy["x"], xs, ys), np.nan)
     xy["above_curve"] = xy["y"] - xy["curve_y"]
     return xy[~xy["method"].isin(["base", "plain", baseline])].reset_index(drop=True)
+
+
+def bootstrap_above_curve(table: pd.DataFrame, x_split: str, y_split: str, baseline: str = "fewer_examples",
+                          n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """:func:`above_baseline_curve` with a 95% bootstrap interval: each draw resamples, with
+    replacement, the fine-tuning seeds of every configuration (the curve's too; a seed's ``x`` and
+    ``y`` stay paired) and recomputes the distance. ``table``: per-seed rows (one metric per split
+    besides coherence). Columns: method, directions, param, above_curve (from the seed means),
+    low, high (2.5 and 97.5 percentiles of the draws inside the curve's x range; all NaN where the point
+    estimate is outside it)."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot = {n_boot!r}; expected a positive integer")
+    t = table[(table["metric"] != "coherence") & table["split"].isin([x_split, y_split])]
+    key = ["method", "directions", "param"]
+    wide = t.pivot_table(index=key + ["seed"], columns="split", values="value", aggfunc="first").dropna().reset_index()
+    groups = {k: g[[x_split, y_split]].to_numpy() for k, g in wide.groupby(key, sort=False)}  # config → [n_seeds, 2]
+    if not groups:
+        raise ValueError(f"no configuration has both {x_split!r} and {y_split!r} rows")
+    curve_keys = [k for k in groups if k[0] in ("base", "plain", baseline)]
+    if len(curve_keys) < 2:
+        raise ValueError(f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}")
+    others = [k for k in groups if k not in curve_keys]
+    rng = np.random.default_rng(seed)
+
+    def distances(means: dict) -> np.ndarray:
+        pts = np.array([means[k] for k in curve_keys])
+        pts = pts[np.argsort(pts[:, 0], kind="stable")]  # [n_curve, 2] sorted by x
+        xs, ys = pts[:, 0], pts[:, 1]
+        out = []
+        for k in others:
+            x, y = means[k]
+            out.append(y - np.interp(x, xs, ys) if xs[0] <= x <= xs[-1] else np.nan)
+        return np.array(out)
+
+    point = distances({k: v.mean(0) for k, v in groups.items()})
+    draws = np.array([distances({k: v[rng.integers(len(v), size=len(v))].mean(0) for k, v in groups.items()}) for _ in range(n_boot)])
+    with np.errstate(all="ignore"):
+        low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
+    low[np.isnan(point)], high[np.isnan(point)] = np.nan, np.nan  # outside the curve: no distance, no interval
+    return pd.DataFrame([dict(zip(key, k)) for k in others]).assign(above_curve=point, low=low, high=high)
