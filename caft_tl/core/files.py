@@ -85,8 +85,15 @@ def _read_manifest(folder: Path) -> dict[str, str | list[str]]:
     return blob.get("sha256", {}) if isinstance(blob, dict) else {}
 
 
+#: the process's umask, read once: files written atomically get the mode a plain ``open`` would give
+#: them (``0o666 & ~umask``), not ``mkstemp``'s private 0600
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _write_manifest(folder: Path, entries: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump({"sha256": dict(sorted(entries.items()))}, f, indent=1)
@@ -164,6 +171,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
