@@ -54,6 +54,7 @@ def run(tasks: list[str], run_dir: str | Path = "runs/real", fig_dir: str | Path
     params = dict(params or {})
     check(tasks, params)
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
+    files.write_provenance(run_dir, {"tasks": list(tasks), "parameters": params})  # the commit and machine the rows come from
     timings: dict[str, float] = {}
     for task in tasks:
         out = run_dir / task / NOTEBOOK.name
