@@ -207,6 +207,9 @@ def test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_table
     checks = g[(g["trained"].astype(str).str.lower() == "false") & (g["method"] != "base")]
     assert set(checks["param"].fillna("")) == {"", "alpha=4", "alpha=-4"}  # zero, toward, away on the base
     assert set(table[table["task"] == "em_advice"]["metric"]) == {"misaligned_rate", "misaligned_margin"}
+    samples = pd.read_csv(tmp_path / "run" / "em_advice" / "samples.csv")  # greedy answers of base and plain to OOD questions
+    assert set(samples["model"]) == {"base", "plain s0"} and samples["row"].nunique() == 8
+    assert not (tmp_path / "run" / "gender_pronoun" / "samples.csv").exists()  # option-scored tasks have no free answers
     assert ((g["metric"] != "accuracy_intended") | g["value"].between(0, 1)).all()
     for fig in ("real_plain_loss", "real_pca_spectrum", "real_lexicon", "real_base_checks", "real_caft"):
         assert (tmp_path / "fig" / "gender_pronoun" / f"{fig}.html").exists()
