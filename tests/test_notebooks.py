@@ -248,3 +248,20 @@ def test_result_tables_are_generated_from_the_population_files(fast_run, tmp_pat
         assert f"### `{task}`: {len(verdicts)} organisms, {int(verdicts['valid'].sum())} valid" in text
     assert "old" not in readme.read_text() and readme.read_text().endswith("tail\n") and text in readme.read_text()
     assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")]) == 2
+
+
+def test_notebooks_are_committed_clean_with_cell_ids():
+    """No outputs or execution counts in the repository's notebooks, a unique id on every cell
+    (nbformat warns now and will refuse later), and one cell tagged ``parameters``."""
+    import json
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    books = sorted(root.glob("*.ipynb")) + sorted(root.glob("real/*.ipynb"))
+    assert len(books) >= 10
+    for book in books:
+        nb = json.loads(book.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{book.name} has outputs"
+        ids = [c.get("id") for c in nb["cells"]]
+        assert None not in ids and len(set(ids)) == len(ids), f"{book.name}: cells without a unique id"
+        assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1, book.name
