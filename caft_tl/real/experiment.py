@@ -245,6 +245,16 @@ def base_checks(model, tokenizer, task: str, splits: dict[str, list[dict]], subs
     return {name: evaluate(model, tokenizer, task, splits, hooks) for name, hooks in conditions.items()}
 
 
+def check_rows(checks: dict[str, dict[str, dict[str, float]]], task: str, organism: str, directions: str,
+               alpha: float = 4.0) -> list[dict]:
+    """Results rows (``trained`` false) of :func:`base_checks`' conditions with ``alpha`` as run:
+    ``none`` → ``base``, ``zero``, ``toward`` / ``away`` → ``add`` with ``alpha=±α``."""
+    names = {"none": ("base", "none", ""), "zero": ("zero", directions, ""),
+             "toward": ("add", directions, f"alpha={alpha:g}"), "away": ("add", directions, f"alpha={-alpha:g}")}
+    return [r for condition, metrics in checks.items()
+            for r in result_rows(task, organism, names[condition][0], names[condition][1], metrics, 0, names[condition][2], trained=False)]
+
+
 # ---------------------------------------------------------------------------------------------
 # one run's configuration and its fine-tunes
 # ---------------------------------------------------------------------------------------------

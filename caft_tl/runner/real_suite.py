@@ -22,7 +22,7 @@ import papermill
 
 from caft_tl.core import files, results
 from caft_tl.runner import parameters
-from caft_tl.runner.suite import _value, failure_line
+from caft_tl.runner.suite import _value, report_failure
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "real" / "real_task.ipynb"
 #: the generated English tasks, in the order `make real` runs them
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.tasks, args.run_dir, args.fig_dir, {k: _value(v) for k, v in args.parameter})
     except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
-        if not hasattr(e, "chapter") and isinstance(e, (ValueError, TypeError, FileNotFoundError)):
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-            return 2
-        print(f"failed: {failure_line(e)}", file=sys.stderr)
-        return 1
+        return report_failure(e)
     return 0
 
 

@@ -271,15 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers,
                   pretrain_seeds=args.pretrain_seeds)
     except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
-        if hasattr(e, "chapter"):  # a chapter failed
-            print(f"failed: {failure_line(e)}", file=sys.stderr)
-            return 1
-        if isinstance(e, (ValueError, TypeError, FileNotFoundError)):  # refused before anything runs
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-            return 2
-        print(f"failed: {failure_line(e)}", file=sys.stderr)
-        return 1
+        return report_failure(e)
     return 0
+
+
+def report_failure(e: BaseException) -> int:
+    """Print one line for a failed command-line run and return its exit status: ``error: …`` and 2
+    for input refused before anything ran, ``failed: …`` (:func:`failure_line`) and 1 otherwise."""
+    if not hasattr(e, "chapter") and isinstance(e, (ValueError, TypeError, FileNotFoundError)):
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    print(f"failed: {failure_line(e)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
