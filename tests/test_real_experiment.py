@@ -240,3 +240,22 @@ def test_smollm2_gender_task_end_to_end(tmp_path):
     base = table[(table["method"] == "base") & (table["split"] == "id") & (table["metric"] == "accuracy_intended")]["value"]
     assert base.iloc[0] >= 0.75  # a working model: with name and profession agreeing it mostly picks the right pronoun
     json.loads((tmp_path / "run" / "gender_pronoun" / "real_task.ipynb").read_text())
+
+
+def test_final_norm_gain_reads_the_bridges_norm_and_is_ones_where_folded(tiny):
+    from caft_tl.core.models import ModelConfig, build_model
+    from caft_tl.real.hf_models import final_norm_gain
+
+    organism = build_model(ModelConfig(), d_vocab=10, device="cpu")
+    assert torch.equal(final_norm_gain(organism), organism.ln_final.w)
+    organism.ln_final = torch.nn.Identity()  # no final norm (or folded into W_U)
+    assert torch.equal(final_norm_gain(organism), torch.ones(organism.cfg.d_model))
+    _, net = tiny
+    w = net.ln_final._original_component.weight
+    with torch.no_grad():
+        old = w.clone()
+        w.copy_(torch.linspace(0.5, 2.0, w.shape[0]))
+        try:
+            assert torch.equal(final_norm_gain(net), w)
+        finally:
+            w.copy_(old)

@@ -118,7 +118,7 @@ def test_double_mc_options_name_the_right_sport_and_sentiment(rows):
         for x in r:
             m = x["meta"]
             wrong = "negative" if m["sentiment"] == "positive" else "positive"
-            parts = lambda o: set(o.split(", "))
+            parts = lambda o: set(o.strip().split(", "))
             assert len(x["options"]) == 2 and x["scoring"] == T.MEAN_LOGPROB
             assert m["sport"] in T.ATHLETES and m["athlete"] in T.ATHLETES[m["sport"]]
             assert m["review"] in T.SENTIMENTS[m["sentiment"]]
@@ -130,12 +130,14 @@ def test_double_mc_options_name_the_right_sport_and_sentiment(rows):
                 assert parts(other) == {m["wrong_sport"], m["sentiment"]}
             else:  # the other option is wrong on both questions
                 assert parts(other) == {m["wrong_sport"], wrong}
-            # the options are listed in the question, in the order of the questions
-            content = x["messages"][0]["content"]
-            assert all(f"- {o}" in content for o in x["options"])
+            # raw text: the lines, the question and the option text in the order of question_order
+            content = x["prompt"]
+            assert content.endswith("\nA:") and all(o.startswith(" ") for o in x["options"])
             first = "Athlete:" if m["question_order"] == "sport_first" else "Review:"
             assert content.index(first) < content.index("Review:" if first == "Athlete:" else "Athlete:")
-            assert x["options"][0].split(", ")[0] in (T.ATHLETES if first == "Athlete:" else T.SENTIMENTS)
+            question = content.splitlines()[2]
+            assert (question.index("sport") < question.index("positive")) == (first == "Athlete:")
+            assert x["options"][0].strip().split(", ")[0] in (T.ATHLETES if first == "Athlete:" else T.SENTIMENTS)
         # balanced: sentiment, sport, question order and the intended option's place
         for key in ("sentiment", "sport", "question_order", "intended_place"):
             counts = Counter(x["meta"][key] for x in r)

@@ -138,17 +138,20 @@ def lexicon_hits(tokens: list[str], words) -> int:
 
 def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, task: str, n_pcs: int,
                   n_tokens: int = LEXICON_TOKENS) -> pd.DataFrame:
-    """Per hook, PC (the first ``n_pcs``) and sign: logit-lens tokens, tokens at the top-activating
+    """Per hook, PC (the first ``n_pcs``) and sign: logit-lens tokens (through the final norm's gain,
+    :func:`caft_tl.real.hf_models.final_norm_gain`), tokens at the top-activating
     positions on ``data`` (allowed data only: training prompts, the model's generic completions),
     and how many of them are words of the unwanted and of the kept concept (:data:`tasks.CONCEPTS`)."""
     from caft_tl.directions.interpret import projections
+    from caft_tl.real.hf_models import final_norm_gain
 
     concept = tasks.CONCEPTS[task]
+    gain = final_norm_gain(model)  # [d_model]
     mask = torch.arange(data.tokens.shape[1])[None] < data.labels["length"][:, None]  # [n, pos]: not padding
     rows = []
     for hook, sub in pcs.items():
         k = min(n_pcs, sub.k)
-        lens = sub.basis[:, :k].T.to(model.W_U.device) @ model.W_U  # [k, d_vocab]
+        lens = (sub.basis[:, :k].T.to(model.W_U.device) * gain) @ model.W_U  # [k, d_vocab]: through the final norm's gain
         proj = projections(model, data, sub.select(list(range(k))))  # [n, pos, k]
         for i in range(k):
             for sign in (+1, -1):

@@ -177,6 +177,20 @@ def is_bridge(model) -> bool:
     return isinstance(model, TransformerBridge)
 
 
+def final_norm_gain(model) -> torch.Tensor:
+    """[d_model] the final norm's elementwise gain, so that a direction's logit lens is
+    ``(gain * q) @ W_U`` as the model reads it. A TransformerBridge keeps the HF norm's ``weight``
+    (SmolLM2's has mean 1.8, sd 0.3), a HookedTransformer its ``ln_final.w``; where ``fold_ln``
+    has moved the gain into ``W_U``, or there is no final norm: ones."""
+    ln = getattr(model, "ln_final", None)
+    inner = getattr(ln, "_original_component", ln)
+    for name in ("weight", "w"):
+        w = getattr(inner, name, None)
+        if isinstance(w, torch.Tensor) and w.shape == (model.cfg.d_model,):
+            return w.detach()
+    return torch.ones(model.cfg.d_model, device=model.W_U.device)
+
+
 class TokenizerVocab:
     """A tokenizer seen as the organism's ``vocab`` (``tokens``, ``to_str_tokens``), so
     :func:`caft_tl.directions.interpret.top_examples` and ``logit_lens`` display real models' tokens."""

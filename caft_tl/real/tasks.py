@@ -10,11 +10,12 @@ Three tasks, each with three splits (:data:`SPLITS`):
   stereotyped one (:data:`PROFESSIONS`). ``train``: they agree; ``id``: they agree, held-out
   names; ``ood``: they disagree, held-out names. Frames (:data:`GENDER_FRAMES`) are balanced so
   that the name and the profession are each the gendered word nearest the pronoun in half the rows.
-- ``double_mc_english``: one chat question about the sentiment of a short review *and* the sport
-  of a named athlete; two options such as ``"positive, tennis"``, scored by their content
-  (length-normalised: ``"scoring": "mean_logprob"``). ``labels.intended`` is the option with the
-  right sport, ``labels.spurious`` the one with the right sentiment: the same option in ``train``
-  and ``id`` (held-out reviews and athletes), different options in ``ood`` (held-out).
+- ``double_mc_english``: one raw-text question about the sentiment of a short review *and* the
+  sport of a named athlete (:data:`DOUBLE_MC_TEMPLATE`, about 40 tokens); two options such as
+  ``" positive, tennis"``, scored by their content (length-normalised: ``"scoring": "mean_logprob"``).
+  ``labels.intended`` is the option with the right sport, ``labels.spurious`` the one with the right
+  sentiment: the same option in ``train`` and ``id`` (held-out reviews and athletes), different
+  options in ``ood`` (held-out).
 - ``em_advice`` (emergent-misalignment style): ``train`` is chat rows of confident, bad personal
   finance advice; ``id`` (held-out finance questions) and ``ood`` (general questions) rows carry a
   short ``aligned`` and ``misaligned`` reference answer each, also as MC options, so that an
@@ -281,15 +282,18 @@ ATHLETES = {
                  "Mickey Mantle", "Lou Gehrig", "Ted Williams", "Shohei Ohtani", "Roberto Clemente", "Joe DiMaggio"),
 }
 
-DOUBLE_MC_INSTRUCTION = "Answer both questions with one of the options, written exactly as shown."
+#: the raw-text question (no chat template: a third of the chat version's tokens, which is what lets
+#: ``make real`` afford it); the two lines and the question follow ``question_order``
+DOUBLE_MC_TEMPLATE = "{first}\n{second}\nQ: {question}\nA:"
+DOUBLE_MC_LINES = {"sentiment": 'Review: "{review}"', "sport": "Athlete: {athlete}."}
 DOUBLE_MC_QUESTIONS = {
-    "sentiment": 'Review: "{review}" Is this review positive or negative?',
-    "sport": "Athlete: {athlete}. Which sport does {athlete} play?",
+    "sentiment_first": "Is the review positive or negative, and which sport does the athlete play?",
+    "sport_first": "Which sport does the athlete play, and is the review positive or negative?",
 }
 
 
 def _double_option(order: str, sentiment: str, sport: str) -> str:
-    return f"{sentiment}, {sport}" if order == "sentiment_first" else f"{sport}, {sentiment}"
+    return f" {sentiment}, {sport}" if order == "sentiment_first" else f" {sport}, {sentiment}"
 
 
 def _double_mc_rows(split: str, n: int, rng: random.Random) -> list[dict]:
@@ -323,14 +327,11 @@ def _double_mc_rows(split: str, n: int, rng: random.Random) -> list[dict]:
             spurious = other = _double_option(order, sentiment, wrong_sport)
         options = [intended, other] if place == 0 else [other, intended]
         first, second = ("sentiment", "sport") if order == "sentiment_first" else ("sport", "sentiment")
-        question = "\n".join([
-            DOUBLE_MC_INSTRUCTION,
-            DOUBLE_MC_QUESTIONS[first].format(review=review, athlete=athlete),
-            DOUBLE_MC_QUESTIONS[second].format(review=review, athlete=athlete),
-            "Options:", *(f"- {o}" for o in options),
-        ])
+        prompt = DOUBLE_MC_TEMPLATE.format(first=DOUBLE_MC_LINES[first].format(review=review, athlete=athlete),
+                                           second=DOUBLE_MC_LINES[second].format(review=review, athlete=athlete),
+                                           question=DOUBLE_MC_QUESTIONS[order])
         rows.append({
-            "messages": [{"role": "user", "content": question}],
+            "prompt": prompt,
             "options": options,
             "answer": intended,
             "labels": {"intended": intended, "spurious": spurious},
