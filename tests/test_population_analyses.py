@@ -14,7 +14,7 @@ import pytest
 from caft_tl.core import files
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.stats import bootstrap_ci95, ci95
-from caft_tl.evaluation import population_analyses as pa
+from caft_tl.evaluation import population, population_analyses as pa
 from caft_tl.organism import make_task
 
 #: per pre-training seed: null percentile of zero · pca, reduction factor and excess of zero · pca, above_curve of zero · pca
@@ -138,3 +138,18 @@ def test_bad_files_and_unknown_organisms_are_refused_in_one_line(persona):
         assert "\n" not in str(e.value) and str(null) in str(e.value)
     with pytest.raises(ValueError, match=r"valid organism\(s\) \['persona_em-s9-abcdef'\] have no run directory"):
         pa.write(task_dir, fig_dir, task, ["persona_em-s9-abcdef"])
+
+
+def test_the_suite_writes_the_analyses_after_the_population_and_says_what_is_missing(tmp_path, monkeypatch):
+    from caft_tl.runner import suite
+
+    task_dir, fig_dir = tmp_path / "runs" / "persona_em", tmp_path / "figures" / "persona_em"
+    ids = [_organism(task_dir, fig_dir, "persona_em", 0), _organism(task_dir, fig_dir, "persona_em", 3, skip=(pa.NULL_FILE,))]
+    verdicts = pd.DataFrame({"organism": ids, "pretrain_seed": [0, 3], "valid": [True, False]})
+    monkeypatch.setattr(population, "write", lambda *_: (verdicts, pd.DataFrame()))
+    monkeypatch.setattr(population, "headline", lambda *_: "headline")
+    assert suite.summarise_population(task_dir, fig_dir, make_task("persona_em")) == "headline"  # the invalid organism's missing file: not read
+    assert set(pd.read_csv(fig_dir / pa.COVERAGE_FILE)["organism"]) == {ids[0]}
+    (fig_dir / "seed0" / pa.CURVE_FILE).unlink()
+    line = suite.summarise_population(task_dir, fig_dir, make_task("persona_em"))
+    assert line == f"headline\n  note: {pa.CURVE_FILE}: missing for 1 of 1 valid organisms ({ids[0]})"
