@@ -4,6 +4,7 @@ files reported, bad files refused in one line, and the results tables' block."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -153,3 +154,43 @@ def test_the_suite_writes_the_analyses_after_the_population_and_says_what_is_mis
     (fig_dir / "seed0" / pa.CURVE_FILE).unlink()
     line = suite.summarise_population(task_dir, fig_dir, make_task("persona_em"))
     assert line == f"headline\n  note: {pa.CURVE_FILE}: missing for 1 of 1 valid organisms ({ids[0]})"
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location("results_tables", Path(__file__).parents[1] / "scripts" / "results_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    return tables
+
+
+def _population_files(fig_dir: Path, task: str, ids: list[str]) -> None:
+    """The suite's validity (every organism valid) and a one-row summary, which the tables need besides the analyses."""
+    pd.DataFrame({"organism": ids, "pretrain_seed": range(len(ids)), "valid": True}).to_csv(fig_dir / population.VALIDITY_FILE, index=False)
+    pd.DataFrame([{"task": task, "method": "plain", "directions": "none", "param": "", "trained": True, "split": make_task(task).ood_split,
+                   "metric": make_task(task).metric(make_task(task).ood_split), "mean": 0.1, "low": 0.0, "high": 0.2, "n_organisms": len(ids),
+                   "within_organism_seed_sd": 0.01}]).to_csv(fig_dir / population.SUMMARY_FILE, index=False)
+
+
+def test_the_results_tables_show_the_analyses_and_what_is_missing(tmp_path):
+    tables = _tables()
+    task_dir, fig_dir = tmp_path / "runs" / "double_mc", tmp_path / "figures" / "double_mc"
+    ids = [_organism(task_dir, fig_dir, "double_mc", s, skip=(pa.REDUCTION_FILE,) + ((pa.CURVE_FILE,) if s == 1 else ())) for s in (0, 1)]
+    _population_files(fig_dir, "double_mc", ids)
+    text = tables.task_tables(fig_dir)
+    assert f"No {pa.COVERAGE_FILE}" in text  # a figure folder from before the analyses were summarised
+
+    pa.write(task_dir, fig_dir, make_task("double_mc"), ids)
+    text = tables.task_tables(fig_dir)
+    assert "| configuration | null percentile | above the fewer-examples curve |" in text  # no EM reduction factor column on double_mc
+    assert "| zero · pca | 95 [31, 100] (n=2: 90; 100) | -0.20 [-0.20, -0.20] (n=1) |" in text
+    assert "| mean · pca |  | outside the curve on all 1 |" in text and "random/0" not in text
+    assert f"- {pa.REDUCTION_FILE}: {pa.NOT_WRITTEN}" in text and f"- {pa.CURVE_FILE}: missing for 1 of 2 valid organisms ({ids[1]})" in text
+
+    em_dir, em_fig = tmp_path / "runs" / "persona_em", tmp_path / "figures" / "persona_em"
+    ids = [_organism(em_dir, em_fig, "persona_em", 0), _organism(em_dir, em_fig, "persona_em", 1, (90.0, np.inf, -0.01, 0.0))]
+    _population_files(em_fig, "persona_em", ids)
+    pa.write(em_dir, em_fig, make_task("persona_em"), ids)
+    text = tables.task_tables(em_fig)
+    assert "| configuration | null percentile | EM reduction factor | above the fewer-examples curve |" in text
+    assert "| zero · pca | 90 [90, 90] (n=2: 90; 90) | ∞ on 1 of 2 (at or below base); excess +0.02 [-0.36, +0.40] |" in text
+    assert "| plain |  | 1.00 [1.00, 1.00] (n=2) |  |" in text and "missing" not in text and "not written" not in text
