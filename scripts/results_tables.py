@@ -5,9 +5,12 @@
 For each task folder under the figure folder (``<task>/population_validity.csv`` and
 ``population_summary.csv``, written by the suite): the number of organisms, the share valid with
 the failing gates of the others, and every configuration's mean over valid organisms with its 95%
-interval over organisms on the task's ID and OOD splits. The header says when, at which commit and
-on which machine the numbers were measured. ``--readme`` replaces the block between
-``<!-- results:begin -->`` and ``<!-- results:end -->`` of that file with the tables.
+interval over organisms on the task's ID and OOD splits; then chapters 05–06's analyses over the
+valid organisms (``population_null_percentile.csv``, ``population_reduction_factor.csv``,
+``population_above_curve.csv``) with the files a valid organism lacks (``population_analyses.csv``).
+The header says when, at which commit and on which machine the numbers were measured.
+``--readme`` replaces the block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` of
+that file with the tables.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from caft_tl.core import files  # noqa: E402
+from caft_tl.directions import sets  # noqa: E402
+from caft_tl.evaluation import population_analyses as analyses  # noqa: E402
 from caft_tl.evaluation import questions  # noqa: E402
 from caft_tl.evaluation.population import QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
 from caft_tl.organism import make_task  # noqa: E402
@@ -51,6 +56,61 @@ def cell(r) -> str:
     return f"{r.mean:.2f} [{max(r.low, 0.0):.2f}, {min(r.high, 1.0):.2f}]"
 
 
+def label(method: str, directions: str, param: str) -> str:
+    """A configuration's name in the tables: ``method · directions · param``, without ``none`` or an empty param."""
+    return " · ".join(x for x in (method, directions if directions != "none" else "", param) if x)
+
+
+def null_cell(r) -> str:
+    return f"{r.mean:.0f} [{r.low:.0f}, {r.high:.0f}] (n={r.n_organisms}: {r.percentiles})" if r.n_organisms else "no null draws"
+
+
+def reduction_cell(r) -> str:
+    if r.n_infinite:
+        excess = f"{r.excess_mean:+.2f} [{r.excess_low:+.2f}, {r.excess_high:+.2f}]"
+        return f"∞ on {r.n_infinite} of {r.n_organisms} (at or below base); excess {excess}"
+    return f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}] (n={r.n_organisms})"
+
+
+def curve_cell(r) -> str:
+    if not r.n_organisms:
+        return f"outside the curve on all {r.n_outside}"
+    outside = f"; {r.n_outside} outside the curve" if r.n_outside else ""
+    return f"{r.mean:+.2f} [{r.low:+.2f}, {r.high:+.2f}] (n={r.n_organisms}{outside})"
+
+
+def analyses_table(task_dir: Path, task) -> list[str]:
+    """Chapters 05–06's analyses over the valid organisms (:mod:`caft_tl.evaluation.population_analyses`'s
+    files), one row per configuration (the null's draws left out), and a line per analysis file not
+    read for every valid organism."""
+    if not (task_dir / analyses.COVERAGE_FILE).exists():
+        return ["", f"No {analyses.COVERAGE_FILE}: chapters 05–06's analyses were not summarised over organisms (run the suite)."]
+    columns = {  # name: (file, cell, what it is)
+        "null percentile": (analyses.NULL_SUMMARY_FILE, null_cell, f"where CAFT with the set falls in its organism's random null on "
+                            f"`{task.ood_split}` (100: better than every draw; t-interval; each organism's listed)"),
+        "EM reduction factor": (analyses.REDUCTION_SUMMARY_FILE, reduction_cell, f"plain's excess `{analyses.EM_METRIC}` over base ÷ the "
+                                "method's (t-interval)"),
+        "above the fewer-examples curve": (analyses.CURVE_SUMMARY_FILE, curve_cell, f"`{task.ood_split}` minus the curve at the same "
+                                           f"`{task.id_split}` (bootstrap over organisms)"),
+    }
+    cells: dict[str, dict[str, str]] = {}
+    for name, (file, fmt, _) in columns.items():
+        for r in analyses.read_summary(task_dir / file).itertuples():
+            if not sets.is_null(r.directions):
+                cells.setdefault(label(r.method, r.directions, r.param), {})[name] = fmt(r)
+    shown = [name for name in columns if any(name in c for c in cells.values())]
+    lines = [""]
+    if shown:
+        lines += [f"Chapters 05–06's analyses over the valid organisms: mean [95% interval over organisms] (n organisms). "
+                  + "; ".join(f"*{name}*: {columns[name][2]}" for name in shown) + ".", "",
+                  f"| configuration | {' | '.join(shown)} |", "|---|" + "---|" * len(shown)]
+        lines += [f"| {config} | {' | '.join(by.get(name, '') for name in shown)} |" for config, by in cells.items()]
+    else:
+        lines.append("Chapters 05–06's analyses: none was read for the valid organisms.")
+    notes = analyses.notes(pd.read_csv(task_dir / analyses.COVERAGE_FILE, dtype=str, keep_default_na=False))
+    return lines + ([""] if notes else []) + [f"- {n}" for n in notes]
+
+
 def task_tables(task_dir: Path) -> str:
     verdicts = pd.read_csv(task_dir / VALIDITY_FILE)
     summary = pd.read_csv(task_dir / SUMMARY_FILE, keep_default_na=False)
@@ -69,7 +129,7 @@ def task_tables(task_dir: Path) -> str:
     s = summary[summary["split"].isin(splits) & summary["metric"].isin(task.metrics)]
     null = s["directions"].astype(str).str.match(r"random/\d+$")  # the null's draws: one row for all of them
     draws, s = s[null], s[~null]
-    s = s.assign(config=[" · ".join(x for x in (m, d if d != "none" else "", p) if x) for m, d, p in zip(s["method"], s["directions"], s["param"])])
+    s = s.assign(config=[label(m, d, p) for m, d, p in zip(s["method"], s["directions"], s["param"])])
     lines += ["", f"Mean over valid organisms [95% interval over organisms]; `n` organisms.", "",
               f"| configuration | {' | '.join(f'{sp} ({task.metric(sp)})' for sp in splits)} | n |", "|---|" + "---|" * (len(splits) + 1)]
     for config, g in s.groupby("config", sort=False):
@@ -80,6 +140,7 @@ def task_tables(task_dir: Path) -> str:
         by = {sp: g["mean"] for sp, g in draws.groupby("split")}
         cells = [f"{by[sp].median():.2f} [{by[sp].min():.2f}–{by[sp].max():.2f}]" if sp in by else "" for sp in splits]
         lines.append(f"| zero · null of {k} random subspaces (median [range] of the draws' means) | {' | '.join(cells)} | {int(draws['n_organisms'].max())} |")
+    lines += analyses_table(task_dir, task)
     if (task_dir / QUESTIONS_FILE).exists():
         answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})
         answers[["value", "low", "high"]] = answers[["value", "low", "high"]].apply(pd.to_numeric, errors="coerce")

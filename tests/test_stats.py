@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import scipy.stats
@@ -82,3 +84,16 @@ def test_bootstrap_above_curve_matches_the_point_estimate_and_widens_with_spread
     assert out.loc["random", "low"] < -0.1 < 0.1 < out.loc["random", "high"]
     with pytest.raises(ValueError, match="n_boot = 0"):
         bootstrap_above_curve(table, "x", "y", n_boot=0)
+
+
+def test_bootstrap_ci95_resamples_the_units():
+    from caft_tl.core.stats import bootstrap_ci95
+
+    values = [0.1, 0.4, 0.2, 0.9, float("nan")]
+    m, lo, hi = bootstrap_ci95(values, n_boot=2000, seed=1)
+    draws = np.array(values[:4])[np.random.default_rng(1).integers(4, size=(2000, 4))].mean(axis=1)
+    assert m == pytest.approx(0.4) and (lo, hi) == pytest.approx((np.percentile(draws, 2.5), np.percentile(draws, 97.5)))  # NaN dropped
+    assert 0.1 <= lo < m < hi <= 0.9 and bootstrap_ci95(values, n_boot=2000, seed=1) == (m, lo, hi)  # seeded
+    assert bootstrap_ci95([0.3]) == (0.3, 0.3, 0.3) and all(math.isnan(x) for x in bootstrap_ci95([]))
+    with pytest.raises(ValueError, match="n_boot = 0"):
+        bootstrap_ci95(values, n_boot=0)

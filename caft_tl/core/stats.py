@@ -9,6 +9,8 @@ import scipy.stats
 
 #: the bounds of a rate: every interval of a rate is clipped to them
 RATE_BOUNDS = (0.0, 1.0)
+#: the bounds of a percentile (:func:`null_percentile`): its intervals are clipped to them
+PERCENTILE_BOUNDS = (0.0, 100.0)
 #: metrics that are rates (besides every ``*_rate`` and ``accuracy_*``, e.g. the real tasks' ``accuracy_intended``)
 RATES = ("accuracy", "coherence", "precision", "recall", "oracle_span")
 
@@ -33,6 +35,23 @@ def ci95(values, bounds: tuple[float, float] | None = None) -> tuple[float, floa
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return m, lo, hi
+
+
+def bootstrap_ci95(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): percentile-bootstrap 95% interval of the mean, each draw resampling the
+    values (the units: e.g. organisms) with replacement; NaN values are dropped, a single value has
+    zero width, none gives NaN."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot = {n_boot!r}; expected a positive integer")
+    v = np.asarray(list(values), dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return (float("nan"),) * 3
+    m = float(v.mean())
+    if len(v) == 1:
+        return m, m, m
+    means = v[np.random.default_rng(seed).integers(len(v), size=(n_boot, len(v)))].mean(axis=1)  # [n_boot]
+    return m, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def summarise(df: pd.DataFrame, by=("task", "organism", "method", "directions", "param", "trained", "split", "metric")) -> pd.DataFrame:

@@ -6,6 +6,8 @@ other tasks have none and every organism counts), and :func:`summarise` gives ev
 mean over the *valid* organisms with a 95% interval over organisms, beside the spread over
 fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder, with the
 thread's questions answered over the valid organisms (:mod:`caft_tl.evaluation.questions`).
+Chapters 05–06's per-organism analyses are summarised over the same valid organisms by
+:mod:`caft_tl.evaluation.population_analyses`.
 """
 
 from __future__ import annotations

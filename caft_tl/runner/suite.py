@@ -151,8 +151,8 @@ def run_tasks(
     ``pretrain_seeds`` (default: the task's own seed), into ``run_dir/<task>/seed<s>`` and
     ``fig_dir/<task>/seed<s>`` — ``workers`` organisms at a time (each in its own process). Then
     every organism's rows into ``fig_dir/results.csv`` (:func:`gather_results`) and, per task, the
-    validity of each organism and the summary over the valid ones
-    (:func:`caft_tl.evaluation.population.write`, in ``fig_dir/<task>/``), and the results page
+    validity of each organism and the summary over the valid ones, with chapters 05–06's analyses
+    over them (:func:`summarise_population`, in ``fig_dir/<task>/``), and the results page
     ``fig_dir/index.html`` (:func:`caft_tl.plotting.results_page.write`). Returns seconds per
     ``task/seed<s>/chapter`` (also in ``run_dir/timings.json``); ``run_dir/suite.json`` holds this
     call's tasks, organisms, workers and wall time."""
@@ -203,11 +203,15 @@ def run_tasks(
 
 
 def summarise_population(task_dir: Path, task_fig_dir: Path, task) -> str:
-    """The population files of one task (:func:`caft_tl.evaluation.population.write`); its headline line."""
-    from caft_tl.evaluation import population
+    """The population files of one task (:func:`caft_tl.evaluation.population.write`, then chapters
+    05–06's analyses over its valid organisms, :func:`caft_tl.evaluation.population_analyses.write`);
+    its headline line, and a line per analysis file not read for every valid organism."""
+    from caft_tl.evaluation import population, population_analyses
 
     verdicts, summary = population.write(task_dir, task_fig_dir, task)
-    return population.headline(task.name, verdicts, summary, task.ood_split, task.metric(task.ood_split))
+    coverage = population_analyses.write(task_dir, task_fig_dir, task, list(verdicts.loc[verdicts["valid"], "organism"]))
+    headline = population.headline(task.name, verdicts, summary, task.ood_split, task.metric(task.ood_split))
+    return "\n".join([headline, *(f"  note: {n}" for n in population_analyses.notes(coverage))])
 
 
 def _runs_chapter_00(only: list[str] | None) -> bool:
