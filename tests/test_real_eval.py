@@ -232,3 +232,26 @@ def test_batched_option_scores_equal_one_forward_per_option(checkpoints, arch):
     assert torch.allclose(on, ref_on, atol=1e-4, rtol=0) and not torch.allclose(on, ref, atol=1e-3)
     ragged = chat_eval.option_logprobs(model, tok, [rows[0], {**rows[-1], "options": [" tennis"]}])
     assert ragged[1, 1] == float("-inf") and ragged[1, 0] == pytest.approx(ref[-1, 0].item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_batched_greedy_equals_the_bridge_loop_with_adapters_on_and_off(checkpoints, arch):
+    from caft_tl.real import lora
+
+    net = lora.add_lora(loading.load(checkpoints[arch], device="cpu"), lora.LoraSettings(4, 8, True))
+    lora.reset_adapters(net, seed=0)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5 * torch.randn_like(p))  # as after training: the adapted model answers otherwise
+    rows = chat_data.load_prompts(EXAMPLES / "em_questions.jsonl", n=4)  # prompts of different lengths: left padding
+    assert len({len(chat_data.encode_prompt(net.tokenizer, r)) for r in rows}) > 1
+    identity = [("blocks.0.hook_resid_post", lambda x, hook: x)]  # any hook: the bridge's own generate loop
+    answers = {}
+    for label, m in (("adapted", net), ("base", lora.AdaptersOff(net))):
+        fast = chat_eval.sample_chat(m, net.tokenizer, rows, n_samples=2, max_new_tokens=8, temperature=0.0)
+        loop = chat_eval.sample_chat(m, net.tokenizer, rows, n_samples=2, max_new_tokens=8, temperature=0.0, fwd_hooks=identity)
+        assert list(fast["answer"]) == list(loop["answer"]), label
+        assert list(fast["sample"]) == [0, 1] * 4
+        answers[label] = list(fast["answer"])
+    assert answers["adapted"] != answers["base"]  # AdaptersOff really is the base model on the batched path

@@ -111,6 +111,8 @@ def test_family_members_and_the_add_scale_in_units_of_the_shift():
     ({"n_pcs": True}, "n_pcs = True; expected a positive integer"),
     ({"lr": 0}, "lr = 0; expected a positive finite number"),
     ({"n_train": -3}, "n_train = -3"),
+    ({"device": "gpu"}, "device = 'gpu'; expected 'cpu', 'cuda' or 'cuda:<index>'"),
+    ({"dtype": "fp8"}, "dtype = 'fp8'; valid: "),
 ])
 def test_run_config_refuses_bad_values_in_one_line(kw, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

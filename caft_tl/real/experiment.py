@@ -288,9 +288,19 @@ class RealRunConfig:
     n_generic: int = 8  # generic chat prompts the base model completes (diffing and interpretation data)
     max_new_tokens: int = 24
     max_len: int = 160
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", … (the larger models of a GPU run)
+    dtype: str = "float32"  # a :data:`caft_tl.real.hf_models.DTYPES` name
 
     def __post_init__(self) -> None:
+        from caft_tl.real.hf_models import DTYPES
+
         check_task(self.task)
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
+            raise ValueError(f"device = {self.device!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(f"device = {self.device!r} but this machine has no CUDA device; use 'cpu'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype = {self.dtype!r}; valid: {', '.join(DTYPES)}")
         self.seeds, self.family_seeds, self.layers = tuple(self.seeds), tuple(self.family_seeds), tuple(self.layers)
         for name in ("seeds", "family_seeds", "layers"):
             for x in getattr(self, name):
