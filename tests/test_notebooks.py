@@ -69,6 +69,14 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
             assert (fig_dir / task / "seed1" / f"{fig}.html").stat().st_size > 1000
         assert "06_tradeoff" in (fig_dir / task / "seed0" / "README.md").read_text()
     assert (fig_dir / "double_mc" / "seed0" / "07_pca.html").exists()
+    from caft_tl.evaluation import population_analyses as pa
+
+    for task in tasks:  # chapters 05-06's per-organism analyses, and the suite's files over the valid organisms
+        for s in SEEDS:
+            assert (fig_dir / task / f"seed{s}" / pa.NULL_FILE).exists() and (fig_dir / task / f"seed{s}" / pa.CURVE_FILE).exists()
+        assert (fig_dir / task / f"seed{SEEDS[0]}" / pa.REDUCTION_FILE).exists() == (task == "persona_em")
+        for name in (pa.NULL_SUMMARY_FILE, pa.REDUCTION_SUMMARY_FILE, pa.CURVE_SUMMARY_FILE, pa.COVERAGE_FILE):
+            assert (fig_dir / task / name).exists(), (task, name)
     provenance = files.read_json(run_dir / "double_mc" / "seed1" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
     assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc", "seed": 1}

@@ -35,6 +35,7 @@ FAST_PARAMETERS = {
     "seeds": [0, 1],
     "n_examples": 320,
     "fewer_examples": [96],
+    "kl_betas": [1.0],
     "n_diff_examples": 200,
     "sae_steps": 150,
     "n_rank_examples": 200,
