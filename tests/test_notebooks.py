@@ -169,7 +169,7 @@ def test_unknown_parameter_is_refused_before_running(tmp_path):
 def test_fast_set_applies_only_where_a_chapter_declares_it(tmp_path):
     steps = suite.plan(only=["01", "06"], fast=True, params={"lr": 5e-4})
     assert [nb.stem for nb, _ in steps] == ["01_plain_finetune", "06_figures"]
-    assert steps[0][1] == {"seeds": [0, 1], "n_examples": 320, "fewer_examples": [96], "lr": 5e-4}
+    assert steps[0][1] == {"seeds": [0, 1], "n_examples": 320, "fewer_examples": [96], "kl_betas": [1.0], "lr": 5e-4}
     assert steps[1][1] == {}
     with pytest.raises(ValueError, match="unknown parameter 'n_examples'"):
         suite.run(tmp_path, tmp_path, only=["06"], fast=True, params={"n_examples": 10})
