@@ -72,13 +72,16 @@ def test_gate_rows_cover_every_method(tmp_path):
 def test_pca_direction_sets_share_hooks_and_ranks(tmp_path):
     task = make_task("double_mc", {"n_eval": 40})
     base = models.build_model(models.ModelConfig(), len(task.vocab), seed=0)
-    cfg = gate_search.GateConfig(seeds=[0], n_examples=64, threshold=0.0)  # threshold 0: the rule keeps what beats the intended concept
+    cfg = gate_search.GateConfig(seeds=[0], n_examples=64, threshold=0.0)  # threshold 0: the oracle rule keeps what beats the intended concept
     finetuned = models.copy_model(base)
     finetune(finetuned, task.finetune_dataset(64), FinetuneConfig(n_examples=64), progress=False)
     sets = gate_search.pca_interventions(base, finetuned, task, cfg)
-    assert set(sets) == {"pca", "topk_pca", "random"}
+    assert set(sets) == {"pca", "topk_pca", "random", "oracle_pca"}
     hooks = [s.hook_name for s in sets["pca"].subspaces]
     for name in ("topk_pca", "random"):
         assert [s.hook_name for s in sets[name].subspaces] == hooks
         assert [s.k for s in sets[name].subspaces] == [s.k for s in sets["pca"].subspaces]
-    assert gate_search.pca_interventions(base, finetuned, task, gate_search.GateConfig(threshold=1.01)) == {}
+    unreachable = gate_search.pca_interventions(base, finetuned, task, gate_search.GateConfig(threshold=1.01))
+    assert set(unreachable) == {"pca", "topk_pca", "random"}  # the oracle keeps nothing; the allowed rule is untouched by its threshold
+    for name in ("pca", "topk_pca", "random"):
+        assert [(s.hook_name, s.k) for s in unreachable[name].subspaces] == [(s.hook_name, s.k) for s in sets[name].subspaces]

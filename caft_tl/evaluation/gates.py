@@ -87,7 +87,7 @@ def outcomes(table: pd.DataFrame | list[dict]) -> dict[str, dict]:
     accuracy over plain on every seed; do the rule-chosen PCs beat the top PCs and random ones."""
     get = _accuracy(table)
     caft_ood, plain_ood = get("zero", "oracle", True, "ood"), get("plain", "none", True, "ood")
-    ood = {d: get("zero", d, True, "ood", required=False) for d in ("pca", "topk_pca", "random", "oracle")}
+    ood = {d: get("zero", d, True, "ood", required=False) for d in ("pca", "topk_pca", "random", "oracle", "oracle_pca")}
     return {
         "oracle_caft_raises_ood": {"holds": all(c > p for c, p in zip(caft_ood, plain_ood)), "caft_ood": caft_ood, "plain_ood": plain_ood},
         "pca_beats_topk_and_random": {"holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random"], default=0.0),

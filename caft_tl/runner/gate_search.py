@@ -1,7 +1,7 @@
 """The gates of one organism without notebooks (``python -m caft_tl.runner.gate_search``), for
 searching organisms (``scripts/search_organisms.py``): pre-train (or load) the organism, run the
 steps of chapters 01–05 that the gates read — the validity gates with the oracle at every residual
-hook, and the outcomes with chapter 03's direction-set builder — and write rows and verdicts
+hook, and the outcomes with chapter 03's allowed explainer and direction-set builder — and write rows and verdicts
 (:func:`caft_tl.evaluation.gates.validity` and :func:`~caft_tl.evaluation.gates.outcomes`)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from caft_tl.core.models import residual_hooks
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing import diffs
-from caft_tl.directions import interpret, oracle, sets
+from caft_tl.directions import explain, information, interpret, oracle, sets
 from caft_tl.directions.pca import pca
 from caft_tl.evaluation.gates import GateThresholds, check_task, outcomes, validity
 from caft_tl.interventions.intervention import Intervention
@@ -43,7 +43,8 @@ class GateConfig:
     lr: float = 1e-3
     k: int = 1  # oracle directions per hook
     n_pcs: int = 8  # gate 4: PCs per hook to interpret
-    threshold: float = 0.2  # gate 4: chapter 03's |cos| threshold
+    min_detection: float = 0.7  # gate 4: chapter 03's choice rule (held-out detection a concept label needs)
+    threshold: float = 0.2  # gate 4: the oracle rule's |cos| threshold (oracle_pca only)
     diff_positions: str = "all"  # gate 4: the concept is read at prompt positions; the response is one token
     thresholds: GateThresholds = field(default_factory=GateThresholds)
 
@@ -81,18 +82,23 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism:
 
 
 def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
-    """Gate 4's direction sets (:func:`caft_tl.directions.sets.pca_sets`) from the diffs of one
-    plain fine-tune on the training data. The PCs are chosen by the *oracle* rule
-    (:func:`caft_tl.directions.oracle.is_concept`, ground truth; chapter 03 now chooses with the
-    allowed explainer), so here ``pca`` is an upper bound; empty when it chooses nothing."""
+    """Gate 4's direction sets, built as chapter 03 builds them from the diffs of one plain
+    fine-tune on the training data: ``pca`` / ``topk_pca`` / ``random`` from the allowed
+    explainer's choice (:func:`caft_tl.directions.explain.choose`, reading
+    :class:`~caft_tl.directions.information.InterpretationInputs` only), and ``oracle_pca`` from the
+    ground-truth rule (:func:`caft_tl.directions.oracle.chosen_by_hook`: the upper bound, left out
+    when it chooses nothing)."""
     hooks = residual_hooks(base)
     data = task.finetune_dataset(1200, seed=10_000)
     moments = diffs.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
-    concepts = task.concept_directions(base, hooks)
     pcs = {h: pca(moments[h]["diff"], cfg.n_pcs, h)[0] for h in hooks}
+    inputs = information.interpretation_inputs(task, finetune_positions=cfg.diff_positions)
+    chosen = explain.choose(explain.explain_subspaces(base, pcs, inputs), inputs, hooks, cfg.min_detection).chosen
+    concepts = task.concept_directions(base, hooks)  # ground truth: only for the oracle's set
     scores = pd.concat([interpret.concept_scores(pcs[h], concepts[h]) for h in hooks], ignore_index=True)
-    chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
-    return {name: Intervention("zero", subs, name=name) for name, subs in sets.pca_sets(pcs, chosen, base.cfg.d_model).items() if subs}
+    oracle_chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
+    direction_sets = {**sets.pca_sets(pcs, chosen, base.cfg.d_model), "oracle_pca": sets.pca_sets(pcs, oracle_chosen, base.cfg.d_model)["pca"]}
+    return {name: Intervention("zero", subs, name=name) for name, subs in direction_sets.items() if subs}
 
 
 def gate4_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False) -> list[dict]:
