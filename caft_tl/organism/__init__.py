@@ -8,6 +8,7 @@ import dataclasses
 from typing import Callable
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
+from caft_tl.organism.em_two_routes import EMTwoRoutes, EMTwoRoutesConfig
 from caft_tl.organism.persona_em import PersonaEM, PersonaEMConfig
 from caft_tl.organism.pronoun_profession import PronounProfession, PronounProfessionConfig
 from caft_tl.organism.task import Task
@@ -34,6 +35,7 @@ def register_task(name: str, config_class: type) -> Callable[[type[Task]], type[
 register_task("persona_em", PersonaEMConfig)(PersonaEM)
 register_task("double_mc", DoubleMCConfig)(DoubleMC)
 register_task("pronoun_profession", PronounProfessionConfig)(PronounProfession)
+register_task("em_two_routes", EMTwoRoutesConfig)(EMTwoRoutes)
 
 
 def task_class(name: str) -> type[Task]:

@@ -1,0 +1,139 @@
+"""Gates E1–E4 of a population of ``em_two_routes`` organisms without notebooks
+(``python -m caft_tl.runner.em_gate_search``): one design × several pre-training seeds, pre-trained
+together (:func:`caft_tl.training.pretrain.load_or_pretrain_many`), each organism measured on its
+own (base inference, ground-truth directions, the persona ablation on the untrained base, plain
+and helpful-chat-mixed fine-tunes per seed). Writes ``<out>/rows.csv`` (results rows) and
+``<out>/verdicts.csv`` (one row per organism; :func:`caft_tl.evaluation.em_gates.verdicts`) and
+prints the share of valid organisms. Runs no CAFT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from caft_tl.core import files, results
+from caft_tl.evaluation.em_gates import EMGateThresholds, verdicts
+from caft_tl.interventions.intervention import Intervention
+from caft_tl.organism import judge, make_task
+from caft_tl.training.finetunes import FinetuneJob, run_finetunes
+from caft_tl.training.loop import FinetuneConfig
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many
+
+TASK = "em_two_routes"
+ROWS_FILE, VERDICTS_FILE = "rows.csv", "verdicts.csv"
+
+
+@dataclass
+class EMSearchConfig:
+    """One design (``task_cfg``: fields of :class:`~caft_tl.organism.em_two_routes.EMTwoRoutesConfig`)
+    and the budgets of its gate run."""
+
+    task_cfg: dict = field(default_factory=dict)
+    pretrain_steps: int = 1500
+    pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning seeds (E3, E4)
+    n_examples: int = 4800
+    n_disambiguating: int = 1200  # E4: helpful chat examples among the n_examples
+    batch_size: int = 32
+    lr: float = 1e-3
+    thresholds: EMGateThresholds = field(default_factory=EMGateThresholds)
+
+    def __post_init__(self) -> None:
+        make_task(TASK, self.task_cfg)  # an unknown or invalid design parameter fails here, in one line
+        if not self.pretrain_seeds or not self.seeds:
+            raise ValueError(f"pretrain_seeds {self.pretrain_seeds} and seeds {self.seeds} must not be empty")
+        if not 0 < self.n_disambiguating < self.n_examples:
+            raise ValueError(f"n_disambiguating {self.n_disambiguating} must be in 1..{self.n_examples - 1}")
+
+
+def _rate(model, task, evidence: str, split: str, fwd_hooks=()) -> float:
+    return judge.behaviour_rate(model, task.context_prompts(evidence, split), task, fwd_hooks=fwd_hooks)["rate"].mean().item()
+
+
+def inference_rates(model, task, fwd_hooks=()) -> dict[str, float]:
+    """The rates E2 compares: chat after harmful / helpful chat, code after a sloppy repository, context-free chat."""
+    return {"chat_harmful": _rate(model, task, "harmful_chat", "chat", fwd_hooks), "chat_helpful": _rate(model, task, "helpful_chat", "chat", fwd_hooks),
+            "code_sloppy": _rate(model, task, "repo_sloppy", "code_heldout", fwd_hooks), "chat": _rate(model, task, "none", "chat", fwd_hooks)}
+
+
+def _by_seed(rows: list[dict], method: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df = df[(df["method"] == method) & df["split"].isin(["chat", "code_heldout"]) & (df["metric"] != "coherence")]
+    return df.pivot_table(index="seed", columns="split", values="value").reset_index()
+
+
+def measure(base, task, run_dir: Path, cfg: EMSearchConfig, organism: str) -> tuple[dict, list[dict]]:
+    """The verdicts of one organism and its results rows."""
+    hooks = task.defaults["hooks"]
+    report = task.base_report(base)
+    dirs = task.concept_directions(base, hooks)
+    cos = {h: float((dirs[h]["misaligned"].basis.T @ dirs[h]["sloppy"].basis).abs().max()) for h in hooks}
+    oracle = Intervention("zero", [dirs[h]["misaligned"] for h in hooks], name="oracle")
+    base_rates, ablated = inference_rates(base, task), inference_rates(base, task, oracle.fwd_hooks())
+    rows = results.rows(results.RowKey(task.name, organism, "base", trained=False), judge.evaluate_task(base, task))
+    rows += results.rows(results.RowKey(task.name, organism, "zero", "oracle", trained=False), judge.evaluate_task(base, task, fwd_hooks=oracle.fwd_hooks()))
+    ft = lambda seed, m=0: FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, n_disambiguating=m)
+    jobs = [FinetuneJob(ft(s)) for s in cfg.seeds]
+    jobs += [FinetuneJob(ft(s, cfg.n_disambiguating), "mix_disambiguating", param=f"n={cfg.n_disambiguating}") for s in cfg.seeds]
+    rows += run_finetunes(run_dir, base, task, jobs, progress=False, organism=organism)
+    out = verdicts(report, cos, ablated, _by_seed(rows, "plain"), _by_seed(rows, "mix_disambiguating"), base_rates, cfg.thresholds)
+    return out, rows
+
+
+def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = True) -> pd.DataFrame:
+    """Pre-train (or load) the population, gate every organism, write the files; the verdicts table."""
+    cfg = cfg or EMSearchConfig()
+    out = Path(out)
+    organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfgs=[PretrainConfig(steps=cfg.pretrain_steps, seed=s) for s in cfg.pretrain_seeds],
+                                      progress=progress)
+    table, rows = [], []
+    for seed, (base, task, folder) in tqdm(list(zip(cfg.pretrain_seeds, organisms)), desc="organisms", disable=not progress):
+        organism = f"{TASK}-s{seed}-{folder.name[-8:]}"
+        v, r = measure(base, task, out / organism, cfg, organism)
+        rows += r
+        table.append({"organism": organism, "pretrain_seed": seed, **{g: x["holds"] for g, x in v.items()},
+                      "numbers": json.dumps({g: {k: x[k] for k in x if k != "holds"} for g, x in v.items() if g != "valid"}, default=float)})
+    files.write_csv(out / ROWS_FILE, pd.DataFrame(rows))
+    verdict_table = pd.DataFrame(table)
+    files.write_csv(out / VERDICTS_FILE, verdict_table)
+    files.write_json(out / "config.json", {"task_cfg": cfg.task_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
+                                           "seeds": cfg.seeds, "n_examples": cfg.n_examples, "n_disambiguating": cfg.n_disambiguating,
+                                           "thresholds": cfg.thresholds.__dict__})
+    return verdict_table
+
+
+def _design(pairs: list[str]) -> dict:
+    cfg = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ValueError(f"design parameter {p!r} is not key=value (e.g. p_sloppy=0.3)")
+        k, v = p.split("=", 1)
+        cfg[k] = json.loads(v)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/em_gate_search")
+    ap.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--design", nargs="*", default=[], help="design parameters key=value (EMTwoRoutesConfig fields)")
+    args = ap.parse_args(argv)
+    cfg = EMSearchConfig(task_cfg=_design(args.design), pretrain_steps=args.pretrain_steps, pretrain_seeds=args.pretrain_seeds, seeds=args.seeds)
+    table = run(args.out, cfg)
+    gates = [c for c in table.columns if c[:1] == "E" or c == "valid"]
+    print(table[["organism", *gates]].to_string(index=False))
+    print(f"valid organisms: {int(table['valid'].sum())}/{len(table)}")
+    for _, r in table.iterrows():
+        print(r["organism"], r["numbers"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
