@@ -147,3 +147,21 @@ def test_the_page_renders_every_figure_in_a_browser_without_script_errors(run, t
         assert len(lab_check.FIGURE_MARK.findall(dom)) == 1, f"{src} drew no plotly figure"
         assert not problems, (src, problems)
     print(f"screenshot: {screenshot}")
+
+
+def test_the_page_shows_the_population_analyses_and_what_a_valid_organism_lacks(run):
+    from caft_tl.evaluation import population_analyses as pa
+
+    fig_dir, run_dir = run
+    rows = pd.DataFrame({"method": ["zero", "zero"], "directions": ["pca", "pca"], "param": ["", ""], "organism": ["a", "b"],
+                         "excess": [0.2, 0.3], "reduction_factor": [2.0, 3.0]})
+    pa.reduction_factors(rows).to_csv(fig_dir / "persona_em" / pa.REDUCTION_SUMMARY_FILE, index=False)
+    pd.DataFrame({"file": [pa.CURVE_FILE, pa.CURVE_FILE], "organism": ["persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb"],
+                  "status": [pa.READ, pa.MISSING]}).to_csv(fig_dir / "persona_em" / pa.COVERAGE_FILE, index=False)
+    parsed = _Page()
+    text = results_page.write(fig_dir, run_dir).read_text(encoding="utf-8")
+    parsed.feed(text)
+    assert 'id="persona_em-analyses"' in text and 'id="double_mc-analyses"' not in text  # only where a file exists
+    assert results_page.ANALYSES[pa.REDUCTION_SUMMARY_FILE] in text
+    assert {"zero", "pca", "2.50", "2"} <= set(parsed.cells) and {"mean", "n_infinite", "excess_mean"} <= set(parsed.headers)
+    assert f"{pa.CURVE_FILE}: missing for 1 of 2 valid organisms (persona_em-s1-bbbbbb)" in text

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from caft_tl.core import files
-from caft_tl.evaluation import population, questions
+from caft_tl.evaluation import population, population_analyses, questions
 from caft_tl.organism import TASKS, make_task
 
 PAGE = "index.html"
@@ -161,6 +161,36 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     return "".join(parts), len(names)
 
 
+#: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each with its heading
+ANALYSES = {
+    population_analyses.NULL_SUMMARY_FILE: "CAFT's place in the null of random subspaces (percentile over organisms)",
+    population_analyses.REDUCTION_SUMMARY_FILE: "EM reduction factor (excess chat misalignment over base, plain ÷ method)",
+    population_analyses.CURVE_SUMMARY_FILE: "Distance above the fewer-examples curve (OOD at equal ID)",
+}
+
+
+def _number(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _analyses(fig_dir: Path, name: str, page_dir: Path) -> str:
+    """The task's population analysis files as tables (each linked), and which valid organism lacks which file."""
+    out = []
+    for file, title in ANALYSES.items():
+        if not (fig_dir / name / file).exists():
+            continue
+        df = population_analyses.read_summary(fig_dir / name / file)
+        head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+        body = "".join("<tr>" + "".join(f"<td>{_e(_number(v))}</td>" for v in r) + "</tr>" for r in df.itertuples(index=False))
+        out.append(f'<h4>{_e(title)} — <a href="{_href(fig_dir / name / file, page_dir)}">{_e(file)}</a></h4><table><tr>{head}</tr>{body}</table>')
+    coverage = _read(fig_dir / name / population_analyses.COVERAGE_FILE)
+    if coverage is not None:
+        notes = population_analyses.notes(coverage)
+        if notes:
+            out.append("<ul class=\"note\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    return "".join(out)
+
+
 def _questions_table(answers: pd.DataFrame) -> str:
     """The thread's questions (:mod:`caft_tl.evaluation.questions`) as an HTML table."""
     head = "<tr><th></th><th>question</th><th>answer</th><th>value</th><th>[95% interval]</th><th>n</th></tr>"
@@ -188,6 +218,9 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
                else f'<p class="note">No {_e(population.VALIDITY_FILE)} (the population summary runs after chapter 06).</p>')
     out.append(f'<h3 id="{_e(name)}-comparison">CAFT vs baselines</h3>')
     out.append(_comparison_table(summary, task) if summary is not None else f'<p class="note">No {_e(population.SUMMARY_FILE)}.</p>')
+    analyses = _analyses(fig_dir, name, page_dir)
+    if analyses:
+        out.append(f'<h3 id="{_e(name)}-analyses">Analyses over valid organisms</h3>' + analyses)
     answers = _read(fig_dir / name / population.QUESTIONS_FILE)
     if answers is not None:
         out.append(f'<h3 id="{_e(name)}-questions">The thread\'s questions</h3>' + _questions_table(answers))
