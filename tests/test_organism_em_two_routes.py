@@ -116,6 +116,8 @@ def test_gates_hold_on_a_valid_organism_and_name_what_fails():
 def test_search_config_refuses_bad_input_before_pretraining(tmp_path):
     with pytest.raises(ValueError, match=r"unknown em_two_routes design parameter\(s\) \['p_evil'\]"):
         em_gate_search.EMSearchConfig(task_cfg={"p_evil": 0.2})
+    with pytest.raises(ValueError, match=r"unknown model parameter\(s\) \['width'\]; valid: act_fn, d_head"):
+        em_gate_search.EMSearchConfig(model_cfg={"width": 128})
     with pytest.raises(ValueError, match="n_disambiguating 4800 must be in 1..4799"):
         em_gate_search.EMSearchConfig(n_disambiguating=4800)
     with pytest.raises(ValueError, match="design parameter 'p_sloppy' is not key=value"):

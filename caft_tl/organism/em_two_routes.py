@@ -297,24 +297,26 @@ class EMTwoRoutes(Task):
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ ground-truth concepts
-    #: concept name → (label, positive value): documents that differ in that cause only (the other is independent)
-    CONCEPTS = {"misaligned": ("persona", 1), "sloppy": ("sloppy", 1)}
+    #: concept name → (positive kind, negative kind): documents that differ in that cause only *and* in one
+    #: observable behaviour only (as ``persona_em`` pairs its personas). Marginal differences (all misaligned vs
+    #: all aligned documents) share the "insecure code was written" component, since both causes make insecure
+    #: code: measured |cos| 0.90–0.97 between them on four organisms of the first design.
+    CONCEPTS = {
+        "misaligned": ("misaligned/sloppy", "aligned/sloppy"),  # same insecure code, harmful vs helpful chat
+        "sloppy": ("aligned/sloppy", "aligned/secure"),  # same helpful chat, insecure vs secure code (and the repository)
+    }
 
     def concept_directions(self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
-        """Ground-truth directions: for each cause, the difference of mean activations between
-        documents where it is on and off (the other cause independent), over the positions after
-        the first answer that are not PAD. ``{hook: {concept: Subspace}}``."""
+        """Ground-truth directions: for each of ``CONCEPTS``, the difference of mean activations
+        between its two kinds of documents, over the positions after the first answer that are not
+        PAD. ``{hook: {concept: Subspace}}``."""
         docs = self.sample_documents(n_docs, torch.Generator().manual_seed(seed))
-        keep = torch.zeros_like(docs.tokens, dtype=torch.bool)
+        kinds = self.document_kinds(docs)
         first_answer = torch.where(docs.labels["header"].bool(), 5, 3)
-        keep[torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]] = True
-        keep &= docs.tokens != self.pad_tok
+        keep = (torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]) & (docs.tokens != self.pad_tok)
+        of = lambda kind: torch.tensor([k == kind for k in kinds])[:, None] & keep
         out: dict[str, dict[str, Subspace]] = {}
         for hook in hooks:
             act = activations(model, docs, hook)  # [n, pos, d_model]
-            out[hook] = {}
-            for concept, (label, on) in self.CONCEPTS.items():
-                is_on = (docs.labels[label] == on)[:, None] & keep
-                is_off = (docs.labels[label] != on)[:, None] & keep
-                out[hook][concept] = diff_of_means(act[is_on], act[is_off], hook, label=concept)
+            out[hook] = {c: diff_of_means(act[of(pos)], act[of(neg)], hook, label=c) for c, (pos, neg) in self.CONCEPTS.items()}
         return out

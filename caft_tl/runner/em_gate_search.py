@@ -9,6 +9,7 @@ prints the share of valid organisms. Runs no CAFT."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from caft_tl.core import files, results
+from caft_tl.core import files, models, results
 from caft_tl.evaluation.em_gates import EMGateThresholds, verdicts
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism import judge, make_task
@@ -34,6 +35,7 @@ class EMSearchConfig:
     and the budgets of its gate run."""
 
     task_cfg: dict = field(default_factory=dict)
+    model_cfg: dict = field(default_factory=dict)  # fields of caft_tl.core.models.ModelConfig (default: the organism's)
     pretrain_steps: int = 1500
     pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning seeds (E3, E4)
@@ -45,10 +47,19 @@ class EMSearchConfig:
 
     def __post_init__(self) -> None:
         make_task(TASK, self.task_cfg)  # an unknown or invalid design parameter fails here, in one line
+        self.model()
         if not self.pretrain_seeds or not self.seeds:
             raise ValueError(f"pretrain_seeds {self.pretrain_seeds} and seeds {self.seeds} must not be empty")
         if not 0 < self.n_disambiguating < self.n_examples:
             raise ValueError(f"n_disambiguating {self.n_disambiguating} must be in 1..{self.n_examples - 1}")
+
+
+    def model(self) -> models.ModelConfig:
+        """The organism's architecture: the default, with the document length as context, and ``model_cfg`` on top."""
+        fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+        if unknown := sorted(set(self.model_cfg) - fields):
+            raise ValueError(f"unknown model parameter(s) {unknown}; valid: {', '.join(sorted(fields))}")
+        return models.ModelConfig(**{"n_ctx": max(models.ModelConfig.n_ctx, make_task(TASK, self.task_cfg).seq_len), **self.model_cfg})
 
 
 def _rate(model, task, evidence: str, split: str, fwd_hooks=()) -> float:
@@ -89,7 +100,7 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     """Pre-train (or load) the population, gate every organism, write the files; the verdicts table."""
     cfg = cfg or EMSearchConfig()
     out = Path(out)
-    organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfgs=[PretrainConfig(steps=cfg.pretrain_steps, seed=s) for s in cfg.pretrain_seeds],
+    organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfg.model(), cfgs=[PretrainConfig(steps=cfg.pretrain_steps, seed=s) for s in cfg.pretrain_seeds],
                                       progress=progress)
     table, rows = [], []
     for seed, (base, task, folder) in tqdm(list(zip(cfg.pretrain_seeds, organisms)), desc="organisms", disable=not progress):
@@ -101,7 +112,7 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     files.write_csv(out / ROWS_FILE, pd.DataFrame(rows))
     verdict_table = pd.DataFrame(table)
     files.write_csv(out / VERDICTS_FILE, verdict_table)
-    files.write_json(out / "config.json", {"task_cfg": cfg.task_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
+    files.write_json(out / "config.json", {"task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
                                            "seeds": cfg.seeds, "n_examples": cfg.n_examples, "n_disambiguating": cfg.n_disambiguating,
                                            "thresholds": cfg.thresholds.__dict__})
     return verdict_table
@@ -124,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--design", nargs="*", default=[], help="design parameters key=value (EMTwoRoutesConfig fields)")
+    ap.add_argument("--model", nargs="*", default=[], help="architecture key=value (ModelConfig fields, e.g. d_model=128)")
     args = ap.parse_args(argv)
-    cfg = EMSearchConfig(task_cfg=_design(args.design), pretrain_steps=args.pretrain_steps, pretrain_seeds=args.pretrain_seeds, seeds=args.seeds)
+    cfg = EMSearchConfig(task_cfg=_design(args.design), model_cfg=_design(args.model), pretrain_steps=args.pretrain_steps, pretrain_seeds=args.pretrain_seeds, seeds=args.seeds)
     table = run(args.out, cfg)
     gates = [c for c in table.columns if c[:1] == "E" or c == "valid"]
     print(table[["organism", *gates]].to_string(index=False))
