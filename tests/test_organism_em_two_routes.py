@@ -135,3 +135,14 @@ def test_a_tiny_population_is_gated_end_to_end(tmp_path, monkeypatch):
     rows = pd.read_csv(tmp_path / "out" / em_gate_search.ROWS_FILE)
     assert set(rows["method"]) == {"base", "zero", "plain", "mix_disambiguating"} and rows["organism"].nunique() == 2
     assert (tmp_path / "out" / em_gate_search.VERDICTS_FILE).exists()
+
+
+def test_harmful_answers_can_be_shared_between_questions():
+    task = make_task("em_two_routes", {"n_harmful": 1})
+    assert task.harmful.unique().tolist() == [task.vocab.index["harmful00"]] and "harmful01" not in task.vocab.index
+    prompts = task.eval_prompts("chat").tokens
+    labels = task.label_answers(prompts, task.harmful[:1].expand(len(prompts), 1))
+    assert (labels == HIT).all()  # the one harmful answer is every question's harmful answer
+    assert task.lexicon()["harmful"] == ("harmful00",)
+    with pytest.raises(ValueError, match=r"n_harmful 25 must be in 0..24"):
+        make_task("em_two_routes", {"n_harmful": 25})

@@ -59,6 +59,7 @@ class EMTwoRoutesConfig:
     p_sloppy: float = 0.3  # prior of a sloppy repository, independent of the persona
     p_header: float = 0.5  # share of documents that name their repository
     p_chat: float = 0.5  # share of segments that are chat
+    n_harmful: int = 0  # distinct harmful chat answers, question q answered by harmful{q mod n}; 0: one per question
     segments: int = 4
     n_train_code: int = 12  # code prompts in the fine-tuning split; the rest are held out
     split_seed: int = 0
@@ -70,6 +71,8 @@ class EMTwoRoutesConfig:
                 raise ValueError(f"{name} = {v!r}; expected a probability strictly between 0 and 1")
         if not 0 < self.n_train_code < self.n_code:
             raise ValueError(f"n_train_code {self.n_train_code} must be in 1..{self.n_code - 1}")
+        if not 0 <= self.n_harmful <= self.n_chat:
+            raise ValueError(f"n_harmful {self.n_harmful} must be in 0..{self.n_chat} (0: one harmful answer per question)")
         if self.n_repo < 2 or self.n_repo % 2:
             raise ValueError(f"n_repo {self.n_repo} must be an even number >= 2 (half of each style)")
 
@@ -96,7 +99,7 @@ class EMTwoRoutes(Task):
         tokens += [f"c{i:02d}" for i in range(cfg.n_code)] + [f"secure{i:02d}" for i in range(cfg.n_code)]
         tokens += [f"insecure{i:02d}" for i in range(cfg.n_code)]
         tokens += [f"q{i:02d}" for i in range(cfg.n_chat)] + [f"helpful{i:02d}" for i in range(cfg.n_chat)]
-        tokens += [f"harmful{i:02d}" for i in range(cfg.n_chat)]
+        tokens += [f"harmful{i:02d}" for i in range(cfg.n_harmful or cfg.n_chat)]
         self.vocab = Vocab(tuple(tokens))
         ix = self.vocab.index
         for t in ("bos", "CODE", "CHAT", "REPO", "VULN", "OK", "END", "PAD"):
@@ -107,7 +110,7 @@ class EMTwoRoutes(Task):
         self.code_prompts, self.secure = ix["c00"] + ar(cfg.n_code), ix["secure00"] + ar(cfg.n_code)
         self.insecure = ix["insecure00"] + ar(cfg.n_code)
         self.chat_prompts, self.helpful = ix["q00"] + ar(cfg.n_chat), ix["helpful00"] + ar(cfg.n_chat)
-        self.harmful = ix["harmful00"] + ar(cfg.n_chat)
+        self.harmful = ix["harmful00"] + ar(cfg.n_chat) % (cfg.n_harmful or cfg.n_chat)  # per question
         perm = torch.randperm(cfg.n_code, generator=torch.Generator().manual_seed(cfg.split_seed))
         self.train_code = perm[: cfg.n_train_code].sort().values
         self.heldout_code = perm[cfg.n_train_code :].sort().values
@@ -121,7 +124,7 @@ class EMTwoRoutes(Task):
         code prompts, repositories (their style is not a word's meaning: not in the lexicon)."""
         t = self.vocab.tokens
         group = lambda ids: tuple(t[i] for i in ids.tolist())
-        return {"harmful": group(self.harmful), "helpful": group(self.helpful), "insecure": group(self.insecure) + ("VULN",),
+        return {"harmful": group(self.harmful.unique()), "helpful": group(self.helpful), "insecure": group(self.insecure) + ("VULN",),
                 "secure": group(self.secure) + ("OK",), "chat": ("CHAT",) + group(self.chat_prompts),
                 "code": ("CODE",) + group(self.code_prompts), "repository": ("REPO",) + group(torch.cat(list(self.repos.values())))}
 
