@@ -1,5 +1,7 @@
 """``em_two_routes``: the world's two hidden causes, its Bayes yardstick, its judge, and gates E1–E4."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -135,6 +137,19 @@ def test_a_tiny_population_is_gated_end_to_end(tmp_path, monkeypatch):
     rows = pd.read_csv(tmp_path / "out" / em_gate_search.ROWS_FILE)
     assert set(rows["method"]) == {"base", "zero", "plain", "mix_disambiguating"} and rows["organism"].nunique() == 2
     assert (tmp_path / "out" / em_gate_search.VERDICTS_FILE).exists()
+    # the README's table is generated from the folder, with the commit and the platform
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("em_search_tables", Path(__file__).resolve().parents[1] / "scripts" / "em_search_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{tables.BEGIN}\nSTALE BLOCK\n{tables.END}\nrest\n")
+    assert tables.main([str(tmp_path / "out"), "--out", str(tmp_path / "V.md"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "STALE BLOCK" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    line = next(l for l in text.splitlines() if l.startswith("| defaults"))
+    assert line.split(" | ")[1:7] == ["2", "0", "0", "0", "0", "0 (0%)"] and '"torch"' in text
+    assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "W.md")]) == 2 and not (tmp_path / "W.md").exists()
 
 
 def test_harmful_answers_can_be_shared_between_questions():

@@ -23,7 +23,7 @@ from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism import judge, make_task
 from caft_tl.training.finetunes import FinetuneJob, run_finetunes
 from caft_tl.training.loop import FinetuneConfig
-from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many, platform
 
 TASK = "em_two_routes"
 ROWS_FILE, VERDICTS_FILE = "rows.csv", "verdicts.csv"
@@ -112,7 +112,10 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     files.write_csv(out / ROWS_FILE, pd.DataFrame(rows))
     verdict_table = pd.DataFrame(table)
     files.write_csv(out / VERDICTS_FILE, verdict_table)
-    files.write_json(out / "config.json", {"task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
+    prov = files.write_provenance(out, {"search": "em_two_routes"})
+    commit = (prov.get("git_commit") or "?")[:7] + ("+uncommitted" if prov.get("git_dirty") else "")
+    files.write_json(out / "config.json", {"commit": commit, "platform": {**platform(), "batched": True},
+                                           "task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
                                            "seeds": cfg.seeds, "n_examples": cfg.n_examples, "n_disambiguating": cfg.n_disambiguating,
                                            "thresholds": cfg.thresholds.__dict__})
     return verdict_table
