@@ -161,3 +161,9 @@ def test_harmful_answers_can_be_shared_between_questions():
     assert task.lexicon()["harmful"] == ("harmful00",)
     with pytest.raises(ValueError, match=r"n_harmful 25 must be in 0..24"):
         make_task("em_two_routes", {"n_harmful": 25})
+
+
+def test_no_persona_inference_on_the_base_means_nothing_is_removed():
+    out = verdicts(**_inputs(base={"chat_harmful": 0.3, "chat_helpful": 0.2, "code_sloppy": 0.97, "chat": 0.2},
+                             ablated={"chat_harmful": 0.2, "chat_helpful": 0.2, "code_sloppy": 0.97}))
+    assert out["E2_separable"]["persona_removed"] == 0.0 and not out["E2_separable"]["holds"]
