@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +117,7 @@ def task_tables(task_dir: Path) -> str:
     summary = pd.read_csv(task_dir / SUMMARY_FILE, keep_default_na=False)
     task = make_task(task_dir.name)
     n, valid = len(verdicts), int(verdicts["valid"].sum())
-    gate_cols = [c for c in verdicts.columns if c.startswith("V")]
+    gate_cols = [c for c in verdicts.columns if re.match(r"[VE]\d_", c)]  # V1–V3 (gates), E1–E4 (em_gates)
     lines = [f"### `{task.name}`: {n} organisms, {valid} valid ({valid / n:.0%})", ""]
     for r in verdicts[~verdicts["valid"]].itertuples():
         failed = [c for c in gate_cols if not getattr(r, c)]

@@ -36,10 +36,11 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     names = [nb.stem for nb in suite.chapters()]
     assert len(names) == 9 and names[-2:] == ["07_gates", "08_questions"]
     assert list(timings) == [f"{t}/seed{s}/{n}" for t in tasks for s in SEEDS for n in names
-                             if t != "persona_em" or n != "07_gates"]  # gates: not for persona_em
+                             if task_class(t).has_gates or n != "07_gates"]  # chapter 07: spurious-correlation tasks only
+    assert {t for t in tasks if not task_class(t).has_gates} == {"persona_em", "em_two_routes"}
     for task in tasks:
         for s in SEEDS:
-            for name in [n for n in names if task != "persona_em" or n != "07_gates"]:
+            for name in [n for n in names if task_class(task).has_gates or n != "07_gates"]:
                 assert (run_dir / task / f"seed{s}" / "notebooks" / f"{name}.ipynb").exists()
     assert (run_dir / "pronoun_profession" / "seed1" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
@@ -74,7 +75,8 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     for task in tasks:  # chapters 05-06's per-organism analyses, and the suite's files over the valid organisms
         for s in SEEDS:
             assert (fig_dir / task / f"seed{s}" / pa.NULL_FILE).exists() and (fig_dir / task / f"seed{s}" / pa.CURVE_FILE).exists()
-        assert (fig_dir / task / f"seed{SEEDS[0]}" / pa.REDUCTION_FILE).exists() == (task == "persona_em")
+        em = make_task(task).metric(make_task(task).ood_split) == pa.EM_METRIC
+        assert (fig_dir / task / f"seed{SEEDS[0]}" / pa.REDUCTION_FILE).exists() == em == (task in ("persona_em", "em_two_routes"))
         for name in (pa.NULL_SUMMARY_FILE, pa.REDUCTION_SUMMARY_FILE, pa.CURVE_SUMMARY_FILE, pa.COVERAGE_FILE):
             assert (fig_dir / task / name).exists(), (task, name)
     provenance = files.read_json(run_dir / "double_mc" / "seed1" / "provenance.json")
@@ -110,7 +112,13 @@ def test_the_population_is_summarised_over_valid_organisms(fast_run):
     for task in TASKS:
         verdicts = pd.read_csv(fig_dir / task / population.VALIDITY_FILE)
         assert sorted(verdicts["pretrain_seed"]) == SEEDS and verdicts["valid"].dtype == bool
-        if not task_class(task).has_gates:
+        if task == "em_two_routes":  # E1–E4, measured on each organism by the population summary
+            assert {"E1_base_inference", "E2_separable", "E3_robust_em", "E4_separation_reachable"} <= set(verdicts.columns)
+            for s in SEEDS:
+                written = files.read_json(run_dir / task / f"seed{s}" / "em_gates.json")
+                assert written["budget"]["n_disambiguating"] == 1200 and set(written["verdicts"]) >= {"E1_base_inference", "valid"}
+            assert not verdicts["valid"].any()  # 150 pre-training steps make no valid organism
+        elif not task_class(task).has_gates:
             assert verdicts["valid"].all()
         valid = set(verdicts.loc[verdicts["valid"], "organism"])
         summary = pd.read_csv(fig_dir / task / population.SUMMARY_FILE, keep_default_na=False)

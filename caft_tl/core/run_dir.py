@@ -38,6 +38,7 @@ ARTEFACTS = {
     "sae_choice": Artefact("subspaces/sae_choice.json", "03_interpret_directions", "the SAE latents ranked and chosen per hook"),
     "results": Artefact(results.RESULTS_FILE, "01_plain_finetune", "the results rows (chapters 01, 04, 05 add to it)"),
     "gates": Artefact("gates.json", "07_gates", "the gates' verdicts"),
+    "em_gates": Artefact("em_gates.json", "python -m caft_tl.runner.suite (its population summary)", "gates E1–E4 of an em_two_routes organism"),
 }
 
 

@@ -1,8 +1,9 @@
 """A population of organisms of one design: the organism is the unit of replication.
 
 Each organism (one pre-training seed) has its own run directory, with its own diffing, directions,
-checks and fine-tunes. :func:`validity` states each organism's validity gates (tasks with gates;
-other tasks have none and every organism counts), and :func:`summarise` gives every configuration's
+checks and fine-tunes. :func:`validity` states each organism's validity gates (V1–V3 of
+:mod:`~caft_tl.evaluation.gates` read from rows; E1–E4 of :mod:`~caft_tl.evaluation.em_gates`
+measured on the organism; other tasks have none and every organism counts), and :func:`summarise` gives every configuration's
 mean over the *valid* organisms with a 95% interval over organisms, beside the spread over
 fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder, with the
 thread's questions answered over the valid organisms (:mod:`caft_tl.evaluation.questions`).
@@ -20,8 +21,8 @@ import pandas as pd
 from caft_tl.core import files, results
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.stats import RATE_BOUNDS, ci95, is_rate
-from caft_tl.evaluation import gates, questions
-from caft_tl.organism import Task
+from caft_tl.evaluation import em_gates, gates, questions
+from caft_tl.organism import Task, load_run_organism
 
 CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
 #: files :func:`write` puts in the task's figure folder
@@ -42,6 +43,12 @@ def validity(runs: list[RunDir], task: Task) -> pd.DataFrame:
         row = {"organism": run.organism_id, "pretrain_seed": run.organism_spec()["pretrain"]["seed"]}
         if task.has_gates:
             row.update({g: v["holds"] for g, v in gates.validity(run.read_results()).items()})
+        elif em_gates.applies(task):  # E1–E4 measure the organism and run their own fixed fine-tunes (cached in its run directory)
+            base, _ = load_run_organism(run.root)
+            verdicts, _ = em_gates.measure(base, task, run.root, run.organism_id)
+            files.write_json(run.path("em_gates"), {"organism": run.organism_id, "budget": em_gates.EMGateBudget(),
+                                                    "thresholds": em_gates.EMGateThresholds(), "verdicts": verdicts})
+            row.update({g: v["holds"] for g, v in verdicts.items()})
         else:
             row["valid"] = True
         rows.append(row)

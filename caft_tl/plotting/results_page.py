@@ -101,7 +101,7 @@ def _config(r) -> str:
 
 
 def _validity_table(verdicts: pd.DataFrame, organism_dirs: dict[str, str], run_dir: Path, task: str, page_dir: Path) -> str:
-    gate_cols = [c for c in verdicts.columns if re.match(r"V\d", c)]
+    gate_cols = [c for c in verdicts.columns if re.match(r"[VE]\d_", c)]  # V1–V3 (gates), E1–E4 (em_gates)
     head = ["organism", "pre-training seed", *gate_cols, "valid", "executed notebooks"]
     rows = []
     for r in verdicts.to_dict("records"):

@@ -17,12 +17,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from caft_tl.core import files, models, results
-from caft_tl.evaluation.em_gates import EMGateThresholds, verdicts
-from caft_tl.interventions.intervention import Intervention
-from caft_tl.organism import judge, make_task
-from caft_tl.training.finetunes import FinetuneJob, run_finetunes
-from caft_tl.training.loop import FinetuneConfig
+from caft_tl.core import files, models
+from caft_tl.evaluation import em_gates
+from caft_tl.evaluation.em_gates import EMGateBudget, EMGateThresholds
+from caft_tl.organism import make_task
 from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many, platform
 
 TASK = "em_two_routes"
@@ -50,9 +48,12 @@ class EMSearchConfig:
         self.model()
         if not self.pretrain_seeds or not self.seeds:
             raise ValueError(f"pretrain_seeds {self.pretrain_seeds} and seeds {self.seeds} must not be empty")
-        if not 0 < self.n_disambiguating < self.n_examples:
-            raise ValueError(f"n_disambiguating {self.n_disambiguating} must be in 1..{self.n_examples - 1}")
+        self.budget()
 
+
+    def budget(self) -> EMGateBudget:
+        """The fine-tunes E3 and E4 read."""
+        return EMGateBudget(tuple(self.seeds), self.n_examples, self.n_disambiguating, self.batch_size, self.lr)
 
     def model(self) -> models.ModelConfig:
         """The organism's architecture: the default, with the document length as context, and ``model_cfg`` on top."""
@@ -62,38 +63,9 @@ class EMSearchConfig:
         return models.ModelConfig(**{"n_ctx": max(models.ModelConfig.n_ctx, make_task(TASK, self.task_cfg).seq_len), **self.model_cfg})
 
 
-def _rate(model, task, evidence: str, split: str, fwd_hooks=()) -> float:
-    return judge.behaviour_rate(model, task.context_prompts(evidence, split), task, fwd_hooks=fwd_hooks)["rate"].mean().item()
-
-
-def inference_rates(model, task, fwd_hooks=()) -> dict[str, float]:
-    """The rates E2 compares: chat after harmful / helpful chat, code after a sloppy repository, context-free chat."""
-    return {"chat_harmful": _rate(model, task, "harmful_chat", "chat", fwd_hooks), "chat_helpful": _rate(model, task, "helpful_chat", "chat", fwd_hooks),
-            "code_sloppy": _rate(model, task, "repo_sloppy", "code_heldout", fwd_hooks), "chat": _rate(model, task, "none", "chat", fwd_hooks)}
-
-
-def _by_seed(rows: list[dict], method: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    df = df[(df["method"] == method) & df["split"].isin(["chat", "code_heldout"]) & (df["metric"] != "coherence")]
-    return df.pivot_table(index="seed", columns="split", values="value").reset_index()
-
-
 def measure(base, task, run_dir: Path, cfg: EMSearchConfig, organism: str) -> tuple[dict, list[dict]]:
-    """The verdicts of one organism and its results rows."""
-    hooks = task.defaults["hooks"]
-    report = task.base_report(base)
-    dirs = task.concept_directions(base, hooks)
-    cos = {h: float((dirs[h]["misaligned"].basis.T @ dirs[h]["sloppy"].basis).abs().max()) for h in hooks}
-    oracle = Intervention("zero", [dirs[h]["misaligned"] for h in hooks], name="oracle")
-    base_rates, ablated = inference_rates(base, task), inference_rates(base, task, oracle.fwd_hooks())
-    rows = results.rows(results.RowKey(task.name, organism, "base", trained=False), judge.evaluate_task(base, task))
-    rows += results.rows(results.RowKey(task.name, organism, "zero", "oracle", trained=False), judge.evaluate_task(base, task, fwd_hooks=oracle.fwd_hooks()))
-    ft = lambda seed, m=0: FinetuneConfig(n_examples=cfg.n_examples, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, n_disambiguating=m)
-    jobs = [FinetuneJob(ft(s)) for s in cfg.seeds]
-    jobs += [FinetuneJob(ft(s, cfg.n_disambiguating), "mix_disambiguating", param=f"n={cfg.n_disambiguating}") for s in cfg.seeds]
-    rows += run_finetunes(run_dir, base, task, jobs, progress=False, organism=organism)
-    out = verdicts(report, cos, ablated, _by_seed(rows, "plain"), _by_seed(rows, "mix_disambiguating"), base_rates, cfg.thresholds)
-    return out, rows
+    """The verdicts of one organism and its results rows (:func:`caft_tl.evaluation.em_gates.measure`)."""
+    return em_gates.measure(base, task, run_dir, organism, cfg.budget(), cfg.thresholds)
 
 
 def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = True) -> pd.DataFrame:
