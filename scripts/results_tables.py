@@ -32,7 +32,7 @@ from caft_tl.core import files  # noqa: E402
 from caft_tl.directions import sets  # noqa: E402
 from caft_tl.evaluation import population_analyses as analyses  # noqa: E402
 from caft_tl.evaluation import questions  # noqa: E402
-from caft_tl.evaluation.population import QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
+from caft_tl.evaluation.population import COHERENCE, QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
 from caft_tl.organism import make_task  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -127,20 +127,24 @@ def task_tables(task_dir: Path) -> str:
     if summary.empty:
         return "\n".join(lines + ["", "No valid organism: no CAFT comparison.", ""])
     splits = [task.id_split, task.ood_split]
+    coherence = summary[summary["split"].isin(splits) & (summary["metric"] == COHERENCE)]
+    coherence = {(label(r.method, r.directions, r.param), r.split): r.mean for r in coherence.itertuples()}
     s = summary[summary["split"].isin(splits) & summary["metric"].isin(task.metrics)]
     null = s["directions"].astype(str).str.match(r"random/\d+$")  # the null's draws: one row for all of them
     draws, s = s[null], s[~null]
     s = s.assign(config=[label(m, d, p) for m, d, p in zip(s["method"], s["directions"], s["param"])])
     lines += ["", f"Mean over valid organisms [95% interval over organisms]; `n` organisms.", "",
-              f"| configuration | {' | '.join(f'{sp} ({task.metric(sp)})' for sp in splits)} | n |", "|---|" + "---|" * (len(splits) + 1)]
+              f"| configuration | {' | '.join(f'{sp} ({task.metric(sp)})' for sp in splits)} | coherence ({' · '.join(splits)}) | n |",
+              "|---|" + "---|" * (len(splits) + 2)]
     for config, g in s.groupby("config", sort=False):
         by = {r.split: cell(r) for r in g.itertuples()}
-        lines.append(f"| {config} | {' | '.join(by.get(sp, '') for sp in splits)} | {int(g['n_organisms'].max())} |")
+        coh = " · ".join(f"{coherence[config, sp]:.2f}" if (config, sp) in coherence else "–" for sp in splits)
+        lines.append(f"| {config} | {' | '.join(by.get(sp, '') for sp in splits)} | {coh} | {int(g['n_organisms'].max())} |")
     if len(draws):
         k = draws["directions"].nunique()
         by = {sp: g["mean"] for sp, g in draws.groupby("split")}
         cells = [f"{by[sp].median():.2f} [{by[sp].min():.2f}–{by[sp].max():.2f}]" if sp in by else "" for sp in splits]
-        lines.append(f"| zero · null of {k} random subspaces (median [range] of the draws' means) | {' | '.join(cells)} | {int(draws['n_organisms'].max())} |")
+        lines.append(f"| zero · null of {k} random subspaces (median [range] of the draws' means) | {' | '.join(cells)} | | {int(draws['n_organisms'].max())} |")
     lines += analyses_table(task_dir, task)
     if (task_dir / QUESTIONS_FILE).exists():
         answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})

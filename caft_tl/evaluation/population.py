@@ -27,7 +27,9 @@ from caft_tl.organism import Task, load_run_organism
 CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
 #: files :func:`write` puts in the task's figure folder
 VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = "population_validity.csv", "population_summary.csv", "population_organisms.csv"
-QUESTIONS_FILE = "population_questions.csv"  # the thread's questions answered over the valid organisms
+QUESTIONS_FILE = "population_questions.csv"
+#: the judged share of each rate's answers (P(hit) + P(miss)), summarised beside every rate
+COHERENCE = "coherence"  # the thread's questions answered over the valid organisms
 
 
 def organisms(task_dir: str | Path) -> list[RunDir]:
@@ -82,7 +84,7 @@ def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.Dat
         raise files.MissingArtefactError(f"no organism under {str(task_dir)!r}: run the suite (chapter 00 onwards) first")
     verdicts = validity(runs, task)
     table = pd.concat([run.read_results() for run in runs], ignore_index=True)
-    per_org = per_organism(table, task.metrics)
+    per_org = per_organism(table, (*task.metrics, COHERENCE))  # each rate with its coherence beside it
     valid = list(verdicts.loc[verdicts["valid"], "organism"])
     summary = summarise(per_org, set(valid))
     fig_dir = Path(fig_dir)
