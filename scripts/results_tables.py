@@ -29,6 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from caft_tl.core import files  # noqa: E402
+from caft_tl.core.stats import RATE_BOUNDS, ci95  # noqa: E402
 from caft_tl.directions import sets  # noqa: E402
 from caft_tl.evaluation import population_analyses as analyses  # noqa: E402
 from caft_tl.evaluation import questions  # noqa: E402
@@ -78,6 +79,36 @@ def curve_cell(r) -> str:
         return f"outside the curve on all {r.n_outside}"
     outside = f"; {r.n_outside} outside the curve" if r.n_outside else ""
     return f"{r.mean:+.2f} [{r.low:+.2f}, {r.high:+.2f}] (n={r.n_organisms}{outside})"
+
+
+#: chapter 03's scores of the interpreter's choice against the ground truth (split ``all``: pooled over hooks)
+INTERPRETER_METRICS = ("precision", "recall", "oracle_span")
+
+
+def interpreter_table(task_dir: Path, valid: list[str]) -> list[str]:
+    """Chapter 03's interpreter scores per direction set over the valid organisms (mean [95% interval
+    over organisms]), from the run's gathered rows (``<fig_dir>/results.csv``); nothing without them."""
+    path = task_dir.parent / "results.csv"
+    if not path.exists() or not valid:
+        return []
+    rows = pd.read_csv(path, keep_default_na=False, dtype={"param": str, "directions": str})
+    r = rows[(rows["task"] == task_dir.name) & (rows["method"] == "interpretation") & (rows["split"] == "all") & rows["organism"].isin(valid)]
+    if r.empty:
+        return []
+    per = r.assign(value=pd.to_numeric(r["value"])).groupby(["directions", "metric", "organism"], sort=False)["value"].mean()
+    lines = ["", "Chapter 03's choice scored against the ground truth (the oracle scores it, never makes it), pooled over hooks: "
+             "mean [95% interval over valid organisms]; *chosen*: directions chosen per organism (mean); *fallback*: organisms "
+             "where the rule found no concept reading and kept the best-detected direction.", "",
+             "| directions | precision | recall | oracle span | chosen | fallback |", "|---|---|---|---|---|---|"]
+    for d in dict.fromkeys(r["directions"]):
+        cells = []
+        for m in INTERPRETER_METRICS:
+            v = per.get((d, m))
+            cells.append("–" if v is None else "{:.2f} [{:.2f}, {:.2f}]".format(*ci95(v.to_numpy(), RATE_BOUNDS)))
+        chosen, fallback = per.get((d, "n_chosen")), per.get((d, "fallback"))
+        cells += ["–" if chosen is None else f"{chosen.mean():.1f}", "–" if fallback is None else f"{int((fallback > 0).sum())} of {len(fallback)}"]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def analyses_table(task_dir: Path, task) -> list[str]:
@@ -145,6 +176,7 @@ def task_tables(task_dir: Path) -> str:
         by = {sp: g["mean"] for sp, g in draws.groupby("split")}
         cells = [f"{by[sp].median():.2f} [{by[sp].min():.2f}–{by[sp].max():.2f}]" if sp in by else "" for sp in splits]
         lines.append(f"| zero · null of {k} random subspaces (median [range] of the draws' means) | {' | '.join(cells)} | | {int(draws['n_organisms'].max())} |")
+    lines += interpreter_table(task_dir, list(verdicts.loc[verdicts["valid"], "organism"]))
     lines += analyses_table(task_dir, task)
     if (task_dir / QUESTIONS_FILE).exists():
         answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})

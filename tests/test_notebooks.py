@@ -266,6 +266,7 @@ def test_result_tables_are_generated_from_the_population_files(fast_run, tmp_pat
         assert f"### `{task}`: {len(verdicts)} organisms, {int(verdicts['valid'].sum())} valid" in text
     assert "STALE BLOCK" not in readme.read_text() and readme.read_text().endswith("tail\n") and text in readme.read_text()
     assert "| coherence (code_heldout · chat) |" in text  # each rate's coherence beside it
+    assert "| directions | precision | recall | oracle span | chosen | fallback |" in text  # chapter 03's interpreter, scored
     assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")]) == 2
 
 
