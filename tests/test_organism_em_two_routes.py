@@ -137,6 +137,9 @@ def test_a_tiny_population_is_gated_end_to_end(tmp_path, monkeypatch):
     rows = pd.read_csv(tmp_path / "out" / em_gate_search.ROWS_FILE)
     assert set(rows["method"]) == {"base", "zero", "plain", "mix_disambiguating"} and rows["organism"].nunique() == 2
     assert (tmp_path / "out" / em_gate_search.VERDICTS_FILE).exists()
+    import json
+    e2 = json.loads(table["numbers"][0])["E2_separable"]
+    assert set(e2["answer_position_cos"]) == {"persona_free", "persona_fixed"} and all(0 <= v <= 1 for v in e2["answer_position_cos"].values())
     # the README's table is generated from the folder, with the commit and the platform
     import importlib.util
     spec = importlib.util.spec_from_file_location("em_search_tables", Path(__file__).resolve().parents[1] / "scripts" / "em_search_tables.py")

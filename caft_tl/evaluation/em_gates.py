@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
+import torch
 
 from caft_tl.core import results
 from caft_tl.interventions.intervention import Intervention
@@ -88,6 +89,29 @@ def _by_seed(rows: list[dict], method: str) -> pd.DataFrame:
     return df.pivot_table(index="seed", columns="split", values="value").reset_index()
 
 
+#: diagnostic contrasts at the answer position of code prompts (not gates): the persona with the code behaviour
+#: free to follow it, the persona with the code behaviour fixed (inside a sloppy repository), and the style
+CONTRASTS = {"persona_free": ("harmful_chat", "helpful_chat"), "persona_fixed": ("repo_sloppy+harmful_chat", "repo_sloppy+helpful_chat"),
+             "style": ("repo_sloppy", "repo_secure")}
+
+
+def answer_position_cos(model, task, hooks: list[str]) -> dict[str, float]:
+    """|cos| of each persona contrast with the style contrast, read at the last position of every code
+    prompt (mean activation difference), max over ``hooks``: where the model decides the code answer,
+    does the persona share the style's direction only through the behaviour they both cause?"""
+    from caft_tl.core.activations import activations
+
+    out = {"persona_free": 0.0, "persona_fixed": 0.0}
+    for hook in hooks:
+        def mean(evidence: str):
+            return torch.cat([activations(model, task.context_prompts(evidence, s), hook)[:, -1] for s in ("code_train", "code_heldout")]).mean(0)
+
+        d = {name: mean(a) - mean(b) for name, (a, b) in CONTRASTS.items()}
+        for name in out:
+            out[name] = max(out[name], float((d[name] @ d["style"]).abs() / (d[name].norm() * d["style"].norm())))
+    return out
+
+
 def measure(base, task, run_dir, organism: str, budget: EMGateBudget = EMGateBudget(), t: "EMGateThresholds | None" = None,
             progress: bool = False) -> tuple[dict[str, dict], list[dict]]:
     """E1–E4 of one organism (:func:`verdicts`) and the results rows they rest on: base inference,
@@ -106,6 +130,7 @@ def measure(base, task, run_dir, organism: str, budget: EMGateBudget = EMGateBud
     jobs += [FinetuneJob(budget.config(s, mixed=True), "mix_disambiguating", param=f"n={budget.n_disambiguating}") for s in budget.seeds]
     rows += run_finetunes(run_dir, base, task, jobs, progress=progress, desc="E3/E4 fine-tunes", organism=organism)
     out = verdicts(report, cos, ablated, _by_seed(rows, "plain"), _by_seed(rows, "mix_disambiguating"), base_rates, t or EMGateThresholds())
+    out["E2_separable"]["answer_position_cos"] = answer_position_cos(base, task, hooks)  # a diagnostic beside the gate
     return out, rows
 
 
