@@ -161,7 +161,7 @@ def task_tables(task_dir: Path) -> str:
     coherence = summary[summary["split"].isin(splits) & (summary["metric"] == COHERENCE)]
     coherence = {(label(r.method, r.directions, r.param), r.split): r.mean for r in coherence.itertuples()}
     s = summary[summary["split"].isin(splits) & summary["metric"].isin(task.metrics)]
-    null = s["directions"].astype(str).str.match(r"random/\d+$")  # the null's draws: one row for all of them
+    null = s["directions"].astype(str).map(sets.is_null)  # the null's draws: one row for all of them
     draws, s = s[null], s[~null]
     s = s.assign(config=[label(m, d, p) for m, d, p in zip(s["method"], s["directions"], s["param"])])
     lines += ["", f"Mean over valid organisms [95% interval over organisms]; `n` organisms.", "",

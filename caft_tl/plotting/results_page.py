@@ -23,12 +23,11 @@ from urllib.parse import quote
 import pandas as pd
 
 from caft_tl.core import files
+from caft_tl.directions import sets
 from caft_tl.evaluation import population, population_analyses, questions
 from caft_tl.organism import TASKS, make_task
 
 PAGE = "index.html"
-#: the draws of the null distribution (``random/<i>``): in the summary file, not in the page's table
-NULL_DRAW = re.compile(r"random/\d+$")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -118,7 +117,8 @@ def _comparison_table(summary: pd.DataFrame, task) -> str:
     if summary.empty:
         return "<p>No valid organism: no CAFT comparison.</p>"
     splits = [task.id_split, task.ood_split] if task else list(dict.fromkeys(summary["split"]))
-    s = summary[summary["split"].isin(splits) & ~summary["directions"].astype(str).str.match(NULL_DRAW.pattern)]
+    null = summary["directions"].astype(str).map(sets.is_null)  # the null's draws: in the summary file, not in the page's table
+    s = summary[summary["split"].isin(splits) & ~null]
     if task:
         s = s[s["metric"].isin(task.metrics)]
     s = s.assign(config=[_config(r) for r in s.itertuples()])
@@ -130,7 +130,7 @@ def _comparison_table(summary: pd.DataFrame, task) -> str:
         by = {r.split: _cell(r) for r in g.itertuples()}
         out.append(f"<tr><td>{_e(config)}</td>" + "".join(f'<td class="num">{_e(by.get(sp, ""))}</td>' for sp in splits)
                    + f'<td class="num">{int(g["n_organisms"].max())}</td></tr>')
-    n_null = summary["directions"].astype(str).str.match(NULL_DRAW.pattern).any()
+    n_null = null.any()
     note = (f'<p class="note">Mean over valid organisms [95% interval over organisms, clipped to 0–1]. '
             + ("The null distribution's draws (<code>random/&lt;i&gt;</code>) are in the summary file and chapter 05's figures. " if n_null else "")
             + "</p>")
