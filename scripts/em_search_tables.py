@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from caft_tl.core import files  # noqa: E402
-from caft_tl.runner.em_gate_search import VERDICTS_FILE  # noqa: E402
+from caft_tl.runner.em_gate_search import EMSearchConfig, VERDICTS_FILE  # noqa: E402
 
 BEGIN, END = "<!-- em_search:begin -->", "<!-- em_search:end -->"
 GATES = ("E1_base_inference", "E2_separable", "E3_robust_em", "E4_separation_reachable")
@@ -38,7 +38,8 @@ def row(folder: Path) -> dict:
     held = {g: v[g].astype(str).eq("True") for g in (*GATES, "valid")}
     n = [json.loads(x) for x in v["numbers"]]
     mean = lambda xs: float(np.mean(xs))
-    design = ", ".join(f"{k}={x}" for k, x in sorted({**cfg["task_cfg"], **cfg.get("model_cfg", {})}.items())) or "defaults"
+    steps = {} if cfg["pretrain_steps"] == EMSearchConfig.pretrain_steps else {"pretrain_steps": cfg["pretrain_steps"]}
+    design = ", ".join(f"{k}={x}" for k, x in sorted({**cfg["task_cfg"], **cfg.get("model_cfg", {}), **steps}.items())) or "defaults"
     return {
         "design": design, "organisms": len(v), **{g: int(held[g].sum()) for g in (*GATES, "valid")},
         "E1 max error": _span([x["E1_base_inference"]["max_error"] for x in n]),
