@@ -68,10 +68,12 @@ def null_cell(r) -> str:
 
 
 def reduction_cell(r) -> str:
+    """The factor with its interval, and always the excess over base beside it: a factor explodes as
+    the method's excess nears zero, the excess stays readable."""
+    excess = f"excess {r.excess_mean:+.2f} [{r.excess_low:+.2f}, {r.excess_high:+.2f}]"
     if r.n_infinite:
-        excess = f"{r.excess_mean:+.2f} [{r.excess_low:+.2f}, {r.excess_high:+.2f}]"
-        return f"∞ on {r.n_infinite} of {r.n_organisms} (at or below base); excess {excess}"
-    return f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}] (n={r.n_organisms})"
+        return f"∞ on {r.n_infinite} of {r.n_organisms} (at or below base); {excess}"
+    return f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}] (n={r.n_organisms}); {excess}"
 
 
 def curve_cell(r) -> str:

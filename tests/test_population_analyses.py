@@ -193,4 +193,16 @@ def test_the_results_tables_show_the_analyses_and_what_is_missing(tmp_path):
     text = tables.task_tables(em_fig)
     assert "| configuration | null percentile | EM reduction factor | above the fewer-examples curve |" in text
     assert "| zero · pca | 90 [90, 90] (n=2: 90; 90) | ∞ on 1 of 2 (at or below base); excess +0.02 [-0.36, +0.40] |" in text
-    assert "| plain |  | 1.00 [1.00, 1.00] (n=2) |  |" in text and "missing" not in text and "not written" not in text
+    assert "| plain |  | 1.00 [1.00, 1.00] (n=2); excess +0.50 [+0.50, +0.50] |  |" in text and "missing" not in text and "not written" not in text
+
+
+def test_the_results_table_shows_the_excess_beside_every_reduction_factor():
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("results_tables", Path(__file__).resolve().parents[1] / "scripts" / "results_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    row = dict(mean=1493.9, low=-13453.87, high=16441.67, n_organisms=2, n_infinite=0, excess_mean=0.0004, excess_low=-0.02, excess_high=0.03)
+    assert tables.reduction_cell(SimpleNamespace(**row)) == "1493.90 [-13453.87, 16441.67] (n=2); excess +0.00 [-0.02, +0.03]"
+    row.update(mean=np.inf, n_infinite=1, excess_mean=-0.01)
+    assert tables.reduction_cell(SimpleNamespace(**row)) == "∞ on 1 of 2 (at or below base); excess -0.01 [-0.02, +0.03]"
