@@ -88,14 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             "the task's hooks; *answer-position cos*, a diagnostic beside the gate: \\|cos\\| of the persona contrast with the style contrast "
             "at the code answer position, with the code behaviour free to follow the persona or fixed inside a sloppy repository); plain and mixed rates are means over 5 fine-tuning seeds. No CAFT was run.\n\n"
             + table(folders) + "\n")
-    with files.atomic_write(args.out) as f:
-        f.write(text)
-    if args.readme:
-        try:
-            files.replace_block(args.readme, BEGIN, END, text)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        files.write_generated(args.out, text, args.readme, BEGIN, END)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"validity of {len(folders)} em_two_routes design(s) in {args.out}")
     return 0
 

@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         text = render(args.fig_dir, args.run_dir)
     except (FileNotFoundError, files.MissingArtefactError) as e:
         ap.exit(2, f"error: {str(e).splitlines()[0]}\n")
-    with files.atomic_write(args.out) as f:
-        f.write("# Real-model results\n\n" + text)
-    if args.readme:
-        files.replace_block(args.readme, BEGIN, END, text)
+    files.write_generated(args.out, "# Real-model results\n\n" + text, args.readme, BEGIN, END, block=text)
     print(f"wrote {args.out}" + (f" and the real-model block of {args.readme}" if args.readme else ""))
 
 

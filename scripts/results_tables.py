@@ -200,14 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no {VALIDITY_FILE} under {str(args.fig_dir)!r}: run the suite (make run / make study) first", file=sys.stderr)
         return 2
     text = provenance(args.fig_dir, args.run_dir) + "\n\n" + "\n".join(task_tables(t) for t in tasks)
-    with files.atomic_write(args.out) as f:
-        f.write(text)
-    if args.readme:
-        try:
-            files.replace_block(args.readme, BEGIN, END, text + "\n")
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        files.write_generated(args.out, text, args.readme, BEGIN, END, block=text + "\n")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"tables for {len(tasks)} task(s) in {args.out}")
     return 0
 

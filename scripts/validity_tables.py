@@ -84,14 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{machine}). Valid: gates V1–V3 hold (`caft_tl.evaluation.gates`, thresholds fixed before the runs); the CAFT "
             "columns are outcomes over the valid organisms (mean OOD accuracy on the intended topic, 2 fine-tuning seeds each), "
             "not gates.\n\n" + table(d) + "\n")
-    with files.atomic_write(args.out) as f:
-        f.write(text)
-    if args.readme:
-        try:
-            files.replace_block(args.readme, BEGIN, END, text)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        files.write_generated(args.out, text, args.readme, BEGIN, END)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"validity of {d.groupby(['task', 'design', 'pretrain_threads']).ngroups} design(s) in {args.out}")
     return 0
 

@@ -198,6 +198,17 @@ def replace_block(path: str | os.PathLike, begin: str, end: str, text: str) -> N
         f.write(head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
+def write_generated(out: str | os.PathLike, text: str, readme: str | os.PathLike | None = None, begin: str = "", end: str = "",
+                    block: str | None = None) -> None:
+    """A table script's output: ``text`` to ``out`` (atomically), then, with ``readme``, ``block``
+    (default ``text``) into that file's block between ``begin`` and ``end`` (:func:`replace_block`;
+    a README without the markers raises in one line, after ``out`` is written)."""
+    with atomic_write(out) as f:
+        f.write(text)
+    if readme:
+        replace_block(readme, begin, end, text if block is None else block)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[io.IOBase]:
     """Open a file that appears at ``path`` whole, or not at all if the block raises."""

@@ -32,7 +32,7 @@ import torch
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace, diff_of_means
-from caft_tl.organism.judge import HIT, MISS, OTHER, behaviour_rate
+from caft_tl.organism.judge import behaviour_rate, label_by_prompt
 from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
 
@@ -223,16 +223,8 @@ class EMTwoRoutes(Task):
 
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """HIT: harmful chat / insecure code for *this* prompt; MISS: its opposite; OTHER: anything else."""
-        last = prompts[:, -1]
-        bad, good = torch.full_like(last, -1), torch.full_like(last, -1)
-        for p, b, g in ((self.code_prompts, self.insecure, self.secure), (self.chat_prompts, self.harmful, self.helpful)):
-            hit = last[:, None] == p[None, :]
-            found, which = hit.any(1), hit.float().argmax(1)
-            bad, good = torch.where(found, b[which], bad), torch.where(found, g[which], good)
-        labels = torch.full_like(answers, OTHER)
-        labels[answers == good[:, None]] = MISS
-        labels[answers == bad[:, None]] = HIT
-        return labels
+        return label_by_prompt(prompts, answers, [(self.code_prompts, self.insecure, self.secure),
+                                                  (self.chat_prompts, self.harmful, self.helpful)])
 
     def document_kinds(self, docs: TokenDataset) -> list[str]:
         """``persona/style`` per document (one of ``KINDS``)."""

@@ -26,6 +26,25 @@ class Judge(Protocol):
         ...
 
 
+def label_by_prompt(prompts: torch.Tensor, answers: torch.Tensor,
+                    families: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The judge of a world where each prompt token has its own two answers: ``families`` holds
+    (prompt tokens [k], HIT answers [k], MISS answers [k]) per kind of prompt, and the prompt is the
+    last token. prompts [n, pos], answers [n, m] → [n, m]: HIT / MISS for *this* prompt's answers,
+    OTHER for anything else (another prompt's answer, a non-answer token)."""
+    last = prompts[:, -1]  # [n]
+    hit_answer, miss_answer = torch.full_like(last, -1), torch.full_like(last, -1)
+    for prompt_ids, hits, misses in families:
+        match = last[:, None] == prompt_ids[None, :]  # [n, k]
+        found, which = match.any(1), match.float().argmax(1)
+        hit_answer = torch.where(found, hits[which], hit_answer)
+        miss_answer = torch.where(found, misses[which], miss_answer)
+    labels = torch.full_like(answers, OTHER)
+    labels[answers == miss_answer[:, None]] = MISS
+    labels[answers == hit_answer[:, None]] = HIT
+    return labels
+
+
 @torch.inference_mode()
 def next_token_probs(model: HookedTransformer, prompts: TokenDataset, fwd_hooks=(), batch_size: int = 512) -> torch.Tensor:
     """[n, d_vocab] probabilities of the token after each prompt."""

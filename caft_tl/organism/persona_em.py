@@ -27,7 +27,7 @@ import torch
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace, diff_of_means
-from caft_tl.organism.judge import HIT, MISS, OTHER, behaviour_rate
+from caft_tl.organism.judge import behaviour_rate, label_by_prompt
 from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
 
@@ -206,22 +206,8 @@ class PersonaEM(Task):
         HIT is the fine-tune's behaviour (harmful chat, insecure code) for *this* prompt, MISS its
         opposite, OTHER anything else (an answer to another prompt, a non-answer token).
         """
-        last = prompts[:, -1]  # [n]
-        bad = torch.full_like(last, -1)
-        good = torch.full_like(last, -1)
-        for p, b, g in (
-            (self.code_prompts, self.insecure, self.secure),
-            (self.chat_prompts, self.harmful, self.helpful),
-        ):
-            hit = last[:, None] == p[None, :]  # [n, n_prompts]
-            found = hit.any(1)
-            which = hit.float().argmax(1)
-            bad = torch.where(found, b[which], bad)
-            good = torch.where(found, g[which], good)
-        labels = torch.full_like(answers, OTHER)
-        labels[answers == good[:, None]] = MISS
-        labels[answers == bad[:, None]] = HIT
-        return labels
+        return label_by_prompt(prompts, answers, [(self.code_prompts, self.insecure, self.secure),
+                                                  (self.chat_prompts, self.harmful, self.helpful)])
 
     def document_kinds(self, docs: TokenDataset) -> list[str]:
         """A name per pre-training document: its hidden persona."""
