@@ -20,6 +20,7 @@ Fixed here (2026-12-05) before any CAFT result on the task was seen; they read n
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -132,6 +133,41 @@ def measure(base, task, run_dir, organism: str, budget: EMGateBudget = EMGateBud
     out = verdicts(report, cos, ablated, _by_seed(rows, "plain"), _by_seed(rows, "mix_disambiguating"), base_rates, t or EMGateThresholds())
     out["E2_separable"]["answer_position_cos"] = answer_position_cos(base, task, hooks)  # a diagnostic beside the gate
     return out, rows
+
+
+#: position classes of :func:`contrast_cos` (positions after the document's first answer, PAD excluded)
+POSITION_CLASSES = ("all", "answers", "prompts", "kind_tokens")
+
+
+def contrast_cos(model, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> pd.DataFrame:
+    """A diagnostic beside E2 (not a gate): |cos| of the ground-truth persona and style contrasts
+    (:attr:`EMTwoRoutes.CONCEPTS`, difference of means between document kinds) per hook, per
+    position class (every position; answers and tags; the code / chat prompt token, where the answer
+    is predicted; the ``CODE`` / ``CHAT`` token, which carries no answer identity) and per document
+    set (all; only those that name their repository, where the style is known and neither cause
+    explains the other away; only those that do not). Columns ``hook, positions, documents, cos``."""
+    from caft_tl.core.activations import activations
+
+    docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))
+    t, kinds, header = docs.tokens, task.document_kinds(docs), docs.labels["header"].bool()
+    first = torch.where(header, 5, 3)
+    keep = (torch.arange(t.shape[1])[None, :] >= first[:, None]) & (t != task.pad_tok)
+    kind_tok = torch.isin(t, torch.tensor([task.code_tok, task.chat_tok]))
+    prompts = torch.cat([torch.zeros_like(kind_tok[:, :1]), kind_tok[:, :-1]], 1)
+    positions = {"all": keep, "answers": keep & docs.response_mask, "prompts": keep & prompts, "kind_tokens": keep & kind_tok}
+    documents = {"all": torch.ones_like(header), "with_header": header, "without_header": ~header}
+    (p_pos, p_neg), (s_pos, s_neg) = task.CONCEPTS["misaligned"], task.CONCEPTS["sloppy"]
+    rows = []
+    for hook in hooks:
+        act = activations(model, docs, hook)
+        for (pname, pos), (dname, docs_in) in itertools.product(positions.items(), documents.items()):
+            def mean(kind: str) -> torch.Tensor:
+                return act[(torch.tensor([k == kind for k in kinds]) & docs_in)[:, None] & pos].mean(0)
+
+            persona, style = mean(p_pos) - mean(p_neg), mean(s_pos) - mean(s_neg)
+            rows.append({"hook": hook, "positions": pname, "documents": dname,
+                         "cos": float((persona @ style).abs() / (persona.norm() * style.norm()))})
+    return pd.DataFrame(rows)
 
 
 def _most(flags: list[bool]) -> bool:
