@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from caft_tl.core import files, models  # noqa: E402
 from caft_tl.evaluation import em_gates  # noqa: E402
 from caft_tl.runner.em_gate_search import TASK, EMSearchConfig  # noqa: E402
-from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many, platform  # noqa: E402
+from caft_tl.training.pretrain import load_or_pretrain_many, platform  # noqa: E402
 
 CSV = "e2_diagnostics.csv"
 
@@ -35,12 +35,12 @@ def measure(folder: Path) -> pd.DataFrame:
     """``contrast_cos`` of every organism of one search folder, written to ``folder/e2_diagnostics.csv``."""
     cfg = json.loads((folder / "config.json").read_text())
     search = EMSearchConfig(task_cfg=cfg["task_cfg"], model_cfg=cfg.get("model_cfg", {}), pretrain_steps=cfg["pretrain_steps"],
-                            pretrain_seeds=cfg["pretrain_seeds"])
+                            pretrain_decay=cfg.get("pretrain_decay", 0.0), pretrain_seeds=cfg["pretrain_seeds"])
     if cfg["platform"]["threads"] != platform()["threads"]:
         raise ValueError(f"{folder} was made with {cfg['platform']['threads']} torch thread(s), this process has "
                          f"{platform()['threads']}: other organisms; run with the same thread count")
     organisms = load_or_pretrain_many(TASK, search.task_cfg, search.model(),
-                                      cfgs=[PretrainConfig(steps=search.pretrain_steps, seed=s) for s in search.pretrain_seeds])
+                                      cfgs=[search.pretrain(s) for s in search.pretrain_seeds])
     tables = []
     for seed, (base, task, ckpt) in zip(search.pretrain_seeds, organisms):
         t = em_gates.contrast_cos(base, task, task.defaults["hooks"])

@@ -39,6 +39,8 @@ def row(folder: Path) -> dict:
     n = [json.loads(x) for x in v["numbers"]]
     mean = lambda xs: float(np.mean(xs))
     steps = {} if cfg["pretrain_steps"] == EMSearchConfig.pretrain_steps else {"pretrain_steps": cfg["pretrain_steps"]}
+    if cfg.get("pretrain_decay", 0.0):
+        steps["pretrain_decay"] = cfg["pretrain_decay"]
     design = ", ".join(f"{k}={x}" for k, x in sorted({**cfg["task_cfg"], **cfg.get("model_cfg", {}), **steps}.items())) or "defaults"
     return {
         "design": design, "organisms": len(v), **{g: int(held[g].sum()) for g in (*GATES, "valid")},

@@ -183,3 +183,14 @@ def test_batched_pretraining_equals_each_seed_alone(world, tmp_path):
     assert again[0][2] == got[1][2] != folder
     with pytest.raises(ValueError, match="only in seed"):
         pt.pretrain_many(world, design, [cfgs[0], pt.PretrainConfig(steps=3, seed=1)])
+
+
+def test_pretraining_rate_schedule_and_cache_key():
+    from caft_tl.training import pretrain as pt
+
+    cfg = pt.PretrainConfig(steps=100, warmup=10, decay=0.5)
+    assert [cfg.lr_factor(s) for s in (0, 9, 49, 50, 75, 99)] == pytest.approx([0.1, 1.0, 1.0, 1.0, 0.5, 0.02])
+    assert pt.PretrainConfig(steps=100, warmup=10).lr_factor(99) == 1.0  # no decay: constant after warm-up
+    assert "decay" not in pt.PretrainConfig().key() and pt.PretrainConfig(decay=0.5).key()["decay"] == 0.5  # old cache keys stay
+    with pytest.raises(ValueError, match=r"decay = 1.5; expected the share of the last steps"):
+        pt.PretrainConfig(decay=1.5)

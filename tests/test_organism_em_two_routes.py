@@ -153,6 +153,18 @@ def test_a_tiny_population_is_gated_end_to_end(tmp_path, monkeypatch):
     line = next(l for l in text.splitlines() if l.startswith("| pretrain_steps=10 |"))  # a budget other than the default is named
     assert line.split(" | ")[1:7] == ["2", "0", "0", "0", "0", "0 (0%)"] and '"torch"' in text
     assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "W.md")]) == 2 and not (tmp_path / "W.md").exists()
+    # the E2 diagnostic per position class and document set, read back from the same (cached) organisms
+    spec = importlib.util.spec_from_file_location("em_e2_diagnostics", Path(__file__).resolve().parents[1] / "scripts" / "em_e2_diagnostics.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    assert diag.main([str(tmp_path / "out"), "--out", str(tmp_path / "D.md")]) == 0
+    d = pd.read_csv(tmp_path / "out" / diag.CSV)
+    assert len(d) == 2 * 2 * 4 * 3 and d["cos"].between(0, 1).all()  # organisms × hooks × position classes × document sets
+    all_all = d[(d["positions"] == "all") & (d["documents"] == "all")].groupby("organism")["cos"].max().sort_index()
+    gate = sorted((r["organism"], json.loads(r["numbers"])["E2_separable"]["max_cos"]) for _, r in table.iterrows())
+    assert all_all.tolist() == pytest.approx([c for _, c in gate], abs=1e-5)  # all / all is the gate's own number
+    assert "| out | `blocks.0.hook_resid_post` | kind_tokens |" in (tmp_path / "D.md").read_text()
+    assert diag.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "E.md")]) == 2
 
 
 def test_harmful_answers_can_be_shared_between_questions():

@@ -35,6 +35,7 @@ class EMSearchConfig:
     task_cfg: dict = field(default_factory=dict)
     model_cfg: dict = field(default_factory=dict)  # fields of caft_tl.core.models.ModelConfig (default: the organism's)
     pretrain_steps: int = 1500
+    pretrain_decay: float = 0.0  # share of the last pre-training steps over which the rate decays to zero (PretrainConfig.decay)
     pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fine-tuning seeds (E3, E4)
     n_examples: int = 4800
@@ -46,10 +47,14 @@ class EMSearchConfig:
     def __post_init__(self) -> None:
         make_task(TASK, self.task_cfg)  # an unknown or invalid design parameter fails here, in one line
         self.model()
+        self.pretrain(0)
         if not self.pretrain_seeds or not self.seeds:
             raise ValueError(f"pretrain_seeds {self.pretrain_seeds} and seeds {self.seeds} must not be empty")
         self.budget()
 
+
+    def pretrain(self, seed: int) -> PretrainConfig:
+        return PretrainConfig(steps=self.pretrain_steps, seed=seed, decay=self.pretrain_decay)
 
     def budget(self) -> EMGateBudget:
         """The fine-tunes E3 and E4 read."""
@@ -72,7 +77,7 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     """Pre-train (or load) the population, gate every organism, write the files; the verdicts table."""
     cfg = cfg or EMSearchConfig()
     out = Path(out)
-    organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfg.model(), cfgs=[PretrainConfig(steps=cfg.pretrain_steps, seed=s) for s in cfg.pretrain_seeds],
+    organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfg.model(), cfgs=[cfg.pretrain(s) for s in cfg.pretrain_seeds],
                                       progress=progress)
     table, rows = [], []
     for seed, (base, task, folder) in tqdm(list(zip(cfg.pretrain_seeds, organisms)), desc="organisms", disable=not progress):
@@ -87,7 +92,7 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     prov = files.write_provenance(out, {"search": "em_two_routes"})
     commit = (prov.get("git_commit") or "?")[:7] + ("+uncommitted" if prov.get("git_dirty") else "")
     files.write_json(out / "config.json", {"commit": commit, "platform": {**platform(), "batched": True},
-                                           "task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_seeds": cfg.pretrain_seeds,
+                                           "task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_decay": cfg.pretrain_decay, "pretrain_seeds": cfg.pretrain_seeds,
                                            "seeds": cfg.seeds, "n_examples": cfg.n_examples, "n_disambiguating": cfg.n_disambiguating,
                                            "thresholds": cfg.thresholds.__dict__})
     return verdict_table
@@ -108,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/em_gate_search")
     ap.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-decay", type=float, default=0.0, help="share of the last pre-training steps over which the rate decays to zero")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--design", nargs="*", default=[], help="design parameters key=value (EMTwoRoutesConfig fields)")
     ap.add_argument("--model", nargs="*", default=[], help="architecture key=value (ModelConfig fields, e.g. d_model=128)")
     args = ap.parse_args(argv)
-    cfg = EMSearchConfig(task_cfg=_design(args.design), model_cfg=_design(args.model), pretrain_steps=args.pretrain_steps, pretrain_seeds=args.pretrain_seeds, seeds=args.seeds)
+    cfg = EMSearchConfig(task_cfg=_design(args.design), model_cfg=_design(args.model), pretrain_steps=args.pretrain_steps, pretrain_decay=args.pretrain_decay, pretrain_seeds=args.pretrain_seeds, seeds=args.seeds)
     table = run(args.out, cfg)
     gates = [c for c in table.columns if c[:1] == "E" or c == "valid"]
     print(table[["organism", *gates]].to_string(index=False))

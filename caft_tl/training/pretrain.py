@@ -19,11 +19,32 @@ from caft_tl.training import batched
 
 @dataclass
 class PretrainConfig:
+    """AdamW on fresh documents each step; linear warm-up over ``warmup`` steps, then a constant
+    rate, or with ``decay`` > 0 a linear decay to zero over that share of the last steps."""
+
     steps: int = 1200
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 50
     seed: int = 0
+    decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay = {self.decay!r}; expected the share of the last steps over which the rate decays, in [0, 1]")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at ``step`` (0-based) over ``lr``."""
+        factor = min(1.0, (step + 1) / self.warmup)
+        start = self.steps * (1.0 - self.decay)
+        return factor if self.decay == 0 or step < start else factor * max(0.0, (self.steps - step) / (self.steps - start))
+
+    def key(self) -> dict:
+        """The cache key's part: the fields, ``decay`` only when set (organisms cached before it keep their keys)."""
+        out = dataclasses.asdict(self)
+        if out["decay"] == 0:
+            del out["decay"]
+        return out
 
 
 def pretrain(task, model_cfg: models.ModelConfig, cfg: PretrainConfig, progress: bool = True) -> tuple[HookedTransformer, list[float]]:
@@ -33,7 +54,7 @@ def pretrain(task, model_cfg: models.ModelConfig, cfg: PretrainConfig, progress:
         raise ValueError(f"n_ctx {model_cfg.n_ctx} < document length {task.seq_len}")
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     losses = []
     model.train()
     for step in tqdm(range(cfg.steps), desc="pre-train", disable=not progress, leave=False):
@@ -85,7 +106,7 @@ def pretrain_many(task, model_cfg: models.ModelConfig, cfgs: list[PretrainConfig
         loss = batched.stacked_loss(batched.stacked_forward(inits[0].cfg, stack.params, tokens), tokens, target)
         stack.grad.zero_()
         batched._backward(loss.sum())
-        opt.step(len(cfgs), lr_factor=min(1.0, (step + 1) / cfg.warmup))  # the LambdaLR warm-up of pretrain
+        opt.step(len(cfgs), lr_factor=cfg.lr_factor(step))  # the LambdaLR schedule of pretrain
         losses[:, step] = loss.detach().cpu()
     out = []
     for r, model in enumerate(inits):
@@ -113,7 +134,7 @@ def load_or_pretrain(
     task = make_task(task_name, task_cfg)
     model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
     cfg = cfg or PretrainConfig()
-    spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg, "platform": platform()}
+    spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": platform()}
     folder = Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}"
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         model, _ = models.load_model(folder)
@@ -148,7 +169,7 @@ def load_or_pretrain_many(
     cfgs = cfgs or [PretrainConfig()]
     folders = []
     for cfg in cfgs:
-        spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg, "platform": {**platform(), "batched": True}}
+        spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": {**platform(), "batched": True}}
         folders.append((Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}", spec))
     missing = [i for i, (f, _) in enumerate(folders) if not ((f / "model.safetensors").exists() and (f / "config.json").exists())]
     for i, (model, losses) in zip(missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)):
