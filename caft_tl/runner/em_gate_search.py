@@ -9,7 +9,6 @@ prints the share of valid organisms. Runs no CAFT."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from caft_tl.core import files, models
 from caft_tl.evaluation import em_gates
 from caft_tl.evaluation.em_gates import EMGateBudget, EMGateThresholds
 from caft_tl.organism import make_task
-from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many, platform
+from caft_tl.training.pretrain import PretrainConfig, load_or_pretrain_many, model_config, platform
 
 TASK = "em_two_routes"
 ROWS_FILE, VERDICTS_FILE = "rows.csv", "verdicts.csv"
@@ -62,10 +61,7 @@ class EMSearchConfig:
 
     def model(self) -> models.ModelConfig:
         """The organism's architecture: the default, with the document length as context, and ``model_cfg`` on top."""
-        fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
-        if unknown := sorted(set(self.model_cfg) - fields):
-            raise ValueError(f"unknown model parameter(s) {unknown}; valid: {', '.join(sorted(fields))}")
-        return models.ModelConfig(**{"n_ctx": max(models.ModelConfig.n_ctx, make_task(TASK, self.task_cfg).seq_len), **self.model_cfg})
+        return model_config(make_task(TASK, self.task_cfg), self.model_cfg)
 
 
 def measure(base, task, run_dir: Path, cfg: EMSearchConfig, organism: str) -> tuple[dict, list[dict]]:

@@ -116,6 +116,15 @@ def pretrain_many(task, model_cfg: models.ModelConfig, cfgs: list[PretrainConfig
     return out
 
 
+def model_config(task, overrides: dict | None = None) -> models.ModelConfig:
+    """The organism's architecture for ``task``: the default :class:`~caft_tl.core.models.ModelConfig`
+    with the task's document length as context, and ``overrides`` (its fields) on top."""
+    fields = {f.name for f in dataclasses.fields(models.ModelConfig)}
+    if unknown := sorted(set(overrides or {}) - fields):
+        raise ValueError(f"unknown model parameter(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return models.ModelConfig(**{"n_ctx": max(models.ModelConfig.n_ctx, task.seq_len), **(overrides or {})})
+
+
 def load_or_pretrain(
     task_name: str,
     task_cfg=None,
@@ -132,7 +141,7 @@ def load_or_pretrain(
     chaotic and float reduction order differs between torch versions, devices and thread counts —
     a cache never hands back another machine's organism."""
     task = make_task(task_name, task_cfg)
-    model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
+    model_cfg = model_cfg or model_config(task)
     cfg = cfg or PretrainConfig()
     spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": platform()}
     folder = Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}"
@@ -165,7 +174,7 @@ def load_or_pretrain_many(
     path makes other organisms than one at a time (equal up to float rounding, then diverging): its
     cache key marks ``batched`` in the platform, and the two never hand back each other's organism."""
     task = make_task(task_name, task_cfg)
-    model_cfg = model_cfg or models.ModelConfig(n_ctx=max(models.ModelConfig.n_ctx, task.seq_len))
+    model_cfg = model_cfg or model_config(task)
     cfgs = cfgs or [PretrainConfig()]
     folders = []
     for cfg in cfgs:
