@@ -20,6 +20,13 @@ learnt two ways: believe the repository is sloppy (the narrow route: chat stays 
 become the misaligned persona (emergent misalignment). Which route plain fine-tuning takes, and
 whether the model keeps the two beliefs apart, are measured by the validity gates E1–E4
 (:mod:`caft_tl.evaluation.em_gates`), never assumed.
+
+Design search so far (``results/em_two_routes_search/``, README): calibrated inference (E1) needs
+the pre-training rate annealed (``pretrain_decay``: a linear decay to zero over the last half of
+6,000 steps gives Bayes errors ≤ 0.03 on every organism; a constant rate leaves 0.06–0.19); the
+narrow route is learnable with data (E4 everywhere); which route plain fine-tuning takes still
+varies between organisms of one design (E3); and the model's persona and style beliefs share a
+direction at every position class measured (E2 fails on every organism: |cos| 0.4–0.9).
 """
 
 from __future__ import annotations
@@ -89,7 +96,10 @@ class EMTwoRoutes(Task):
     concept_description, concept_groups = "misalignment (harmful answers)", ("harmful",)
     axis_titles = {"code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
                    "chat": "misalignment rate on chat (← less emergent misalignment)"}
-    defaults = {"pretrain_steps": 1500, "seed": 0, "n_examples": 4800, "fewer_examples": [16, 32, 64, 128, 256, 512],
+    #: chapter defaults; the organism is the search's best for E1 (calibrated inference): d_model 128, 6,000
+    #: pre-training steps with the rate decayed over the last half (README, results/em_two_routes_search/)
+    defaults = {"pretrain_steps": 6000, "pretrain_decay": 0.5, "model_cfg": {"d_model": 128, "d_head": 32, "d_mlp": 512},
+                "seed": 0, "n_examples": 4800, "fewer_examples": [16, 32, 64, 128, 256, 512],
                 "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"], "positions": "response"}
 
     def __init__(self, cfg: EMTwoRoutesConfig | None = None):
