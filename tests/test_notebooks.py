@@ -82,6 +82,11 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     provenance = files.read_json(run_dir / "double_mc" / "seed1" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
     assert provenance["parameters"]["00_organism"] == {"pretrain_steps": 150, "task": "double_mc", "seed": 1}
+    # chapter 00 builds the task's architecture (model_cfg None → the task's) with the rate decay it asks for
+    em = files.read_json(run_dir / "em_two_routes" / "seed0" / "organism" / "config.json")
+    assert em["model"]["d_model"] == make_task("em_two_routes").defaults["model_cfg"]["d_model"] == 128
+    assert em["meta"]["spec"]["pretrain"]["decay"] == 0.5
+    assert "decay" not in files.read_json(run_dir / "double_mc" / "seed0" / "organism" / "config.json")["meta"]["spec"]["pretrain"]
 
 
 def test_the_chapters_numbers_agree_with_each_other(fast_run):
