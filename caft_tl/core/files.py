@@ -288,8 +288,8 @@ PROVENANCE_PACKAGES = ("caft-tl", "torch", "transformer-lens", "sae-lens", "pape
 
 
 def write_provenance(run_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[str, Any]:
-    """Record what produced a run — package versions, Python, git commit (and whether the tree
-    had uncommitted changes), time — plus ``extra`` (parameters, seeds) in ``provenance.json``."""
+    """Record what produced a run — package versions, Python, git commit (and whether tracked
+    files had uncommitted changes), time — plus ``extra`` (parameters, seeds) in ``provenance.json``."""
     import datetime
     import platform
     import subprocess
@@ -308,7 +308,7 @@ def write_provenance(run_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    status = git("status", "--porcelain")
+    status = git("status", "--porcelain", "--untracked-files=no")  # tracked files changed; a run's own new outputs do not count
     record = {
         "packages": {p: version(p) for p in PROVENANCE_PACKAGES},
         "python": platform.python_version(),
