@@ -73,6 +73,7 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     """Pre-train (or load) the population, gate every organism, write the files; the verdicts table."""
     cfg = cfg or EMSearchConfig()
     out = Path(out)
+    prov = files.write_provenance(out, {"search": "em_two_routes"})  # the code this run starts from
     organisms = load_or_pretrain_many(TASK, cfg.task_cfg, cfg.model(), cfgs=[cfg.pretrain(s) for s in cfg.pretrain_seeds],
                                       progress=progress)
     table, rows = [], []
@@ -85,7 +86,6 @@ def run(out: str | Path, cfg: EMSearchConfig | None = None, progress: bool = Tru
     files.write_csv(out / ROWS_FILE, pd.DataFrame(rows))
     verdict_table = pd.DataFrame(table)
     files.write_csv(out / VERDICTS_FILE, verdict_table)
-    prov = files.write_provenance(out, {"search": "em_two_routes"})
     commit = (prov.get("git_commit") or "?")[:7] + ("+uncommitted" if prov.get("git_dirty") else "")
     files.write_json(out / "config.json", {"commit": commit, "platform": {**platform(), "batched": True},
                                            "task_cfg": cfg.task_cfg, "model_cfg": cfg.model_cfg, "pretrain_steps": cfg.pretrain_steps, "pretrain_decay": cfg.pretrain_decay, "pretrain_seeds": cfg.pretrain_seeds,
