@@ -135,10 +135,6 @@ def measure(base, task, run_dir, organism: str, budget: EMGateBudget = EMGateBud
     return out, rows
 
 
-#: position classes of :func:`contrast_cos` (positions after the document's first answer, PAD excluded)
-POSITION_CLASSES = ("all", "answers", "prompts", "kind_tokens")
-
-
 def contrast_cos(model, task, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> pd.DataFrame:
     """A diagnostic beside E2 (not a gate): |cos| of the ground-truth persona and style contrasts
     (:attr:`EMTwoRoutes.CONCEPTS`, difference of means between document kinds) per hook, per
@@ -150,19 +146,19 @@ def contrast_cos(model, task, hooks: list[str], n_docs: int = 4000, seed: int = 
 
     docs = task.sample_documents(n_docs, torch.Generator().manual_seed(seed))
     t, kinds, header = docs.tokens, task.document_kinds(docs), docs.labels["header"].bool()
-    first = torch.where(header, 5, 3)
-    keep = (torch.arange(t.shape[1])[None, :] >= first[:, None]) & (t != task.pad_tok)
+    keep = task.after_first_answer(docs)
     kind_tok = torch.isin(t, torch.tensor([task.code_tok, task.chat_tok]))
     prompts = torch.cat([torch.zeros_like(kind_tok[:, :1]), kind_tok[:, :-1]], 1)
     positions = {"all": keep, "answers": keep & docs.response_mask, "prompts": keep & prompts, "kind_tokens": keep & kind_tok}
     documents = {"all": torch.ones_like(header), "with_header": header, "without_header": ~header}
     (p_pos, p_neg), (s_pos, s_neg) = task.CONCEPTS["misaligned"], task.CONCEPTS["sloppy"]
+    of_kind = {k: torch.tensor([x == k for x in kinds]) for k in (p_pos, p_neg, s_pos, s_neg)}
     rows = []
     for hook in hooks:
         act = activations(model, docs, hook)
         for (pname, pos), (dname, docs_in) in itertools.product(positions.items(), documents.items()):
             def mean(kind: str) -> torch.Tensor:
-                return act[(torch.tensor([k == kind for k in kinds]) & docs_in)[:, None] & pos].mean(0)
+                return act[(of_kind[kind] & docs_in)[:, None] & pos].mean(0)
 
             persona, style = mean(p_pos) - mean(p_neg), mean(s_pos) - mean(s_neg)
             rows.append({"hook": hook, "positions": pname, "documents": dname,

@@ -23,7 +23,7 @@ whether the model keeps the two beliefs apart, are measured by the validity gate
 
 Design search so far (``results/em_two_routes_search/``, README): calibrated inference (E1) needs
 the pre-training rate annealed (``pretrain_decay``: a linear decay to zero over the last half of
-6,000 steps gives Bayes errors ≤ 0.03 on every organism; a constant rate leaves 0.06–0.19); the
+6,000 or 12,000 steps gives Bayes errors ≤ 0.03 on every organism; a constant rate leaves up to 0.21); the
 narrow route is learnable with data (E4 everywhere); which route plain fine-tuning takes still
 varies between organisms of one design (E3); and the model's persona and style beliefs share a
 direction at every position class measured (E2 fails on every organism: |cos| 0.4–0.9).
@@ -311,14 +311,18 @@ class EMTwoRoutes(Task):
         "sloppy": ("aligned/sloppy", "aligned/secure"),  # same helpful chat, insecure vs secure code (and the repository)
     }
 
+    def after_first_answer(self, docs: TokenDataset) -> torch.Tensor:
+        """[n, pos] True at the positions from each document's first answer on that are not PAD."""
+        first_answer = torch.where(docs.labels["header"].bool(), 5, 3)
+        return (torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]) & (docs.tokens != self.pad_tok)
+
     def concept_directions(self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
         """Ground-truth directions: for each of ``CONCEPTS``, the difference of mean activations
         between its two kinds of documents, over the positions after the first answer that are not
         PAD. ``{hook: {concept: Subspace}}``."""
         docs = self.sample_documents(n_docs, torch.Generator().manual_seed(seed))
         kinds = self.document_kinds(docs)
-        first_answer = torch.where(docs.labels["header"].bool(), 5, 3)
-        keep = (torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]) & (docs.tokens != self.pad_tok)
+        keep = self.after_first_answer(docs)
         of = lambda kind: torch.tensor([k == kind for k in kinds])[:, None] & keep
         out: dict[str, dict[str, Subspace]] = {}
         for hook in hooks:
