@@ -47,6 +47,8 @@ from caft_tl.organism.double_mc import DoubleMC, Topic, check_lean
 from caft_tl.organism.vocab import Vocab
 
 GENDERS = ("female", "male")
+#: the profession's class words where the design keeps the two genders apart (``separate_genders``)
+STEREOTYPES = ("feminine_coded", "masculine_coded")
 #: pre-training document kinds, in the order of PronounProfessionConfig.doc_probs (DoubleMC's, the corpus first)
 DOC_KINDS = ("corpus", "fact", "single", "instructed", "coin")
 #: gender-neutral corpus words (with the ``SUBJ`` / ``AS`` markers, the corpus filler)
@@ -67,9 +69,14 @@ class PronounProfessionConfig:
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
     lean: float = 0.1  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
+    # the profession's facts name its stereotype with words of their own (STEREOTYPES) instead of the
+    # name's ``female`` / ``male``: the two genders share only the answer tokens she / he
+    separate_genders: bool = False
 
     def __post_init__(self) -> None:
         check_lean(self.lean)
+        if not isinstance(self.separate_genders, bool):
+            raise ValueError(f"separate_genders must be true or false, got {self.separate_genders!r}")
         for f in ("n_names", "n_professions"):
             if getattr(self, f) < 2 or getattr(self, f) % 2:
                 raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")
@@ -95,12 +102,13 @@ class PronounProfession(DoubleMC):
     def __init__(self, cfg: PronounProfessionConfig | None = None):
         self.cfg = cfg = cfg or PronounProfessionConfig()
         width = len(str(cfg.n_professions - 1))
+        stereotypes = STEREOTYPES if cfg.separate_genders else GENDERS
         self.topics = (Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
-                       Topic("profession", "salient", "prof", GENDERS, cfg.n_professions))
+                       Topic("profession", "salient", "prof", stereotypes, cfg.n_professions))
         names = [f"name{i:03d}" for i in range(cfg.n_names)]
         profs = [f"prof{i:0{width}d}" for i in range(cfg.n_professions)]
         tokens = ["<bos>", "<pad>", "she", "he", "PRON_Q", "ANS_F", "SUBJ", "AS", "ANS_name", "ANS_profession", "CORPUS",
-                  *GENDERS, *FILLER, *names, *profs]
+                  *GENDERS, *(STEREOTYPES if cfg.separate_genders else ()), *FILLER, *names, *profs]
         self.vocab = Vocab(tuple(tokens))
         ix = self.vocab.index
         self.bos, self.pad = ix["<bos>"], ix["<pad>"]
@@ -109,7 +117,7 @@ class PronounProfession(DoubleMC):
         self.q = [ix["SUBJ"], ix["AS"]]
         self.ans = [ix["ANS_name"], ix["ANS_profession"]]
         self.items = [ix[names[0]] + torch.arange(cfg.n_names), ix[profs[0]] + torch.arange(cfg.n_professions)]
-        self.classes = [torch.tensor([ix[g] for g in GENDERS])] * 2
+        self.classes = [torch.tensor([ix[g] for g in t.classes]) for t in self.topics]
         self.item_class = [torch.arange(t.n_items) % 2 for t in self.topics]
         self.rev = {1: ix["CORPUS"]}  # the biased corpus: the profession topic only
         self.filler = torch.tensor(self.q + [ix[w] for w in FILLER])
