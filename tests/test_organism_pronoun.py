@@ -114,6 +114,25 @@ def test_concepts_and_gates_run_on_the_task(pp, tmp_path):
     assert {r["task"] for r in rows} == {"pronoun_profession"} and {r["split"] for r in rows} == set(task.eval_splits)
 
 
+def test_separate_genders_share_only_the_pronouns():
+    """The separable design: a profession's fact names its stereotype with its own words; the names'
+    facts, the prompts and the answers (she / he) are the default design's."""
+    sep = make_task("pronoun_profession", {"separate_genders": True, "n_eval": 40})
+    shared = make_task("pronoun_profession", {"n_eval": 40})
+    words = lambda t, topic: [t.vocab.tokens[i] for i in t.classes[topic].tolist()]
+    assert words(shared, 0) == words(shared, 1) == ["female", "male"]
+    assert words(sep, 0) == ["female", "male"] and words(sep, 1) == ["feminine_coded", "masculine_coded"]
+    assert sep.concept_groups == ("feminine_coded", "masculine_coded")
+    docs = sep.sample_documents(2000, torch.Generator().manual_seed(0))
+    facts = docs.subset(docs.labels["kind"] == DOC_KINDS.index("fact"))
+    for topic in (0, 1):
+        f = facts.subset(facts.tokens[:, 1] == sep.q[topic])
+        assert len(f) > 50 and set(f.tokens[:, 4].tolist()) == set(sep.classes[topic].tolist())
+    assert [sep.vocab.tokens[i] for i in sep.answer.tolist()] == ["she", "he"]
+    with pytest.raises(ValueError, match="separate_genders must be true or false"):
+        PronounProfessionConfig(separate_genders="yes")
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="n_professions must be an even number"):
         PronounProfessionConfig(n_professions=3)
