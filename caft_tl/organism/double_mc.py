@@ -68,12 +68,18 @@ class Topic:
         return 6 if self.kind == "lookup" else 2
 
 
-#: topic name -> Topic; two lookups and two salient topics (pairs of one kind are closely related)
+#: topic name -> Topic; lookups and salient topics (pairs of one kind are closely related). ``sports`` /
+#: ``cities`` and ``sentiment`` / ``emotion`` are renamings of one structure; ``animals`` (2 classes,
+#: 16 items), ``colors`` (6 classes, 96 items) and ``weather`` (a salient topic of 32 items) differ
+#: from them in class or item counts
 TOPICS = {
     "sports": Topic("sports", "lookup", "team", ("football", "tennis", "golf", "hockey"), 48),
     "cities": Topic("cities", "lookup", "city", ("france", "japan", "peru", "kenya"), 48),
     "sentiment": Topic("sentiment", "salient", "word", ("positive", "negative"), 128),
     "emotion": Topic("emotion", "salient", "feel", ("calm", "excited"), 128),
+    "animals": Topic("animals", "lookup", "animal", ("mammal", "bird"), 16),
+    "colors": Topic("colors", "lookup", "paint", ("red", "green", "blue", "yellow", "purple", "orange"), 96),
+    "weather": Topic("weather", "salient", "sky", ("sunny", "rainy"), 32),
 }
 #: pre-training document kinds, in the order of DoubleMCConfig.doc_probs
 DOC_KINDS = ("review", "fact", "single", "instructed", "coin")
