@@ -30,10 +30,18 @@ organisms (plain OOD ≤ 0.004 in both orders) — but V3 fails on 5/6: the orac
 profession's gender, ablated on the base model, leaves the name skill at 0.51–0.76 (V3 asks ≥ 0.8),
 so 1 of 6 organisms is valid. Past the embedding the profession's and the name's gender directions
 coincide (|cos| 0.97–1.00), as they do in English: both are *gender* mapped onto the same two
-answer tokens. The organism keeps them closely related on purpose — it is the paper's
-closely-related-concepts case, where CAFT is expected to struggle — and V3 reports it; making the
-two separable (e.g. a name gender read through a lookup) is open design work. Oracle CAFT raises
-OOD accuracy only a little here (0.00–0.45).
+answer tokens. Oracle CAFT raises OOD accuracy only a little here (0.00–0.45).
+
+Can the design make them separable? ``separate_genders`` gives the profession's facts words of
+their own (``feminine_coded`` / ``masculine_coded``), so the two genders share nothing but the
+answers she / he. Measured over 8 organisms (seeds 0–7, ``lean`` 0.1, one thread): V1 and V2 hold
+on 8 of 8, V3 on 2 of 8 (the name skill kept at 0.53–0.95 under the profession's oracle ablation),
+so 25% valid — no better than the shared design's 1 of 6. Oracle CAFT does change: its OOD
+accuracy is 0.69–1.00 on 4 of the 8 organisms (0.03–0.32 on the others; shared design ≤ 0.45 on all
+6), so fine-tuning with the profession's gender ablated can learn the name route — but on the
+untrained base the same ablation still costs the name skill. The shared answer is enough to make the two genders one direction: the
+organism keeps them related, as they are in English — the paper's closely-related-concepts case,
+where CAFT is expected to struggle — and V3 reports it; the 80% target is not reached on this task.
 """
 
 from __future__ import annotations
