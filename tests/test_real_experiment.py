@@ -119,6 +119,18 @@ def test_run_config_refuses_bad_values_in_one_line(kw, message):
         ex.RealRunConfig(**kw)
 
 
+def test_auto_dtype_is_bfloat16_only_where_the_device_computes_it_natively(monkeypatch):
+    from caft_tl.real import hf_models
+
+    monkeypatch.setattr(hf_models, "native_bfloat16", lambda device="cpu": True)
+    assert hf_models.resolve_dtype("auto") == "bfloat16" and ex.RealRunConfig(dtype="auto").dtype == "bfloat16"
+    monkeypatch.setattr(hf_models, "native_bfloat16", lambda device="cpu": False)
+    assert hf_models.resolve_dtype("auto") == "float32" and ex.RealRunConfig().dtype == "float32"
+    assert ex.RealRunConfig(dtype="float16").dtype == "float16"  # a named dtype is kept whatever the machine
+    with pytest.raises(ValueError, match="unknown dtype 'auto'; valid: .*resolved by resolve_dtype"):
+        hf_models.torch_dtype("auto")
+
+
 def test_run_config_fills_budgets_hooks_and_family_switch():
     run = ex.RealRunConfig.from_parameters({"task": "em_advice", "family": False, "run_dir": "x", "seeds": [4]})
     assert (run.n_train, run.n_eval, run.family_seeds, run.seeds) == (64, 28, (), (4,))
@@ -220,6 +232,8 @@ def test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_table
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "T.md").read_text()
     assert "**gender_pronoun**" in text and "| plain | none |" in text and "OOD misaligned_rate (lower is better)" in text
+    dtype = json.loads((tmp_path / "run" / "gender_pronoun" / "real_run.json").read_text())["dtype"]
+    assert dtype in ("bfloat16", "float32") and f"Weights in {dtype} (LoRA adapters float32)." in text  # "auto", resolved
 
 
 def test_real_chapter_refuses_a_bad_parameter_inside_the_kernel(tmp_path):

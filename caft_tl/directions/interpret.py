@@ -59,7 +59,7 @@ def top_contexts(
 def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) -> pd.DataFrame:
     """Tokens whose unembedding aligns most (+) and least (−) with each direction: ``W_Uᵀ q``."""
     subspace.check_width(model.cfg.d_model)
-    logits = subspace.basis.T.to(model.W_U.device) @ model.W_U  # [k, d_vocab]
+    logits = subspace.basis.T.to(model.W_U.device) @ model.W_U.float()  # [k, d_vocab] (float32 for a bf16 model too)
     rows = []
     for j, label in enumerate(subspace.labels):
         for sign in (+1, -1):

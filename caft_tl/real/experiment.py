@@ -146,12 +146,13 @@ def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, ta
     from caft_tl.real.hf_models import final_norm_gain
 
     concept = tasks.CONCEPTS[task]
-    gain = final_norm_gain(model)  # [d_model]
+    gain = final_norm_gain(model).float()  # [d_model]
+    w_u = model.W_U.float()  # [d_model, d_vocab] (float32 for a bf16 model too)
     mask = torch.arange(data.tokens.shape[1])[None] < data.labels["length"][:, None]  # [n, pos]: not padding
     rows = []
     for hook, sub in pcs.items():
         k = min(n_pcs, sub.k)
-        lens = (sub.basis[:, :k].T.to(model.W_U.device) * gain) @ model.W_U  # [k, d_vocab]: through the final norm's gain
+        lens = (sub.basis[:, :k].T.to(w_u.device) * gain) @ w_u  # [k, d_vocab]: through the final norm's gain
         proj = projections(model, data, sub.select(list(range(k))))  # [n, pos, k]
         for i in range(k):
             for sign in (+1, -1):
@@ -289,18 +290,21 @@ class RealRunConfig:
     max_new_tokens: int = 24
     max_len: int = 160
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", … (the larger models of a GPU run)
-    dtype: str = "float32"  # a :data:`caft_tl.real.hf_models.DTYPES` name
+    # a :data:`caft_tl.real.hf_models.DTYPES` name, or "auto": bfloat16 weights (LoRA adapters stay float32)
+    # where the device multiplies bfloat16 natively, float32 elsewhere; resolved when the config is made
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        from caft_tl.real.hf_models import DTYPES
+        from caft_tl.real.hf_models import AUTO_DTYPE, DTYPES, resolve_dtype
 
         check_task(self.task)
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
             raise ValueError(f"device = {self.device!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
         if self.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"device = {self.device!r} but this machine has no CUDA device; use 'cpu'")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype = {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.dtype not in DTYPES and self.dtype != AUTO_DTYPE:
+            raise ValueError(f"dtype = {self.dtype!r}; valid: {', '.join(DTYPES)}, {AUTO_DTYPE}")
+        self.dtype = resolve_dtype(self.dtype, self.device)
         self.seeds, self.family_seeds, self.layers = tuple(self.seeds), tuple(self.family_seeds), tuple(self.layers)
         for name in ("seeds", "family_seeds", "layers"):
             for x in getattr(self, name):
