@@ -26,6 +26,21 @@ def test_bridge_logits_equal_hf(checkpoints, arch):
         models.check_hook_names(bridge, "blocks.7.hook_resid_post")
 
 
+def test_unembedding_reads_a_contiguous_input_and_keeps_its_logits(checkpoints):
+    bridge = loading.load(checkpoints["qwen2"], device="cpu")
+    head = bridge.original_model.get_output_embeddings()
+    hf_models.contiguous_unembed(bridge.original_model)  # idempotent: one hook, however often
+    assert list(head._forward_pre_hooks.values()) == [hf_models._contiguous_input]
+    seen = []
+    handle = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        kept = bridge.original_model(TOKENS, logits_to_keep=3).logits  # HF slices hidden[:, -3:]: a strided view
+        full = bridge(TOKENS)
+    handle.remove()
+    assert seen == [True, True] and kept.shape[1] == 3
+    assert torch.allclose(kept, full[:, -3:], atol=1e-5)
+
+
 def test_qwen2_tokenizer_trap_is_repaired(checkpoints):
     folder = checkpoints["qwen2"]
     assert AutoTokenizer.from_pretrained(folder)("user assistant")["input_ids"] != [4, 5]  # the trap itself
