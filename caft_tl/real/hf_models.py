@@ -69,8 +69,8 @@ def resolve_dtype(name: str, device: str = "cpu") -> str:
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}" + (f" or {AUTO_DTYPE!r}" if name != AUTO_DTYPE else
-                         f" ({AUTO_DTYPE!r} is resolved by resolve_dtype)"))
+        hint = f" ({AUTO_DTYPE!r} is resolved by resolve_dtype first)" if name == AUTO_DTYPE else ""
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}{hint}")
     return DTYPES[name]
 
 
