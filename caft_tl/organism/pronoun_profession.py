@@ -36,12 +36,13 @@ Can the design make them separable? ``separate_genders`` gives the profession's 
 their own (``feminine_coded`` / ``masculine_coded``), so the two genders share nothing but the
 answers she / he. Measured over 8 organisms (seeds 0–7, ``lean`` 0.1, one thread): V1 and V2 hold
 on 8 of 8, V3 on 2 of 8 (the name skill kept at 0.53–0.95 under the profession's oracle ablation),
-so 25% valid — no better than the shared design's 1 of 6. Oracle CAFT does change: its OOD
+so 25% valid — hardly better than the shared design's 1 of 6. Oracle CAFT does change: its OOD
 accuracy is 0.69–1.00 on 4 of the 8 organisms (0.03–0.32 on the others; shared design ≤ 0.45 on all
 6), so fine-tuning with the profession's gender ablated can learn the name route — but on the
-untrained base the same ablation still costs the name skill. The shared answer is enough to make the two genders one direction: the
-organism keeps them related, as they are in English — the paper's closely-related-concepts case,
-where CAFT is expected to struggle — and V3 reports it; the 80% target is not reached on this task.
+untrained base the same ablation still costs the name skill: by V3, the shared answer alone ties
+the two genders together (their |cos| was not measured for this design). The organism keeps them
+related (the default), as they are in English — the paper's closely-related-concepts case, where
+CAFT is expected to struggle — and V3 reports it; the 80% target is not reached on this task.
 """
 
 from __future__ import annotations
