@@ -32,7 +32,8 @@ organisms read sentiment in both orders, and a fresh clone on another machine ma
 organism from the same seed (plain OOD 1.00 where the developers saw 0.03). With ``lean`` 0.1,
 plain fine-tuning reads sentiment in both orders on 15 of 16 organisms (pre-training seeds 0–15,
 one thread; OOD accuracy 0.00 on both fine-tuning seeds of 14) and 13 of 16 organisms are valid
-(V1–V3; one fails V1 with a weak intended skill, 0.86; one V3 at 0.797; one V2): the share per
+(V1–V3; one fails V1 with a weak intended skill, 0.86; one V3 at 0.797; one V2), and 15 of 16
+with two pre-training threads (other floats, so other organisms from the same seeds): the share per
 design, topic pair and thread count is in ``results/organism_search/`` and the README
 (``scripts/validity_tables.py``). ``jitter`` = 2 removes the fixed position of the first block's
 item; 3,000 pre-training steps make the intended skill reliable.
