@@ -111,13 +111,13 @@ class PronounProfession(DoubleMC):
     def __init__(self, cfg: PronounProfessionConfig | None = None):
         self.cfg = cfg = cfg or PronounProfessionConfig()
         width = len(str(cfg.n_professions - 1))
-        stereotypes = STEREOTYPES if cfg.separate_genders else GENDERS
+        own_words = STEREOTYPES if cfg.separate_genders else ()  # the profession's class words, where not the name's
         self.topics = (Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
-                       Topic("profession", "salient", "prof", stereotypes, cfg.n_professions))
+                       Topic("profession", "salient", "prof", own_words or GENDERS, cfg.n_professions))
         names = [f"name{i:03d}" for i in range(cfg.n_names)]
         profs = [f"prof{i:0{width}d}" for i in range(cfg.n_professions)]
         tokens = ["<bos>", "<pad>", "she", "he", "PRON_Q", "ANS_F", "SUBJ", "AS", "ANS_name", "ANS_profession", "CORPUS",
-                  *GENDERS, *(STEREOTYPES if cfg.separate_genders else ()), *FILLER, *names, *profs]
+                  *GENDERS, *own_words, *FILLER, *names, *profs]
         self.vocab = Vocab(tuple(tokens))
         ix = self.vocab.index
         self.bos, self.pad = ix["<bos>"], ix["<pad>"]
