@@ -133,6 +133,27 @@ def test_separate_genders_share_only_the_pronouns():
         PronounProfessionConfig(separate_genders="yes")
 
 
+def test_own_corpus_pronouns_never_answer():
+    """With ``own_corpus_pronouns`` the biased corpus's pronouns are her / his, never an answer token,
+    and agree with the document's professions as she / he do by default; the prompts are unchanged."""
+    own = make_task("pronoun_profession", {"own_corpus_pronouns": True, "n_eval": 40})
+    assert [own.vocab.tokens[i] for i in own.corpus_pronoun.tolist()] == ["her", "his"]
+    corpus = own._reviews(400, torch.Generator().manual_seed(0))
+    answers = (corpus.tokens == own.answer[0]) | (corpus.tokens == own.answer[1])
+    pron = (corpus.tokens == own.corpus_pronoun[0]) | (corpus.tokens == own.corpus_pronoun[1])
+    assert not answers.any() and pron.sum() > 400
+    prof = (corpus.tokens >= own.items[1][0]) & (corpus.tokens <= own.items[1][-1])
+    prof_gender = (corpus.tokens - own.items[1][0]) % 2
+    pron_gender = (corpus.tokens == own.corpus_pronoun[1]).long()
+    # within a document, a profession and a pronoun share its gender: p² + (1 − p)² = 0.82 at purity 0.9, 0.5 if unrelated
+    agree = [(prof_gender[i][prof[i]][:, None] == pron_gender[i][pron[i]][None]).float() for i in range(len(corpus))]
+    assert torch.cat([a.flatten() for a in agree]).mean() > 0.75
+    default = make_task("pronoun_profession", {"n_eval": 40})
+    assert torch.equal(default.corpus_pronoun, default.answer) and "her" not in default.vocab.tokens
+    with pytest.raises(ValueError, match="own_corpus_pronouns must be true or false"):
+        PronounProfessionConfig(own_corpus_pronouns=1)
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="n_professions must be an even number"):
         PronounProfessionConfig(n_professions=3)

@@ -58,6 +58,8 @@ from caft_tl.organism.vocab import Vocab
 GENDERS = ("female", "male")
 #: the profession's class words where the design keeps the two genders apart (``separate_genders``)
 STEREOTYPES = ("feminine_coded", "masculine_coded")
+#: the biased corpus's pronouns where the design keeps them apart from the answers (``own_corpus_pronouns``)
+CORPUS_PRONOUNS = ("her", "his")
 #: pre-training document kinds, in the order of PronounProfessionConfig.doc_probs (DoubleMC's, the corpus first)
 DOC_KINDS = ("corpus", "fact", "single", "instructed", "coin")
 #: gender-neutral corpus words (with the ``SUBJ`` / ``AS`` markers, the corpus filler)
@@ -81,11 +83,15 @@ class PronounProfessionConfig:
     # the profession's facts name its stereotype with words of their own (STEREOTYPES) instead of the
     # name's ``female`` / ``male``: the two genders share only the answer tokens she / he
     separate_genders: bool = False
+    # the biased corpus's pronouns are words of their own (CORPUS_PRONOUNS), never an answer: the corpus
+    # ties a profession to its gender, not to the answer tokens she / he (as double_mc's reviews hold no option)
+    own_corpus_pronouns: bool = False
 
     def __post_init__(self) -> None:
         check_lean(self.lean)
-        if not isinstance(self.separate_genders, bool):
-            raise ValueError(f"separate_genders must be true or false, got {self.separate_genders!r}")
+        for f in ("separate_genders", "own_corpus_pronouns"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f} must be true or false, got {getattr(self, f)!r}")
         for f in ("n_names", "n_professions"):
             if getattr(self, f) < 2 or getattr(self, f) % 2:
                 raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")
@@ -112,16 +118,18 @@ class PronounProfession(DoubleMC):
         self.cfg = cfg = cfg or PronounProfessionConfig()
         width = len(str(cfg.n_professions - 1))
         own_words = STEREOTYPES if cfg.separate_genders else ()  # the profession's class words, where not the name's
+        corpus_words = CORPUS_PRONOUNS if cfg.own_corpus_pronouns else ()  # the corpus's pronouns, where not the answers
         self.topics = (Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
                        Topic("profession", "salient", "prof", own_words or GENDERS, cfg.n_professions))
         names = [f"name{i:03d}" for i in range(cfg.n_names)]
         profs = [f"prof{i:0{width}d}" for i in range(cfg.n_professions)]
         tokens = ["<bos>", "<pad>", "she", "he", "PRON_Q", "ANS_F", "SUBJ", "AS", "ANS_name", "ANS_profession", "CORPUS",
-                  *GENDERS, *own_words, *FILLER, *names, *profs]
+                  *GENDERS, *own_words, *corpus_words, *FILLER, *names, *profs]
         self.vocab = Vocab(tuple(tokens))
         ix = self.vocab.index
         self.bos, self.pad = ix["<bos>"], ix["<pad>"]
         self.answer = torch.tensor([ix["she"], ix["he"]])  # class 0 (female) → she
+        self.corpus_pronoun = torch.tensor([ix[w] for w in corpus_words]) if corpus_words else self.answer
         self.ans_d, self.ans_f = ix["PRON_Q"], ix["ANS_F"]
         self.q = [ix["SUBJ"], ix["AS"]]
         self.ans = [ix["ANS_name"], ix["ANS_profession"]]
@@ -137,13 +145,14 @@ class PronounProfession(DoubleMC):
 
     def _reviews(self, n: int, gen: torch.Generator) -> TokenDataset:
         """[n] biased-corpus documents ``<bos> CORPUS w1 … w_L``: each ``w`` a profession or a pronoun
-        of the document's gender (else of the other, 1 − ``corpus_purity``) or filler."""
+        (``she`` / ``he``; ``her`` / ``his`` with ``own_corpus_pronouns``) of the document's gender (else
+        of the other, 1 − ``corpus_purity``) or filler."""
         cfg, shape = self.cfg, (n, self.cfg.corpus_len)
         gender = torch.randint(2, (n, 1), generator=gen)
         keep = torch.rand(shape, generator=gen) < cfg.corpus_purity
         word_gender = torch.where(keep, gender, 1 - gender)  # [n, L]
         is_pronoun = torch.rand(shape, generator=gen) < cfg.pronoun_share
-        words = torch.where(is_pronoun, self.answer[word_gender], self._class_items(1, word_gender, gen))
+        words = torch.where(is_pronoun, self.corpus_pronoun[word_gender], self._class_items(1, word_gender, gen))
         is_word = torch.rand(shape, generator=gen) < cfg.corpus_word_share
         fill = self.filler[torch.randint(len(self.filler), shape, generator=gen)]
         tokens = torch.cat([torch.full((n, 1), self.bos), torch.full((n, 1), self.rev[1]), torch.where(is_word, words, fill)], 1)
