@@ -97,6 +97,41 @@ def test_a_mixed_batch_equals_its_members_trained_alone(persona_organism, world)
     assert worst <= 1e-5
 
 
+def test_kl_members_equal_the_loop_with_its_reference(persona_organism, world):
+    """Members with a KL-to-base term (different β, seeds, batch sizes, interventions; one without)
+    in one group: losses and metrics equal the loop's with the base model as reference (≤ 1e-5), logits
+    to 1e-4 (parameters whose gradient is zero in exact arithmetic, such as ``b_K``, get steps of
+    Adam's size from rounding on either path; they move logits by ~3e-5 here, not the task's numbers)."""
+    base = persona_organism
+    s0 = random_subspace(base.cfg.d_model, 2, "blocks.0.hook_resid_post", seed=1)
+    ivs = [None, Intervention("zero", [s0]), Intervention("grad_only", [s0], positions="response"), None]
+    cfgs = [FinetuneConfig(n_examples=[64, 64, 48, 64][i], batch_size=[32, 16, 32, 32][i], seed=i, kl_to_base=[1.0, 0.3, 3.0, 0.0][i])
+            for i in range(4)]
+    datas = [world.finetune_dataset(c.n_examples, seed=c.seed) for c in cfgs]
+    refs = [finetunes.kl_inputs(base, world, c).get("reference_data") for c in cfgs]
+    states, losses = batched.finetune_batched(base, datas, cfgs, ivs, progress=False, references=refs)
+    probe = world.eval_prompts(world.eval_splits[0]).tokens
+    worst, worst_logits, moved = 0.0, 0.0, 0.0
+    for r, (c, iv, data) in enumerate(zip(cfgs, ivs, datas)):
+        alone = models.copy_model(base)
+        want = finetune(alone, data, c, iv, progress=False, **finetunes.kl_inputs(base, world, c))
+        assert len(losses[r]) == len(want)
+        worst = max(worst, max(abs(a - b) for a, b in zip(losses[r], want)))
+        mine = models.copy_model(base)
+        mine.load_state_dict(states[r], strict=False)
+        mine.eval()
+        with torch.no_grad():
+            worst_logits = max(worst_logits, (mine(probe) - alone(probe)).abs().max().item())
+        a, b = evaluate_task(mine, world), evaluate_task(alone, world)
+        worst = max(worst, max(abs(a[s][m] - b[s][m]) for s in a for m in a[s]))
+        if c.kl_to_base:  # the penalty changed the run: without it the member ends elsewhere
+            plain = models.copy_model(base)
+            finetune(plain, data, FinetuneConfig(**{**c.__dict__, "kl_to_base": 0.0}), iv, progress=False)
+            with torch.no_grad():
+                moved = max(moved, (plain(probe) - alone(probe)).abs().max().item())
+    assert worst <= 1e-5 and worst_logits <= 1e-4 and moved > 1e-3
+
+
 def test_run_finetunes_rows_match_one_at_a_time_and_members_cache(persona_organism, world, tmp_path, monkeypatch):
     base = persona_organism
     ivs = _mixed(base.cfg.d_model)

@@ -26,6 +26,20 @@ def test_kl_to_reference_is_zero_for_the_reference_and_positive_elsewhere(person
         assert other.item() > 0.1
 
 
+def test_kl_rows_gradient_is_autograds_and_exactly_zero_at_the_reference():
+    g = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(6, 11, generator=g, dtype=torch.float64), torch.randn(6, 11, generator=g, dtype=torch.float64)
+    x = logits.clone().requires_grad_()
+    models.kl_rows(x, ref).sum().backward()
+    y = logits.clone().requires_grad_()
+    torch.nn.functional.kl_div(y.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(models.kl_rows(logits, ref), (ref.softmax(-1) * (ref.log_softmax(-1) - logits.log_softmax(-1))).sum(-1))
+    same = ref.float().clone().requires_grad_()  # autograd's log-softmax backward leaves rounding here; kl_rows none
+    models.kl_rows(same, ref.float()).sum().backward()
+    assert same.grad.abs().max().item() == 0.0
+
+
 def _kl_after(base, world, beta):
     model = models.copy_model(base)
     cfg = FinetuneConfig(n_examples=128, batch_size=32, lr=3e-3, seed=0, kl_to_base=beta)
@@ -40,10 +54,16 @@ def test_the_penalty_keeps_the_fine_tune_closer_to_base(persona_organism, world)
     assert penalised < 0.5 * plain
 
 
-def test_run_finetunes_trains_kl_jobs_alone_with_their_own_rows(persona_organism, world, tmp_path):
+def test_run_finetunes_trains_kl_jobs_batched_with_their_own_rows(persona_organism, world, tmp_path, monkeypatch):
+    """KL jobs train on the batched path, in a group apart from the plain runs, with the loop's rows."""
+    from caft_tl.training import batched
     jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0)),
             finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0, kl_to_base=1.0), "kl_to_base", param="beta=1")]
+    groups, real = [], batched.finetune_batched
+    monkeypatch.setattr(batched, "finetune_batched", lambda base, datas, cfgs, *a, **k: groups.append([c.kl_to_base for c in cfgs])
+                        or real(base, datas, cfgs, *a, **k))
     rows = finetunes.run_finetunes(tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o")
+    assert sorted(groups) == [[0.0], [1.0]]
     kl = [r for r in rows if r["method"] == "kl_to_base"]
     assert kl and {r["param"] for r in kl} == {"beta=1"}
     alone = finetunes.run_finetune(tmp_path / "alone", persona_organism, world, jobs[1].cfg, "kl_to_base", param="beta=1",
@@ -58,8 +78,12 @@ def test_bad_kl_inputs_fail_in_one_line(tiny_model, world):
     with pytest.raises(ValueError, match=r"kl_to_base = 1.0 needs the base model"):
         finetune(tiny_model, data, FinetuneConfig(n_examples=32, kl_to_base=1.0), progress=False)
     from caft_tl.training import batched
-    with pytest.raises(ValueError, match="kl_to_base > 0 trains one run at a time"):
+    with pytest.raises(ValueError, match=r"kl_to_base = 1.0 \(seed 0\) needs generic documents"):
         batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=1.0)])
+    with pytest.raises(ValueError, match=r"kl_to_base = nan; expected a finite number >= 0"):
+        batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=float("nan"))], references=[data])
+    with pytest.raises(ValueError, match="2 reference document sets for 1 members"):
+        batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32)], references=[data, data])
 
 
 @pytest.mark.parametrize("task_name", ["persona_em", "double_mc", "pronoun_profession"])

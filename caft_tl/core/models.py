@@ -144,13 +144,36 @@ def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str 
     return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction=reduction)
 
 
+class _KLRows(torch.autograd.Function):
+    """KL(q ‖ p) per row of logits, with the gradient ``softmax(logits) − softmax(reference)`` written
+    out: exactly 0 where the two logits are equal (autograd's log-softmax backward leaves ~1e-8 of
+    rounding there, which Adam's normalisation turns into a step on parameters the task leaves alone)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # bfloat16 logits are upcast, float64 kept
+        log_p, log_q = F.log_softmax(logits.to(dtype), -1), F.log_softmax(reference_logits.to(dtype), -1)
+        ctx.save_for_backward(log_p, log_q)
+        ctx.dtype = logits.dtype
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        log_p, log_q = ctx.saved_tensors
+        return (grad[..., None] * (log_p.exp() - log_q.exp())).to(ctx.dtype), None
+
+
+def kl_rows(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """``[...]`` KL(reference ‖ model) of the next-token distributions ``[..., d_vocab]``, differentiable
+    in ``logits`` only, with an exactly-zero gradient where ``logits`` equal ``reference_logits``."""
+    return _KLRows.apply(logits, reference_logits.detach())
+
+
 def kl_to_reference(model: HookedTransformer, reference_logits: torch.Tensor, batch: TokenDataset) -> torch.Tensor:
     """Mean KL(reference ‖ model) of the next-token distributions over the positions that predict
     ``batch``'s target tokens; ``reference_logits`` [batch, pos, d_vocab] are the reference model's on ``batch``."""
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
-    log_p = F.log_softmax(model(batch.tokens)[:, :-1][mask].float(), -1)  # [n, d_vocab]
-    log_q = F.log_softmax(reference_logits[:, :-1][mask].float(), -1)
-    return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+    return kl_rows(model(batch.tokens)[:, :-1][mask], reference_logits[:, :-1][mask]).mean()
 
 
 def residual_hooks(model: HookedTransformer) -> list[str]:

@@ -39,6 +39,7 @@ from transformer_lens import HookedTransformer
 
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
+from caft_tl.core.models import kl_rows
 from caft_tl.interventions.modes import get_mode
 
 #: the hook points the stacked forward pass offers (``{l}`` a layer); all are [.., d_model] wide
@@ -314,6 +315,7 @@ class _Schedule:
     target: torch.Tensor
     steps: list[int]
     widths: torch.Tensor  # [R, S]
+    base: dict[str, torch.Tensor] | None = None  # the KL reference's parameters, [R, *shape] each (KL schedules only)
 
 
 def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
@@ -342,6 +344,35 @@ def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
     return _Schedule(tokens, target, steps, widths)
 
 
+def _kl_schedule(references: list[TokenDataset | None], cfgs, steps: list[int]) -> _Schedule | None:
+    """The generic documents :func:`caft_tl.training.loop.finetune` reads for the KL-to-base term at
+    each step of each member (its ``batch_size`` rows after the last, cycled; none where β is 0),
+    padded like :func:`_schedule`; None when no member has β > 0."""
+    if not any(c.kl_to_base for c in cfgs):
+        return None
+    R, S, Bm = len(cfgs), max(steps), max(c.batch_size for c in cfgs)
+    T = max(d.tokens.shape[1] for d, c in zip(references, cfgs) if c.kl_to_base)
+    tokens = torch.zeros(R, S, Bm, T, dtype=torch.long)
+    target = torch.zeros(R, S, Bm, T, dtype=torch.bool)
+    widths = torch.ones(R, S, dtype=torch.long)
+    for r, (docs, cfg) in enumerate(zip(references, cfgs)):
+        if not cfg.kl_to_base:
+            continue
+        for s in range(steps[r]):
+            part = docs.subset((torch.arange(cfg.batch_size) + s * cfg.batch_size) % len(docs)).trimmed()
+            b, w = part.tokens.shape
+            tokens[r, s, :b, :w], target[r, s, :b, :w], widths[r, s] = part.tokens, part.target_mask, w
+    return _Schedule(tokens, target, steps, widths)
+
+
+def stacked_kl(logits: torch.Tensor, reference_logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """[R] mean KL(reference ‖ member) over each member's target positions
+    (:func:`caft_tl.core.models.kl_to_reference` per member); 0 for a member without targets."""
+    kl = kl_rows(logits[:, :, :-1], reference_logits[:, :, :-1])  # [R, B, T-1]
+    mask = target_mask[:, :, :-1].to(kl.dtype)
+    return (kl * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
+
+
 def finetune_batched(
     base: HookedTransformer,
     datas: list[TokenDataset],
@@ -351,10 +382,16 @@ def finetune_batched(
     desc: str = "batched fine-tune",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
+    references: list[TokenDataset | None] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
     """:func:`caft_tl.training.loop.finetune` for R members at once, each from ``base`` with its own
     data, :class:`~caft_tl.training.loop.FinetuneConfig` (seed, batch order, lr, weight decay,
-    epochs, examples) and intervention. Returns each member's final state dict and losses per step.
+    epochs, examples, KL-to-base β) and intervention. Returns each member's final state dict and
+    losses per step (the task's cross-entropy alone, as the loop's).
+
+    A member with ``kl_to_base`` β > 0 adds β · KL(base ‖ member) on its generic documents
+    (``references[r]``, e.g. :func:`caft_tl.training.finetunes.kl_inputs`' ``reference_data``) under its
+    intervention, as the loop does with ``base`` as the frozen reference.
 
     With ``checkpoint`` (a file), the whole group (weights, optimiser, step, losses) is saved there
     every ``checkpoint_every`` steps and a call that finds it resumes from it.
@@ -366,8 +403,14 @@ def finetune_batched(
     for d in datas:
         if len(d) == 0:
             raise ValueError("fine-tuning dataset is empty")
-    if any(c.kl_to_base for c in cfgs):
-        raise ValueError("kl_to_base > 0 trains one run at a time (caft_tl.training.loop.finetune); run_finetunes routes it there")
+    references = references or [None] * R
+    if len(references) != R:
+        raise ValueError(f"{len(references)} reference document sets for {R} members; need one (or None) per member")
+    for c, docs in zip(cfgs, references):
+        if not (isinstance(c.kl_to_base, (int, float)) and math.isfinite(c.kl_to_base) and c.kl_to_base >= 0):
+            raise ValueError(f"FinetuneConfig.kl_to_base = {c.kl_to_base!r}; expected a finite number >= 0")
+        if c.kl_to_base and (docs is None or len(docs) == 0):
+            raise ValueError(f"FinetuneConfig.kl_to_base = {c.kl_to_base} (seed {c.seed}) needs generic documents (references)")
     why = batchable(base)
     if why is not None:
         raise ValueError(f"this model does not train on the batched path: {why}")
@@ -375,8 +418,13 @@ def finetune_batched(
     steps = [c.epochs * math.ceil(len(d) / c.batch_size) for d, c in zip(datas, cfgs)]
     order = sorted(range(R), key=lambda r: -steps[r])
     datas, cfgs, ivs = [datas[r] for r in order], [cfgs[r] for r in order], [interventions[r] for r in order]
+    references = [references[r] for r in order]
     dev = base.cfg.device
     sched = _schedule(datas, cfgs)
+    kl_sched = _kl_schedule(references, cfgs, sched.steps)
+    if kl_sched is not None:
+        kl_sched.base = {n: p.detach()[None].expand(R, *p.shape).contiguous() for n, p in base.named_parameters()}
+    beta = torch.tensor([float(c.kl_to_base) for c in cfgs], device=dev)
     base_state = {n: p.detach() for n, p in base.named_parameters()}
     stack = Stack(base, [base_state] * R)
     opt = StackedAdamW(stack, [c.lr for c in cfgs], [c.weight_decay for c in cfgs])
@@ -396,8 +444,11 @@ def finetune_batched(
         hooks = stacked_ivs.fwd_hooks(target, k) if stacked_ivs is not None else None
         logits = stacked_forward(base.cfg, stack.prefix(k), tokens, hooks)
         loss = stacked_loss(logits, tokens, target)
+        total = loss.sum()
+        if kl_sched is not None and bool((beta[:k] > 0).any()):
+            total = total + (beta[:k] * _kl_term(base, stack, stacked_ivs, kl_sched, k, step)).sum()
         stack.grad[:k].zero_()
-        _backward(loss.sum())
+        _backward(total)
         values = loss.detach().cpu()
         if not bool(torch.isfinite(values).all()):
             r = int((~torch.isfinite(values)).nonzero()[0])
@@ -415,6 +466,17 @@ def finetune_batched(
         out_states[r] = stack.state(i)
         out_losses[r] = losses[i, : sched.steps[i]].tolist()
     return out_states, out_losses
+
+
+def _kl_term(base, stack: Stack, stacked_ivs, kl_sched: _Schedule, k: int, step: int) -> torch.Tensor:
+    """[k] KL(base ‖ member) on each of the first ``k`` members' generic documents of ``step``."""
+    w = int(kl_sched.widths[:k, step].max())
+    dev = base.cfg.device
+    tokens, target = kl_sched.tokens[:k, step, :, :w].to(dev), kl_sched.target[:k, step, :, :w].to(dev)
+    with torch.no_grad():  # the base model through the members' own kernels: at step 0 the KL is exactly 0, as the loop's
+        reference = stacked_forward(base.cfg, {n: w[:k] for n, w in kl_sched.base.items()}, tokens)
+    hooks = stacked_ivs.fwd_hooks(target, k) if stacked_ivs is not None else None
+    return stacked_kl(stacked_forward(base.cfg, stack.prefix(k), tokens, hooks), reference, target)
 
 
 def _backward(loss: torch.Tensor) -> None:

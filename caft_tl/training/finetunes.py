@@ -216,15 +216,18 @@ def run_finetunes(
     for i, u in enumerate(units):
         if (metrics := u.cached()) is not None:
             rows[i] = results.rows(u.key, metrics)
-        elif u.job.cfg.kl_to_base == 0 and (u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks):
+        elif u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks:
             pending.append(i)
         else:
-            alone.append(i)  # KL to the base model, or a hook the stacked forward does not offer
+            alone.append(i)  # a hook the stacked forward does not offer
     workers = max(1, min(workers or default_workers(), len(pending))) if str(base.cfg.device) == "cpu" else 1
-    n_groups = max(workers, math.ceil(len(pending) / group_size)) if pending else 0
-    by_steps = sorted(pending, key=lambda i: -units[i].n_steps)  # round-robin: groups of similar work
-    groups = [[i for i in by_steps[g::n_groups]] for g in range(n_groups)]
-    groups = [sorted(g) for g in groups if g]
+    groups = []
+    for kind in (False, True):  # runs with a KL-to-base term group apart: only they pay its two extra forward passes
+        part = [i for i in pending if bool(units[i].job.cfg.kl_to_base) == kind]
+        share = max(1, round(workers * len(part) / len(pending))) if part else 0
+        n_groups = max(share, math.ceil(len(part) / group_size)) if part else 0
+        by_steps = sorted(part, key=lambda i: -units[i].n_steps)  # round-robin: groups of similar work
+        groups += [sorted(by_steps[g::n_groups]) for g in range(n_groups) if by_steps[g::n_groups]]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending) - len(alone), desc=desc, disable=not progress)
     todo = [("group", [units[i] for i in g]) for g in groups] + [("one", [units[i]]) for i in alone]
     index = [g for g in groups] + [[i] for i in alone]
@@ -274,8 +277,9 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
     datas = [finetune_data(task, u.job.cfg, u.job.data) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
+    references = [kl_inputs(base, task, u.job.cfg).get("reference_data") for u in units]
     states, losses = batched.finetune_batched(base, datas, [u.job.cfg for u in units], [u.job.intervention for u in units],
-                                              progress=False, checkpoint=checkpoint)
+                                              progress=False, checkpoint=checkpoint, references=references)
     model = models.copy_model(base)
     out = []
     for u, state, loss in zip(units, states, losses):
