@@ -101,6 +101,26 @@ def test_sampled_rate_agrees_with_exact(organism):
         behaviour_rate(base, prompts, world, mode="greedy")
 
 
+@pytest.mark.parametrize("task_name,size", [("persona_em", "n_chat"), ("double_mc", "n_eval")])
+def test_evaluate_task_scores_on_each_tasks_own_prompts_made_once(task_name, size):
+    """evaluate_task reads each split's prompts and candidate labels once per task object; the rates
+    equal behaviour_rate on freshly made prompts, and another task object (another design) gets its own."""
+    from caft_tl.core.models import build_model, ModelConfig
+    from caft_tl.organism import judge, make_task
+
+    task = make_task(task_name, {size: 60})
+    model = build_model(ModelConfig(), len(task.vocab), seed=0)
+    got = evaluate_task(model, task)
+    for split in task.eval_splits:
+        fresh = behaviour_rate(model, task.eval_prompts(split), task)
+        assert got[split][task.metric(split)] == pytest.approx(fresh["rate"].nanmean().item(), abs=1e-6)
+    first = judge.eval_set(task, task.eval_splits[0], model.cfg.d_vocab)
+    assert judge.eval_set(task, task.eval_splits[0], model.cfg.d_vocab) is first
+    other = make_task(task_name, {size: 30})  # another design: its own prompts
+    mine, theirs = (judge.eval_set(t, task.ood_split, model.cfg.d_vocab)[0] for t in (task, other))
+    assert len(mine) == 60 and len(theirs) == 30
+
+
 def test_hook_name_errors(organism):
     base, world, *_ = organism
     with pytest.raises(ValueError, match="unknown hook name 'blocks.0.hook_resid_pst'; closest: blocks.0.hook_resid_post"):

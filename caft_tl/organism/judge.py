@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -67,8 +68,10 @@ def behaviour_rate(
     n_samples: int = 64,
     seed: int = 0,
     fwd_hooks=(),
+    candidate_labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-prompt rate of HIT answers among judged (HIT or MISS) answers.
+    """Per-prompt rate of HIT answers among judged (HIT or MISS) answers (``candidate_labels``: the
+    judge's ``[n, d_vocab]`` label of every token as each prompt's answer, if already made).
 
     ``exact``: P(HIT) / (P(HIT) + P(MISS)) from the next-token distribution.
     ``sampled``: the same ratio over ``n_samples`` sampled answers per prompt (NaN if none judged).
@@ -79,8 +82,9 @@ def behaviour_rate(
     probs = next_token_probs(model, prompts, fwd_hooks)  # [n, d_vocab]
     n, d_vocab = probs.shape
     if mode == "exact":
-        candidates = torch.arange(d_vocab).expand(n, d_vocab)
-        labels = judge.label_answers(prompts.tokens, candidates)  # [n, d_vocab]
+        if candidate_labels is None:
+            candidate_labels = judge.label_answers(prompts.tokens, torch.arange(d_vocab).expand(n, d_vocab))
+        labels = candidate_labels  # [n, d_vocab]
         p_hit = (probs * (labels == HIT)).sum(-1)
         p_miss = (probs * (labels == MISS)).sum(-1)
     else:
@@ -92,11 +96,27 @@ def behaviour_rate(
     return {"rate": p_hit / (p_hit + p_miss), "coherence": p_hit + p_miss}
 
 
+#: per task object, per (split, d_vocab): its evaluation prompts and the judge's label of every token as their answer
+_EVAL_SETS: "weakref.WeakKeyDictionary[Task, dict]" = weakref.WeakKeyDictionary()
+
+
+def eval_set(task: Task, split: str, d_vocab: int) -> tuple[TokenDataset, torch.Tensor]:
+    """``task.eval_prompts(split)`` and the judge's ``[n, d_vocab]`` label of every token as each
+    prompt's answer, made once per task object (every fine-tune of a chapter is scored on them)."""
+    sets = _EVAL_SETS.setdefault(task, {})
+    if (split, d_vocab) not in sets:
+        prompts = task.eval_prompts(split)
+        labels = task.label_answers(prompts.tokens, torch.arange(d_vocab).expand(len(prompts), d_vocab))
+        sets[split, d_vocab] = (prompts, labels.to(torch.int8))
+    return sets[split, d_vocab]
+
+
 def evaluate_task(model: HookedTransformer, task: Task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
     """{split: {metric: mean over prompts}} for every evaluation split of ``task``."""
     out = {}
     for split in splits or task.eval_splits:
-        r = behaviour_rate(model, task.eval_prompts(split), task, mode=mode, fwd_hooks=fwd_hooks)
+        prompts, labels = eval_set(task, split, model.cfg.d_vocab)
+        r = behaviour_rate(model, prompts, task, mode=mode, fwd_hooks=fwd_hooks, candidate_labels=labels)
         out[split] = {task.metric(split): r["rate"].nanmean().item(), "coherence": r["coherence"].mean().item()}
     return out
 
