@@ -16,6 +16,9 @@ from benchmarks.common import REPO, Row, row
 from caft_tl.core import files
 
 TARGET_S, STRETCH_S = 600, 300
+#: the batched-training issue's goal for a population run: a third of the seconds per organism when it was
+#: filed (one organism per task, 427 s wall for both tasks on a fresh clone, cache empty)
+PER_ORGANISM_S = 427 / 2 / 3
 
 
 def fresh_timings(run_dir: Path) -> Path:
@@ -50,7 +53,8 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
     rows.append(row("suite_time", "total", total, f"<= {TARGET_S}", src))
     rows.append(row("suite_time", "total (stretch)", total, f"<= {STRETCH_S}", src))
     if suite_call.exists() and "organisms" in call:  # a population run: the budget is per organism
-        rows.append(row("suite_time", "seconds per organism", total / call["organisms"], "", f"{src}; {call['organisms']} organisms"))
+        rows.append(row("suite_time", "seconds per organism", total / call["organisms"], f"<= {PER_ORGANISM_S:.0f}",
+                        f"{src}; {call['organisms']} organisms"))
     return rows
 
 
