@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-META = ["organism", "task", "variant", "pretrain_seed", "pretrain_steps", "pretrain_threads", "task_cfg", "status", "gates_held", "seconds", "error"]
+META = ["organism", "task", "variant", "pretrain_seed", "pretrain_steps", "pretrain_threads", "pretrain_decay", "task_cfg", "status", "gates_held", "seconds", "error"]
 
 
 def organisms(args) -> list[dict]:
@@ -39,9 +39,11 @@ def organisms(args) -> list[dict]:
     for (name, overrides), steps, seed in itertools.product(variants.items(), args.pretrain_steps, args.pretrain_seeds):
         task_cfg = {**json.loads(args.task_cfg), **json.loads(overrides)}
         threads = "" if args.pretrain_threads == 1 else f"-threads{args.pretrain_threads}"
-        out.append({"organism": f"{name}-steps{steps}-seed{seed}{threads}", "task": args.task, "variant": name, "pretrain_seed": seed,
+        decay = f"-decay{args.pretrain_decay:g}" if args.pretrain_decay else ""
+        out.append({"organism": f"{name}-steps{steps}{decay}-seed{seed}{threads}", "task": args.task, "variant": name, "pretrain_seed": seed,
                     "pretrain_steps": steps, "task_cfg": task_cfg, "seeds": args.seeds, "n_examples": args.n_examples,
-                    **({"pretrain_threads": args.pretrain_threads} if threads else {})})
+                    **({"pretrain_threads": args.pretrain_threads} if threads else {}),
+                    **({"pretrain_decay": args.pretrain_decay} if decay else {})})  # absent at the defaults: earlier specs read back
     if len({o["organism"] for o in out}) != len(out):
         raise SystemExit("variant names must be distinct")
     return out
@@ -75,7 +77,7 @@ def run_one(spec: dict, out: Path, cores: list[int]) -> None:
     folder = out / spec["organism"]
     cfg = gate_search.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],
                                  pretrain_seed=spec["pretrain_seed"], seeds=spec["seeds"], n_examples=spec["n_examples"],
-                                 pretrain_threads=spec.get("pretrain_threads", 1))
+                                 pretrain_threads=spec.get("pretrain_threads", 1), pretrain_decay=spec.get("pretrain_decay", 0.0))
     t0 = time.time()
     out = gate_search.run(folder, cfg, progress=False)
     verdicts = {g: v for g, v in {**out["validity"], **out["outcomes"]}.items() if g != "valid"}  # V1–V3, then the outcomes
@@ -117,7 +119,8 @@ def launch(spec: dict, out: Path, cores: list[int], timeout: float | None, devic
 
 def csv_row(result: dict) -> dict:
     spec = result["spec"]
-    row = {k: spec[k] for k in META[:5]} | {"pretrain_threads": spec.get("pretrain_threads", 1), "task_cfg": json.dumps(spec["task_cfg"], sort_keys=True),
+    row = {k: spec[k] for k in META[:5]} | {"pretrain_threads": spec.get("pretrain_threads", 1), "pretrain_decay": spec.get("pretrain_decay", 0.0),
+                                           "task_cfg": json.dumps(spec["task_cfg"], sort_keys=True),
                                            "status": result["status"], "seconds": result["seconds"], "error": result.get("error", "")}
     if "verdicts" in result:
         row["gates_held"] = "".join("+" if v["holds"] else "-" for v in result["verdicts"].values())  # gate 1, 2, ...
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task-cfg", default="{}", help="JSON task config shared by every variant")
     ap.add_argument("--pretrain-threads", type=int, default=1,
                     help="torch threads while pre-training (a worker gets cores for them: use --workers <= cores / threads)")
+    ap.add_argument("--pretrain-decay", type=float, default=0.0,
+                    help="share of the last pre-training steps over which the rate decays to zero (default 0: constant)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fine-tuning seeds")
     ap.add_argument("--n-examples", type=int, default=3200)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))

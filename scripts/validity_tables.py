@@ -45,7 +45,9 @@ def read(paths: list[Path]) -> pd.DataFrame:
         if "pretrain_threads" not in d:
             d["pretrain_threads"] = 1
         d["pretrain_threads"] = pd.to_numeric(d["pretrain_threads"].replace("", 1))
-        d["design"] = [", ".join(f"{k}={v}" for k, v in sorted(json.loads(c).items())) or "defaults" for c in d["task_cfg"]]
+        decay = pd.to_numeric(d["pretrain_decay"], errors="coerce").fillna(0.0) if "pretrain_decay" in d else pd.Series(0.0, index=d.index)
+        d["design"] = [", ".join([f"{k}={v}" for k, v in sorted(json.loads(c).items())] + ([f"pre-training rate decayed over the last {x:.0%}"] if x else []))
+                       or "defaults" for c, x in zip(d["task_cfg"], decay)]
         frames.append(d.assign(source=p.name))
     return pd.concat(frames, ignore_index=True)
 

@@ -12,7 +12,7 @@ _spec.loader.exec_module(search)
 def test_grid_and_rows(tmp_path):
     args = search.argparse.Namespace(task="pronoun_profession", task_cfg='{"jitter": 2}', pretrain_seeds=[0, 1], pretrain_steps=[100],
                                      variant=['a={}', 'b={"corpus_purity": 0.8}'], seeds=[0], n_examples=32,
-                                     pretrain_threads=1)
+                                     pretrain_threads=1, pretrain_decay=0.0)
     specs = search.organisms(args)
     assert [s["organism"] for s in specs] == ["a-steps100-seed0", "a-steps100-seed1", "b-steps100-seed0", "b-steps100-seed1"]
     assert specs[2]["task_cfg"] == {"jitter": 2, "corpus_purity": 0.8}
@@ -31,12 +31,15 @@ def test_grid_and_rows(tmp_path):
     assert not (tmp_path / "search.csv.tmp").exists()
 
 
-def test_a_thread_count_names_its_organisms():
+def test_a_thread_count_and_a_decayed_rate_name_their_organisms():
     args = search.argparse.Namespace(task="double_mc", task_cfg="{}", pretrain_seeds=[3], pretrain_steps=[100], variant=None,
-                                     seeds=[0], n_examples=32, pretrain_threads=2)
+                                     seeds=[0], n_examples=32, pretrain_threads=2, pretrain_decay=0.0)
     (spec,) = search.organisms(args)
-    assert spec["organism"] == "v0-steps100-seed3-threads2" and spec["pretrain_threads"] == 2
+    assert spec["organism"] == "v0-steps100-seed3-threads2" and spec["pretrain_threads"] == 2 and "pretrain_decay" not in spec
     assert search.csv_row({"spec": spec, "status": "ok", "seconds": 1.0, "verdicts": {}})["pretrain_threads"] == 2
+    (spec,) = search.organisms(search.argparse.Namespace(**{**vars(args), "pretrain_threads": 1, "pretrain_decay": 0.5}))
+    assert spec["organism"] == "v0-steps100-decay0.5-seed3" and spec["pretrain_decay"] == 0.5
+    assert search.csv_row({"spec": spec, "status": "ok", "seconds": 1.0, "verdicts": {}})["pretrain_decay"] == 0.5
 
 
 def test_validity_tables_count_valid_organisms_per_design_and_thread_count(tmp_path):
@@ -60,6 +63,10 @@ def test_validity_tables_count_valid_organisms_per_design_and_thread_count(tmp_p
     lines = [l for l in (tmp_path / "V.md").read_text().splitlines() if l.startswith("| double_mc")]
     assert lines == ["| double_mc | lean=0.1 | 1 | 3 | 2 | 67% | V2_plain_learns_spurious (1) | 0.95 | 0.05 |",
                      "| double_mc | lean=0.1 | 2 | 1 | 0 | 0% | V3_oracle_removes_spurious (1) | nan | nan |"]
+    # a decayed pre-training rate is another design
+    pd.DataFrame([{**rows[0], "pretrain_decay": 0.5}]).to_csv(tmp_path / "decay.csv", index=False)
+    assert vt.main([str(tmp_path / "decay.csv"), "--out", str(tmp_path / "D.md")]) == 0
+    assert "| double_mc | lean=0.1, pre-training rate decayed over the last 50% | 1 | 1 | 1 | 100% |" in (tmp_path / "D.md").read_text()
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "\nold\n" not in text and lines[0] in text
     assert vt.main([str(tmp_path / "nope.csv"), "--out", str(tmp_path / "V.md")]) == 2

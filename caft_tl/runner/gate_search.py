@@ -37,6 +37,7 @@ class GateConfig:
     pretrain_steps: int = 3000
     pretrain_seed: int = 2
     pretrain_threads: int = 1  # torch threads while pre-training (another float reduction order: another organism)
+    pretrain_decay: float = 0.0  # share of the last pre-training steps over which the rate decays to zero (PretrainConfig.decay)
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     n_examples: int = 3200
     batch_size: int = 32
@@ -118,7 +119,8 @@ def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[Hook
     from caft_tl.training import pretrain as pt
 
     set_cpu_threads(cfg.pretrain_threads)
-    base, task, checkpoint = pt.load_or_pretrain(cfg.task, cfg.task_cfg, None, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed),
+    base, task, checkpoint = pt.load_or_pretrain(cfg.task, cfg.task_cfg, None, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed,
+                                                                                                  decay=cfg.pretrain_decay),
                                                  progress=progress)
     set_cpu_threads()
     check_task(task)
