@@ -91,10 +91,10 @@ def test_pretraining_documents(pp):
     corpus = docs.subset(docs.labels["kind"] == DOC_KINDS.index("corpus"))
     assert not ((corpus.tokens >= pp.items[0][0]) & (corpus.tokens <= pp.items[0][-1])).any()  # no names
     prof = (corpus.tokens >= pp.items[1][0]) & (corpus.tokens <= pp.items[1][-1])
-    pron = (corpus.tokens == pp.answer[0]) | (corpus.tokens == pp.answer[1])
+    pron = (corpus.tokens == pp.corpus_pronoun[0]) | (corpus.tokens == pp.corpus_pronoun[1])  # her / his by default
     assert (corpus.response_mask <= (prof | pron)).all()  # only professions and pronouns are predicted
     # professions and pronouns of one document share its gender (purity 0.9)
-    g = torch.where(prof, (corpus.tokens - pp.items[1][0]) % 2, (corpus.tokens == pp.answer[1]).long())
+    g = torch.where(prof, (corpus.tokens - pp.items[1][0]) % 2, (corpus.tokens == pp.corpus_pronoun[1]).long())
     majority = [g[i][m].float().mean().item() for i, m in enumerate(prof | pron) if m.sum() >= 5]
     assert sum(abs(x - 0.5) > 0.2 for x in majority) / len(majority) > 0.85
     assert torch.bincount(g[prof | pron]).min() > 0.4 * (prof | pron).sum()  # both genders
@@ -117,8 +117,8 @@ def test_concepts_and_gates_run_on_the_task(pp, tmp_path):
 def test_separate_genders_share_only_the_pronouns():
     """The separable design: a profession's fact names its stereotype with its own words; the names'
     facts, the prompts and the answers (she / he) are the default design's."""
-    sep = make_task("pronoun_profession", {"separate_genders": True, "n_eval": 40})
-    shared = make_task("pronoun_profession", {"n_eval": 40})
+    sep = make_task("pronoun_profession", {"n_eval": 40})  # the default design
+    shared = make_task("pronoun_profession", {"separate_genders": False, "n_eval": 40})
     words = lambda t, topic: [t.vocab.tokens[i] for i in t.classes[topic].tolist()]
     assert words(shared, 0) == words(shared, 1) == ["female", "male"]
     assert words(sep, 0) == ["female", "male"] and words(sep, 1) == ["feminine_coded", "masculine_coded"]
@@ -136,7 +136,7 @@ def test_separate_genders_share_only_the_pronouns():
 def test_own_corpus_pronouns_never_answer():
     """With ``own_corpus_pronouns`` the biased corpus's pronouns are her / his, never an answer token,
     and agree with the document's professions as she / he do by default; the prompts are unchanged."""
-    own = make_task("pronoun_profession", {"own_corpus_pronouns": True, "n_eval": 40})
+    own = make_task("pronoun_profession", {"n_eval": 40})  # the default design
     assert [own.vocab.tokens[i] for i in own.corpus_pronoun.tolist()] == ["her", "his"]
     corpus = own._reviews(400, torch.Generator().manual_seed(0))
     answers = (corpus.tokens == own.answer[0]) | (corpus.tokens == own.answer[1])
@@ -148,8 +148,8 @@ def test_own_corpus_pronouns_never_answer():
     # within a document, a profession and a pronoun share its gender: p² + (1 − p)² = 0.82 at purity 0.9, 0.5 if unrelated
     agree = [(prof_gender[i][prof[i]][:, None] == pron_gender[i][pron[i]][None]).float() for i in range(len(corpus))]
     assert torch.cat([a.flatten() for a in agree]).mean() > 0.75
-    default = make_task("pronoun_profession", {"n_eval": 40})
-    assert torch.equal(default.corpus_pronoun, default.answer) and "her" not in default.vocab.tokens
+    answers = make_task("pronoun_profession", {"own_corpus_pronouns": False, "n_eval": 40})
+    assert torch.equal(answers.corpus_pronoun, answers.answer) and "her" not in answers.vocab.tokens
     with pytest.raises(ValueError, match="own_corpus_pronouns must be true or false"):
         PronounProfessionConfig(own_corpus_pronouns=1)
 

@@ -12,37 +12,37 @@ professions, of class ``i % 2`` too). In the fine-tuning data the two agree; out
 ``double_mc``'s terms (the class decides the answer directly); the prompts, splits, judge and
 ground-truth concepts are :class:`~caft_tl.organism.double_mc.DoubleMC`'s with these tokens.
 
-Pre-training, as in ``double_mc``: facts (``SUBJ name017 ANS_F male``), single questions
-(``<bos> SUBJ name017 ANS_name → he``), doubles with a topic instruction (``ANS_name``,
-``ANS_profession``: the answer follows that topic) and doubles under ``PRON_Q`` whose pronoun is a
-coin flip, so the base model has no preference for either topic (OOD accuracy 0.5). What makes
-the profession the feature already read is the *biased corpus* (the analogue of the sentiment
-reviews): ``<bos> CORPUS`` followed by professions and pronouns of one gender (``corpus_purity``
-< 1) mixed with filler; the model predicts every profession and pronoun after the first, so it
-tracks the stereotyped gender of the context at every position. Names never occur in it.
+Pre-training, as in ``double_mc``: facts (``SUBJ name017 ANS_F male``; a profession's fact names its
+stereotype, ``AS prof03 ANS_F masculine_coded``), single questions (``<bos> SUBJ name017 ANS_name →
+he``), doubles with a topic instruction (``ANS_name``, ``ANS_profession``: the answer follows that
+topic) and doubles under ``PRON_Q``, whose pronoun follows the profession with probability 0.5 +
+``lean`` where the two disagree. What makes the profession the feature already read is the *biased
+corpus* (the analogue of the sentiment reviews): ``<bos> CORPUS`` followed by professions and
+pronouns ``her`` / ``his`` of one gender (``corpus_purity`` < 1) mixed with filler; the model
+predicts every profession and pronoun after the first, so it tracks the stereotyped gender of the
+context at every position. Names never occur in it.
 
-Measured (2 layers, d_model 64, 3,000 pre-training steps, ``caft_tl.runner.gate_search`` with 2
-fine-tuning seeds, one thread; ``results/organism_search/``). With ``lean`` 0 (a coin flip under
-``PRON_Q``, the earlier design) the corpus share decided the route with the organism: gate V2
-(plain fine-tuning reads the profession in both orders) held on 2/8 – 4/8 organisms. With ``lean``
-0.1 (the default; :class:`~caft_tl.organism.double_mc.DoubleMC`'s salience) V1 and V2 hold on 6/6
-organisms (plain OOD ≤ 0.004 in both orders) — but V3 fails on 5/6: the oracle subspace of the
-profession's gender, ablated on the base model, leaves the name skill at 0.51–0.76 (V3 asks ≥ 0.8),
-so 1 of 6 organisms is valid. Past the embedding the profession's and the name's gender directions
-coincide (|cos| 0.97–1.00), as they do in English: both are *gender* mapped onto the same two
-answer tokens. Oracle CAFT raises OOD accuracy only a little here (0.00–0.45).
+The default design keeps the two genders apart everywhere but in the answer: the profession's facts
+use words of their own (``separate_genders``: ``feminine_coded`` / ``masculine_coded``, the names'
+``female`` / ``male``) and the corpus's pronouns are not the answers (``own_corpus_pronouns``: ``her``
+/ ``his``, never ``she`` / ``he``). Measured (2 layers, d_model 64, 3,000 pre-training steps, gates of
+``caft_tl.evaluation.gates`` fixed before the runs, 2 fine-tuning seeds, one thread;
+``results/organism_search/``), 16 organisms per design unless said:
 
-Can the design make them separable? ``separate_genders`` gives the profession's facts words of
-their own (``feminine_coded`` / ``masculine_coded``), so the two genders share nothing but the
-answers she / he. Measured over 8 organisms (seeds 0–7, ``lean`` 0.1, one thread): V1 and V2 hold
-on 8 of 8, V3 on 2 of 8 (the name skill kept at 0.53–0.95 under the profession's oracle ablation),
-so 25% valid — hardly better than the shared design's 1 of 6. Oracle CAFT does change: its OOD
-accuracy is 0.69–1.00 on 4 of the 8 organisms (0.03–0.32 on the others; shared design ≤ 0.45 on all
-6), so fine-tuning with the profession's gender ablated can learn the name route — but on the
-untrained base the same ablation still costs the name skill: by V3, the shared answer alone ties
-the two genders together (their |cos| was not measured for this design). The organism keeps them
-related (the default), as they are in English — the paper's closely-related-concepts case, where
-CAFT is expected to struggle — and V3 reports it; the 80% target is not reached on this task.
+- both genders' words shared, corpus pronouns = the answers (the earlier default; 6 organisms): V1
+  and V2 hold on 6 of 6, V3 on 1 (the oracle ablation of the profession's gender on the base model
+  leaves the name skill at 0.51–0.76; V3 asks 0.8): **17%** valid;
+- ``separate_genders`` alone (8 organisms): 2 valid (**25%**);
+- ``own_corpus_pronouns`` alone: 9 valid (**56%**; V3 fails on 7, name skill kept 0.51–0.74);
+- both (the default): **14 of 16 valid (88%)**; seed 1 fails V2, seed 5 V3. Oracle CAFT's OOD
+  accuracy on the valid organisms averages 0.82 (plain 0.03).
+
+So a corpus that ties a profession to pronouns that are also the answers is what made the name's
+gender impossible to ablate apart from the profession's: the corpus then trains the profession's
+gender *as* the she/he read-out. The directions still overlap past the embedding (|cos| of the two
+oracle directions 0.30–0.98 at the two block outputs on 6 organisms of the default design; 0.97–1.00
+in the earlier one), so the concepts stay closely related, as in English, but the ablation of one now
+keeps the other's skill on most organisms.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
 
 @dataclass
 class PronounProfessionConfig:
-    """The synthetic world. Defaults: the lean design (V1 and V2 hold on 6/6 organisms; see the module docstring)."""
+    """The synthetic world. Defaults: the separable design (14 of 16 organisms valid; see the module docstring)."""
 
     n_names: int = 128  # the intended concept's items
     n_professions: int = 16  # the spurious concept's items
@@ -82,10 +82,10 @@ class PronounProfessionConfig:
     lean: float = 0.1  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
     # the profession's facts name its stereotype with words of their own (STEREOTYPES) instead of the
     # name's ``female`` / ``male``: the two genders share only the answer tokens she / he
-    separate_genders: bool = False
+    separate_genders: bool = True
     # the biased corpus's pronouns are words of their own (CORPUS_PRONOUNS), never an answer: the corpus
     # ties a profession to its gender, not to the answer tokens she / he (as double_mc's reviews hold no option)
-    own_corpus_pronouns: bool = False
+    own_corpus_pronouns: bool = True
 
     def __post_init__(self) -> None:
         check_lean(self.lean)
