@@ -40,3 +40,22 @@ def test_imports_point_down_the_pipeline():
             if target not in LAYERS or LAYERS.index(target) > LAYERS.index(folder):
                 wrong.append(f"{path.relative_to(PACKAGE)} imports caft_tl.{target}")
     assert not wrong, "imports against the pipeline order:\n" + "\n".join(sorted(wrong))
+
+
+def test_chapters_that_read_no_model_do_not_import_transformer_lens():
+    """`import transformer_lens` takes ~5 s (it imports transformers and datasets): chapters that open
+    the task only (`setup(..., load="task")`) import their cells' caft_tl modules without it."""
+    import re
+    import subprocess
+    import sys
+
+    import nbformat
+
+    for nb in sorted((Path(caft_tl.__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        source = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
+        if 'load="task"' not in source:
+            continue
+        imports = [line.split("#")[0].strip() for line in source.splitlines() if re.match(r"\s*(from|import) caft_tl", line)]
+        code = "\n".join(imports + ["import sys", "print('transformer_lens' in sys.modules)"])
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "False", f"{nb.name}'s imports pull in transformer_lens"

@@ -4,12 +4,15 @@ last hooked block."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import check_fwd_hooks, check_hook_names
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def _stop_layer(model: HookedTransformer, hooks: list[str]) -> int | None:

@@ -9,13 +9,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
+
+if TYPE_CHECKING:  # imported where a model is made: `import transformer_lens` takes ~5 s, which chapters that read no model skip
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -45,6 +48,8 @@ def set_cpu_threads(n: int = 1) -> None:
 
 def build_model(cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | None = None) -> HookedTransformer:
     """A freshly initialised organism model with the given vocabulary size."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     tl_cfg = HookedTransformerConfig(
         **dataclasses.asdict(cfg),
         d_vocab=d_vocab,
@@ -99,7 +104,7 @@ def weights_hash(model: torch.nn.Module, length: int = 12) -> str:
 
 def copy_model(model: HookedTransformer) -> HookedTransformer:
     """An independent copy with the same weights (for fine-tuning from a base)."""
-    new = HookedTransformer(model.cfg)
+    new = type(model)(model.cfg)
     new.load_state_dict(model.state_dict())
     return new
 

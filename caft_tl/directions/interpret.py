@@ -3,13 +3,17 @@ that chooses the directions to ablate."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
 
 from caft_tl.core.activations import activations
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace) -> torch.Tensor:

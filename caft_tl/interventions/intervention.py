@@ -11,16 +11,18 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from transformer_lens import HookedTransformer
 
 from caft_tl.core import files
 from caft_tl.core.data import POSITIONS, TokenDataset
 from caft_tl.core.models import check_hook_names
 from caft_tl.core.subspace import Subspace, load_subspaces, save_subspaces
 from caft_tl.interventions.modes import ModeFn, ModeSpec, get_mode
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass

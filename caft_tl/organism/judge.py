@@ -6,11 +6,12 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 import torch
-from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
 
 if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
     from caft_tl.organism.task import Task
 
 HIT, MISS, OTHER = 1, 0, -1

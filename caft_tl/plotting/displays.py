@@ -10,15 +10,18 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from circuitsvis.utils.render import render_local
-from transformer_lens import HookedTransformer
 
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
 from caft_tl.directions.interpret import projections, top_contexts
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 class TokenView:

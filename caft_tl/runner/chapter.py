@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from transformer_lens import HookedTransformer
 
 from caft_tl.core.models import set_cpu_threads
 from caft_tl.core.run_dir import RunDir
 from caft_tl.organism import load_run_organism, load_run_task, task_class
 from caft_tl.runner import parameters
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 class Chapter(NamedTuple):

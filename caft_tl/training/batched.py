@@ -29,18 +29,20 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import safe_open, save_file
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import kl_rows
 from caft_tl.interventions.modes import get_mode
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 #: the hook points the stacked forward pass offers (``{l}`` a layer); all are [.., d_model] wide
 HOOKS = ("hook_embed", "hook_pos_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.hook_attn_out",
@@ -200,6 +202,8 @@ _CHECKED: dict[tuple, str | None] = {}
 def batchable(model) -> str | None:
     """None when ``model`` trains on the stacked path, else why not (a real model, another
     architecture, a forward pass that differs from TL's on random tokens)."""
+    from transformer_lens import HookedTransformer
+
     if not isinstance(model, HookedTransformer):
         return f"{type(model).__name__} is not a HookedTransformer"
     c = model.cfg

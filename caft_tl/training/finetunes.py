@@ -8,10 +8,10 @@ import math
 import multiprocessing
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from caft_tl.core import files, models, results
 from caft_tl.core.data import TokenDataset
@@ -20,6 +20,9 @@ from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import evaluate_task
 from caft_tl.training import batched
 from caft_tl.training.loop import FinetuneConfig, finetune
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 def intervention_hash(iv: Intervention | None) -> str:

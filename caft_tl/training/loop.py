@@ -6,14 +6,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import kl_to_reference, response_loss
 from caft_tl.training.checkpoints import load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
