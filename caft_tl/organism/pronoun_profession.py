@@ -35,7 +35,9 @@ use words of their own (``separate_genders``: ``feminine_coded`` / ``masculine_c
 - ``separate_genders`` alone (8 organisms): 2 valid (**25%**);
 - ``own_corpus_pronouns`` alone: 9 valid (**56%**; V3 fails on 7, name skill kept 0.51–0.74);
 - both (the default): **14 of 16 valid (88%)**; seed 1 fails V2, seed 5 V3. Oracle CAFT's OOD
-  accuracy on the valid organisms averages 0.82 (plain 0.03).
+  accuracy on the valid organisms averages 0.82 (plain 0.03). Pre-trained on two threads (other
+  floats, so other organisms from the same seeds): 14 of 16 again (seed 5 fails V3, seed 12 V2;
+  oracle CAFT 0.76, plain 0.00).
 
 So a corpus that ties a profession to pronouns that are also the answers is what made the name's
 gender impossible to ablate apart from the profession's: the corpus then trains the profession's
@@ -68,7 +70,8 @@ FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
 
 @dataclass
 class PronounProfessionConfig:
-    """The synthetic world. Defaults: the separable design (14 of 16 organisms valid; see the module docstring)."""
+    """The synthetic world. Defaults: the separable design (14 of 16 organisms valid at one and at two
+    pre-training threads; see the module docstring)."""
 
     n_names: int = 128  # the intended concept's items
     n_professions: int = 16  # the spurious concept's items
