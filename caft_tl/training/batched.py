@@ -14,7 +14,7 @@ arithmetic. Here R runs of one :class:`~transformer_lens.HookedTransformer` desi
   hooks, μ, scale, positions) by running each registered mode function under ``torch.func.vmap``
   over the members and selecting per member (ranks padded with zero columns, hooks as masks);
 - :func:`finetune_batched` is :func:`caft_tl.training.loop.finetune` for R members (each its own
-  data, batch order, seed, config), :func:`pretrain_batched` is
+  data, batch order, seed, config, KL-to-base term), :func:`pretrain_batched` is
   :func:`caft_tl.training.pretrain.pretrain` for R seeds.
 
 Members run in order of decreasing step count, so the members still training are always a
@@ -348,10 +348,12 @@ def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
     return _Schedule(tokens, target, steps, widths)
 
 
-def _kl_schedule(references: list[TokenDataset | None], cfgs, steps: list[int]) -> _Schedule | None:
+def _kl_schedule(base, references: list[TokenDataset | None], cfgs, steps: list[int]) -> _Schedule | None:
     """The generic documents :func:`caft_tl.training.loop.finetune` reads for the KL-to-base term at
     each step of each member (its ``batch_size`` rows after the last, cycled; none where β is 0),
-    padded like :func:`_schedule`; None when no member has β > 0."""
+    padded like :func:`_schedule`, with ``base``'s parameters stacked R times (the reference goes
+    through the members' own kernels, so at step 0 its logits equal theirs bit for bit); None when
+    no member has β > 0."""
     if not any(c.kl_to_base for c in cfgs):
         return None
     R, S, Bm = len(cfgs), max(steps), max(c.batch_size for c in cfgs)
@@ -366,7 +368,8 @@ def _kl_schedule(references: list[TokenDataset | None], cfgs, steps: list[int]) 
             part = docs.subset((torch.arange(cfg.batch_size) + s * cfg.batch_size) % len(docs)).trimmed()
             b, w = part.tokens.shape
             tokens[r, s, :b, :w], target[r, s, :b, :w], widths[r, s] = part.tokens, part.target_mask, w
-    return _Schedule(tokens, target, steps, widths)
+    stacked_base = {n: p.detach()[None].expand(R, *p.shape).contiguous() for n, p in base.named_parameters()}
+    return _Schedule(tokens, target, steps, widths, stacked_base)
 
 
 def stacked_kl(logits: torch.Tensor, reference_logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -425,9 +428,7 @@ def finetune_batched(
     references = [references[r] for r in order]
     dev = base.cfg.device
     sched = _schedule(datas, cfgs)
-    kl_sched = _kl_schedule(references, cfgs, sched.steps)
-    if kl_sched is not None:
-        kl_sched.base = {n: p.detach()[None].expand(R, *p.shape).contiguous() for n, p in base.named_parameters()}
+    kl_sched = _kl_schedule(base, references, cfgs, sched.steps)
     beta = torch.tensor([float(c.kl_to_base) for c in cfgs], device=dev)
     base_state = {n: p.detach() for n, p in base.named_parameters()}
     stack = Stack(base, [base_state] * R)
@@ -477,7 +478,7 @@ def _kl_term(base, stack: Stack, stacked_ivs, kl_sched: _Schedule, k: int, step:
     w = int(kl_sched.widths[:k, step].max())
     dev = base.cfg.device
     tokens, target = kl_sched.tokens[:k, step, :, :w].to(dev), kl_sched.target[:k, step, :, :w].to(dev)
-    with torch.no_grad():  # the base model through the members' own kernels: at step 0 the KL is exactly 0, as the loop's
+    with torch.no_grad():
         reference = stacked_forward(base.cfg, {n: w[:k] for n, w in kl_sched.base.items()}, tokens)
     hooks = stacked_ivs.fwd_hooks(target, k) if stacked_ivs is not None else None
     return stacked_kl(stacked_forward(base.cfg, stack.prefix(k), tokens, hooks), reference, target)
