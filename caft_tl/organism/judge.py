@@ -83,9 +83,8 @@ def behaviour_rate(
     probs = next_token_probs(model, prompts, fwd_hooks)  # [n, d_vocab]
     n, d_vocab = probs.shape
     if mode == "exact":
-        if candidate_labels is None:
-            candidate_labels = judge.label_answers(prompts.tokens, torch.arange(d_vocab).expand(n, d_vocab))
-        labels = candidate_labels  # [n, d_vocab]
+        labels = candidate_labels if candidate_labels is not None else \
+            judge.label_answers(prompts.tokens, torch.arange(d_vocab).expand(n, d_vocab))  # [n, d_vocab]
         p_hit = (probs * (labels == HIT)).sum(-1)
         p_miss = (probs * (labels == MISS)).sum(-1)
     else:
