@@ -196,6 +196,16 @@ def test_the_results_tables_show_the_analyses_and_what_is_missing(tmp_path):
     assert "| plain |  | 1.00 [1.00, 1.00] (n=2); excess +0.50 [+0.50, +0.50] |  |" in text and "missing" not in text and "not written" not in text
 
 
+def test_the_results_tables_name_every_commit_the_organisms_ran_at(tmp_path):
+    import json
+
+    tables = _tables()
+    for folder, commit, dirty in [("b/seed0", "bbbbbbb111", False), ("a/seed0", "aaaaaaa222", True), ("a/seed1", "aaaaaaa222", True)]:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "provenance.json").write_text(json.dumps({"git_commit": commit, "git_dirty": dirty}))
+    assert tables.recorded_commits(tmp_path) == ["aaaaaaa+uncommitted", "bbbbbbb"]
+
+
 def test_the_results_table_shows_the_excess_beside_every_reduction_factor():
     from types import SimpleNamespace
 
