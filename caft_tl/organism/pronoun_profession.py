@@ -39,12 +39,13 @@ use words of their own (``separate_genders``: ``feminine_coded`` / ``masculine_c
   floats, so other organisms from the same seeds): 14 of 16 again (seed 5 fails V3, seed 12 V2;
   oracle CAFT 0.76, plain 0.00).
 
-So a corpus that ties a profession to pronouns that are also the answers is what made the name's
-gender impossible to ablate apart from the profession's: the corpus then trains the profession's
-gender *as* the she/he read-out. The directions still overlap past the embedding (|cos| of the two
-oracle directions 0.30–0.98 at the two block outputs on 6 organisms of the default design; 0.97–1.00
-in the earlier one), so the concepts stay closely related, as in English, but the ablation of one now
-keeps the other's skill on most organisms.
+The corpus is the larger lever. A reading, not tested further: when a profession predicts the answer
+tokens themselves, its gender is learnt *as* the she/he read-out, which the name needs too. The
+directions still overlap past the embedding (|cos| of the two oracle directions 0.30–0.98 at the two
+block outputs on 6 organisms of the default design, a one-off measurement with
+:meth:`concept_directions`, not in the results files; 0.97–1.00 in the earlier one), so the concepts
+stay closely related, as in English, but the ablation of one now keeps the other's skill on most
+organisms.
 """
 
 from __future__ import annotations

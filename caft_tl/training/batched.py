@@ -351,7 +351,7 @@ def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
 def _kl_schedule(base, references: list[TokenDataset | None], cfgs, steps: list[int]) -> _Schedule | None:
     """The generic documents :func:`caft_tl.training.loop.finetune` reads for the KL-to-base term at
     each step of each member (its ``batch_size`` rows after the last, cycled; none where β is 0),
-    padded like :func:`_schedule`, with ``base``'s parameters stacked R times (the reference goes
+    padded like :func:`_schedule` and on ``base``'s device, with its parameters stacked R times (the reference goes
     through the members' own kernels, so at step 0 its logits equal theirs bit for bit); None when
     no member has β > 0."""
     if not any(c.kl_to_base for c in cfgs):
@@ -369,7 +369,8 @@ def _kl_schedule(base, references: list[TokenDataset | None], cfgs, steps: list[
             b, w = part.tokens.shape
             tokens[r, s, :b, :w], target[r, s, :b, :w], widths[r, s] = part.tokens, part.target_mask, w
     stacked_base = {n: p.detach()[None].expand(R, *p.shape).contiguous() for n, p in base.named_parameters()}
-    return _Schedule(tokens, target, steps, widths, stacked_base)
+    dev = base.cfg.device
+    return _Schedule(tokens.to(dev), target.to(dev), steps, widths, stacked_base)
 
 
 def stacked_kl(logits: torch.Tensor, reference_logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -476,10 +477,9 @@ def finetune_batched(
 def _kl_term(base, stack: Stack, stacked_ivs, kl_sched: _Schedule, k: int, step: int) -> torch.Tensor:
     """[k] KL(base ‖ member) on each of the first ``k`` members' generic documents of ``step``."""
     w = int(kl_sched.widths[:k, step].max())
-    dev = base.cfg.device
-    tokens, target = kl_sched.tokens[:k, step, :, :w].to(dev), kl_sched.target[:k, step, :, :w].to(dev)
+    tokens, target = kl_sched.tokens[:k, step, :, :w], kl_sched.target[:k, step, :, :w]
     with torch.no_grad():
-        reference = stacked_forward(base.cfg, {n: w[:k] for n, w in kl_sched.base.items()}, tokens)
+        reference = stacked_forward(base.cfg, {n: p[:k] for n, p in kl_sched.base.items()}, tokens)
     hooks = stacked_ivs.fwd_hooks(target, k) if stacked_ivs is not None else None
     return stacked_kl(stacked_forward(base.cfg, stack.prefix(k), tokens, hooks), reference, target)
 
