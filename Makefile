@@ -20,12 +20,26 @@ run: $(VENV)/.installed
 	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --pretrain-seeds $(SEEDS) --workers 2
 	$(PY) scripts/results_tables.py figures --run-dir runs/default --out figures/TABLES.md
 
-# the full study: every task, 8 organisms each (hours on 2 cores; resumable: finished fine-tunes are read back)
-.PHONY: study
+# the full study: every task, 8 organisms each, then double_mc's other topic pairs (intended:spurious), 8 organisms
+# each, into runs/study_pairs/<intended>-<spurious> (hours on 2 cores; resumable: finished fine-tunes are read back);
+# its tables go to figures/study/TABLES.md and the README's study block (also alone: make study-tables)
+STUDY_SEEDS ?= 0 1 2 3 4 5 6 7
+STUDY_PAIRS ?= sports:weather sentiment:sports colors:sentiment sports:cities
+pair_dir = $(subst :,-,$(1))
+.PHONY: study study-tables
 study: $(VENV)/.installed
 	$(PY) -m caft_tl.runner.suite --run-dir runs/study --fig-dir figures/study --tasks persona_em double_mc pronoun_profession \
-		--pretrain-seeds 0 1 2 3 4 5 6 7 --workers 2
-	$(PY) scripts/results_tables.py figures/study --run-dir runs/study --out figures/study/TABLES.md
+		--pretrain-seeds $(STUDY_SEEDS) --workers 2
+	$(foreach p,$(STUDY_PAIRS),$(PY) -m caft_tl.runner.suite --run-dir runs/study_pairs/$(call pair_dir,$(p)) \
+		--fig-dir figures/study_pairs/$(call pair_dir,$(p)) --tasks double_mc --pretrain-seeds $(STUDY_SEEDS) --workers 2 \
+		-p task_cfg '{"intended": "$(word 1,$(subst :, ,$(p)))", "spurious": "$(word 2,$(subst :, ,$(p)))"}' &&) true
+	$(MAKE) study-tables
+
+# the study's tables from whatever of it has run (the main tasks, then each topic pair that has)
+study-tables: $(VENV)/.installed
+	$(PY) scripts/results_tables.py figures/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc),figures/study_pairs/$(call pair_dir,$(p)))) \
+		--run-dir runs/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc),runs/study_pairs/$(call pair_dir,$(p)))) \
+		--out figures/study/TABLES.md --readme README.md --block study
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

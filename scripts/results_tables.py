@@ -1,6 +1,7 @@
 """Markdown result tables generated from a run's population files, never typed by hand.
 
-    python scripts/results_tables.py figures/study --run-dir runs/study --out figures/study/TABLES.md [--readme README.md]
+    python scripts/results_tables.py figures/study [FIG ...] --run-dir runs/study [RUN ...] --out figures/study/TABLES.md \
+        [--readme README.md --block study]
 
 For each task folder under the figure folder (``<task>/population_validity.csv`` and
 ``population_summary.csv``, written by the suite): the number of organisms, the share valid with
@@ -8,9 +9,11 @@ the failing gates of the others, and every configuration's mean over valid organ
 interval over organisms on the task's ID and OOD splits; then chapters 05–06's analyses over the
 valid organisms (``population_null_percentile.csv``, ``population_reduction_factor.csv``,
 ``population_above_curve.csv``) with the files a valid organism lacks (``population_analyses.csv``).
-The header says when, at which commit and on which machine the numbers were measured.
-``--readme`` replaces the block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` of
-that file with the tables.
+Several figure folders (e.g. the study's tasks and one folder per ``double_mc`` topic pair), each
+with its run folder, give one document: per folder a header saying when, at which commit and on
+which machine the numbers were measured, and each task's design (the run's ``task_cfg``) in its
+heading. ``--readme`` replaces the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
+of that file with the tables (``NAME``: ``--block``, default ``results``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,22 @@ from caft_tl.evaluation import questions  # noqa: E402
 from caft_tl.evaluation.population import COHERENCE, QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
 from caft_tl.organism import make_task  # noqa: E402
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+#: the README block the tables replace by default: ``<!-- results:begin -->`` … ``<!-- results:end -->``
+BLOCK = "results"
+
+
+def markers(block: str) -> tuple[str, str]:
+    """The begin and end markers of a README block named ``block``."""
+    return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+
+
+BEGIN, END = markers(BLOCK)
+
+
+def design(run_dir: Path | None) -> dict:
+    """The design parameters (``task_cfg``) the run's suite call passed its tasks ({}: the defaults)."""
+    path = run_dir / "suite.json" if run_dir else None
+    return dict(json.loads(path.read_text()).get("task_cfg") or {}) if path and path.exists() else {}
 
 
 def provenance(fig_dir: Path, run_dir: Path | None) -> str:
@@ -158,13 +176,15 @@ def analyses_table(task_dir: Path, task) -> list[str]:
     return lines + ([""] if notes else []) + [f"- {n}" for n in notes]
 
 
-def task_tables(task_dir: Path) -> str:
+def task_tables(task_dir: Path, task_cfg: dict | None = None) -> str:
+    """One task's tables; ``task_cfg``, the design it ran with, is named in the heading when given."""
     verdicts = pd.read_csv(task_dir / VALIDITY_FILE)
     summary = pd.read_csv(task_dir / SUMMARY_FILE, keep_default_na=False)
-    task = make_task(task_dir.name)
+    task = make_task(task_dir.name, task_cfg or None)
     n, valid = len(verdicts), int(verdicts["valid"].sum())
     gate_cols = [c for c in verdicts.columns if re.match(r"[VE]\d_", c)]  # V1–V3 (gates), E1–E4 (em_gates)
-    lines = [f"### `{task.name}`: {n} organisms, {valid} valid ({valid / n:.0%})", ""]
+    named = f" ({', '.join(f'{k}={v}' for k, v in sorted(task_cfg.items()))})" if task_cfg else ""
+    lines = [f"### `{task.name}`{named}: {n} organisms, {valid} valid ({valid / n:.0%})", ""]
     for r in verdicts[~verdicts["valid"]].itertuples():
         failed = [c for c in gate_cols if not getattr(r, c)]
         lines.append(f"- not valid: `{r.organism}` (pre-training seed {r.pretrain_seed}): {', '.join(failed)} fail")
@@ -203,22 +223,33 @@ def task_tables(task_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("fig_dir", type=Path)
+    ap.add_argument("fig_dirs", type=Path, nargs="+", metavar="fig_dir")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--readme", type=Path)
-    ap.add_argument("--run-dir", type=Path, help="the run's folder (its suite.json gives organisms and wall time)")
+    ap.add_argument("--block", default=BLOCK, help=f"the README block to replace (default {BLOCK})")
+    ap.add_argument("--run-dir", type=Path, nargs="+", dest="run_dirs", metavar="RUN_DIR",
+                    help="each figure folder's run folder, in order (its suite.json gives the design, organisms and wall time)")
     args = ap.parse_args(argv)
-    tasks = sorted(p.parent for p in args.fig_dir.glob(f"*/{VALIDITY_FILE}"))
-    if not tasks:
-        print(f"error: no {VALIDITY_FILE} under {str(args.fig_dir)!r}: run the suite (make run / make study) first", file=sys.stderr)
+    runs = args.run_dirs or [None] * len(args.fig_dirs)
+    if len(runs) != len(args.fig_dirs):
+        print(f"error: {len(runs)} --run-dir for {len(args.fig_dirs)} figure folders; give one run folder per figure folder, in order",
+              file=sys.stderr)
         return 2
-    text = provenance(args.fig_dir, args.run_dir) + "\n\n" + "\n".join(task_tables(t) for t in tasks)
+    sections, n_tasks = [], 0
+    for fig_dir, run_dir in zip(args.fig_dirs, runs):
+        tasks = sorted(p.parent for p in fig_dir.glob(f"*/{VALIDITY_FILE}"))
+        if not tasks:
+            print(f"error: no {VALIDITY_FILE} under {str(fig_dir)!r}: run the suite (make run / make study) first", file=sys.stderr)
+            return 2
+        sections.append(provenance(fig_dir, run_dir) + "\n\n" + "\n".join(task_tables(t, design(run_dir)) for t in tasks))
+        n_tasks += len(tasks)
+    text = "\n".join(sections)
     try:
-        files.write_generated(args.out, text, args.readme, BEGIN, END, block=text + "\n")
+        files.write_generated(args.out, text, args.readme, *markers(args.block), block=text + "\n")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"tables for {len(tasks)} task(s) in {args.out}")
+    print(f"tables for {n_tasks} task(s) in {args.out}")
     return 0
 
 

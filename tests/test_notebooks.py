@@ -242,7 +242,7 @@ def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
                               pretrain_seeds=[0])
     assert list(timings) == [f"{t}/seed0/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
     call = files.read_json(tmp_path / "run" / "suite.json")
-    assert call["tasks"] == list(suite.TASKS) and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
+    assert call["tasks"] == list(suite.TASKS) and call["task_cfg"] == {} and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
     rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))
     assert {r["task"] for r in rows} == set(suite.TASKS)
     by_task = {t: {r["seed"] for r in rows if r["task"] == t} for t in suite.TASKS}

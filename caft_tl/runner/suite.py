@@ -156,7 +156,7 @@ def run_tasks(
     over them (:func:`summarise_population`, in ``fig_dir/<task>/``), and the results page
     ``fig_dir/index.html`` (:func:`caft_tl.plotting.results_page.write`). Returns seconds per
     ``task/seed<s>/chapter`` (also in ``run_dir/timings.json``); ``run_dir/suite.json`` holds this
-    call's tasks, organisms, workers and wall time."""
+    call's tasks, their design (``task_cfg``), organisms, workers and wall time."""
     if workers < 1:
         raise ValueError(f"workers = {workers}; expected at least 1")
     for name in ("task", "seed"):
@@ -190,7 +190,8 @@ def run_tasks(
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
-    files.write_json(run_dir / "suite.json", {"tasks": list(tasks), "pretrain_seeds": population, "chapters": only or "all", "workers": workers,
+    files.write_json(run_dir / "suite.json", {"tasks": list(tasks), "task_cfg": (params or {}).get("task_cfg") or {}, "pretrain_seeds": population,
+                                             "chapters": only or "all", "workers": workers,
                                              "wall_s": wall, "chapters_s": round(sum(timings.values()), 1), "organisms": len(keys)})
     gather_results(run_dir, fig_dir)
     print(f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}")
