@@ -37,8 +37,8 @@ study: $(VENV)/.installed
 
 # the study's tables from whatever of it has run (the main tasks, then each topic pair that has)
 study-tables: $(VENV)/.installed
-	$(PY) scripts/results_tables.py figures/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc),figures/study_pairs/$(call pair_dir,$(p)))) \
-		--run-dir runs/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc),runs/study_pairs/$(call pair_dir,$(p)))) \
+	$(PY) scripts/results_tables.py figures/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),figures/study_pairs/$(call pair_dir,$(p)))) \
+		--run-dir runs/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),runs/study_pairs/$(call pair_dir,$(p)))) \
 		--out figures/study/TABLES.md --readme README.md --block study
 
 test: $(VENV)/.installed

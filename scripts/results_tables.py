@@ -128,7 +128,7 @@ def interpreter_table(task_dir: Path, valid: list[str]) -> list[str]:
     r = rows[(rows["task"] == task_dir.name) & (rows["method"] == "interpretation") & (rows["split"] == "all") & rows["organism"].isin(valid)]
     if r.empty:
         return []
-    per = r.assign(value=pd.to_numeric(r["value"])).groupby(["directions", "metric", "organism"], sort=False)["value"].mean()
+    per = r.assign(value=pd.to_numeric(r["value"])).groupby(["directions", "metric", "organism"])["value"].mean()  # sorted: fast lookups
     lines = ["", "Chapter 03's choice scored against the ground truth (the oracle scores it, never makes it), pooled over hooks: "
              "mean [95% interval over valid organisms]; *chosen*: directions chosen per organism (mean); *fallback*: organisms "
              "where the rule found no concept reading and kept the best-detected direction.", "",
