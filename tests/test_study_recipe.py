@@ -1,0 +1,58 @@
+"""`make study`'s recipe: every topic pair it runs is a valid ``double_mc`` design, each into its own folders."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from caft_tl.organism import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _suite_calls(*make_args: str) -> list[list[str]]:
+    out = subprocess.run(["make", "-n", "--no-print-directory", "study", *make_args], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    words = shlex.split(out.replace("\\\n", " "))
+    calls, current = [], None
+    for w in words:
+        if w == "caft_tl.runner.suite":
+            current = []
+            calls.append(current)
+        elif w in ("&&", "true") or w.endswith("python") or w == "-m":
+            current = None if w == "&&" else current
+        elif current is not None:
+            current.append(w)
+    return calls
+
+
+def _option(call: list[str], name: str) -> str:
+    return call[call.index(name) + 1]
+
+
+def test_the_study_runs_the_tasks_then_each_topic_pair_as_a_valid_design():
+    calls = _suite_calls()
+    assert _option(calls[0], "--run-dir") == "runs/study" and "-p" not in calls[0]
+    pairs = calls[1:]
+    assert len(pairs) >= 4  # the issue's breadth: at least 4 topic pairs besides the default
+    folders = set()
+    for call in pairs:
+        assert call[call.index("-p") + 1] == "task_cfg" and _option(call, "--tasks") == "double_mc"
+        cfg = ast.literal_eval(call[call.index("-p") + 2])
+        task = make_task("double_mc", cfg)  # an unknown topic raises here
+        assert (task.cfg.intended, task.cfg.spurious) == (cfg["intended"], cfg["spurious"])
+        assert _option(call, "--run-dir") == f"runs/study_pairs/{cfg['intended']}-{cfg['spurious']}"
+        folders.add(_option(call, "--fig-dir"))
+    assert len(folders) == len(pairs)
+
+
+def test_a_study_pair_is_named_intended_colon_spurious():
+    (call,) = _suite_calls("STUDY_PAIRS=colors:cities")[1:]
+    assert ast.literal_eval(call[call.index("-p") + 2]) == {"intended": "colors", "spurious": "cities"}
+    with pytest.raises(ValueError, match="unknown intended topic 'nope'"):
+        bad = _suite_calls("STUDY_PAIRS=nope:cities")[1]
+        make_task("double_mc", ast.literal_eval(bad[bad.index("-p") + 2]))
