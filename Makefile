@@ -35,11 +35,11 @@ study: $(VENV)/.installed
 		-p task_cfg '{"intended": "$(word 1,$(subst :, ,$(p)))", "spurious": "$(word 2,$(subst :, ,$(p)))"}' &&) true
 	$(MAKE) study-tables
 
-# the study's tables from whatever of it has run (the main tasks, then each topic pair that has)
+# the study's tables from whatever of it has run (the main tasks, then each topic pair that has finished)
+finished_pairs = $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),$(call pair_dir,$(p))))
 study-tables: $(VENV)/.installed
-	$(PY) scripts/results_tables.py figures/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),figures/study_pairs/$(call pair_dir,$(p)))) \
-		--run-dir runs/study $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),runs/study_pairs/$(call pair_dir,$(p)))) \
-		--out figures/study/TABLES.md --readme README.md --block study
+	$(PY) scripts/results_tables.py figures/study $(addprefix figures/study_pairs/,$(finished_pairs)) \
+		--run-dir runs/study $(addprefix runs/study_pairs/,$(finished_pairs)) --out figures/study/TABLES.md --readme README.md --block study
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -17,16 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _suite_calls(*make_args: str) -> list[list[str]]:
     out = subprocess.run(["make", "-n", "--no-print-directory", "study", *make_args], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    words = shlex.split(out.replace("\\\n", " "))
-    calls, current = [], None
-    for w in words:
-        if w == "caft_tl.runner.suite":
-            current = []
-            calls.append(current)
-        elif w in ("&&", "true") or w.endswith("python") or w == "-m":
-            current = None if w == "&&" else current
-        elif current is not None:
-            current.append(w)
+    calls = []
+    for part in out.replace("\\\n", " ").replace("&&", "\n").splitlines():  # one suite call per recipe line or && part
+        words = shlex.split(part)
+        if "caft_tl.runner.suite" in words:
+            calls.append(words[words.index("caft_tl.runner.suite") + 1:])
     return calls
 
 
