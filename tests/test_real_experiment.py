@@ -243,11 +243,11 @@ def test_real_chapter_refuses_a_bad_parameter_inside_the_kernel(tmp_path):
 
 
 def test_smollm2_gender_task_end_to_end(tmp_path):
-    from caft_tl.real import smollm2
+    from caft_tl.real import offline_models
 
     try:
-        smollm2.model_folder()
-    except (smollm2.FetchError, ImportError) as e:
+        offline_models.model_folder("smollm2-135m")
+    except (offline_models.FetchError, ImportError) as e:
         pytest.skip(f"SmolLM2 unavailable: {e}")
     real_suite.run(["gender_pronoun"], tmp_path / "run", tmp_path / "fig",
                    {**FAST, "seeds": [0], "n_train": 8, "n_eval": 8, "family": False}, progress=False)

@@ -36,7 +36,7 @@ def sample_chat(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_
     SmolLM2). Otherwise the samples of one prompt form one batch through ``model.generate`` (same
     length: no padding) with the KV cache (which the bridge gets right only with
     :func:`caft_tl.real.hf_models.patch_kv_cache`, installed by the loader: tested equal to uncached
-    generation, hooks on, and on SmolLM2 in ``tests/test_smollm2.py``)."""
+    generation, hooks on, and on SmolLM2 in ``tests/test_offline_models.py``)."""
     from caft_tl.real.hf_models import is_bridge
 
     stops = stop_ids(tokenizer)

