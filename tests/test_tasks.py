@@ -157,4 +157,4 @@ def test_ground_truth_is_a_typed_capability_every_organism_task_has():
     assert isinstance(make_task("persona_em"), HasGroundTruth)
     assert HasGroundTruth.__abstractmethods__ == {"document_kinds", "concept_directions"}
     own = set(vars(Task)) | set(Task.__annotations__)  # Task itself declares none of the ground truth
-    assert not own & {"document_kinds", "concept_directions", "concept_subspaces", "CONCEPTS", "target_concept", "has_gates"}
+    assert not own & {"document_kinds", "concept_directions", "concept_subspaces", "CONCEPTS", "has_gates"}

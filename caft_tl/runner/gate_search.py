@@ -103,7 +103,8 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     scores = pd.concat([interpret.concept_scores(pcs[h], concepts[h]) for h in hooks], ignore_index=True)
     oracle_chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
     truth = registry.GroundTruth({h: concepts[h]["spurious"] for h in hooks}, oracle_chosen)
-    built = registry.build(registry.SetInputs(base.cfg.d_model, pcs=pcs, chosen=chosen, truth=truth), GATE4_SETS)
+    set_inputs = registry.SetInputs(base.cfg.d_model, pcs=pcs, chosen=chosen, truth=truth)
+    built = registry.build(set_inputs, GATE4_SETS)
     return {name: Intervention("zero", subs, name=name) for name, subs in built.items()}
 
 
