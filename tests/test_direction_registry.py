@@ -152,6 +152,10 @@ def test_sets_that_need_ground_truth_are_left_out_without_it_and_refused_by_name
     with pytest.raises(ValueError, match=r"^direction set 'oracle_pca' needs ground truth, which only "
                                          r"organism tasks give: SetInputs\.truth is None$"):
         registry.build(x, ["pca", "oracle_pca"])
+    split = registry.without_ground_truth(["pca", "oracle", "sae", "oracle_pca"])
+    assert split == (["pca", "sae"], ["oracle", "oracle_pca"])
+    with pytest.raises(ValueError, match="^unknown direction set 'orcale'"):
+        registry.without_ground_truth(["pca", "orcale"])
     with pytest.raises(ValueError, match=r"^direction set 'noninterp_pca' needs these inputs: "
                                          r"SetInputs\.harmless is None$"):
         registry.build(x, ["noninterp_pca"])

@@ -106,6 +106,13 @@ def get_set(name: str) -> SetSpec:
     return SETS[name]
 
 
+def without_ground_truth(names: list[str]) -> tuple[list[str], list[str]]:
+    """``names`` split into the sets that need no ground truth and those that do, for a task without
+    it (a chapter tests the flag, never a name); an unknown name raises."""
+    needs = {n: get_set(n).needs_ground_truth for n in names}
+    return [n for n in names if not needs[n]], [n for n in names if needs[n]]
+
+
 def build(inputs: SetInputs, names: list[str] | None = None) -> dict[str, list[Subspace]]:
     """``{name: [Subspace per hook]}`` for ``names`` (default: every set whose inputs are given), in
     registration order; sets that come out empty are left out. A named set whose inputs are missing
