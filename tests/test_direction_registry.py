@@ -11,7 +11,15 @@ import torch
 from caft_tl.core import models
 from caft_tl.core.subspace import Subspace, random_subspace
 from caft_tl.diffing import diffs
-from caft_tl.directions import explain, information, interpret, noninterp, oracle, persona_vector, registry
+from caft_tl.directions import (
+    explain,
+    information,
+    interpret,
+    noninterp,
+    oracle,
+    persona_vector,
+    registry,
+)
 from caft_tl.directions import sae as sae_lib
 from caft_tl.directions.pca import pca
 from caft_tl.real import experiment
@@ -69,9 +77,9 @@ def assert_identical(got: dict[str, list[Subspace]], want: dict[str, list[Subspa
     """Same names in the same order; per set the same hooks, ranks, labels, provenance, bases and
     means, bit for bit."""
     assert list(got) == list(want)
-    for name in want:
-        assert len(got[name]) == len(want[name]), name
-        for g, w in zip(got[name], want[name]):
+    for name, subs in want.items():
+        assert len(got[name]) == len(subs), name
+        for g, w in zip(got[name], subs):
             assert (g.hook_name, g.k, g.labels) == (w.hook_name, w.k, w.labels), name
             assert g.provenance == w.provenance, name
             assert torch.equal(g.basis, w.basis), name
@@ -102,11 +110,11 @@ def organism_inputs(persona_organism, world):
     act = {h: sae_lib.training_activations(base, world, h, 20, 0) for h in HOOKS}
     untrained = sae_lib.SAETrainConfig(architecture="topk", k=8, steps=0, batch_size=64, expansion=4)
     saes = {h: sae_lib.train_sae(act[h], untrained, h, progress=False) for h in HOOKS}
-    return dict(d_model=base.cfg.d_model, pcs=pcs, chosen=chosen, harmless=harmless,
-                persona=persona_vector.persona_vectors(base, inputs, HOOKS),
-                oracle_subs=[concepts[h][world.target_concept] for h in HOOKS], oracle_chosen=oracle_chosen,
-                saes=saes,
-                chosen_latents={HOOKS[0]: [3, 17], HOOKS[1]: []}, ranked={h: [17, 5, 3, 9] for h in HOOKS})
+    return {"d_model": base.cfg.d_model, "pcs": pcs, "chosen": chosen, "harmless": harmless,
+            "persona": persona_vector.persona_vectors(base, inputs, HOOKS),
+            "oracle_subs": [concepts[h][world.target_concept] for h in HOOKS], "oracle_chosen": oracle_chosen,
+            "saes": saes, "chosen_latents": {HOOKS[0]: [3, 17], HOOKS[1]: []},
+            "ranked": {h: [17, 5, 3, 9] for h in HOOKS}}
 
 
 def test_registry_builds_chapter_03s_sets_bit_for_bit(organism_inputs):

@@ -15,9 +15,8 @@ Seeds: ``random`` uses ``random_seed + i`` at the i-th hook used, ``random_sae``
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 from sae_lens import SAE
 
@@ -31,7 +30,7 @@ class GroundTruth:
     the PCs the ground-truth rule picks per hook (:func:`caft_tl.directions.oracle.chosen_by_hook`)."""
 
     concepts: dict[str, Subspace]
-    pc_choice: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    pc_choice: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class SetInputs:
 #: f(inputs) -> one subspace per hook (empty: the set is left out)
 SetBuilder = Callable[[SetInputs], list[Subspace]]
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SetInputs))
+_FIELDS = tuple(f.name for f in fields(SetInputs))
 
 
 @dataclass(frozen=True)
