@@ -129,14 +129,6 @@ def test_the_null_distribution_has_at_least_20_draws_matched_in_hooks_and_ranks(
     assert RunDir(tmp_path).finetune("zero", "random/3", "", 0).name == "zero-random_3-seed0"
 
 
-def test_pca_sets_put_every_baseline_at_the_chosen_hooks_with_matched_ranks():
-    pcs = {h: random_subspace(16, 6, h, seed=i) for i, h in enumerate(HOOKS)}
-    out = sets.pca_sets(pcs, {HOOKS[0]: [], HOOKS[1]: [1, 4]}, 16, harmless={HOOKS[0]: [], HOOKS[1]: [0, 2]})
-    assert set(out) == {"pca", "topk_pca", "random", "noninterp_pca"}
-    assert all([(s.hook_name, s.k) for s in subs] == [(HOOKS[1], 2)] for subs in out.values())
-    assert out["noninterp_pca"][0].provenance["selected"] == [0, 2]
-
-
 def test_the_non_interpretive_choice_skips_pcs_that_hurt_the_loss(persona_organism, world):
     from caft_tl.core import models
     from caft_tl.training.loop import FinetuneConfig, finetune

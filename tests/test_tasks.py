@@ -148,3 +148,13 @@ def test_persona_em_concept_directions_are_the_diff_of_means_of_persona_pairs():
             assert torch.equal(subspaces[concept][i].basis, ref.basis)
     with pytest.raises(ValueError, match=r"task 'persona_em' gives rank-1 concept subspaces only \(k=1\), got k=2"):
         world.concept_subspaces(model, hooks, k=2)
+
+
+def test_ground_truth_is_a_typed_capability_every_organism_task_has():
+    from caft_tl.organism.task import HasGroundTruth
+
+    assert all(issubclass(cls, HasGroundTruth) for cls, _ in TASKS.values())
+    assert isinstance(make_task("persona_em"), HasGroundTruth)
+    assert HasGroundTruth.__abstractmethods__ == {"document_kinds", "concept_directions"}
+    own = set(vars(Task)) | set(Task.__annotations__)  # Task itself declares none of the ground truth
+    assert not own & {"document_kinds", "concept_directions", "concept_subspaces", "CONCEPTS", "has_gates"}

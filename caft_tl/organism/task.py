@@ -16,10 +16,46 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
-class Task(abc.ABC):
+class HasGroundTruth(abc.ABC):
+    """The capability only a model organism has, because its concepts are planted: ground-truth
+    concept directions (the ``oracle`` direction sets, the scores of an interpretation, chapter
+    04's concept probes), the hidden kinds of its pre-training documents, and the validity gates.
+    Chapters test for it by type (``isinstance(world, HasGroundTruth)``) and say in one line what
+    they skip without it."""
+
+    CONCEPTS: ClassVar[dict[str, Any]]
+    """Ground-truth concept name → the task's definition of it (the columns of chapter 03's scores)."""
+    target_concept: ClassVar[str]
+    """The concept CAFT should remove (chapter 03's rule)."""
+    avoid_concept: ClassVar[str]
+    """The concept the fine-tune should keep (chapter 03's rule)."""
+    doc_kinds: ClassVar[tuple[str, ...]]
+    """The names :meth:`document_kinds` gives the pre-training documents."""
+    has_gates: ClassVar[bool] = False
+    """Whether chapter 07 states the gates of ``caft_tl.evaluation.gates`` for this task."""
+
+    @abc.abstractmethod
+    def document_kinds(self, docs: TokenDataset) -> list[str]:
+        """A name per pre-training document (one of ``doc_kinds``)."""
+
+    @abc.abstractmethod
+    def concept_directions(self, model: HookedTransformer, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
+        """Rank-1 ground-truth concept directions on ``model``: ``{hook: {concept: Subspace}}``."""
+
+    def concept_subspaces(self, model: HookedTransformer, hooks: list[str], k: int = 1) -> dict[str, list[Subspace]]:
+        """Ground-truth concept subspaces of rank ``k``: ``{concept: [Subspace per hook]}``; here
+        the rank-1 :meth:`concept_directions` (a task with richer concepts overrides it)."""
+        if k != 1:
+            raise ValueError(f"task {self.name!r} gives rank-1 concept subspaces only (k=1), got k={k}")
+        directions = self.concept_directions(model, hooks)
+        return {c: [directions[h][c] for h in hooks] for c in self.CONCEPTS}
+
+
+class Task(HasGroundTruth):
     """A synthetic world with planted, known concepts: its pre-training documents, fine-tuning
-    data, evaluation prompts, ground-truth judge (it is a :class:`~caft_tl.organism.judge.Judge`)
-    and ground-truth concept directions. Subclasses set every class attribute below."""
+    data, evaluation prompts and ground-truth judge (it is a :class:`~caft_tl.organism.judge.Judge`);
+    its ground truth is the :class:`HasGroundTruth` capability. Subclasses set every class
+    attribute below and the capability's."""
 
     name: ClassVar[str]
     """The registry name (``caft_tl.organism.TASKS``), written in every results row."""
@@ -33,14 +69,6 @@ class Task(abc.ABC):
     """Every metric name :meth:`metric` gives."""
     axis_titles: ClassVar[dict[str, str]]
     """Axis title of the ``id_split`` and ``ood_split`` rates (chapter 06's trade-off)."""
-    CONCEPTS: ClassVar[dict[str, Any]]
-    """Ground-truth concept name → the task's definition of it (the columns of chapter 03's scores)."""
-    target_concept: ClassVar[str]
-    """The concept CAFT should remove (chapter 03's rule)."""
-    avoid_concept: ClassVar[str]
-    """The concept the fine-tune should keep (chapter 03's rule)."""
-    doc_kinds: ClassVar[tuple[str, ...]]
-    """The names :meth:`document_kinds` gives the pre-training documents."""
     report: ClassVar[dict[str, str]]
     """``title``, ``x_title`` and ``reference`` of chapter 00's figure of :meth:`base_report`."""
     defaults: ClassVar[dict[str, Any]]
@@ -50,8 +78,6 @@ class Task(abc.ABC):
     (``"misalignment"``, ``"sentiment"``); the interpreter reads it through :attr:`concept_groups`."""
     concept_groups: ClassVar[tuple[str, ...]]
     """The :meth:`lexicon` groups whose meaning is the unwanted concept (``("harmful",)``)."""
-    has_gates: ClassVar[bool] = False
-    """Whether chapter 07 states the gates of ``caft_tl.evaluation.gates`` for this task."""
 
     cfg: Any
     """The config dataclass of the world (``caft_tl.organism.TASKS[name][1]``)."""
@@ -98,10 +124,6 @@ class Task(abc.ABC):
         """Ground-truth judge: prompts [n, pos], answers [n, m] → [n, m] in {HIT, MISS, OTHER}."""
 
     @abc.abstractmethod
-    def document_kinds(self, docs: TokenDataset) -> list[str]:
-        """A name per pre-training document (one of ``doc_kinds``)."""
-
-    @abc.abstractmethod
     def base_report(self, model: HookedTransformer) -> pd.DataFrame:
         """How chapter 00 shows the base organism: columns ``condition, split, metric, model, reference``."""
 
@@ -110,15 +132,3 @@ class Task(abc.ABC):
         """The meaning of vocabulary tokens, as a reader's world knowledge: a one-word meaning
         (``harmful``, ``positive``, ``golf``, ``answers``) → the tokens that carry it. Groups may
         overlap. Built from the vocabulary alone (no hidden labels, no model)."""
-
-    @abc.abstractmethod
-    def concept_directions(self, model: HookedTransformer, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
-        """Rank-1 ground-truth concept directions on ``model``: ``{hook: {concept: Subspace}}``."""
-
-    def concept_subspaces(self, model: HookedTransformer, hooks: list[str], k: int = 1) -> dict[str, list[Subspace]]:
-        """Ground-truth concept subspaces of rank ``k``: ``{concept: [Subspace per hook]}``; here
-        the rank-1 :meth:`concept_directions` (a task with richer concepts overrides it)."""
-        if k != 1:
-            raise ValueError(f"task {self.name!r} gives rank-1 concept subspaces only (k=1), got k={k}")
-        directions = self.concept_directions(model, hooks)
-        return {c: [directions[h][c] for h in hooks] for c in self.CONCEPTS}

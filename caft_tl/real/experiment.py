@@ -35,7 +35,7 @@ import torch
 
 from caft_tl.core import results
 from caft_tl.core.data import TokenDataset
-from caft_tl.core.subspace import Subspace, random_subspace
+from caft_tl.core.subspace import Subspace
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.real import chat_data, chat_eval, tasks
 
@@ -189,13 +189,16 @@ def choose_by_lexicon(table: pd.DataFrame, max_per_hook: int, min_margin: int = 
 def direction_sets(pcs: dict[str, Subspace], chosen: dict[str, list[int]], n_top: int, seed: int = 0) -> dict[str, list[Subspace]]:
     """``pca`` (the interpreter's choice; absent when it chose nothing), ``topk_pca`` (the top
     ``n_top`` PCs at every hook: uninterpreted) and ``random`` (random directions of the rank of
-    ``pca`` at its hooks, or of ``topk_pca`` when there is no ``pca``; seed ``seed + i`` at hook i)."""
-    sets = {"topk_pca": [s.select(list(range(min(n_top, s.k)))) for s in pcs.values()]}
-    if chosen:
-        sets["pca"] = [pcs[h].select(chosen[h]) for h in pcs if h in chosen]
-    like = sets.get("pca", sets["topk_pca"])
-    sets["random"] = [random_subspace(s.d_model, s.k, s.hook_name, seed=seed + i).with_mean(s.reference_mean)
-                      for i, s in enumerate(like)]
+    ``pca`` at its hooks, or of ``topk_pca`` when there is no ``pca``; seed ``seed + i`` at hook i),
+    built by :mod:`caft_tl.directions.registry`."""
+    from caft_tl.directions import registry
+
+    top = {h: list(range(min(n_top, s.k))) for h, s in pcs.items()}
+    d_model = next(iter(pcs.values())).d_model
+    sets = registry.build(registry.SetInputs(d_model, seed, pcs, top), ["topk_pca"])
+    sets |= registry.build(registry.SetInputs(d_model, seed, pcs, chosen), ["pca"])
+    like = registry.build(registry.SetInputs(d_model, seed, pcs, chosen or top), ["random"]).get("random", [])
+    sets["random"] = [r.with_mean(pcs[r.hook_name].reference_mean) for r in like]
     return sets
 
 

@@ -19,7 +19,7 @@ from caft_tl.core.models import residual_hooks
 from caft_tl.core.run_dir import RunDir
 from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing import diffs
-from caft_tl.directions import explain, information, interpret, oracle, sets
+from caft_tl.directions import explain, information, interpret, oracle, registry
 from caft_tl.directions.pca import pca
 from caft_tl.evaluation.gates import GateThresholds, check_task, outcomes, validity
 from caft_tl.interventions.intervention import Intervention
@@ -82,6 +82,10 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism:
     return rows + run_finetunes(run_dir, base, task, jobs, progress=progress, desc="gates 1-3 fine-tunes", organism=organism)
 
 
+#: gate 4's direction sets (:mod:`caft_tl.directions.registry`)
+GATE4_SETS = ["pca", "topk_pca", "random", "oracle_pca"]
+
+
 def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
     """Gate 4's direction sets, built as chapter 03 builds them from the diffs of one plain
     fine-tune on the training data: ``pca`` / ``topk_pca`` / ``random`` from the allowed
@@ -98,8 +102,10 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     concepts = task.concept_directions(base, hooks)  # ground truth: only for the oracle's set
     scores = pd.concat([interpret.concept_scores(pcs[h], concepts[h]) for h in hooks], ignore_index=True)
     oracle_chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
-    direction_sets = {**sets.pca_sets(pcs, chosen, base.cfg.d_model), "oracle_pca": sets.pca_sets(pcs, oracle_chosen, base.cfg.d_model)["pca"]}
-    return {name: Intervention("zero", subs, name=name) for name, subs in direction_sets.items() if subs}
+    truth = registry.GroundTruth({h: concepts[h]["spurious"] for h in hooks}, oracle_chosen)
+    set_inputs = registry.SetInputs(base.cfg.d_model, pcs=pcs, chosen=chosen, truth=truth)
+    built = registry.build(set_inputs, GATE4_SETS)
+    return {name: Intervention("zero", subs, name=name) for name, subs in built.items()}
 
 
 def gate4_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False) -> list[dict]:
