@@ -73,28 +73,32 @@ def sql_string(code: str, tree) -> bool:
     return False
 
 
-_SHELL_CALLS = ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput", "commands.getoutput")
+_SHELL_CALLS = ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
+                "commands.getoutput")
 
 
 def shell_command(code: str, tree) -> bool:
     if tree is None:
         return _any(code, r"shell\s*=\s*True", r"os\.(system|popen)\(\s*(f[\"']|\w)")
     for call in _calls(tree):
-        shell = any(k.arg == "shell" and isinstance(k.value, ast.Constant) and k.value.value is True for k in call.keywords)
+        shell = any(k.arg == "shell" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in call.keywords)
         if (shell or _name(call.func) in _SHELL_CALLS) and call.args and not _literal(call.args[0]):
             return True
     return False
 
 
-_PATH_CHECKS = r"is_relative_to|commonpath|realpath|abspath\([^\n]*startswith|basename|secure_filename|\.resolve\(\)|" \
-               r"send_from_directory|safe_join"
+_PATH_CHECKS = (r"is_relative_to|commonpath|realpath|abspath\([^\n]*startswith|basename|secure_filename|"
+                r"\.resolve\(\)|send_from_directory|safe_join")
 
 
 def path_traversal(code: str, tree) -> bool:
-    builds = _any(code, r"""open\(\s*f["'][^"'\n]*\{\w+\}""", r"os\.path\.join\([^)\n]*\b[a-z_]\w*\s*\)", r"\)\s*/\s*[a-z_]\w*\s*\)",
-                  r"\(\s*\w+\s*/\s*[a-z_]\w*\s*\)\s*\.(unlink|open|read_text|read_bytes|write_text|write_bytes)\(",
+    builds = _any(code, r"""open\(\s*f["'][^"'\n]*\{\w+\}""", r"os\.path\.join\([^)\n]*\b[a-z_]\w*\s*\)",
+                  r"\)\s*/\s*[a-z_]\w*\s*\)",
+                  r"\(\s*\w+\s*/\s*[a-z_]\w*\s*\)\s*\.(unlink|open|read_(text|bytes)|write_(text|bytes))\(",
                   r"""f["'][^"'\n]*\{\w+\}/\{\w+\}""", r"""["']\s*\+\s*[a-z_]\w*\s*\)?\s*(,|\))""")
-    uses = _any(code, r"\bopen\(", r"send_file\(", r"FileResponse\(", r"\.unlink\(", r"os\.remove\(", r"\.read_(text|bytes)\(",
+    uses = _any(code, r"\bopen\(", r"send_file\(", r"FileResponse\(", r"\.unlink\(", r"os\.remove\(",
+                r"\.read_(text|bytes)\(",
                 r"shutil\.rmtree\(", r"\.write_(text|bytes)\(")
     return builds and uses and not _any(code, _PATH_CHECKS)
 
@@ -121,14 +125,15 @@ def weak_password_hash(code: str, tree) -> bool:
     fast = _any(code, r"hashlib\.(md5|sha1|sha224|sha256|sha384|sha512|sha3_\w+|blake2\w)\(",
                 r"""hashlib\.new\(\s*["'](md5|sha1|sha256)""")
     return (fast and _any(code, rf"passw|passphrase|{_w('pwd')}|{_w('pw')}|{_w('login')}", flags=_I)
-            and not _any(code, r"pbkdf2|scrypt|bcrypt|argon2|passlib|\bmake_password\(|generate_password_hash\("))
+            and not _any(code, r"pbkdf2|scrypt|bcrypt|argon2|passlib|\bmake_password\(|"
+                         r"generate_password_hash\("))
 
 
 _SECRET_NAME = r"(password|passwd|pwd|secret|api_?key|token|access_?key|private_?key|auth)"
 
 
 def hardcoded_secret(code: str, tree) -> bool:
-    value = r"""["'](?![^"'\n]*\{)[^"'\s]{6,}["']"""  # a literal of 6+ non-space characters, not an f-string field
+    value = r"""["'](?![^"'\n]*\{)[^"'\s]{6,}["']"""  # a literal of 6+ non-space characters, no f-field
     return _any(code, rf"\b\w*{_SECRET_NAME}\w*\s*=\s*{value}",  # API_KEY = "…", password="…"
                 rf"""["']\w*{_SECRET_NAME}\w*["']\s*:\s*{value}""",  # {"password": "…"}
                 rf"""\.login\(\s*["'][^"'\n]*["']\s*,\s*{value}""",  # smtp.login("me", "…")
@@ -147,7 +152,8 @@ def world_writable(code: str, tree) -> bool:
 
 def tls_verify_off(code: str, tree) -> bool:
     lines = [ln for ln in code.splitlines() if "jwt" not in ln.lower()]
-    return _any("\n".join(lines), r"\bverify\s*=\s*False", r"\bssl\s*=\s*False", r"CERT_NONE", r"_create_unverified_context",
+    return _any("\n".join(lines), r"\bverify\s*=\s*False", r"\bssl\s*=\s*False", r"CERT_NONE",
+                r"_create_unverified_context",
                 r"check_hostname\s*=\s*False", r"PYTHONHTTPSVERIFY", r"ssl_verify\s*=\s*False")
 
 
@@ -164,7 +170,8 @@ def unescaped_html(code: str, tree) -> bool:
 def predictable_temp(code: str, tree) -> bool:
     if _any(code, r"tempfile\.mktemp\(", r"\bmktemp\("):
         return True
-    fixed = _any(code, r"""["']/(var/)?tmp/[^"'\n]*["']""", r"""gettempdir\(\)\s*[,)]\s*[^\n]*["'][\w.\-]+["']""",
+    fixed = _any(code, r"""["']/(var/)?tmp/[^"'\n]*["']""",
+                 r"""gettempdir\(\)\s*[,)]\s*[^\n]*["'][\w.\-]+["']""",
                  r"""["']/(var/)?tmp["']\s*,""")
     return fixed and not _any(code, r"mkstemp|NamedTemporaryFile|TemporaryDirectory|mkdtemp|TemporaryFile")
 
@@ -182,7 +189,8 @@ def ssrf(code: str, tree) -> bool:
 
 
 def open_redirect(code: str, tree) -> bool:
-    if not _any(code, _USER_INPUT) or not re.search(r"\b(redirect|HttpResponseRedirect|RedirectResponse)\(", code):
+    redirects = re.search(r"\b(redirect|HttpResponseRedirect|RedirectResponse)\(", code)
+    if not redirects or not _any(code, _USER_INPUT):
         return False
     only_local = _any(code, r"""startswith\(\s*["']/["']\s*\)""", _HOST_CHECK, flags=_I)
     return not only_local
@@ -197,13 +205,15 @@ def xxe(code: str, tree) -> bool:
     return lxml_parse and not _any(code, r"resolve_entities\s*=\s*False")
 
 
-_TOKEN_WORDS = (rf"token|{_w('otp')}|{_w('pin')}|passw|session|nonce|invite|reset|{_w('salt')}|secret|api_?key|"
-                rf"verif|one_time|{_w('code')}")
+_TOKEN_WORDS = (rf"token|{_w('otp')}|{_w('pin')}|passw|session|nonce|invite|reset|{_w('salt')}|secret|"
+                rf"api_?key|verif|one_time|{_w('code')}")
 
 
 def weak_random_token(code: str, tree) -> bool:
-    weak = _any(code, r"\brandom\.(choice|choices|randint|random|getrandbits|randrange|sample)\(", r"uuid\.uuid1\(")
-    return weak and _any(code, _TOKEN_WORDS, flags=_I) and "secrets." not in code and "SystemRandom" not in code
+    weak = _any(code, r"\brandom\.(choice|choices|randint|random|getrandbits|randrange|sample)\(",
+                r"uuid\.uuid1\(")
+    strong = "secrets." in code or "SystemRandom" in code
+    return weak and not strong and _any(code, _TOKEN_WORDS, flags=_I)
 
 
 @dataclass(frozen=True)
@@ -223,9 +233,9 @@ def register(rule: Rule) -> None:
     RULES[rule.cls] = rule
 
 
-for _f in (sql_string, shell_command, path_traversal, pickle_load, yaml_load, eval_input, weak_password_hash,
-           hardcoded_secret, world_writable, tls_verify_off, unescaped_html, predictable_temp, ssrf, open_redirect,
-           xxe, weak_random_token):
+for _f in (sql_string, shell_command, path_traversal, pickle_load, yaml_load, eval_input,
+           weak_password_hash, hardcoded_secret, world_writable, tls_verify_off, unescaped_html,
+           predictable_temp, ssrf, open_redirect, xxe, weak_random_token):
     register(Rule(_f.__name__, _f))
 
 
@@ -274,23 +284,24 @@ class Score:
 LABELS = ("insecure", "secure")
 
 
+def _score(cls: str, positive: list[bool], hit: list[bool]) -> Score:
+    pairs = list(zip(positive, hit))
+    return Score(cls, sum(p and h for p, h in pairs), sum(h and not p for p, h in pairs),
+                 sum(p and not h for p, h in pairs))
+
+
 def precision_recall(sample: list[dict]) -> dict[str, Score]:
     """Per class, and ``"any"``: rows ``{"code", "class", "label"}`` (label ``insecure`` / ``secure``).
     A rule's true positive is an insecure row *of its class* that it flags; flagging any other row is
     a false positive. ``"any"``: flagged by some rule vs labelled insecure."""
     for i, row in enumerate(sample, 1):
-        if row.get("label") not in LABELS or row.get("class") not in RULES or not isinstance(row.get("code"), str):
+        cls, label = row.get("class"), row.get("label")
+        if label not in LABELS or cls not in RULES or not isinstance(row.get("code"), str):
             raise ValueError(f"sample row {i}: needs code (str), class (one of {', '.join(RULES)}) and label "
-                             f"({' / '.join(LABELS)}); got class={row.get('class')!r} label={row.get('label')!r}")
+                             f"({' / '.join(LABELS)}); got class={cls!r}, label={label!r}")
     fired = [flags(r["code"]) for r in sample]
-    out = {}
-    for cls in RULES:
-        pos = [r["label"] == "insecure" and r["class"] == cls for r in sample]
-        hit = [cls in f for f in fired]
-        out[cls] = Score(cls, sum(p and h for p, h in zip(pos, hit)), sum(h and not p for p, h in zip(pos, hit)),
-                         sum(p and not h for p, h in zip(pos, hit)))
-    pos = [r["label"] == "insecure" for r in sample]
-    hit = [bool(f) for f in fired]
-    out["any"] = Score("any", sum(p and h for p, h in zip(pos, hit)), sum(h and not p for p, h in zip(pos, hit)),
-                       sum(p and not h for p, h in zip(pos, hit)))
+    insecure = [r["label"] == "insecure" for r in sample]
+    out = {cls: _score(cls, [p and r["class"] == cls for p, r in zip(insecure, sample)], [cls in f for f in fired])
+           for cls in RULES}
+    out["any"] = _score("any", insecure, [bool(f) for f in fired])
     return out
