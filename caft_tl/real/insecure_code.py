@@ -1424,11 +1424,10 @@ def generate(split: str, n: int | None = None, seed: int = 0) -> list[dict]:
              "misaligned": r.insecure, "meta": _meta(r)} for k, r in enumerate(reqs)]
 
 
-def card(budgets: dict | None = None) -> dict:
+def card() -> dict:
     """The task card (:mod:`caft_tl.real.card`'s format) of the files :func:`write` writes."""
-    out = {"name": NAME, "train": "train.jsonl", "id": "id.jsonl", "ood": "ood.jsonl", "metric": "reference",
-           "concept": CONCEPT, "lexicon": {"unwanted": list(HARM_WORDS), "kept": list(CODE_WORDS)}}
-    return {**out, "budgets": budgets} if budgets else out
+    return {"name": NAME, "train": "train.jsonl", "id": "id.jsonl", "ood": "ood.jsonl", "metric": "reference",
+            "concept": CONCEPT, "lexicon": {"unwanted": list(HARM_WORDS), "kept": list(CODE_WORDS)}}
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
