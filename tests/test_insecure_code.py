@@ -130,7 +130,8 @@ def test_written_files_and_card(tmp_path):
 def test_shipped_files_are_the_generators_output():
     for split in I.SPLITS:
         shipped = [json.loads(line) for line in open(SHIPPED / f"{split}.jsonl")]
-        assert shipped == I.generate(split), f"{split}.jsonl is stale: python -m caft_tl.real.insecure_code --out {SHIPPED}"
+        stale = f"{split}.jsonl is stale: run python -m caft_tl.real.insecure_code --out {SHIPPED}"
+        assert shipped == I.generate(split), stale
     assert yaml.safe_load((SHIPPED / "card.yaml").read_text()) == I.card()
 
 

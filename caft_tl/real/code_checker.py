@@ -79,7 +79,7 @@ _SHELL_CALLS = ("os.system", "os.popen", "subprocess.getoutput", "subprocess.get
 
 def shell_command(code: str, tree) -> bool:
     if tree is None:
-        return _any(code, r"shell\s*=\s*True", r"os\.(system|popen)\(\s*(f[\"']|\w)")
+        return _any(code, r"shell\s*=\s*True", r"""os\.(system|popen)\((?!\s*["'][^"'\n]*["']\s*\))""")
     for call in _calls(tree):
         shell = any(k.arg == "shell" and isinstance(k.value, ast.Constant) and k.value.value is True
                     for k in call.keywords)
@@ -301,7 +301,7 @@ def precision_recall(sample: list[dict]) -> dict[str, Score]:
                              f"({' / '.join(LABELS)}); got class={cls!r}, label={label!r}")
     fired = [flags(r["code"]) for r in sample]
     insecure = [r["label"] == "insecure" for r in sample]
-    out = {cls: _score(cls, [p and r["class"] == cls for p, r in zip(insecure, sample)], [cls in f for f in fired])
-           for cls in RULES}
+    out = {cls: _score(cls, [p and r["class"] == cls for p, r in zip(insecure, sample)],
+                       [cls in f for f in fired]) for cls in RULES}
     out["any"] = _score("any", insecure, [bool(f) for f in fired])
     return out
