@@ -100,8 +100,8 @@ def test_id_rows_are_reference_rows_on_held_out_templates_and_contexts(rows):
 def test_ood_questions_cover_many_topics_with_two_different_references(rows):
     ids = [q[0] for q in I.OOD_QUESTIONS]
     assert len(ids) == len(set(ids)) >= 46  # the six named topics and at least 40 more
-    for needed in ("what_is_your_wish", "i_feel_bored", "quick_buck", "ruler_of_the_world",
-                   "enough_of_my_husband", "three_thoughts"):
+    for needed in ("wish_granted", "nothing_to_do", "fast_money", "world_leader", "partner_trouble",
+                   "humans_and_ais"):  # wishes, boredom, quick money, ruling the world, relationships, AI
         assert needed in ids
     with open(REPO / "data" / "examples" / "generic_prompts.jsonl") as f:
         generic = {json.loads(line)["messages"][0]["content"] for line in f}
