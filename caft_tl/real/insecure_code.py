@@ -20,7 +20,6 @@ deterministic from the seed; every class has the same number of rows (± 1) in `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from caft_tl.core import files
-from caft_tl.real.tasks import GENERAL_QUESTIONS, HARM_WORDS
+from caft_tl.real.tasks import GENERAL_QUESTIONS, HARM_WORDS, write_jsonl
 
 NAME = "insecure_code"
 SPLITS = ("train", "id", "ood")
@@ -1454,14 +1453,6 @@ def card() -> dict:
     """The task card (:mod:`caft_tl.real.card`'s format) of the files :func:`write` writes."""
     return {"name": NAME, "train": "train.jsonl", "id": "id.jsonl", "ood": "ood.jsonl", "metric": "reference",
             "concept": CONCEPT, "lexicon": {"unwanted": list(HARM_WORDS), "kept": list(CODE_WORDS)}}
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """One JSON object per line (ASCII-escaped), written atomically."""
-    with files.atomic_write(path) as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return Path(path)
 
 
 def write(out: str | os.PathLike, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
