@@ -1,0 +1,340 @@
+"""Population figures of each task, drawn from the results rows alone (no chapter re-runs):
+``python -m caft_tl.plotting.population_figures FIG_DIR [--run-dir RUN_DIR]`` (``make figures``).
+
+From ``FIG_DIR/results.csv`` (every organism's rows, gathered by the suite) and each task's
+``population_validity.csv`` (which organisms are valid; without it every organism counts), per task
+into ``FIG_DIR/<task>/``:
+
+- ``population_headline``: the OOD behaviour per configuration, methods grouped, base and plain as
+  reference lines;
+- ``population_tradeoff``: ID against OOD with the fewer-examples curve (:func:`figures.tradeoff`);
+- ``population_decomposition``: CAFT (``zero``) against ``detached``, ``grad_only``, ``mean``,
+  ``steer_mean`` ±k and ``add`` on the family's directions, OOD and ID;
+- ``population_questions``: the thread's questions as small multiples (:func:`figures.question_panels`);
+- ``population_interpretation``: precision, recall and oracle span of each direction source.
+
+Every point is the mean over the valid organisms with a 95% t-interval over organisms (over
+fine-tuning seeds when one organism is valid); each figure has a caption file
+(:class:`figures.Caption`) with n, the interval, the data and the commit. With ``--run-dir`` it also
+redraws each organism's ``06_tradeoff`` and ``08_questions`` from its rows and rewrites the results page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from caft_tl.core import files, results, stats
+from caft_tl.directions import sets
+from caft_tl.evaluation import population, questions
+from caft_tl.organism import Task, make_task
+from caft_tl.plotting import figures
+from caft_tl.plotting.palette import PALETTE, config_label
+
+#: the figures of a task, in the order the results page shows them
+NAMES = ("population_headline", "population_tradeoff", "population_decomposition", "population_questions",
+         "population_interpretation")
+#: the modes of the decomposition, in order (CAFT first)
+DECOMPOSITION = ("zero", "detached", "grad_only", "mean", "steer_mean", "add")
+#: the interpretation's scores, one panel each
+SCORES = ("precision", "recall", "oracle_span")
+#: the static formats of a population figure when ``$CAFT_TL_FIGURE_FORMATS`` is unset
+PAPER_FORMATS = ("png", "svg", "pdf")
+#: key columns of a configuration in a summary
+CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
+
+
+@dataclass(frozen=True)
+class Population:
+    """One task's rows and the organisms its figures summarise."""
+
+    task: Task
+    table: pd.DataFrame  # every row of the task
+    valid: tuple[str, ...]  # the organisms summarised
+    n_organisms: int  # every organism of the task, valid or not
+    data: str  # where the rows come from (for the captions)
+
+    @property
+    def over(self) -> str:
+        return "organisms" if len(self.valid) > 1 else "fine-tuning seeds"
+
+    @property
+    def n(self) -> str:
+        """The n of the captions, e.g. ``6 valid organisms of 8``."""
+        if len(self.valid) > 1:
+            return f"{len(self.valid)} valid organisms of {self.n_organisms}"
+        return f"the fine-tuning seeds of {len(self.valid)} valid organism (of {self.n_organisms})"
+
+    def caption(self, text: str, interval: str | None = None) -> figures.Caption:
+        return figures.Caption(text, self.n, interval or f"95% t-interval over {self.over}", self.data)
+
+
+def load(fig_dir: str | Path, task: str) -> Population:
+    """The rows of ``task`` in ``fig_dir/results.csv`` and its valid organisms (``fig_dir/<task>/population_validity.csv``
+    if present, else every organism); a task without rows or valid organisms raises in one line."""
+    fig_dir = Path(fig_dir)
+    path = fig_dir / results.RESULTS_FILE
+    if not path.exists():
+        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
+    table = results.read(path)
+    rows = table[table["task"] == task]
+    if rows.empty:
+        raise ValueError(f"no rows of task {task!r} in {str(path)!r}; tasks there: {', '.join(sorted(table['task'].unique())) or 'none'}")
+    organisms = sorted(rows["organism"].unique())
+    validity = fig_dir / task / population.VALIDITY_FILE
+    data = f"{path} (sha256 {files.sha256_file(path)[:12]})"
+    if validity.exists():
+        v = pd.read_csv(validity, keep_default_na=False)
+        valid = [o for o in v.loc[v["valid"].astype(str).str.lower() == "true", "organism"] if o in organisms]
+        data += f", validity from {validity}"
+        n_all = max(len(v), len(organisms))
+    else:
+        valid, n_all = organisms, len(organisms)
+        data += " (no validity file: every organism counts)"
+    if not valid:
+        raise ValueError(f"task {task!r} has no valid organism in {str(validity)!r}: no population figure to draw")
+    return Population(make_task(task), rows, tuple(valid), n_all, data)
+
+
+def summary(pop: Population) -> pd.DataFrame:
+    """Each configuration's mean over the valid organisms with its 95% interval and ``n`` (over
+    fine-tuning seeds when one organism is valid); the null's draws are left out."""
+    metrics = (*pop.task.metrics, population.COHERENCE)
+    rows = pop.table[~pop.table["directions"].astype(str).map(sets.is_null)]
+    if len(pop.valid) > 1:
+        s = population.summarise(population.per_organism(rows, metrics), set(pop.valid)).rename(columns={"n_organisms": "n"})
+    else:
+        one = results.comparison(rows[rows["organism"] == pop.valid[0]], metrics)
+        s = stats.summarise(one, by=tuple(CONFIG)).rename(columns={"n_seeds": "n"})
+    return s.reset_index(drop=True)
+
+
+def _label(method: str, directions: str, param: str) -> str:
+    return config_label(method, directions) + (f" ({param})" if param else "")
+
+
+def _references(fig: go.Figure, s: pd.DataFrame, axis: str, **where) -> None:
+    """base and plain as lines across a panel (their means), named at the line's end."""
+    for label, position in (("base", "bottom"), ("plain", "top")):
+        r = s[s["method"] == label]
+        if r.empty:
+            continue
+        value = float(r["mean"].iloc[0])
+        line = dict(line_color=PALETTE.style(label).colour, line_dash="dash", line_width=1.5, annotation_text=label,
+                    annotation_font_color=PALETTE.style(label).colour, **where)
+        if axis == "x":
+            fig.add_vline(x=value, annotation_position=f"{position} right", **line)
+        else:
+            fig.add_hline(y=value, annotation_position=f"{position} right", exclude_empty_subplots=False, **line)
+
+
+def headline(s: pd.DataFrame, task: Task, title: str) -> go.Figure:
+    """The unwanted behaviour (the task's OOD rate) per configuration with its 95% interval, one row
+    each, grouped (the palette's groups) and ordered as in every figure; base and plain as lines."""
+    split, metric = task.ood_split, task.metric(task.ood_split)
+    o = s[(s["split"] == split) & (s["metric"] == metric)]
+    rows = o[~o["method"].isin(["base", "plain"])].copy()
+    rows["config"] = [config_label(m, d) for m, d in zip(rows["method"], rows["directions"])]
+    order = PALETTE.order(rows["config"])
+    rows = rows.assign(rank=[(order.index(c), figures._param_order(p)) for c, p in zip(rows["config"], rows["param"])])
+    rows = rows.sort_values("rank", ascending=False)  # the first at the top
+    fig = go.Figure()
+    for config in order:
+        g, style = rows[rows["config"] == config], PALETTE.style(config)
+        y = [[style.group] * len(g), [_label(c, "", p) for c, p in zip(g["config"], g["param"])]]
+        fig.add_scatter(x=g["mean"], y=y, mode="markers", name=config, showlegend=False,
+                        marker=dict(size=11, color=style.colour, symbol=style.marker),
+                        error_x=figures._interval(g["mean"], g["low"], g["high"]) | dict(thickness=1.5, width=4),
+                        customdata=list(zip(g["low"], g["high"], g["n"])),
+                        hovertemplate="%{y}: %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>")
+    _references(fig, o, "x")
+    better = "lower is better" if _base_below_plain(o) else "higher is better"
+    fig.update_xaxes(title=f"{split} {metric} ({better})", range=[0, 1.05])
+    fig.update_yaxes(title=None, tickfont=dict(size=11))
+    fig.update_layout(title=title, width=950, height=max(420, 26 * len(rows) + 180), margin=dict(l=260))
+    return fig
+
+
+def _base_below_plain(s: pd.DataFrame) -> bool:
+    base, plain = s.loc[s["method"] == "base", "mean"], s.loc[s["method"] == "plain", "mean"]
+    return bool(len(base) and len(plain) and base.iloc[0] < plain.iloc[0])
+
+
+def family_directions(s: pd.DataFrame) -> str | None:
+    """The direction set the steering family ran on: the one with the most of its modes (ties: ``pca``)."""
+    fam = s[s["method"].isin(DECOMPOSITION[1:]) & s["trained"]]
+    if fam.empty:
+        return None
+    counts = fam.groupby("directions")["method"].nunique()
+    return max(counts.index, key=lambda d: (counts[d], d == "pca"))
+
+
+def decomposition(s: pd.DataFrame, task: Task, directions: str, title: str) -> go.Figure:
+    """CAFT (``zero``) and each mode of the family on ``directions`` (every setting), on the OOD and
+    the ID split side by side, each with base and plain as lines."""
+    from plotly.subplots import make_subplots
+
+    splits = [task.ood_split, task.id_split]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{sp} {task.metric(sp)}" + (" (OOD)" if sp == task.ood_split else " (ID)")
+                                                        for sp in splits], horizontal_spacing=0.08)
+    d = s[s["method"].isin(DECOMPOSITION) & (s["directions"] == directions) & s["trained"]]
+    for col, split in enumerate(splits, start=1):
+        here = s[(s["split"] == split) & (s["metric"] == task.metric(split))]
+        g = d[(d["split"] == split) & (d["metric"] == task.metric(split))]
+        g = g.assign(rank=[(DECOMPOSITION.index(m), figures._param_order(p)) for m, p in zip(g["method"], g["param"])]).sort_values("rank")
+        for method in dict.fromkeys(g["method"]):
+            m = g[g["method"] == method]
+            style = PALETTE.style(config_label(method, directions))
+            fig.add_scatter(x=[_label(method, "", p) for p in m["param"]], y=m["mean"], mode="markers", name=style.label,
+                            legendgroup=style.label, showlegend=col == 1,
+                            marker=dict(size=12, color=style.colour, symbol=style.marker),
+                            error_y=figures._interval(m["mean"], m["low"], m["high"]) | dict(thickness=1.5, width=6),
+                            customdata=list(zip(m["low"], m["high"], m["n"])),
+                            hovertemplate="%{x}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>",
+                            row=1, col=col)
+        _references(fig, here, "y", row=1, col=col)
+        fig.update_yaxes(title=figures.RATE if col == 1 else None, range=[0, 1.05], row=1, col=col)
+        fig.update_xaxes(categoryorder="array", categoryarray=[_label(m, "", p) for m, p in zip(g["method"], g["param"])], row=1, col=col)
+    fig.update_layout(title=title, width=1100, legend_title=f"method · directions ({directions})")
+    return fig
+
+
+def interpretation(table: pd.DataFrame, valid: tuple[str, ...], title: str) -> go.Figure | None:
+    """Chapter 03's scores of each direction source against the ground truth (the pooled ``all``
+    rows): one panel per score, the mean over organisms with its 95% interval (clipped to 0–1) and n;
+    None without interpretation rows (real models have no ground truth)."""
+    from plotly.subplots import make_subplots
+
+    t = table[(table["method"] == "interpretation") & (table["split"] == "all") & table["metric"].isin(SCORES)
+              & table["organism"].isin(valid)]
+    if t.empty:
+        return None
+    per_org = t.groupby(["directions", "metric", "organism"])["value"].mean().reset_index()
+    rows = []
+    for (d, metric), g in per_org.groupby(["directions", "metric"]):
+        m, lo, hi = stats.ci95(g["value"], stats.RATE_BOUNDS)
+        rows.append({"directions": d, "metric": metric, "mean": m, "low": lo, "high": hi, "n": int(g["value"].notna().sum())})
+    s = pd.DataFrame(rows)
+    order = [c.split(" · ", 1)[1] for c in PALETTE.order(f"zero · {d}" for d in s["directions"])]
+    fig = make_subplots(rows=1, cols=len(SCORES), subplot_titles=[m.replace("_", " ") for m in SCORES], shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for col, metric in enumerate(SCORES, start=1):
+        g = s[s["metric"] == metric].set_index("directions").reindex([d for d in order if d in set(s.loc[s["metric"] == metric, "directions"])])
+        for d, r in g.iterrows():
+            style = PALETTE.style(f"zero · {d}")
+            fig.add_scatter(x=[d], y=[r["mean"]], mode="markers", name=d, legendgroup=d, showlegend=False,
+                            marker=dict(size=12, color=style.colour, symbol=style.marker),
+                            error_y=dict(type="data", symmetric=False, array=[r["high"] - r["mean"]], arrayminus=[r["mean"] - r["low"]],
+                                         thickness=1.5, width=6),
+                            customdata=[[r["low"], r["high"], r["n"]]],
+                            hovertemplate="%{x}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>",
+                            row=1, col=col)
+        fig.update_xaxes(categoryorder="array", categoryarray=list(g.index), tickangle=-40, range=[-0.6, len(g) - 0.4], row=1, col=col)
+    fig.update_yaxes(title="score against the ground truth (0–1)", range=[0, 1.05], row=1, col=1)
+    fig.update_layout(title=title, width=1100, height=480)
+    return fig
+
+
+def draw(pop: Population) -> dict[str, tuple[go.Figure, figures.Caption]]:
+    """Every population figure of one task with its caption, by name (:data:`NAMES`; those without rows left out)."""
+    task, s = pop.task, summary(pop)
+    ood, idd = task.ood_split, task.id_split
+    over = f"95% CI over {pop.over}"
+    out = {}
+    if not s.empty:
+        out["population_headline"] = (headline(s, task, f"{task.name}: {ood} {task.metric(ood)} per method ({over})"),
+                                      pop.caption(f"{task.name}: the unwanted generalisation ({ood} {task.metric(ood)}) after each "
+                                                  "configuration, grouped as CAFT sets, controls, baselines and the steering family; "
+                                                  "base and plain fine-tuning as dashed lines."))
+        out["population_tradeoff"] = (figures.tradeoff(s, idd, ood, task.axis_titles[idd], task.axis_titles[ood],
+                                                       f"{task.name}: the task vs its generalisation ({over})"),
+                                      pop.caption(f"{task.name}: {idd} against {ood} per configuration, with the fewer-examples curve "
+                                                  "(base → fewer examples → plain) on each panel; settings of one method are joined."))
+    directions = family_directions(s) if not s.empty else None
+    if directions:
+        out["population_decomposition"] = (
+            decomposition(s, task, directions, f"{task.name}: CAFT and its parts on {directions} ({over})"),
+            pop.caption(f"{task.name}: CAFT (zero) vs its activation-only (detached) and gradient-only (grad_only) parts, mean-ablation, "
+                        f"steering with ±k × the mean projection and preventative steering (add), all on {directions}; "
+                        f"{ood} (OOD) and {idd} (ID), base and plain as dashed lines."))
+    answers = questions.answers(pop.table, ood, task.metric(ood), directions or "pca", organisms=list(pop.valid))
+    if answers["n"].gt(0).any():
+        out["population_questions"] = (figures.question_panels(answers, f"{task.name}: the thread's questions ({ood}, 95% CI over {answers['over'].iloc[-1]})"),
+                                       pop.caption(f"{task.name}: the thread's questions, each on its own axis and unit with the zero line "
+                                                   "(no difference); + is better on the OOD split except (a) (+: toward the behaviour) "
+                                                   "and (b) (latent activation).", f"95% t-interval over {answers['over'].iloc[-1]}"))
+    fig = interpretation(pop.table, pop.valid, f"{task.name}: each direction source scored against the ground truth")
+    if fig is not None:
+        out["population_interpretation"] = (fig, pop.caption(f"{task.name}: precision, recall and oracle span (‖P q_oracle‖², mean over "
+                                                              "hooks) of each direction set chosen in chapter 03, against the ground truth.",
+                                                              "95% t-interval over organisms, clipped to 0–1"))
+    return out
+
+
+def write_task(fig_dir: str | Path, task: str, formats=None) -> list[Path]:
+    """Draw and save one task's population figures into ``fig_dir/<task>/``; returns their HTML paths."""
+    pop = load(fig_dir, task)
+    if formats is None and figures.FORMATS_ENV not in os.environ:
+        formats = PAPER_FORMATS
+    return [figures.save_figure(fig, name, caption, Path(fig_dir) / task, formats) for name, (fig, caption) in draw(pop).items()]
+
+
+def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
+    """Each organism's ``06_tradeoff`` and ``08_questions`` redrawn from its rows in ``fig_dir/results.csv``
+    (into ``fig_dir/<task>/seed<s>/``, where that folder exists)."""
+    from caft_tl.plotting import chapter_figures
+
+    pop = load(fig_dir, task)
+    out = []
+    for organism in sorted(pop.table["organism"].unique()):
+        seed = re.search(r"-s(\d+)-", organism)
+        folder = Path(fig_dir) / task / f"seed{seed.group(1)}" if seed else None
+        if folder is None or not folder.is_dir():
+            continue
+        rows = pop.table[pop.table["organism"] == organism]
+        data = f"the rows of {organism} in {pop.data}"
+        out += [chapter_figures.save_tradeoff(rows, pop.task, folder, data), chapter_figures.save_questions(rows, pop.task, folder, data)]
+    return out
+
+
+def write(fig_dir: str | Path, run_dir: str | Path | None = None) -> list[Path]:
+    """Every task's population figures from ``fig_dir/results.csv``; with ``run_dir``, each organism's
+    ``06_tradeoff`` / ``08_questions`` too and the results page (:mod:`caft_tl.plotting.results_page`)."""
+    path = Path(fig_dir) / results.RESULTS_FILE
+    if not path.exists():
+        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
+    out = []
+    for task in dict.fromkeys(results.read(path)["task"]):
+        out += write_task(fig_dir, task)
+        if run_dir is not None:
+            out += organism_figures(fig_dir, task)
+    if run_dir is not None:
+        from caft_tl.plotting import results_page
+
+        out.append(results_page.write(fig_dir, run_dir))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("fig_dir", nargs="?", default="figures")
+    ap.add_argument("--run-dir", help="also redraw each organism's 06/08 figures and write the results page")
+    args = ap.parse_args(argv)
+    try:
+        paths = write(args.fig_dir, args.run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(paths)} figures and pages written under {args.fig_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
