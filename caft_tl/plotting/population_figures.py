@@ -51,6 +51,10 @@ PAPER_FORMATS = ("png", "svg", "pdf")
 CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
 
 
+class NoValidOrganismError(ValueError):
+    """A task whose validity file names no valid organism: there is no population to draw."""
+
+
 @dataclass(frozen=True)
 class Population:
     """One task's rows and the organisms its figures summarise."""
@@ -76,19 +80,24 @@ class Population:
         return figures.Caption(text, self.n, interval or f"95% t-interval over {self.over}", self.data)
 
 
-def load(fig_dir: str | Path, task: str) -> Population:
-    """The rows of ``task`` in ``fig_dir/results.csv`` and its valid organisms (``fig_dir/<task>/population_validity.csv``
-    if present, else every organism); a task without rows or valid organisms raises in one line."""
-    fig_dir = Path(fig_dir)
-    path = fig_dir / results.RESULTS_FILE
+def task_rows(fig_dir: str | Path, task: str) -> tuple[pd.DataFrame, Path]:
+    """The rows of ``task`` in ``fig_dir/results.csv`` and that file's path; one-line errors without them."""
+    path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
         raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
     table = results.read(path)
     rows = table[table["task"] == task]
     if rows.empty:
         raise ValueError(f"no rows of task {task!r} in {str(path)!r}; tasks there: {', '.join(sorted(table['task'].unique())) or 'none'}")
+    return rows, path
+
+
+def load(fig_dir: str | Path, task: str) -> Population:
+    """The rows of ``task`` in ``fig_dir/results.csv`` and its valid organisms (``fig_dir/<task>/population_validity.csv``
+    if present, else every organism); :class:`NoValidOrganismError` when the validity file names none valid."""
+    rows, path = task_rows(fig_dir, task)
     organisms = sorted(rows["organism"].unique())
-    validity = fig_dir / task / population.VALIDITY_FILE
+    validity = Path(fig_dir) / task / population.VALIDITY_FILE
     data = f"{path} (sha256 {files.sha256_file(path)[:12]})"
     if validity.exists():
         v = pd.read_csv(validity, keep_default_na=False)
@@ -99,7 +108,7 @@ def load(fig_dir: str | Path, task: str) -> Population:
         valid, n_all = organisms, len(organisms)
         data += " (no validity file: every organism counts)"
     if not valid:
-        raise ValueError(f"task {task!r} has no valid organism in {str(validity)!r}: no population figure to draw")
+        raise NoValidOrganismError(f"task {task!r} has no valid organism in {str(validity)!r}: no population figure to draw")
     return Population(make_task(task), rows, tuple(valid), n_all, data)
 
 
@@ -291,16 +300,16 @@ def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
     (into ``fig_dir/<task>/seed<s>/``, where that folder exists)."""
     from caft_tl.plotting import chapter_figures
 
-    pop = load(fig_dir, task)
+    table, path = task_rows(fig_dir, task)
+    world = make_task(task)
     out = []
-    for organism in sorted(pop.table["organism"].unique()):
+    for organism in sorted(table["organism"].unique()):
         seed = re.search(r"-s(\d+)-", organism)
         folder = Path(fig_dir) / task / f"seed{seed.group(1)}" if seed else None
         if folder is None or not folder.is_dir():
             continue
-        rows = pop.table[pop.table["organism"] == organism]
-        data = f"the rows of {organism} in {pop.data}"
-        out += [chapter_figures.save_tradeoff(rows, pop.task, folder, data), chapter_figures.save_questions(rows, pop.task, folder, data)]
+        rows, data = table[table["organism"] == organism], f"the rows of {organism} in {path}"
+        out += [chapter_figures.save_tradeoff(rows, world, folder, data), chapter_figures.save_questions(rows, world, folder, data)]
     return out
 
 
@@ -310,9 +319,12 @@ def write(fig_dir: str | Path, run_dir: str | Path | None = None) -> list[Path]:
     path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
         raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
-    out = []
+    out: list[Path] = []
     for task in dict.fromkeys(results.read(path)["task"]):
-        out += write_task(fig_dir, task)
+        try:
+            out += write_task(fig_dir, task)
+        except NoValidOrganismError as e:
+            print(f"note: {e}")
         if run_dir is not None:
             out += organism_figures(fig_dir, task)
     if run_dir is not None:
