@@ -263,7 +263,7 @@ def tradeoff_points(summary: pd.DataFrame, x_split: str, y_split: str) -> pd.Dat
     cols = ["mean", "low", "high", "n"]
     xs = s[s["split"] == x_split].set_index(["method", "directions", "param"])[cols]
     ys = s[s["split"] == y_split].set_index(["method", "directions", "param"])[cols]
-    both = xs.join(ys, lsuffix="_x", rsuffix="_y", how="inner").reset_index()
+    both = xs.merge(ys, left_index=True, right_index=True, suffixes=("_x", "_y")).reset_index()
     both["n"] = both[["n_x", "n_y"]].min(axis=1)
     both["label"] = [config_label(m, d) for m, d in zip(both["method"], both["directions"])]
     return both.drop(columns=["n_x", "n_y"])
