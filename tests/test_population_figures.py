@@ -83,7 +83,7 @@ def test_the_headline_is_the_mean_over_valid_organisms_with_their_interval_and_n
     trace = next(t for t in fig.data if t.name == "zero · pca")
     m, lo, hi = t_interval([np.mean([ood(_i("zero", "pca"), o, s) for s in (0, 1)]) for o in range(3)])
     assert trace.x[0] == pytest.approx(m) and [e[0] for e in _ends(trace, "x")] == pytest.approx([lo, hi])
-    assert trace.customdata[0][2] == 3  # n: the three valid organisms, not the fourth
+    assert trace.customdata[0][4] == 3  # n: the three valid organisms, not the fourth
     steer = next(t for t in fig.data if t.name == "steer_mean · pca")
     # drawn bottom up, so k=-3 reads above k=3
     assert [list(y) for y in steer.y] == [["steering family"] * 2, ["steer_mean · pca (k=3)", "steer_mean · pca (k=-3)"]]
@@ -161,7 +161,7 @@ def test_interpretation_scores_per_direction_source(fig_dir):
     assert list(span) == ["pca", "sae", "topk_pca"]  # the palette's order: CAFT sets, then controls
     m, lo, hi = t_interval([0.3 + 0.1 * o for o in range(3)])
     assert span["pca"].y[0] == pytest.approx(m) and [e[0] for e in _ends(span["pca"])] == pytest.approx([lo, hi])
-    assert span["pca"].customdata[0][2] == 3
+    assert span["pca"].customdata[0][4] == 3
 
 
 def test_write_task_writes_each_figure_with_its_caption_file(fig_dir, monkeypatch):

@@ -236,13 +236,13 @@ def data_range(values, lowest: float = 0.0, highest: float = 1.05, min_span: flo
     return lo, hi
 
 
-def _param_order(param: str) -> tuple[float, str]:
+def param_order(param: str) -> tuple[float, str]:
     """A setting's place among its method's: by its first number (``k=-3`` before ``k=3``), then its text."""
     number = re.search(r"-?\d+(?:\.\d+)?", str(param))
     return (float(number.group()) if number else float("inf")), str(param)
 
 
-def _interval(mean: pd.Series, low: pd.Series, high: pd.Series) -> dict:
+def interval(mean: pd.Series, low: pd.Series, high: pd.Series) -> dict:
     return dict(type="data", symmetric=False, array=(high - mean).to_numpy(), arrayminus=(mean - low).to_numpy())
 
 
@@ -309,7 +309,7 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
         fig.add_scatter(x=curve["mean_x"], y=curve["mean_y"], mode="lines", name="fewer-examples curve", legendgroup="curve",
                         showlegend=col == 1, line=dict(color=_colour(CURVE), dash="dot", width=1.5), hoverinfo="skip", row=1, col=col)
         here = both[both["label"].isin(["base", "plain", CURVE]) | both["label"].map(lambda x: PALETTE.style(x).group in groups)]
-        here = here.assign(order=[(_order(here["label"]).index(lab), _param_order(p)) for lab, p in zip(here["label"], here["param"])])
+        here = here.assign(order=[(_order(here["label"]).index(lab), param_order(p)) for lab, p in zip(here["label"], here["param"])])
         here = here.sort_values("order")
         ranked = pd.concat([here[here["label"].isin(["base", "plain"])], here[here["label"] == CURVE],
                             here[~here["label"].isin(["base", "plain", CURVE]) & here.duplicated("label", keep=False)]])
@@ -327,8 +327,8 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
                 line=dict(color=style.colour, width=1), textfont=dict(size=11, color=style.colour),
                 customdata=list(zip(g["param"], g["n"])),
                 hovertemplate=f"{label} %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}<br>n %{{customdata[1]}}<extra></extra>",
-                error_x=_interval(g["mean_x"], g["low_x"], g["high_x"]) | dict(thickness=1, width=0),
-                error_y=_interval(g["mean_y"], g["low_y"], g["high_y"]) | dict(thickness=1, width=0), row=1, col=col)
+                error_x=interval(g["mean_x"], g["low_x"], g["high_x"]) | dict(thickness=1, width=0),
+                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | dict(thickness=1, width=0), row=1, col=col)
             shown.add(label)
         fig.update_xaxes(title=x_title, range=list(x_range), row=1, col=col)
     fig.update_yaxes(title=y_title, range=list(y_range), row=1, col=1)

@@ -20,8 +20,8 @@ OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bl
 GREY = "#999999"
 COLOUR_BLIND_SAFE = (*OKABE_ITO.values(), GREY)
 #: the groups of configurations, in the order figures show them, each with its marker and bar pattern
-GROUPS = {"reference": ("star", ""), "CAFT sets": ("circle", ""), "controls": ("x", "/"), "baselines": ("square", "."),
-          "steering family": ("diamond", "x"), "other": ("triangle-up", "-")}
+GROUPS = {"reference": ("star", ""), "CAFT sets": ("circle", ""), "controls": ("x", "/"),
+          "baselines": ("square", "."), "steering family": ("diamond", "x"), "other": ("triangle-up", "-")}
 #: the method names of the reference and baseline rows, which take no ``· directions`` in their label
 PLAIN_METHODS = ("base", "plain", "fewer_examples", "kl_to_base", "mix_disambiguating")
 
@@ -56,12 +56,14 @@ class Palette:
         if group not in GROUPS:
             raise ValueError(f"group {group!r} of {label!r} is unknown; valid: {', '.join(GROUPS)}")
         if colour not in COLOUR_BLIND_SAFE:
-            raise ValueError(f"colour {colour!r} of {label!r} is not colour-blind safe; valid: {', '.join(COLOUR_BLIND_SAFE)}")
+            raise ValueError(f"colour {colour!r} of {label!r} is not colour-blind safe; "
+                             f"valid: {', '.join(COLOUR_BLIND_SAFE)}")
         style = Style(label, colour, *GROUPS[group], group)
-        clash = [s.label for s in self._styles.values() if s.colour == colour and (s.marker == style.marker or s.pattern == style.pattern)]
+        clash = [s.label for s in self._styles.values()
+                 if s.colour == colour and (s.marker == style.marker or s.pattern == style.pattern)]
         if clash:
-            raise ValueError(f"{label!r} would look like {clash[0]!r} (colour {colour} and the same marker or bar pattern); "
-                             "choose another colour")
+            raise ValueError(f"{label!r} would look like {clash[0]!r} (colour {colour} and the same marker or bar "
+                             "pattern); choose another colour")
         self._styles[label] = style
         return style
 
@@ -77,7 +79,8 @@ class Palette:
             label = "base"
         if label in self._styles:
             return self._styles[label]
-        return Style(label, COLOUR_BLIND_SAFE[zlib.crc32(label.encode()) % len(COLOUR_BLIND_SAFE)], *GROUPS["other"], "other")
+        colour = COLOUR_BLIND_SAFE[zlib.crc32(label.encode()) % len(COLOUR_BLIND_SAFE)]
+        return Style(label, colour, *GROUPS["other"], "other")
 
     def order(self, labels) -> list[str]:
         """``labels`` without repeats, by group, then registration order, then name."""
@@ -85,7 +88,8 @@ class Palette:
         groups = list(GROUPS)
 
         def key(label: str) -> tuple[int, int, str]:
-            return groups.index(self.style(label).group), known.index(label) if label in known else len(known), label
+            place = known.index(label) if label in known else len(known)
+            return groups.index(self.style(label).group), place, label
 
         return sorted(dict.fromkeys(labels), key=key)
 
@@ -95,15 +99,19 @@ def _default() -> Palette:
     for label, colour, group in [
         ("base", GREY, "reference"), ("plain", c["black"], "reference"),
         ("zero · pca", c["blue"], "CAFT sets"), ("zero · sae", c["vermillion"], "CAFT sets"),
-        ("zero · persona_vector", c["reddish purple"], "CAFT sets"), ("zero · diff_means", c["orange"], "CAFT sets"),
-        ("zero · oracle", c["bluish green"], "CAFT sets"), ("zero · oracle_pca", c["sky blue"], "CAFT sets"),
+        ("zero · persona_vector", c["reddish purple"], "CAFT sets"),
+        ("zero · diff_means", c["orange"], "CAFT sets"),
+        ("zero · oracle", c["bluish green"], "CAFT sets"),
+        ("zero · oracle_pca", c["sky blue"], "CAFT sets"),
         ("zero · topk_pca", c["blue"], "controls"), ("zero · noninterp_pca", c["sky blue"], "controls"),
         ("zero · random", c["black"], "controls"), ("zero · topk_sae", c["vermillion"], "controls"),
         ("zero · random_sae", c["orange"], "controls"),
         ("fewer_examples", c["orange"], "baselines"), ("kl_to_base", c["reddish purple"], "baselines"),
-        ("mix_disambiguating", c["bluish green"], "baselines"), ("filter_projection · pca", c["sky blue"], "baselines"),
+        ("mix_disambiguating", c["bluish green"], "baselines"),
+        ("filter_projection · pca", c["sky blue"], "baselines"),
         ("mean · pca", c["sky blue"], "steering family"), ("detached · pca", c["orange"], "steering family"),
-        ("grad_only · pca", c["bluish green"], "steering family"), ("steer_mean · pca", c["reddish purple"], "steering family"),
+        ("grad_only · pca", c["bluish green"], "steering family"),
+        ("steer_mean · pca", c["reddish purple"], "steering family"),
         ("add · pca", c["vermillion"], "steering family"), ("add · persona_vector", c["black"], "steering family"),
     ]:
         p.add(label, colour, group)

@@ -84,17 +84,20 @@ def task_rows(fig_dir: str | Path, task: str) -> tuple[pd.DataFrame, Path]:
     """The rows of ``task`` in ``fig_dir/results.csv`` and that file's path; one-line errors without them."""
     path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
-        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
+        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, "
+                                         "it gathers every organism's rows there")
     table = results.read(path)
     rows = table[table["task"] == task]
     if rows.empty:
-        raise ValueError(f"no rows of task {task!r} in {str(path)!r}; tasks there: {', '.join(sorted(table['task'].unique())) or 'none'}")
+        there = ", ".join(sorted(table["task"].unique())) or "none"
+        raise ValueError(f"no rows of task {task!r} in {str(path)!r}; tasks there: {there}")
     return rows, path
 
 
 def load(fig_dir: str | Path, task: str) -> Population:
-    """The rows of ``task`` in ``fig_dir/results.csv`` and its valid organisms (``fig_dir/<task>/population_validity.csv``
-    if present, else every organism); :class:`NoValidOrganismError` when the validity file names none valid."""
+    """The rows of ``task`` in ``fig_dir/results.csv`` and its valid organisms (those
+    ``fig_dir/<task>/population_validity.csv`` marks valid; without it, every organism);
+    :class:`NoValidOrganismError` when it marks none valid."""
     rows, path = task_rows(fig_dir, task)
     organisms = sorted(rows["organism"].unique())
     validity = Path(fig_dir) / task / population.VALIDITY_FILE
@@ -108,7 +111,8 @@ def load(fig_dir: str | Path, task: str) -> Population:
         valid, n_all = organisms, len(organisms)
         data += " (no validity file: every organism counts)"
     if not valid:
-        raise NoValidOrganismError(f"task {task!r} has no valid organism in {str(validity)!r}: no population figure to draw")
+        raise NoValidOrganismError(f"task {task!r} has no valid organism in {str(validity)!r}: "
+                                   "no population figure to draw")
     return Population(make_task(task), rows, tuple(valid), n_all, data)
 
 
@@ -118,30 +122,47 @@ def summary(pop: Population) -> pd.DataFrame:
     metrics = (*pop.task.metrics, population.COHERENCE)
     rows = pop.table[~pop.table["directions"].astype(str).map(sets.is_null)]
     if len(pop.valid) > 1:
-        s = population.summarise(population.per_organism(rows, metrics), set(pop.valid)).rename(columns={"n_organisms": "n"})
+        s = population.summarise(population.per_organism(rows, metrics), set(pop.valid))
+        s = s.rename(columns={"n_organisms": "n"})
     else:
         one = results.comparison(rows[rows["organism"] == pop.valid[0]], metrics)
         s = stats.summarise(one, by=tuple(CONFIG)).rename(columns={"n_seeds": "n"})
     return s.reset_index(drop=True)
 
 
-def _label(method: str, directions: str, param: str) -> str:
-    return config_label(method, directions) + (f" ({param})" if param else "")
+def _label(method: str, param: str) -> str:
+    return method + (f" ({param})" if param else "")
+
+
+#: the hover text of a point of :func:`_points`: its name, mean [interval] and n
+HOVER = ("%{customdata[3]}: %{customdata[0]:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}], "
+         "n %{customdata[4]}<extra></extra>")
+
+
+def _points(fig: go.Figure, g: pd.DataFrame, style, axis: str, names: list[str], at, **where) -> None:
+    """``g``'s means (columns mean, low, high, n) as markers of ``style`` at ``at`` on the other axis,
+    with their 95% intervals along ``axis`` and every number in the hover text."""
+    values = dict(x=g["mean"], y=at) if axis == "x" else dict(x=at, y=g["mean"])
+    error = figures.interval(g["mean"], g["low"], g["high"]) | dict(thickness=1.5, width=5)
+    fig.add_scatter(**values, mode="markers", name=style.label,
+                    marker=dict(size=11, color=style.colour, symbol=style.marker),
+                    customdata=list(zip(g["mean"], g["low"], g["high"], names, g["n"])), hovertemplate=HOVER,
+                    **{f"error_{axis}": error}, **where)
 
 
 def _references(fig: go.Figure, s: pd.DataFrame, axis: str, **where) -> None:
-    """base and plain as lines across a panel (their means), named at the line's end."""
+    """base and plain as dashed lines across a panel (their means), each named at its end."""
     for label, position in (("base", "bottom"), ("plain", "top")):
         r = s[s["method"] == label]
         if r.empty:
             continue
-        value = float(r["mean"].iloc[0])
-        line = dict(line_color=PALETTE.style(label).colour, line_dash="dash", line_width=1.5, annotation_text=label,
-                    annotation_font_color=PALETTE.style(label).colour, **where)
+        colour = PALETTE.style(label).colour
+        line = dict(line_color=colour, line_dash="dash", line_width=1.5, annotation_text=label,
+                    annotation_font_color=colour, annotation_position=f"{position} right", **where)
         if axis == "x":
-            fig.add_vline(x=value, annotation_position=f"{position} right", **line)
+            fig.add_vline(x=float(r["mean"].iloc[0]), **line)
         else:
-            fig.add_hline(y=value, annotation_position=f"{position} right", exclude_empty_subplots=False, **line)
+            fig.add_hline(y=float(r["mean"].iloc[0]), exclude_empty_subplots=False, **line)
 
 
 def headline(s: pd.DataFrame, task: Task, title: str) -> go.Figure:
@@ -152,17 +173,13 @@ def headline(s: pd.DataFrame, task: Task, title: str) -> go.Figure:
     rows = o[~o["method"].isin(["base", "plain"])].copy()
     rows["config"] = [config_label(m, d) for m, d in zip(rows["method"], rows["directions"])]
     order = PALETTE.order(rows["config"])
-    rows = rows.assign(rank=[(order.index(c), figures._param_order(p)) for c, p in zip(rows["config"], rows["param"])])
-    rows = rows.sort_values("rank", ascending=False)  # the first at the top
+    rank = [(order.index(c), figures.param_order(p)) for c, p in zip(rows["config"], rows["param"])]
+    rows = rows.assign(rank=rank).sort_values("rank", ascending=False)  # drawn bottom up: the first on top
     fig = go.Figure()
     for config in order:
         g, style = rows[rows["config"] == config], PALETTE.style(config)
-        y = [[style.group] * len(g), [_label(c, "", p) for c, p in zip(g["config"], g["param"])]]
-        fig.add_scatter(x=g["mean"], y=y, mode="markers", name=config, showlegend=False,
-                        marker=dict(size=11, color=style.colour, symbol=style.marker),
-                        error_x=figures._interval(g["mean"], g["low"], g["high"]) | dict(thickness=1.5, width=4),
-                        customdata=list(zip(g["low"], g["high"], g["n"])),
-                        hovertemplate="%{y}: %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>")
+        names = [_label(config, p) for p in g["param"]]
+        _points(fig, g, style, "x", names, [[style.group] * len(g), names], showlegend=False)
     _references(fig, o, "x")
     better = "lower is better" if _base_below_plain(o) else "higher is better"
     fig.update_xaxes(title=f"{split} {metric} ({better})", range=[0, 1.05])
@@ -191,26 +208,23 @@ def decomposition(s: pd.DataFrame, task: Task, directions: str, title: str) -> g
     from plotly.subplots import make_subplots
 
     splits = [task.ood_split, task.id_split]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{sp} {task.metric(sp)}" + (" (OOD)" if sp == task.ood_split else " (ID)")
-                                                        for sp in splits], horizontal_spacing=0.08)
+    titles = [f"{sp} {task.metric(sp)} ({'OOD' if sp == task.ood_split else 'ID'})" for sp in splits]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.08)
     d = s[s["method"].isin(DECOMPOSITION) & (s["directions"] == directions) & s["trained"]]
     for col, split in enumerate(splits, start=1):
-        here = s[(s["split"] == split) & (s["metric"] == task.metric(split))]
-        g = d[(d["split"] == split) & (d["metric"] == task.metric(split))]
-        g = g.assign(rank=[(DECOMPOSITION.index(m), figures._param_order(p)) for m, p in zip(g["method"], g["param"])]).sort_values("rank")
+        on = (s["split"] == split) & (s["metric"] == task.metric(split))
+        g = d[on.loc[d.index]]
+        rank = [(DECOMPOSITION.index(m), figures.param_order(p)) for m, p in zip(g["method"], g["param"])]
+        g = g.assign(rank=rank).sort_values("rank")
         for method in dict.fromkeys(g["method"]):
             m = g[g["method"] == method]
-            style = PALETTE.style(config_label(method, directions))
-            fig.add_scatter(x=[_label(method, "", p) for p in m["param"]], y=m["mean"], mode="markers", name=style.label,
-                            legendgroup=style.label, showlegend=col == 1,
-                            marker=dict(size=12, color=style.colour, symbol=style.marker),
-                            error_y=figures._interval(m["mean"], m["low"], m["high"]) | dict(thickness=1.5, width=6),
-                            customdata=list(zip(m["low"], m["high"], m["n"])),
-                            hovertemplate="%{x}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>",
-                            row=1, col=col)
-        _references(fig, here, "y", row=1, col=col)
+            names = [_label(method, p) for p in m["param"]]
+            _points(fig, m, PALETTE.style(config_label(method, directions)), "y", names, names,
+                    legendgroup=method, showlegend=col == 1, row=1, col=col)
+        _references(fig, s[on], "y", row=1, col=col)
         fig.update_yaxes(title=figures.RATE if col == 1 else None, range=[0, 1.05], row=1, col=col)
-        fig.update_xaxes(categoryorder="array", categoryarray=[_label(m, "", p) for m, p in zip(g["method"], g["param"])], row=1, col=col)
+        order = [_label(m, p) for m, p in zip(g["method"], g["param"])]
+        fig.update_xaxes(categoryorder="array", categoryarray=order, row=1, col=col)
     fig.update_layout(title=title, width=1100, legend_title=f"method · directions ({directions})")
     return fig
 
@@ -229,75 +243,83 @@ def interpretation(table: pd.DataFrame, valid: tuple[str, ...], title: str) -> g
     rows = []
     for (d, metric), g in per_org.groupby(["directions", "metric"]):
         m, lo, hi = stats.ci95(g["value"], stats.RATE_BOUNDS)
-        rows.append({"directions": d, "metric": metric, "mean": m, "low": lo, "high": hi, "n": int(g["value"].notna().sum())})
+        n = int(g["value"].notna().sum())
+        rows.append({"directions": d, "metric": metric, "mean": m, "low": lo, "high": hi, "n": n})
     s = pd.DataFrame(rows)
     order = [c.split(" · ", 1)[1] for c in PALETTE.order(f"zero · {d}" for d in s["directions"])]
-    fig = make_subplots(rows=1, cols=len(SCORES), subplot_titles=[m.replace("_", " ") for m in SCORES], shared_yaxes=True,
-                        horizontal_spacing=0.04)
+    fig = make_subplots(rows=1, cols=len(SCORES), subplot_titles=[m.replace("_", " ") for m in SCORES],
+                        shared_yaxes=True, horizontal_spacing=0.04)
     for col, metric in enumerate(SCORES, start=1):
-        g = s[s["metric"] == metric].set_index("directions").reindex([d for d in order if d in set(s.loc[s["metric"] == metric, "directions"])])
-        for d, r in g.iterrows():
+        here = s[s["metric"] == metric].set_index("directions")
+        here = here.reindex([d for d in order if d in here.index])
+        for d in here.index:
             style = PALETTE.style(f"zero · {d}")
-            fig.add_scatter(x=[d], y=[r["mean"]], mode="markers", name=d, legendgroup=d, showlegend=False,
-                            marker=dict(size=12, color=style.colour, symbol=style.marker),
-                            error_y=dict(type="data", symmetric=False, array=[r["high"] - r["mean"]], arrayminus=[r["mean"] - r["low"]],
-                                         thickness=1.5, width=6),
-                            customdata=[[r["low"], r["high"], r["n"]]],
-                            hovertemplate="%{x}: %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n %{customdata[2]}<extra></extra>",
-                            row=1, col=col)
-        fig.update_xaxes(categoryorder="array", categoryarray=list(g.index), tickangle=-40, range=[-0.6, len(g) - 0.4], row=1, col=col)
+            _points(fig, here.loc[[d]], style, "y", [d], [d], showlegend=False, row=1, col=col)
+        fig.update_xaxes(categoryorder="array", categoryarray=list(here.index), tickangle=-40,
+                         range=[-0.6, len(here) - 0.4], row=1, col=col)
     fig.update_yaxes(title="score against the ground truth (0–1)", range=[0, 1.05], row=1, col=1)
     fig.update_layout(title=title, width=1100, height=480)
     return fig
 
 
 def draw(pop: Population) -> dict[str, tuple[go.Figure, figures.Caption]]:
-    """Every population figure of one task with its caption, by name (:data:`NAMES`; those without rows left out)."""
-    task, s = pop.task, summary(pop)
-    ood, idd = task.ood_split, task.id_split
-    over = f"95% CI over {pop.over}"
+    """Every population figure of one task with its caption, by name (:data:`NAMES`; those without
+    rows left out)."""
+    task, s, name = pop.task, summary(pop), pop.task.name
+    ood, idd, over = task.ood_split, task.id_split, f"95% CI over {pop.over}"
     out = {}
     if not s.empty:
-        out["population_headline"] = (headline(s, task, f"{task.name}: {ood} {task.metric(ood)} per method ({over})"),
-                                      pop.caption(f"{task.name}: the unwanted generalisation ({ood} {task.metric(ood)}) after each "
-                                                  "configuration, grouped as CAFT sets, controls, baselines and the steering family; "
-                                                  "base and plain fine-tuning as dashed lines."))
-        out["population_tradeoff"] = (figures.tradeoff(s, idd, ood, task.axis_titles[idd], task.axis_titles[ood],
-                                                       f"{task.name}: the task vs its generalisation ({over})"),
-                                      pop.caption(f"{task.name}: {idd} against {ood} per configuration, with the fewer-examples curve "
-                                                  "(base → fewer examples → plain) on each panel; settings of one method are joined."))
+        out["population_headline"] = (
+            headline(s, task, f"{name}: {ood} {task.metric(ood)} per method ({over})"),
+            pop.caption(f"{name}: the unwanted generalisation ({ood} {task.metric(ood)}) after each "
+                        "configuration, grouped as CAFT sets, controls, baselines and the steering family; "
+                        "base and plain fine-tuning as dashed lines."))
+        out["population_tradeoff"] = (
+            figures.tradeoff(s, idd, ood, task.axis_titles[idd], task.axis_titles[ood],
+                             f"{name}: the task vs its generalisation ({over})"),
+            pop.caption(f"{name}: {idd} against {ood} per configuration, with the fewer-examples curve "
+                        "(base → fewer examples → plain) on each panel; settings of one method are joined."))
     directions = family_directions(s) if not s.empty else None
     if directions:
         out["population_decomposition"] = (
-            decomposition(s, task, directions, f"{task.name}: CAFT and its parts on {directions} ({over})"),
-            pop.caption(f"{task.name}: CAFT (zero) vs its activation-only (detached) and gradient-only (grad_only) parts, mean-ablation, "
-                        f"steering with ±k × the mean projection and preventative steering (add), all on {directions}; "
-                        f"{ood} (OOD) and {idd} (ID), base and plain as dashed lines."))
-    answers = questions.answers(pop.table, ood, task.metric(ood), directions or "pca", organisms=list(pop.valid))
+            decomposition(s, task, directions, f"{name}: CAFT and its parts on {directions} ({over})"),
+            pop.caption(f"{name}: CAFT (zero) vs its activation-only (detached) and gradient-only "
+                        "(grad_only) parts, mean-ablation, steering with ±k × the mean projection and "
+                        f"preventative steering (add), all on {directions}; {ood} (OOD) and {idd} (ID), "
+                        "base and plain as dashed lines."))
+    answers = questions.answers(pop.table, ood, task.metric(ood), directions or "pca",
+                                organisms=list(pop.valid))
     if answers["n"].gt(0).any():
-        out["population_questions"] = (figures.question_panels(answers, f"{task.name}: the thread's questions ({ood}, 95% CI over {answers['over'].iloc[-1]})"),
-                                       pop.caption(f"{task.name}: the thread's questions, each on its own axis and unit with the zero line "
-                                                   "(no difference); + is better on the OOD split except (a) (+: toward the behaviour) "
-                                                   "and (b) (latent activation).", f"95% t-interval over {answers['over'].iloc[-1]}"))
-    fig = interpretation(pop.table, pop.valid, f"{task.name}: each direction source scored against the ground truth")
+        q_over = answers["over"].iloc[-1]
+        out["population_questions"] = (
+            figures.question_panels(answers, f"{name}: the thread's questions ({ood}, 95% CI over {q_over})"),
+            pop.caption(f"{name}: the thread's questions, each on its own axis and unit with the zero line "
+                        "(no difference); + is better on the OOD split except (a) (+: toward the behaviour) "
+                        "and (b) (latent activation).", f"95% t-interval over {q_over}"))
+    fig = interpretation(pop.table, pop.valid,
+                         f"{name}: each direction source scored against the ground truth")
     if fig is not None:
-        out["population_interpretation"] = (fig, pop.caption(f"{task.name}: precision, recall and oracle span (‖P q_oracle‖², mean over "
-                                                              "hooks) of each direction set chosen in chapter 03, against the ground truth.",
-                                                              "95% t-interval over organisms, clipped to 0–1"))
+        out["population_interpretation"] = (
+            fig, pop.caption(f"{name}: precision, recall and oracle span (‖P q_oracle‖², mean over hooks) of "
+                             "each direction set chosen in chapter 03, against the ground truth.",
+                             "95% t-interval over organisms, clipped to 0–1"))
     return out
 
 
 def write_task(fig_dir: str | Path, task: str, formats=None) -> list[Path]:
-    """Draw and save one task's population figures into ``fig_dir/<task>/``; returns their HTML paths."""
+    """Draw and save one task's population figures into ``fig_dir/<task>/`` (static formats:
+    ``formats``, else ``$CAFT_TL_FIGURE_FORMATS``, else :data:`PAPER_FORMATS`); returns their HTML paths."""
     pop = load(fig_dir, task)
     if formats is None and figures.FORMATS_ENV not in os.environ:
         formats = PAPER_FORMATS
-    return [figures.save_figure(fig, name, caption, Path(fig_dir) / task, formats) for name, (fig, caption) in draw(pop).items()]
+    folder = Path(fig_dir) / task
+    return [figures.save_figure(fig, name, caption, folder, formats)
+            for name, (fig, caption) in draw(pop).items()]
 
 
 def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
-    """Each organism's ``06_tradeoff`` and ``08_questions`` redrawn from its rows in ``fig_dir/results.csv``
-    (into ``fig_dir/<task>/seed<s>/``, where that folder exists)."""
+    """Each organism's ``06_tradeoff`` and ``08_questions`` redrawn from its rows in
+    ``fig_dir/results.csv`` (into ``fig_dir/<task>/seed<s>/``, where that folder exists)."""
     from caft_tl.plotting import chapter_figures
 
     table, path = task_rows(fig_dir, task)
@@ -309,7 +331,8 @@ def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
         if folder is None or not folder.is_dir():
             continue
         rows, data = table[table["organism"] == organism], f"the rows of {organism} in {path}"
-        out += [chapter_figures.save_tradeoff(rows, world, folder, data), chapter_figures.save_questions(rows, world, folder, data)]
+        out += [chapter_figures.save_tradeoff(rows, world, folder, data),
+                chapter_figures.save_questions(rows, world, folder, data)]
     return out
 
 
@@ -318,7 +341,8 @@ def write(fig_dir: str | Path, run_dir: str | Path | None = None) -> list[Path]:
     ``06_tradeoff`` / ``08_questions`` too and the results page (:mod:`caft_tl.plotting.results_page`)."""
     path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
-        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there")
+        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, "
+                                         "it gathers every organism's rows there")
     out: list[Path] = []
     for task in dict.fromkeys(results.read(path)["task"]):
         try:
