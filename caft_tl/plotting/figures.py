@@ -108,13 +108,15 @@ def code_commit() -> str:
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                 timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "--short", "HEAD")
-    return "unknown" if not commit else commit + ("+uncommitted" if git("status", "--porcelain", "--untracked-files=no") else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return "unknown" if not commit else commit + ("+uncommitted" if dirty else "")
 
 
 #: the size of a static figure whose layout sets none
@@ -184,9 +186,10 @@ def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str =
     for label in _order(s["label"]):
         g = s[s["label"] == label].set_index("split").reindex(splits)
         base_label = label.split(" (")[0]
-        n = settings[base_label] = settings.get(base_label, -1) + 1  # the method's n-th setting: its own opacity
+        n = settings[base_label] = settings.get(base_label, -1) + 1  # the method's n-th setting: its opacity
         style = PALETTE.style(base_label)
-        fig.add_bar(name=label, x=splits, y=g["mean"], marker_color=style.colour, marker_pattern_shape=style.pattern,
+        fig.add_bar(name=label, x=splits, y=g["mean"], marker_color=style.colour,
+                    marker_pattern_shape=style.pattern,
                     marker_opacity=PARAM_OPACITY[n % len(PARAM_OPACITY)],
                     error_y=dict(type="data", symmetric=False, array=g["high"] - g["mean"], arrayminus=g["mean"] - g["low"]))
     fig.update_layout(title=title, barmode="group", yaxis=dict(title=yaxis, range=[0, 1.05]), xaxis_title="evaluation split",
@@ -196,17 +199,18 @@ def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str =
 
 #: at most this many text labels on one panel; the other points say who they are in their hover text
 MAX_LABELS = 6
-#: the box a label takes above its point (fractions of the x and y axis ranges): a label whose box holds another
-#: label's box or another point would overprint, and is left out
+#: the box a label takes beside its point (fractions of the x and y axis ranges): a label whose box
+#: meets another label's box or another point would overprint, and is left out
 LABEL_BOX = (0.14, 0.05)
 
 
 def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, float] = (0, 1.05),
-                 y_range: tuple[float, float] = (0, 1.05), budget: int = MAX_LABELS, box: tuple[float, float] = LABEL_BOX,
-                 others: list[tuple[float, float]] = ()) -> list[str]:
+                 y_range: tuple[float, float] = (0, 1.05), budget: int = MAX_LABELS,
+                 box: tuple[float, float] = LABEL_BOX, others: list[tuple[float, float]] = ()) -> list[str]:
     """The text to draw above and right of each ``(x, y, text)`` point (``textposition="top right"``),
     taken in priority order: ``""`` where the panel's ``budget`` is spent, or where the label's box
-    (``box`` wide and high) would meet a label already placed or another point (of ``points`` or ``others``)."""
+    (``box`` wide and high) would meet a label already placed or another point (of ``points`` or
+    ``others``)."""
     def frac(x: float, y: float) -> tuple[float, float]:
         return (x - x_range[0]) / (x_range[1] - x_range[0]), (y - y_range[0]) / (y_range[1] - y_range[0])
 
@@ -216,8 +220,10 @@ def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, f
     for x, y, text in points:
         fx, fy = frac(x, y)
         clear_of_labels = all(abs(fx - px) >= box[0] or abs(fy - py) >= box[1] for px, py in placed)
-        clear_of_points = all(not (fx - 0.01 < mx < fx + box[0] and fy < my <= fy + box[1] * 1.2) for mx, my in marks)
-        if text and len(placed) < budget and clear_of_labels and clear_of_points and pd.notna(x) and pd.notna(y):
+        clear_of_points = all(not (fx - 0.01 < mx < fx + box[0] and fy < my <= fy + box[1] * 1.2)
+                              for mx, my in marks)
+        drawable = pd.notna(x) and pd.notna(y) and len(placed) < budget
+        if text and drawable and clear_of_labels and clear_of_points:
             placed.append((fx, fy))
             out.append(text)
         else:
@@ -225,8 +231,10 @@ def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, f
     return out
 
 
-def data_range(values, lowest: float = 0.0, highest: float = 1.05, min_span: float = 0.25) -> tuple[float, float]:
-    """An axis range around ``values`` (a rate's: within ``lowest`` … ``highest``), padded, at least ``min_span`` wide."""
+def data_range(values, lowest: float = 0.0, highest: float = 1.05,
+               min_span: float = 0.25) -> tuple[float, float]:
+    """An axis range around ``values`` (a rate's: within ``lowest`` … ``highest``), padded, at least
+    ``min_span`` wide."""
     v = pd.Series(values, dtype=float).dropna()
     if v.empty:
         return lowest, highest
@@ -243,7 +251,9 @@ def param_order(param: str) -> tuple[float, str]:
 
 
 def interval(mean: pd.Series, low: pd.Series, high: pd.Series) -> dict:
-    return dict(type="data", symmetric=False, array=(high - mean).to_numpy(), arrayminus=(mean - low).to_numpy())
+    """A plotly error bar from ``low`` to ``high`` around ``mean``."""
+    return dict(type="data", symmetric=False, array=(high - mean).to_numpy(),
+                arrayminus=(mean - low).to_numpy())
 
 
 #: the trade-off's panels, each with the groups of :data:`~caft_tl.plotting.palette.GROUPS` it shows (the
@@ -303,32 +313,43 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
     both = tradeoff_points(summary, x_split, y_split)
     x_range = data_range(pd.concat([both["low_x"], both["high_x"]]))
     y_range = data_range(pd.concat([both["low_y"], both["high_y"]]))
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=list(panels), horizontal_spacing=0.05)
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=list(panels),
+                        horizontal_spacing=0.05)
     curve, shown = _curve(both), set()
     for col, groups in enumerate(panels.values(), start=1):
-        fig.add_scatter(x=curve["mean_x"], y=curve["mean_y"], mode="lines", name="fewer-examples curve", legendgroup="curve",
-                        showlegend=col == 1, line=dict(color=_colour(CURVE), dash="dot", width=1.5), hoverinfo="skip", row=1, col=col)
-        here = both[both["label"].isin(["base", "plain", CURVE]) | both["label"].map(lambda x: PALETTE.style(x).group in groups)]
-        here = here.assign(order=[(_order(here["label"]).index(lab), param_order(p)) for lab, p in zip(here["label"], here["param"])])
+        fig.add_scatter(x=curve["mean_x"], y=curve["mean_y"], mode="lines", name="fewer-examples curve",
+                        legendgroup="curve", showlegend=col == 1, hoverinfo="skip", row=1, col=col,
+                        line=dict(color=_colour(CURVE), dash="dot", width=1.5))
+        in_panel = [lab in ("base", "plain", CURVE) or PALETTE.style(lab).group in groups
+                    for lab in both["label"]]
+        here = both[in_panel]
+        order = _order(here["label"])
+        rank = [(order.index(lab), param_order(p)) for lab, p in zip(here["label"], here["param"])]
+        here = here.assign(order=rank)
         here = here.sort_values("order")
-        ranked = pd.concat([here[here["label"].isin(["base", "plain"])], here[here["label"] == CURVE],
-                            here[~here["label"].isin(["base", "plain", CURVE]) & here.duplicated("label", keep=False)]])
+        ref, settings = here["label"].isin(["base", "plain"]), here.duplicated("label", keep=False)
+        curve_points = here["label"] == CURVE
+        ranked = pd.concat([here[ref], here[curve_points], here[~ref & ~curve_points & settings]])
         rest = here.drop(ranked.index)
-        text = place_labels([(r.mean_x, r.mean_y, r.label if r.label in ("base", "plain") else r.param) for r in ranked.itertuples()],
-                            x_range, y_range, others=list(zip(rest["mean_x"], rest["mean_y"])))
+        points = [(r.mean_x, r.mean_y, r.label if r.label in ("base", "plain") else r.param)
+                  for r in ranked.itertuples()]
+        text = place_labels(points, x_range, y_range, others=list(zip(rest["mean_x"], rest["mean_y"])))
         text = pd.Series(text, index=ranked.index).reindex(here.index).fillna("")
-        for label in _order(here["label"]):
+        for label in order:
             g, style = here[here["label"] == label], PALETTE.style(label)
             joined = len(g) > 1 and label != CURVE
             fig.add_scatter(
                 name=label, legendgroup=label, showlegend=label not in shown, x=g["mean_x"], y=g["mean_y"],
-                mode=("lines+" if joined else "") + "markers+text", text=text[g.index], textposition="top right",
-                marker=dict(size=10, color=style.colour, symbol=style.marker, line=dict(width=1, color="white")),
-                line=dict(color=style.colour, width=1), textfont=dict(size=11, color=style.colour),
-                customdata=list(zip(g["param"], g["n"])),
-                hovertemplate=f"{label} %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}<br>n %{{customdata[1]}}<extra></extra>",
+                mode=("lines+" if joined else "") + "markers+text", text=text[g.index],
+                textposition="top right", textfont=dict(size=11, color=style.colour),
+                marker=dict(size=10, color=style.colour, symbol=style.marker,
+                            line=dict(width=1, color="white")),
+                line=dict(color=style.colour, width=1), customdata=list(zip(g["param"], g["n"])),
+                hovertemplate=f"{label} %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}"
+                              "<br>n %{customdata[1]}<extra></extra>",
                 error_x=interval(g["mean_x"], g["low_x"], g["high_x"]) | dict(thickness=1, width=0),
-                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | dict(thickness=1, width=0), row=1, col=col)
+                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | dict(thickness=1, width=0),
+                row=1, col=col)
             shown.add(label)
         fig.update_xaxes(title=x_title, range=list(x_range), row=1, col=col)
     fig.update_yaxes(title=y_title, range=list(y_range), row=1, col=1)
@@ -444,6 +465,11 @@ def null_distribution(null: list[float], marks: dict[str, float], title: str, x_
     return fig
 
 
+#: the hover text of a question's point: the question, the verdict, the value [interval] and n
+QUESTION_HOVER = ("%{hovertext}<br>%{y:+.3f} [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}], "
+                  "n = %{customdata[2]} %{customdata[3]}<extra></extra>")
+
+
 def question_panels(answers: pd.DataFrame, title: str, cols: int = 3) -> go.Figure:
     """The thread's questions (:func:`caft_tl.evaluation.questions.answers`) as small multiples: one
     panel per question, its value with the 95% interval on its own y axis in its own unit
@@ -455,25 +481,29 @@ def question_panels(answers: pd.DataFrame, title: str, cols: int = 3) -> go.Figu
 
     rows = -(-len(answers) // cols)
     titles = [f"{SHORT.get(str(r.question), r.question)} (n={r.n})" for r in answers.itertuples()]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12, vertical_spacing=0.2)
-    colour = _colour("zero · pca")
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12,
+                        vertical_spacing=0.2)
+    colour, small = _colour("zero · pca"), dict(size=11)
     for i, r in enumerate(answers.itertuples()):
-        row, col = i // cols + 1, i % cols + 1
-        fig.add_hline(y=0, line_color="#333", line_width=1, row=row, col=col, exclude_empty_subplots=False)
+        at = dict(row=i // cols + 1, col=i % cols + 1)
+        fig.add_hline(y=0, line_color="#333", line_width=1, exclude_empty_subplots=False, **at)
         value = f"{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" if r.n else ""
-        fig.update_xaxes(showticklabels=False, range=[-1, 1], title=dict(text=value, font=dict(size=11)), row=row, col=col)
-        fig.update_yaxes(title=dict(text=UNITS.get(str(r.question), "value"), font=dict(size=11)), zeroline=False, row=row, col=col)
+        fig.update_xaxes(showticklabels=False, range=[-1, 1], title=dict(text=value, font=small), **at)
+        unit = UNITS.get(str(r.question), "value")
+        fig.update_yaxes(title=dict(text=unit, font=small), zeroline=False, **at)
         if not r.n:
-            fig.add_annotation(text="not measured", x=0, y=0, yshift=14, showarrow=False, font=dict(color="#666"), row=row, col=col)
-            fig.update_yaxes(range=[-1, 1], showticklabels=False, row=row, col=col)
+            fig.add_annotation(text="not measured", x=0, y=0, yshift=14, showarrow=False,
+                               font=dict(color="#666"), **at)
+            fig.update_yaxes(range=[-1, 1], showticklabels=False, **at)
             continue
         reach = max(abs(r.low), abs(r.high), abs(r.value), 1e-3) * 1.25
-        fig.add_scatter(x=[0], y=[r.value], mode="markers", showlegend=False, marker=dict(size=11, color=colour),
-                        error_y=dict(type="data", symmetric=False, array=[r.high - r.value], arrayminus=[r.value - r.low], width=8),
-                        customdata=[[r.low, r.high, r.n, r.over]], hovertext=[f"{r.text}<br>{r.answer}"],
-                        hovertemplate="%{hovertext}<br>%{y:+.3f} [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}], "
-                                      "n = %{customdata[2]} %{customdata[3]}<extra></extra>", row=row, col=col)
-        fig.update_yaxes(range=[-reach, reach], row=row, col=col)
+        error = dict(type="data", symmetric=False, array=[r.high - r.value], arrayminus=[r.value - r.low],
+                     width=8)
+        fig.add_scatter(x=[0], y=[r.value], mode="markers", showlegend=False,
+                        marker=dict(size=11, color=colour),
+                        error_y=error, customdata=[[r.low, r.high, r.n, r.over]],
+                        hovertext=[f"{r.text}<br>{r.answer}"], hovertemplate=QUESTION_HOVER, **at)
+        fig.update_yaxes(range=[-reach, reach], **at)
     fig.update_annotations(font_size=12)
     fig.update_layout(title=title, template=TEMPLATE, width=1000, height=300 * rows + 120)
     return fig

@@ -62,8 +62,8 @@ class Palette:
         clash = [s.label for s in self._styles.values()
                  if s.colour == colour and (s.marker == style.marker or s.pattern == style.pattern)]
         if clash:
-            raise ValueError(f"{label!r} would look like {clash[0]!r} (colour {colour} and the same marker or bar "
-                             "pattern); choose another colour")
+            raise ValueError(f"{label!r} would look like {clash[0]!r} (colour {colour} and the same "
+                             "marker or bar pattern); choose another colour")
         self._styles[label] = style
         return style
 
@@ -112,7 +112,8 @@ def _default() -> Palette:
         ("mean · pca", c["sky blue"], "steering family"), ("detached · pca", c["orange"], "steering family"),
         ("grad_only · pca", c["bluish green"], "steering family"),
         ("steer_mean · pca", c["reddish purple"], "steering family"),
-        ("add · pca", c["vermillion"], "steering family"), ("add · persona_vector", c["black"], "steering family"),
+        ("add · pca", c["vermillion"], "steering family"),
+        ("add · persona_vector", c["black"], "steering family"),
     ]:
         p.add(label, colour, group)
     return p

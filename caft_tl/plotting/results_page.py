@@ -151,7 +151,8 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     if notebooks:
         parts.append('<p class="links">Executed notebooks: ' + " ".join(f'<a href="{_href(nb, page_dir)}">{_e(nb.name)}</a>' for nb in notebooks)
                      + "</p>")
-    parts += [_figure(org_fig, name, captions.get(name, "(no caption recorded)"), page_dir, f"{task}-{folder}-{name}") for name in names]
+    parts += [_figure(org_fig, name, captions.get(name, "(no caption recorded)"), page_dir,
+                      f"{task}-{folder}-{name}") for name in names]
     if not names:
         parts.append('<p class="note">No figures for this organism.</p>')
     return "".join(parts), len(names)
@@ -161,10 +162,10 @@ def _figure(folder: Path, name: str, caption: str, page_dir: Path, anchor: str) 
     """One figure: its interactive HTML in an iframe, its caption, and links to it, its static
     formats and its caption file."""
     src = _href(folder / f"{name}.html", page_dir)
-    links = [f'<a href="{src}">open</a>'] + [f'<a href="{_href(folder / f"{name}.{ext}", page_dir)}">{ext.upper()}</a>'
-                                             for ext in ("png", "svg", "pdf") if (folder / f"{name}.{ext}").exists()]
-    if (folder / f"{name}.caption.md").exists():
-        links.append(f'<a href="{_href(folder / f"{name}.caption.md", page_dir)}">caption</a>')
+    links = [f'<a href="{src}">open</a>']
+    for ext, text in (("png", "PNG"), ("svg", "SVG"), ("pdf", "PDF"), ("caption.md", "caption")):
+        if (folder / f"{name}.{ext}").exists():
+            links.append(f'<a href="{_href(folder / f"{name}.{ext}", page_dir)}">{text}</a>')
     height = _height(folder / f"{name}.html")
     return (f'<figure id="{_e(anchor)}"><h4>{_e(name)}</h4>'
             f'<iframe class="figure" src="{src}" title="{_e(name)}" loading="lazy" scrolling="no"'
@@ -181,11 +182,14 @@ def _height(html_file: Path) -> int | None:
 def _population_figures(fig_dir: Path, name: str, page_dir: Path) -> str:
     """The task's population figures (:mod:`caft_tl.plotting.population_figures`), each with its caption."""
     folder = fig_dir / name
-    captions = json.loads((folder / "captions.json").read_text()) if (folder / "captions.json").exists() else {}
+    index = folder / "captions.json"
+    captions = json.loads(index.read_text()) if index.exists() else {}
     present = [n for n in population_figures.NAMES if (folder / f"{n}.html").exists()]
     if not present:
-        return '<p class="note">No population figures (the suite draws them after chapter 06; or run make figures).</p>'
-    return "".join(_figure(folder, n, captions.get(n, "(no caption recorded)"), page_dir, f"{name}-{n}") for n in present)
+        return ('<p class="note">No population figures (the suite draws them after chapter 06; '
+                "or run make figures).</p>")
+    return "".join(_figure(folder, n, captions.get(n, "(no caption recorded)"), page_dir, f"{name}-{n}")
+                   for n in present)
 
 
 #: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each with its heading
@@ -239,7 +243,8 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     files_ = [fig_dir / name / f for f in (population.VALIDITY_FILE, population.SUMMARY_FILE, population.PER_ORGANISM_FILE)]
     if any(f.exists() for f in files_):
         out.append('<p class="links">Files: ' + " ".join(f'<a href="{_href(f, page_dir)}">{_e(f.name)}</a>' for f in files_ if f.exists()) + "</p>")
-    out.append(f'<h3 id="{_e(name)}-population">Population figures</h3>' + _population_figures(fig_dir, name, page_dir))
+    out.append(f'<h3 id="{_e(name)}-population">Population figures</h3>'
+               + _population_figures(fig_dir, name, page_dir))
     out.append(f'<h3 id="{_e(name)}-organisms">Organisms and validity</h3>')
     by_seed = {f[4:]: f for f in folders if f.startswith("seed")}
     out.append(_validity_table(verdicts, by_seed, run_dir, name, page_dir) if verdicts is not None
@@ -277,7 +282,8 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     tasks = _tasks(fig_dir, run_dir)
     toc = ["<nav><h2>Contents</h2><ul>"]
     for t in tasks:
-        toc.append(f'<li><a href="#{_e(t)}">{_e(t)}</a>: <a href="#{_e(t)}-population">population figures</a> · '
+        toc.append(f'<li><a href="#{_e(t)}">{_e(t)}</a>: '
+                   f'<a href="#{_e(t)}-population">population figures</a> · '
                    f'<a href="#{_e(t)}-organisms">organisms</a> · '
                    f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · <a href="#{_e(t)}-figures">figures</a></li>')
     toc.append("</ul></nav>")

@@ -202,7 +202,8 @@ def run_tasks(
         for t in tasks:
             print(summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg"))))
             try:
-                print(f"  population figures: {', '.join(p.stem for p in population_figures.write_task(fig_dir, t))}")
+                drawn = population_figures.write_task(fig_dir, t)
+                print(f"  population figures: {', '.join(p.stem for p in drawn)}")
             except population_figures.NoValidOrganismError as e:
                 print(f"  note: {e}")
     from caft_tl.plotting import results_page
