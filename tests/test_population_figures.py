@@ -40,25 +40,34 @@ def _rows(organisms: list[str]) -> list[dict]:
     for org in organisms:
         o = int(org.split("-s")[1].split("-")[0])
         wild = 0.5 if org == INVALID else 0.0  # the invalid organism is far off: it must not move any number
-        rows += results.rows(results.RowKey(TASK, org, "base", trained=False), {"id": {"accuracy": 0.9}, "ood": {"accuracy": 0.5 - wild}})
+        rows += results.rows(results.RowKey(TASK, org, "base", trained=False),
+                             {"id": {"accuracy": 0.9}, "ood": {"accuracy": 0.5 - wild}})
         for i, (m, d, p) in enumerate(CONFIGS):
             for seed in (0, 1):
                 rows += results.rows(results.RowKey(TASK, org, m, d, p, True, seed),
-                                     {"id": {"accuracy": idv(i, o) - wild}, "ood": {"accuracy": min(ood(i, o, seed) + wild, 1.0)}})
+                                     {"id": {"accuracy": idv(i, o) - wild},
+                                      "ood": {"accuracy": min(ood(i, o, seed) + wild, 1.0)}})
         for d, precision in (("pca", 0.8), ("topk_pca", 0.5), ("sae", 0.6)):
             rows += results.rows(results.RowKey(TASK, org, "interpretation", d, trained=False),
-                                 {"all": {"precision": precision + 0.05 * o, "recall": 0.5, "oracle_span": 0.3 + 0.1 * o - wild},
+                                 {"all": {"precision": precision + 0.05 * o, "recall": 0.5,
+                                          "oracle_span": 0.3 + 0.1 * o - wild},
                                   "blocks.1.hook_resid_post": {"precision": 0.0}})
     return rows
 
 
 @pytest.fixture
 def fig_dir(tmp_path):
-    results.write(tmp_path / results.RESULTS_FILE, pd.DataFrame(_rows([*VALID, INVALID]), columns=results.COLUMNS))
+    table = pd.DataFrame(_rows([*VALID, INVALID]), columns=results.COLUMNS)
+    results.write(tmp_path / results.RESULTS_FILE, table)
     (tmp_path / TASK).mkdir()
-    pd.DataFrame({"organism": [*VALID, INVALID], "pretrain_seed": [0, 1, 2, 3], "valid": [True, True, True, False]}).to_csv(
-        tmp_path / TASK / population.VALIDITY_FILE, index=False)
+    _validity(tmp_path, [True, True, True, False])
     return tmp_path
+
+
+def _validity(fig_dir, valid: list[bool]) -> None:
+    organisms = [*VALID, INVALID][: len(valid)]
+    pd.DataFrame({"organism": organisms, "pretrain_seed": range(len(valid)), "valid": valid}).to_csv(
+        fig_dir / TASK / population.VALIDITY_FILE, index=False)
 
 
 def t_interval(values, clip=(0.0, 1.0)) -> tuple[float, float, float]:
@@ -86,8 +95,10 @@ def test_the_headline_is_the_mean_over_valid_organisms_with_their_interval_and_n
     assert trace.customdata[0][4] == 3  # n: the three valid organisms, not the fourth
     steer = next(t for t in fig.data if t.name == "steer_mean · pca")
     # drawn bottom up, so k=-3 reads above k=3
-    assert [list(y) for y in steer.y] == [["steering family"] * 2, ["steer_mean · pca (k=3)", "steer_mean · pca (k=-3)"]]
-    assert not any(t.name in ("base", "plain") or "random/0" in str(t.y) for t in fig.data)  # references are lines; no null draw
+    assert [list(y) for y in steer.y] == [["steering family"] * 2,
+                                          ["steer_mean · pca (k=3)", "steer_mean · pca (k=-3)"]]
+    # base and plain are lines, not rows; no null draw
+    assert not any(t.name in ("base", "plain") or "random/0" in str(t.y) for t in fig.data)
     lines = {s.annotation.text if hasattr(s, "annotation") else None: s.x0 for s in fig.layout.shapes}
     plain = np.mean([np.mean([ood(0, o, s) for s in (0, 1)]) for o in range(3)])
     assert sorted(s.x0 for s in fig.layout.shapes) == pytest.approx(sorted([plain, 0.5])), lines
@@ -102,12 +113,14 @@ def test_the_tradeoff_has_both_intervals_the_curve_on_every_panel_and_few_labels
     mx, lox, hix = t_interval([idv(i, o) for o in range(3)])
     my, loy, hiy = t_interval([np.mean([ood(i, o, s) for s in (0, 1)]) for o in range(3)])
     assert (trace.x[0], trace.y[0]) == pytest.approx((mx, my))
-    assert [e[0] for e in _ends(trace, "x")] == pytest.approx([lox, hix]) and [e[0] for e in _ends(trace, "y")] == pytest.approx([loy, hiy])
+    assert [e[0] for e in _ends(trace, "x")] == pytest.approx([lox, hix])
+    assert [e[0] for e in _ends(trace, "y")] == pytest.approx([loy, hiy])
     assert trace.customdata[0][1] == 3
     curves = [t for t in fig.data if t.name == "fewer-examples curve"]
-    assert len(curves) == 2 and list(curves[0].x) == sorted(curves[0].x) and len(curves[0].x) == 4  # base, n=96, n=160, plain
+    assert len(curves) == 2 and list(curves[0].x) == sorted(curves[0].x)
+    assert len(curves[0].x) == 4  # base, n=96, n=160, plain
     panel_of = {t.name: t.xaxis for t in fig.data}
-    assert panel_of["zero · sae"] != panel_of["steer_mean · pca"]  # CAFT sets and the steering family on their own panels
+    assert panel_of["zero · sae"] != panel_of["steer_mean · pca"]  # CAFT sets and the steering family apart
     for axis in {t.xaxis for t in fig.data}:
         labels = [x for t in fig.data if t.xaxis == axis and t.text is not None for x in t.text if x]
         assert len(labels) <= figures.MAX_LABELS
@@ -119,7 +132,8 @@ def test_the_tradeoff_has_both_intervals_the_curve_on_every_panel_and_few_labels
 def test_labels_never_overprint_and_stay_within_the_budget():
     close = [(0.5, 0.5, "a"), (0.55, 0.48, "b"), (0.9, 0.1, "c")]
     assert figures.place_labels(close) == ["a", "", "c"]  # b's label would overprint a's
-    assert figures.place_labels([(0.5, 0.5, "a"), (0.5, 0.52, "")]) == ["", ""]  # a point just above: no room for a's label
+    # a point just above: no room for a's label
+    assert figures.place_labels([(0.5, 0.5, "a"), (0.5, 0.52, "")]) == ["", ""]
     spread = [(x / 10, x / 10, f"p{x}") for x in range(10)]
     assert sum(bool(t) for t in figures.place_labels(spread, budget=4)) == 4
     assert figures.place_labels(spread, budget=3)[:3] == ["p0", "p1", "p2"]  # in priority order
@@ -128,8 +142,8 @@ def test_labels_never_overprint_and_stay_within_the_budget():
 def test_the_decomposition_orders_caft_and_its_parts(fig_dir):
     fig = population_figures.draw(population_figures.load(fig_dir, TASK))["population_decomposition"][0]
     ood_panel = [t for t in fig.data if t.xaxis == "x"]
-    assert [x for t in ood_panel for x in t.x] == ["zero", "detached", "grad_only", "mean", "steer_mean (k=-3)", "steer_mean (k=3)",
-                                                   "add (alpha=4.0)"]
+    assert [x for t in ood_panel for x in t.x] == ["zero", "detached", "grad_only", "mean",
+                                                   "steer_mean (k=-3)", "steer_mean (k=3)", "add (alpha=4.0)"]
     detached = next(t for t in ood_panel if t.name == "detached · pca")
     m, lo, hi = t_interval([np.mean([ood(_i("detached", "pca"), o, s) for s in (0, 1)]) for o in range(3)])
     assert detached.y[0] == pytest.approx(m) and [e[0] for e in _ends(detached)] == pytest.approx([lo, hi])
@@ -152,7 +166,8 @@ def test_each_question_has_its_own_axis_zero_line_and_interval(fig_dir):
     assert len(ranges) > 1  # each answer on its own scale
     assert all(lo < 0 < hi for lo, hi in ranges)  # and the zero line always in view
     titles = [a.text for a in fig.layout.annotations]
-    assert any(t.startswith("c · detached vs CAFT (n=3)") for t in titles) and titles.count("not measured") == 2
+    assert any(t.startswith("c · detached vs CAFT (n=3)") for t in titles)
+    assert titles.count("not measured") == 2
 
 
 def test_interpretation_scores_per_direction_source(fig_dir):
@@ -160,7 +175,8 @@ def test_interpretation_scores_per_direction_source(fig_dir):
     span = {t.x[0]: t for t in fig.data if t.xaxis == "x3"}
     assert list(span) == ["pca", "sae", "topk_pca"]  # the palette's order: CAFT sets, then controls
     m, lo, hi = t_interval([0.3 + 0.1 * o for o in range(3)])
-    assert span["pca"].y[0] == pytest.approx(m) and [e[0] for e in _ends(span["pca"])] == pytest.approx([lo, hi])
+    assert span["pca"].y[0] == pytest.approx(m)
+    assert [e[0] for e in _ends(span["pca"])] == pytest.approx([lo, hi])
     assert span["pca"].customdata[0][4] == 3
 
 
@@ -175,20 +191,19 @@ def test_write_task_writes_each_figure_with_its_caption_file(fig_dir, monkeypatc
 
 
 def test_one_valid_organism_gives_intervals_over_fine_tuning_seeds(fig_dir):
-    pd.DataFrame({"organism": [*VALID, INVALID], "pretrain_seed": [0, 1, 2, 3], "valid": [True, False, False, False]}).to_csv(
-        fig_dir / TASK / population.VALIDITY_FILE, index=False)
+    _validity(fig_dir, [True, False, False, False])
     pop = population_figures.load(fig_dir, TASK)
     assert pop.over == "fine-tuning seeds" and "1 valid organism (of 4)" in pop.n
-    trace = next(t for t in population_figures.draw(pop)["population_headline"][0].data if t.name == "zero · pca")
+    headline = population_figures.draw(pop)["population_headline"][0]
+    trace = next(t for t in headline.data if t.name == "zero · pca")
     m, lo, hi = t_interval([ood(_i("zero", "pca"), 0, s) for s in (0, 1)])
     assert trace.x[0] == pytest.approx(m) and [e[0] for e in _ends(trace, "x")] == pytest.approx([lo, hi])
 
 
 def test_bad_input_is_one_line(fig_dir, tmp_path_factory, capsys):
-    with pytest.raises(ValueError, match=r"no rows of task 'persona_em' in .*results.csv'; tasks there: double_mc"):
+    with pytest.raises(ValueError, match=r"no rows of task 'persona_em' in .*csv'; tasks there: double_mc$"):
         population_figures.load(fig_dir, "persona_em")
-    pd.DataFrame({"organism": VALID, "pretrain_seed": [0, 1, 2], "valid": [False] * 3}).to_csv(fig_dir / TASK / population.VALIDITY_FILE,
-                                                                                            index=False)
+    _validity(fig_dir, [False] * 3)
     with pytest.raises(population_figures.NoValidOrganismError, match="has no valid organism"):
         population_figures.load(fig_dir, TASK)
     empty = tmp_path_factory.mktemp("empty")
@@ -209,7 +224,8 @@ def test_the_palette_refuses_duplicates_and_unsafe_colours():
     with pytest.raises(ValueError, match=r"group 'misc' of 'x' is unknown; valid: reference"):
         p.add("x", palette.GREY, "misc")
     styles = list(palette.PALETTE)
-    assert len({(s.colour, s.marker) for s in styles}) == len(styles) == len({(s.colour, s.pattern) for s in styles})
+    assert len({(s.colour, s.marker) for s in styles}) == len(styles)
+    assert len({(s.colour, s.pattern) for s in styles}) == len(styles)
     assert all(s.colour in palette.COLOUR_BLIND_SAFE for s in styles)
     new = palette.PALETTE.style("zero · something_new")
     assert new.group == "other" and new == palette.PALETTE.style("zero · something_new")
@@ -219,6 +235,7 @@ def test_the_palette_refuses_duplicates_and_unsafe_colours():
 
 def test_a_tall_legend_makes_the_figure_taller():
     fig = go.Figure([go.Scatter(x=[0], y=[i], name=f"series {i}") for i in range(30)])
-    assert figures.fit_legend(fig) == figures.LEGEND_ROW_PX * 30 + figures.LEGEND_MARGIN_PX == fig.layout.height
+    tall = figures.LEGEND_ROW_PX * 30 + figures.LEGEND_MARGIN_PX
+    assert figures.fit_legend(fig) == tall == fig.layout.height
     small = go.Figure([go.Scatter(x=[0], y=[0], name="one")])
     assert figures.fit_legend(small) == 520

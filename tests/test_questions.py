@@ -74,7 +74,8 @@ def test_question_panels_show_each_measured_question_on_its_own_axis():
     a = questions.answers(t[t["method"] != "add"], "ood", "accuracy")
     fig = figures.question_panels(a, "t")
     measured = a[a["n"] > 0]
-    assert [t.y[0] for t in fig.data] == pytest.approx(list(measured["value"]))  # b and f are not measured: no point
+    # b and f are not measured: no point
+    assert [t.y[0] for t in fig.data] == pytest.approx(list(measured["value"]))
     assert [t.error_y.array[0] for t in fig.data] == pytest.approx(list(measured["high"] - measured["value"]))
     assert len({t.yaxis for t in fig.data}) == len(measured)
     units = [fig.layout[f"yaxis{i + 1 if i else ''}"].title.text for i in range(len(a))]
