@@ -136,8 +136,10 @@ def save_figure(fig: go.Figure, name: str, caption: str | Caption, fig_dir: str 
     fig_dir.mkdir(parents=True, exist_ok=True)
     fig.update_layout(template=TEMPLATE, font=dict(size=13))
     fit_legend(fig, min_height=STATIC_SIZE[1])
+    page = go.Figure(fig)
+    page.layout.width = None  # the HTML fills its page's width; the static formats keep the figure's
     with files.atomic_write(fig_dir / f"{name}.html") as f:
-        f.write(fig.to_html(include_plotlyjs="directory", full_html=True))
+        f.write(page.to_html(include_plotlyjs="directory", full_html=True))
     if not (fig_dir / "plotly.min.js").exists():  # the HTML files load plotly.js from beside them
         from plotly.offline import get_plotlyjs
 
