@@ -130,7 +130,7 @@ def test_the_tradeoff_has_both_intervals_the_curve_on_every_panel_and_few_labels
 
 
 def test_labels_never_overprint_and_stay_within_the_budget():
-    close = [(0.5, 0.5, "a"), (0.55, 0.48, "b"), (0.9, 0.1, "c")]
+    close = [(0.5, 0.5, "a"), (0.56, 0.46, "b"), (0.9, 0.1, "c")]
     assert figures.place_labels(close) == ["a", "", "c"]  # b's label would overprint a's
     # a point just above: no room for a's label
     assert figures.place_labels([(0.5, 0.5, "a"), (0.5, 0.52, "")]) == ["", ""]

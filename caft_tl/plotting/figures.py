@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from caft_tl.core import files
-from caft_tl.plotting.palette import OKABE_ITO, PALETTE, config_label
+from caft_tl.plotting.palette import OKABE_ITO, PALETTE, config_label, faded
 
 TEMPLATE = "plotly_white"
 #: the y-axis title of every behaviour-rate figure
@@ -204,6 +204,8 @@ MAX_LABELS = 6
 #: the box a label takes beside its point (fractions of the x and y axis ranges): a label whose box
 #: meets another label's box or another point would overprint, and is left out
 LABEL_BOX = (0.14, 0.05)
+#: a marker's half-size, in the same fractions
+MARKER_RADIUS = 0.02
 
 
 def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, float] = (0, 1.05),
@@ -211,19 +213,20 @@ def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, f
                  box: tuple[float, float] = LABEL_BOX, others: list[tuple[float, float]] = ()) -> list[str]:
     """The text to draw above and right of each ``(x, y, text)`` point (``textposition="top right"``),
     taken in priority order: ``""`` where the panel's ``budget`` is spent, or where the label's box
-    (``box`` wide and high) would meet a label already placed or another point (of ``points`` or
-    ``others``)."""
+    (``box`` wide and high) would meet a label already placed or another marker (of ``points`` or
+    ``others``, :data:`MARKER_RADIUS` round)."""
     def frac(x: float, y: float) -> tuple[float, float]:
         return (x - x_range[0]) / (x_range[1] - x_range[0]), (y - y_range[0]) / (y_range[1] - y_range[0])
 
     marks = [frac(x, y) for x, y, _ in points] + [frac(x, y) for x, y in others]
+    r = MARKER_RADIUS
     placed: list[tuple[float, float]] = []
     out = []
-    for x, y, text in points:
+    for i, (x, y, text) in enumerate(points):
         fx, fy = frac(x, y)
         clear_of_labels = all(abs(fx - px) >= box[0] or abs(fy - py) >= box[1] for px, py in placed)
-        clear_of_points = all(not (fx - 0.01 < mx < fx + box[0] and fy < my <= fy + box[1] * 1.2)
-                              for mx, my in marks)
+        clear_of_points = all(not (fx - r < mx < fx + box[0] + r and fy - r < my < fy + box[1] + r)
+                              for j, (mx, my) in enumerate(marks) if j != i)
         drawable = pd.notna(x) and pd.notna(y) and len(placed) < budget
         if text and drawable and clear_of_labels and clear_of_points:
             placed.append((fx, fy))
@@ -340,6 +343,7 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
         for label in order:
             g, style = here[here["label"] == label], PALETTE.style(label)
             joined = len(g) > 1 and label != CURVE
+            bar = dict(thickness=1.2, width=0, color=faded(style.colour))  # intervals behind the points
             fig.add_scatter(
                 name=label, legendgroup=label, showlegend=label not in shown, x=g["mean_x"], y=g["mean_y"],
                 mode=("lines+" if joined else "") + "markers+text", text=text[g.index],
@@ -349,8 +353,8 @@ def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_
                 line=dict(color=style.colour, width=1), customdata=list(zip(g["param"], g["n"])),
                 hovertemplate=f"{label} %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}"
                               "<br>n %{customdata[1]}<extra></extra>",
-                error_x=interval(g["mean_x"], g["low_x"], g["high_x"]) | dict(thickness=1, width=0),
-                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | dict(thickness=1, width=0),
+                error_x=interval(g["mean_x"], g["low_x"], g["high_x"]) | bar,
+                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | bar,
                 row=1, col=col)
             shown.add(label)
         fig.update_xaxes(title=x_title, range=list(x_range), row=1, col=col)

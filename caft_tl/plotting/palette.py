@@ -26,6 +26,12 @@ GROUPS = {"reference": ("star", ""), "CAFT sets": ("circle", ""), "controls": ("
 PLAIN_METHODS = ("base", "plain", "fewer_examples", "kl_to_base", "mix_disambiguating")
 
 
+def faded(colour: str, alpha: float = 0.45) -> str:
+    """``colour`` (``#rrggbb``) as ``rgba`` with opacity ``alpha`` (interval bars behind the points)."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
 def config_label(method: str, directions: str | None) -> str:
     """``method · directions``, or the method alone where it has no directions."""
     none = directions in ("none", "", None) or method in PLAIN_METHODS
