@@ -73,9 +73,6 @@ class Palette:
         self._styles[label] = style
         return style
 
-    def __contains__(self, label: str) -> bool:
-        return label in self._styles
-
     def __iter__(self):
         return iter(self._styles.values())
 
