@@ -206,6 +206,10 @@ def test_bad_input_is_one_line(fig_dir, tmp_path_factory, capsys):
     _validity(fig_dir, [False] * 3)
     with pytest.raises(population_figures.NoValidOrganismError, match="has no valid organism"):
         population_figures.load(fig_dir, TASK)
+    table = results.read(fig_dir / results.RESULTS_FILE)
+    results.write(fig_dir / results.RESULTS_FILE, table.assign(task="em_advice"))  # a real model's task
+    assert population_figures.main([str(fig_dir)]) == 0
+    assert "'em_advice' is not an organism task" in capsys.readouterr().out
     empty = tmp_path_factory.mktemp("empty")
     assert population_figures.main([str(empty)]) == 2
     err = capsys.readouterr().err

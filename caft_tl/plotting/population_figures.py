@@ -34,7 +34,7 @@ import plotly.graph_objects as go
 from caft_tl.core import files, results, stats
 from caft_tl.directions import sets
 from caft_tl.evaluation import population, questions
-from caft_tl.organism import Task, make_task
+from caft_tl.organism import TASKS, Task, make_task
 from caft_tl.plotting import figures
 from caft_tl.plotting.palette import PALETTE, config_label
 
@@ -345,6 +345,9 @@ def write(fig_dir: str | Path, run_dir: str | Path | None = None) -> list[Path]:
                                          "it gathers every organism's rows there")
     out: list[Path] = []
     for task in dict.fromkeys(results.read(path)["task"]):
+        if task not in TASKS:  # e.g. a real model's task: no organism design to read its splits from
+            print(f"note: {task!r} is not an organism task ({', '.join(TASKS)}): no population figures")
+            continue
         try:
             out += write_task(fig_dir, task)
         except NoValidOrganismError as e:
