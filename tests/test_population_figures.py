@@ -141,13 +141,15 @@ def test_labels_never_overprint_and_stay_within_the_budget():
 
 def test_the_decomposition_orders_caft_and_its_parts(fig_dir):
     fig = population_figures.draw(population_figures.load(fig_dir, TASK))["population_decomposition"][0]
-    ood_panel = [t for t in fig.data if t.xaxis == "x"]
+    ood_panel = [t for t in fig.data if t.xaxis == "x" and "dashed line" not in t.name]
     assert [x for t in ood_panel for x in t.x] == ["zero", "detached", "grad_only", "mean",
                                                    "steer_mean (k=-3)", "steer_mean (k=3)", "add (alpha=4.0)"]
     detached = next(t for t in ood_panel if t.name == "detached · pca")
     m, lo, hi = t_interval([np.mean([ood(_i("detached", "pca"), o, s) for s in (0, 1)]) for o in range(3)])
     assert detached.y[0] == pytest.approx(m) and [e[0] for e in _ends(detached)] == pytest.approx([lo, hi])
     assert len([s for s in fig.layout.shapes if s.type == "line"]) == 4  # base and plain on each panel
+    references = [t.name for t in fig.data if "dashed line" in t.name]
+    assert references == ["base (dashed line)", "plain (dashed line)"]  # named once, in the legend
 
 
 def test_each_question_has_its_own_axis_zero_line_and_interval(fig_dir):

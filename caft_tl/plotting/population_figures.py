@@ -150,19 +150,25 @@ def _points(fig: go.Figure, g: pd.DataFrame, style, axis: str, names: list[str],
                     **{f"error_{axis}": error}, **where)
 
 
-def _references(fig: go.Figure, s: pd.DataFrame, axis: str, **where) -> None:
-    """base and plain as dashed lines across a panel (their means), each named at its end."""
+def _references(fig: go.Figure, s: pd.DataFrame, axis: str, legend: bool = False, **where) -> None:
+    """base and plain as dashed lines across a panel (their means), each named at its end, or, with
+    ``legend``, in the legend (where names at the line's end would meet the points)."""
     for label, position in (("base", "bottom"), ("plain", "top")):
         r = s[s["method"] == label]
         if r.empty:
             continue
         colour = PALETTE.style(label).colour
-        line = dict(line_color=colour, line_dash="dash", line_width=1.5, annotation_text=label,
-                    annotation_font_color=colour, annotation_position=f"{position} right", **where)
+        line = dict(line_color=colour, line_dash="dash", line_width=1.5, **where)
+        if not legend:
+            line |= dict(annotation_text=label, annotation_font_color=colour,
+                         annotation_position=f"{position} right")
         if axis == "x":
             fig.add_vline(x=float(r["mean"].iloc[0]), **line)
         else:
             fig.add_hline(y=float(r["mean"].iloc[0]), exclude_empty_subplots=False, **line)
+        if legend and where.get("col", 1) == 1:
+            fig.add_scatter(x=[None], y=[None], mode="lines", name=f"{label} (dashed line)",
+                            legendgroup=label, line=dict(color=colour, dash="dash", width=1.5))
 
 
 def headline(s: pd.DataFrame, task: Task, title: str) -> go.Figure:
@@ -221,7 +227,7 @@ def decomposition(s: pd.DataFrame, task: Task, directions: str, title: str) -> g
             names = [_label(method, p) for p in m["param"]]
             _points(fig, m, PALETTE.style(config_label(method, directions)), "y", names, names,
                     legendgroup=method, showlegend=col == 1, row=1, col=col)
-        _references(fig, s[on], "y", row=1, col=col)
+        _references(fig, s[on], "y", legend=True, row=1, col=col)
         fig.update_yaxes(title=figures.RATE if col == 1 else None, range=[0, 1.05], row=1, col=col)
         order = [_label(m, p) for m, p in zip(g["method"], g["param"])]
         fig.update_xaxes(categoryorder="array", categoryarray=order, row=1, col=col)
