@@ -4,6 +4,8 @@ rule holds, and each figure has its caption file; the palette refuses duplicates
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -245,3 +247,25 @@ def test_a_tall_legend_makes_the_figure_taller():
     assert figures.fit_legend(fig) == tall == fig.layout.height
     small = go.Figure([go.Scatter(x=[0], y=[0], name="one")])
     assert figures.fit_legend(small) == 520
+
+
+def test_the_suite_draws_each_tasks_population_figures_after_chapter_06(tmp_path, monkeypatch, capsys):
+    from caft_tl.runner import suite
+
+    def fake_execute(nb, out, parameters, **kw):  # chapter 06 of one organism: its rows
+        rows = [r for r in _rows(VALID[:2]) if r["organism"] == VALID[0]]
+        results.append(Path(parameters["run_dir"]) / results.RESULTS_FILE, rows)
+
+    drawn = []
+    monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(suite, "summarise_population", lambda task_dir, fig_dir, task: f"{task.name}: summary")
+    monkeypatch.setattr(population_figures, "write_task", lambda fig_dir, task: drawn.append((fig_dir, task)) or [])
+    suite.run_tasks([TASK], tmp_path / "run", tmp_path / "figures", only=["06"], progress=False, pretrain_seeds=[0])
+    assert drawn == [(tmp_path / "figures", TASK)]
+
+    def none_valid(fig_dir, task):
+        raise population_figures.NoValidOrganismError(f"task {task!r} has no valid organism in 'x'")
+
+    monkeypatch.setattr(population_figures, "write_task", none_valid)
+    suite.run_tasks([TASK], tmp_path / "run", tmp_path / "figures", only=["06"], progress=False, pretrain_seeds=[0])
+    assert "note: task 'double_mc' has no valid organism" in capsys.readouterr().out  # a note, not a failed run
