@@ -4,6 +4,8 @@ rule holds, and each figure has its caption file; the palette refuses duplicates
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +191,7 @@ def test_write_task_writes_each_figure_with_its_caption_file(fig_dir, monkeypatc
     paths = population_figures.write_task(fig_dir, TASK, formats="")
     assert [p.stem for p in paths] == list(population_figures.NAMES)
     caption = (fig_dir / TASK / "population_headline.caption.md").read_text()
-    digest = __import__("hashlib").sha256((fig_dir / results.RESULTS_FILE).read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256((fig_dir / results.RESULTS_FILE).read_bytes()).hexdigest()[:12]
     assert "n = 3 valid organisms of 4" in caption and "95% t-interval over organisms" in caption
     assert digest in caption and "commit abc1234" in caption and population.VALIDITY_FILE in caption
 
@@ -218,6 +220,25 @@ def test_bad_input_is_one_line(fig_dir, tmp_path_factory, capsys):
     assert population_figures.main([str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "results.csv" in err and "make run" in err
+
+
+def test_without_a_browser_make_figures_writes_html_and_says_why_in_one_line(fig_dir, monkeypatch, capsys):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.delenv(figures.FORMATS_ENV, raising=False)
+    monkeypatch.setattr(figures.shutil, "which", lambda name: None)
+    monkeypatch.setattr(figures, "_warned", False)
+    figures.chrome_path.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert population_figures.main([str(fig_dir)]) == 0
+    finally:
+        figures.chrome_path.cache_clear()
+    out = capsys.readouterr().out
+    assert out.count("no Chrome/Chromium found") == 1
+    assert not [w for w in caught if "Chromium" in str(w.message)]  # not again as a warning per figure
+    assert [line for line in out.splitlines() if "Chrome" in line] == [f"note: {figures.NO_BROWSER}"]
+    assert (fig_dir / TASK / "population_headline.html").exists() and not list((fig_dir / TASK).glob("*.png"))
 
 
 def test_the_palette_refuses_duplicates_and_unsafe_colours():

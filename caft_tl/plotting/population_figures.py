@@ -25,6 +25,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("fig_dir", nargs="?", default="figures")
     ap.add_argument("--run-dir", help="also redraw each organism's 06/08 figures and write the results page")
     args = ap.parse_args(argv)
+    if note := figures.missing_browser_note(None if figures.FORMATS_ENV in os.environ else PAPER_FORMATS):
+        print(f"note: {note}")  # once, here: not again as a warning per figure
     try:
-        paths = write(args.fig_dir, args.run_dir)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape(figures.NO_BROWSER))
+            paths = write(args.fig_dir, args.run_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
