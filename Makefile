@@ -20,6 +20,15 @@ run: $(VENV)/.installed
 	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --pretrain-seeds $(SEEDS) --workers 2
 	$(PY) scripts/results_tables.py figures --run-dir runs/default --out figures/TABLES.md
 
+# every figure drawn from the rows, no chapter re-run: each task's population figures (HTML, PNG, SVG,
+# PDF and a caption file each), each organism's 06_tradeoff and 08_questions, and the results page;
+# e.g. make figures FIG_DIR=figures/study RUN_DIR=runs/study
+FIG_DIR ?= figures
+RUN_DIR ?= runs/default
+.PHONY: figures
+figures: $(VENV)/.installed
+	$(PY) -m caft_tl.plotting.population_figures $(FIG_DIR) --run-dir $(RUN_DIR)
+
 # the full study: every task, 8 organisms each, then double_mc's other topic pairs (intended:spurious), 8 organisms
 # each, into runs/study_pairs/<intended>-<spurious> (hours on 2 cores; resumable: finished fine-tunes are read back);
 # its tables go to figures/study/TABLES.md and the README's study block (also alone: make study-tables)

@@ -60,24 +60,28 @@ def test_static_formats_on_request(tmp_path):
     assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"
 
 
-def test_one_colour_per_method_and_the_same_order_everywhere():
-    colours = list(figures.METHOD_STYLE.values())
-    assert len(set(colours)) == len(colours)
-    assert figures._colour("zero · something_new") not in colours  # a new method gets its own colour
-    assert figures._colour("zero · something_new") == figures._colour("zero · something_new")
-    summary = pd.DataFrame([
-        {"method": m, "directions": d, "param": p, "split": "chat", "metric": "rate", "mean": 0.5, "low": 0.4, "high": 0.6}
-        for m, d, p in [("steer_mean", "pca", "k=3"), ("zero", "random", ""), ("plain", "none", ""), ("steer_mean", "pca", "k=-3"),
-                        ("zero", "pca", "")]])
+def test_one_style_per_method_and_the_same_order_everywhere():
+    from caft_tl.plotting.palette import PALETTE
+
+    configs = [("steer_mean", "pca", "k=3"), ("zero", "random", ""), ("plain", "none", ""),
+               ("steer_mean", "pca", "k=-3"), ("zero", "pca", "")]
+    summary = pd.DataFrame([{"method": m, "directions": d, "param": p, "split": "chat", "metric": "rate",
+                             "mean": 0.5, "low": 0.4, "high": 0.6} for m, d, p in configs])
     bars = figures.rate_bars(summary, ["chat"], "t")
-    assert [b.name for b in bars.data] == ["plain", "zero · pca", "zero · random", "steer_mean · pca (k=-3)", "steer_mean · pca (k=3)"]
-    assert [b.marker.color for b in bars.data] == [figures.METHOD_STYLE[k] for k in
-                                                  ["plain", "zero · pca", "zero · random", "steer_mean · pca", "steer_mean · pca"]]
-    assert bars.data[3].marker.pattern.shape != bars.data[4].marker.pattern.shape  # settings of one method differ by pattern
+    assert [b.name for b in bars.data] == ["plain", "zero · pca", "zero · random", "steer_mean · pca (k=-3)",
+                                           "steer_mean · pca (k=3)"]
+    styles = [PALETTE.style(k) for k in ["plain", "zero · pca", "zero · random", "steer_mean · pca",
+                                         "steer_mean · pca"]]
+    assert [b.marker.color for b in bars.data] == [s.colour for s in styles]
+    assert [b.marker.pattern.shape for b in bars.data] == [s.pattern for s in styles]
+    # a control is hatched, a CAFT set is not; settings of one method differ by opacity
+    assert bars.data[2].marker.pattern.shape != bars.data[1].marker.pattern.shape
+    assert bars.data[3].marker.opacity != bars.data[4].marker.opacity
     assert list(bars.data[0].error_y.array) == pytest.approx([0.1])
-    checks = pd.DataFrame([{"condition": c, "split": "chat", "mean": 0.5, "low": 0.4, "high": 0.6} for c in ["none", "zero · pca"]])
+    checks = pd.DataFrame([{"condition": c, "split": "chat", "mean": 0.5, "low": 0.4, "high": 0.6}
+                           for c in ["none", "zero · pca"]])
     fig = figures.check_bars(checks, "t")
-    assert [b.marker.color for b in fig.data] == [figures.METHOD_STYLE["base"], figures.METHOD_STYLE["zero · pca"]]
+    assert [b.marker.color for b in fig.data] == [PALETTE.style(c).colour for c in ("base", "zero · pca")]
     assert fig.layout.yaxis.title.text == figures.RATE == bars.layout.yaxis.title.text
 
 

@@ -67,16 +67,19 @@ def test_a_checks_none_condition_becomes_base_rows():
         [("base", "none", False, "sae_latent_blocks.1_L3", 1.0)]
 
 
-def test_question_bars_show_the_measured_questions_with_their_intervals():
+def test_question_panels_show_each_measured_question_on_its_own_axis():
     from caft_tl.plotting import figures
 
     t = _table(1, sae=False)
     a = questions.answers(t[t["method"] != "add"], "ood", "accuracy")
-    fig = figures.question_bars(a, "t")
-    bar = fig.data[0]
+    fig = figures.question_panels(a, "t")
     measured = a[a["n"] > 0]
-    assert list(bar.x) == [questions.SHORT[q] for q in measured["question"]]  # b and f are not measured: no bar
-    assert list(bar.error_y.array) == pytest.approx(list(measured["high"] - measured["value"]))
+    # b and f are not measured: no point
+    assert [t.y[0] for t in fig.data] == pytest.approx(list(measured["value"]))
+    assert [t.error_y.array[0] for t in fig.data] == pytest.approx(list(measured["high"] - measured["value"]))
+    assert len({t.yaxis for t in fig.data}) == len(measured)
+    units = [fig.layout[f"yaxis{i + 1 if i else ''}"].title.text for i in range(len(a))]
+    assert units == [questions.UNITS[q] for q in a["question"]]
 
 
 def test_a_nil_effect_with_a_tight_interval_is_no_measurable_difference():

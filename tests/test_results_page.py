@@ -165,3 +165,27 @@ def test_the_page_shows_the_population_analyses_and_what_a_valid_organism_lacks(
     assert results_page.ANALYSES[pa.REDUCTION_SUMMARY_FILE] in text
     assert {"zero", "pca", "2.50", "2"} <= set(parsed.cells) and {"mean", "n_infinite", "excess_mean"} <= set(parsed.headers)
     assert f"{pa.CURVE_FILE}: missing for 1 of 2 valid organisms (persona_em-s1-bbbbbb)" in text
+
+
+def test_the_page_leads_with_the_population_figures_then_the_tables_then_each_organism(run):
+    from caft_tl.plotting import figures, population_figures
+
+    fig_dir, run_dir = run
+    caption = figures.Caption("CAFT over the population.", "2 valid organisms of 2",
+                              "95% t-interval over organisms", "results.csv", "abc")
+    for name in reversed(population_figures.NAMES[:2]):  # saved out of order: the page keeps NAMES' order
+        save_figure(go.Figure(go.Scatter(x=[0], y=[1])), name, caption, fig_dir / "persona_em", formats="")
+    text = results_page.write(fig_dir, run_dir).read_text(encoding="utf-8")
+    parsed = _Page()
+    parsed.feed(text)
+    places = [text.index(f'id="persona_em-{part}"')
+              for part in ("population", "organisms", "comparison", "figures")]
+    assert places == sorted(places)
+    frames = [unquote(f) for f in parsed.frames]
+    # the first figures on the page
+    assert frames[:2] == [f"persona_em/{n}.html" for n in population_figures.NAMES[:2]]
+    assert str(caption) in parsed.captions
+    assert any(unquote(r) == f"persona_em/{population_figures.NAMES[0]}.caption.md" for r in parsed.refs)
+    assert 'href="#persona_em-population"' in text
+    # double_mc has none: a note says so
+    assert text.index('id="double_mc-population"') < text.index("No population figures")

@@ -45,6 +45,9 @@ VALUES = {
     "e": "effect(best k) − effect(CAFT)",
     "f": "effect(CAFT) − effect(best add)",
 }
+#: question id -> the unit of its value (the y axis of its panel)
+UNITS = {"a": "Δ rate on the base, + toward", "b": "Δ latent activation", "c": "Δ effect (rate)",
+         "d": "Δ effect (rate)", "e": "Δ effect (rate)", "f": "Δ effect (rate)"}
 COLUMNS = ["question", "text", "answer", "value", "low", "high", "n", "over"]
 
 

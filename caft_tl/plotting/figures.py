@@ -1,69 +1,40 @@
 """Plotly figures for each chapter, written to ``figures/`` as HTML (and PNG, or SVG/PDF on request
 through ``$CAFT_TL_FIGURE_FORMATS``, where a Chrome/Chromium is available for kaleido), with one
-consistent style: a title, axis labels with units, 95% intervals as error bars, one colour per
-method and the same method order in every figure."""
+consistent style: a title, axis labels with units, 95% intervals as error bars, and one palette
+(:mod:`caft_tl.plotting.palette`: a colour, marker and place per method · directions) in every figure."""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import warnings
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 from caft_tl.core import files
+from caft_tl.plotting.palette import OKABE_ITO, PALETTE, config_label, faded
 
-#: the order and colour of every configuration, the same in every figure
-METHOD_STYLE = {
-    "base": "#7f7f7f",
-    "plain": "#d62728",
-    "fewer_examples": "#ff9896",
-    "kl_to_base": "#f7b6d2",
-    "mix_disambiguating": "#c49c94",
-    "zero · pca": "#1f77b4",
-    "zero · topk_pca": "#9467bd",
-    "zero · oracle": "#2ca02c",
-    "zero · diff_means": "#17becf",
-    "zero · random": "#bcbd22",
-    "zero · sae": "#e7ba52",
-    "zero · topk_sae": "#c5b0d5",
-    "zero · random_sae": "#dbdb8d",
-    "mean · pca": "#aec7e8",
-    "detached · pca": "#ff7f0e",
-    "grad_only · pca": "#8c564b",
-    "steer_mean · pca": "#e377c2",
-    "add · pca": "#393b79",
-}
 TEMPLATE = "plotly_white"
 #: the y-axis title of every behaviour-rate figure
 RATE = "behaviour rate (0–1)"
-SPLIT_COLOURS = ["#4c78a8", "#f58518", "#54a24b"]
+SPLIT_COLOURS = [OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["bluish green"]]
 
 
-def config_label(method: str, directions: str) -> str:
-    return method if directions in ("none", "", None) or method in ("base", "plain", "fewer_examples") else f"{method} · {directions}"
-
-
-def _order(labels) -> list[str]:
-    known = list(METHOD_STYLE)
-    return sorted(set(labels), key=lambda x: (known.index(x) if x in known else len(known), x))
-
-
-#: colours for configurations not in METHOD_STYLE, chosen by a stable hash of the label
-EXTRA_COLOURS = [c for c in qualitative.Dark24 if c.lower() not in {v.lower() for v in METHOD_STYLE.values()}]
-#: bar patterns telling apart the settings (``param``) of one method, which share its colour
-PARAM_PATTERNS = ["", "/", "x", ".", "\\", "+", "-", "|"]
+#: bar opacity of the settings (``param``) of one method, which share its colour and pattern
+PARAM_OPACITY = [1.0, 0.6, 0.35, 0.8, 0.45]
 
 
 def _colour(label: str) -> str:
-    if label == "none":  # no intervention: the base model's grey
-        return METHOD_STYLE["base"]
-    return METHOD_STYLE.get(label) or EXTRA_COLOURS[zlib.crc32(label.encode()) % len(EXTRA_COLOURS)]
+    return PALETTE.style(label).colour
+
+
+def _order(labels) -> list[str]:
+    return PALETTE.order(labels)
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,35 +85,83 @@ def _png_server() -> None:
     atexit.register(kaleido.stop_sync_server, silence_warnings=True)
 
 
-def save_figure(fig: go.Figure, name: str, caption: str, fig_dir: str | os.PathLike = "figures",
+@dataclass(frozen=True)
+class Caption:
+    """A figure's caption for a paper: what it shows, its n, what its intervals are over, the data
+    it was drawn from and the commit of the code that drew it."""
+
+    text: str
+    n: str  # e.g. "6 valid organisms of 8"
+    interval: str  # e.g. "95% t-interval over organisms"
+    data: str  # the file(s) every number comes from
+    commit: str = ""  # default: the checkout's (:func:`code_commit`)
+
+    def __str__(self) -> str:
+        return (f"{self.text} n = {self.n}; intervals: {self.interval}. Data: {self.data}. "
+                f"Drawn at commit {self.commit or code_commit()}.")
+
+
+@functools.lru_cache(maxsize=1)
+def code_commit() -> str:
+    """The short git commit of this checkout (``+uncommitted`` where tracked files differ), or ``unknown``."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                 timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return "unknown" if not commit else commit + ("+uncommitted" if dirty else "")
+
+
+#: the size of a static figure whose layout sets none
+STATIC_SIZE = (900, 520)
+
+
+def save_figure(fig: go.Figure, name: str, caption: str | Caption, fig_dir: str | os.PathLike = "figures",
                 formats: str | list[str] | tuple[str, ...] | None = None) -> Path:
     """Write ``name.html`` (plotly.js in a shared file beside it) and each static format
     (:func:`figure_formats`: PNG by default) when a Chrome/Chromium is present — without one,
     HTML only and a warning, once per process, saying how to get the rest; record the caption in
-    ``figures/README.md``."""
+    ``figures/README.md`` (a :class:`Caption` also in ``name.caption.md``). The figure is made tall
+    enough for its legend (:func:`fit_legend`)."""
     global _warned
     static = figure_formats(formats)
     fig_dir = Path(fig_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     fig.update_layout(template=TEMPLATE, font=dict(size=13))
+    fit_legend(fig, min_height=STATIC_SIZE[1])
+    page = go.Figure(fig)
+    page.layout.width = None  # the HTML fills its page's width; the static formats keep the figure's
     with files.atomic_write(fig_dir / f"{name}.html") as f:
-        f.write(fig.to_html(include_plotlyjs="directory", full_html=True))
+        f.write(page.to_html(include_plotlyjs="directory", full_html=True))
     if not (fig_dir / "plotly.min.js").exists():  # the HTML files load plotly.js from beside them
         from plotly.offline import get_plotlyjs
 
         with files.atomic_write(fig_dir / "plotly.min.js") as f:
             f.write(get_plotlyjs())
+    written = ["html"]
     if static and chrome_path():
         os.environ.setdefault("BROWSER_PATH", chrome_path())
         _png_server()
+        width, height = fig.layout.width or STATIC_SIZE[0], fig.layout.height
         for fmt in static:
             with warnings.catch_warnings(), files.atomic_write(fig_dir / f"{name}.{fmt}", "wb") as f:
                 warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-                f.write(fig.to_image(format=fmt, width=900, height=520, scale=2 if fmt == "png" else 1))
+                f.write(fig.to_image(format=fmt, width=width, height=height, scale=2 if fmt == "png" else 1))
+        written += list(static)
     elif static and not _warned:
         warnings.warn(NO_BROWSER, stacklevel=2)
         _warned = True
-    _index_caption(fig_dir, name, caption)
+    if isinstance(caption, Caption):
+        with files.atomic_write(fig_dir / f"{name}.caption.md") as f:
+            f.write(f"**{name}** ({', '.join(f'`{name}.{x}`' for x in written)}): {caption}\n")
+    _index_caption(fig_dir, name, str(caption))
     return fig_dir / f"{name}.html"
 
 
@@ -151,8 +170,10 @@ def _index_caption(fig_dir: Path, name: str, caption: str) -> None:
     index = files.read_json(index_path) if index_path.exists() else {}
     index[name] = caption
     files.write_json(index_path, index)
-    lines = ["# Figures", "", "Regenerated by `make run`; each figure is an interactive HTML file, and a PNG where Chromium is installed "
-             f"(SVG/PDF too with {FORMATS_ENV}=png,svg,pdf).", ""]
+    lines = ["# Figures", "",
+             "Regenerated by `make run` (from the rows alone: `make figures`); each figure is an "
+             "interactive HTML file, and a PNG where Chromium is installed (SVG/PDF too with "
+             f"{FORMATS_ENV}=png,svg,pdf; the population figures have all three and a `.caption.md`).", ""]
     lines += [f"- **{n}** (`{n}.html`, `{n}.png`): {c}" for n, c in sorted(index.items())]
     with files.atomic_write(fig_dir / "README.md") as f:
         f.write("\n".join(lines) + "\n")
@@ -169,38 +190,179 @@ def rate_bars(summary: pd.DataFrame, splits: list[str], title: str, yaxis: str =
     for label in _order(s["label"]):
         g = s[s["label"] == label].set_index("split").reindex(splits)
         base_label = label.split(" (")[0]
-        n = settings[base_label] = settings.get(base_label, -1) + 1  # the method's n-th setting: its own pattern
-        fig.add_bar(name=label, x=splits, y=g["mean"], marker_color=_colour(base_label),
-                    marker_pattern_shape=PARAM_PATTERNS[n % len(PARAM_PATTERNS)],
+        n = settings[base_label] = settings.get(base_label, -1) + 1  # the method's n-th setting: its opacity
+        style = PALETTE.style(base_label)
+        fig.add_bar(name=label, x=splits, y=g["mean"], marker_color=style.colour,
+                    marker_pattern_shape=style.pattern,
+                    marker_opacity=PARAM_OPACITY[n % len(PARAM_OPACITY)],
                     error_y=dict(type="data", symmetric=False, array=g["high"] - g["mean"], arrayminus=g["mean"] - g["low"]))
     fig.update_layout(title=title, barmode="group", yaxis=dict(title=yaxis, range=[0, 1.05]), xaxis_title="evaluation split",
                       legend_title="method · directions")
     return fig
 
 
-def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_title: str, title: str) -> go.Figure:
-    """Each configuration as a point (x: task behaviour kept, y: undesired behaviour), with 95%
-    intervals; ``fewer_examples`` settings are joined as a line (the paper's baseline curve). The
-    draws of the null distribution (``random/<i>``) are left out: chapter 05 shows them (``05_null``)."""
+#: at most this many text labels on one panel; the other points say who they are in their hover text
+MAX_LABELS = 6
+#: the box a label takes beside its point (fractions of the x and y axis ranges): a label whose box
+#: meets another label's box or another point would overprint, and is left out
+LABEL_BOX = (0.14, 0.05)
+#: a marker's half-size, in the same fractions
+MARKER_RADIUS = 0.02
+
+
+def place_labels(points: list[tuple[float, float, str]], x_range: tuple[float, float] = (0, 1.05),
+                 y_range: tuple[float, float] = (0, 1.05), budget: int = MAX_LABELS,
+                 box: tuple[float, float] = LABEL_BOX, others: list[tuple[float, float]] = ()) -> list[str]:
+    """The text to draw above and right of each ``(x, y, text)`` point (``textposition="top right"``),
+    taken in priority order: ``""`` where the panel's ``budget`` is spent, or where the label's box
+    (``box`` wide and high) would meet a label already placed or another marker (of ``points`` or
+    ``others``, :data:`MARKER_RADIUS` round)."""
+    def frac(x: float, y: float) -> tuple[float, float]:
+        return (x - x_range[0]) / (x_range[1] - x_range[0]), (y - y_range[0]) / (y_range[1] - y_range[0])
+
+    marks = [frac(x, y) for x, y, _ in points] + [frac(x, y) for x, y in others]
+    r = MARKER_RADIUS
+    placed: list[tuple[float, float]] = []
+    out = []
+    for i, (x, y, text) in enumerate(points):
+        fx, fy = frac(x, y)
+        clear_of_labels = all(abs(fx - px) >= box[0] or abs(fy - py) >= box[1] for px, py in placed)
+        clear_of_points = all(not (fx - r < mx < fx + box[0] + r and fy - r < my < fy + box[1] + r)
+                              for j, (mx, my) in enumerate(marks) if j != i)
+        drawable = pd.notna(x) and pd.notna(y) and len(placed) < budget
+        if text and drawable and clear_of_labels and clear_of_points:
+            placed.append((fx, fy))
+            out.append(text)
+        else:
+            out.append("")
+    return out
+
+
+def data_range(values, lowest: float = 0.0, highest: float = 1.05,
+               min_span: float = 0.25) -> tuple[float, float]:
+    """An axis range around ``values`` (a rate's: within ``lowest`` … ``highest``), padded, at least
+    ``min_span`` wide."""
+    v = pd.Series(values, dtype=float).dropna()
+    if v.empty:
+        return lowest, highest
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.08 * (hi - lo), (min_span - (hi - lo)) / 2, 0.02)
+    lo, hi = max(lowest, lo - pad), min(highest, hi + pad)
+    return lo, hi
+
+
+def param_order(param: str) -> tuple[float, str]:
+    """A setting's place among its method's: by its first number (``k=-3`` before ``k=3``), then its text."""
+    number = re.search(r"-?\d+(?:\.\d+)?", str(param))
+    return (float(number.group()) if number else float("inf")), str(param)
+
+
+def interval(mean: pd.Series, low: pd.Series, high: pd.Series) -> dict:
+    """A plotly error bar from ``low`` to ``high`` around ``mean``."""
+    return dict(type="data", symmetric=False, array=(high - mean).to_numpy(),
+                arrayminus=(mean - low).to_numpy())
+
+
+#: the trade-off's panels, each with the groups of :data:`~caft_tl.plotting.palette.GROUPS` it shows (the
+#: references and the fewer-examples curve are on every panel)
+TRADEOFF_PANELS = {"CAFT sets and controls": ("CAFT sets", "controls", "other"),
+                   "steering family and baselines": ("steering family", "baselines")}
+CURVE = "fewer_examples"
+
+
+def tradeoff_points(summary: pd.DataFrame, x_split: str, y_split: str) -> pd.DataFrame:
+    """One row per configuration with both splits: ``label``, ``param``, ``mean_x`` / ``low_x`` /
+    ``high_x``, the same for y, and ``n`` (``n_organisms`` or ``n_seeds`` of the summary, if any); the
+    null's draws (``random/<i>``) and coherence are left out."""
     s = summary[(summary["metric"] != "coherence") & ~summary["directions"].astype(str).str.match(r"random/\d+$")]
-    xs = s[s["split"] == x_split].set_index(["method", "directions", "param"])
-    ys = s[s["split"] == y_split].set_index(["method", "directions", "param"])
-    both = xs.join(ys, lsuffix="_x", rsuffix="_y", how="inner").reset_index()
+    n_col = next((c for c in ("n", "n_organisms", "n_seeds") if c in s), None)
+    s = s.assign(n=s[n_col] if n_col else float("nan"))
+    cols = ["mean", "low", "high", "n"]
+    xs = s[s["split"] == x_split].set_index(["method", "directions", "param"])[cols]
+    ys = s[s["split"] == y_split].set_index(["method", "directions", "param"])[cols]
+    both = xs.merge(ys, left_index=True, right_index=True, suffixes=("_x", "_y")).reset_index()
+    both["n"] = both[["n_x", "n_y"]].min(axis=1)
     both["label"] = [config_label(m, d) for m, d in zip(both["method"], both["directions"])]
-    fig = go.Figure()
-    for label in _order(both["label"]):
-        g = both[both["label"] == label]
-        if label == "fewer_examples":
-            g = g.assign(n=g["param"].str.extract(r"(\d+)")[0].astype(float)).sort_values("n")
-        fig.add_scatter(
-            name=label, x=g["mean_x"], y=g["mean_y"], mode="lines+markers+text" if label == "fewer_examples" else "markers+text",
-            text=g["param"], textposition="top center",
-            marker=dict(size=11, color=_colour(label)), line=dict(color=_colour(label), dash="dot"),
-            error_x=dict(type="data", symmetric=False, array=g["high_x"] - g["mean_x"], arrayminus=g["mean_x"] - g["low_x"]),
-            error_y=dict(type="data", symmetric=False, array=g["high_y"] - g["mean_y"], arrayminus=g["mean_y"] - g["low_y"]),
-        )
-    fig.update_layout(title=title, xaxis=dict(title=x_title, range=[0, 1.05]), yaxis=dict(title=y_title, range=[0, 1.05]),
-                      legend_title="method · directions")
+    return both.drop(columns=["n_x", "n_y"])
+
+
+def _curve(both: pd.DataFrame) -> pd.DataFrame:
+    """The fewer-examples curve: base, the fewer-examples settings and plain, by x."""
+    return both[both["label"].isin(["base", CURVE, "plain"])].sort_values("mean_x")
+
+
+#: the height of a legend entry and the room above and below the legend (pixels): :func:`fit_legend`
+LEGEND_ROW_PX, LEGEND_MARGIN_PX = 30, 200
+
+
+def legend_entries(fig: go.Figure) -> int:
+    """The number of entries in the figure's legend (one per legend group)."""
+    return len({t.legendgroup or t.name for t in fig.data if t.name and t.showlegend is not False})
+
+
+def fit_legend(fig: go.Figure, min_height: int = 520) -> int:
+    """Make the figure tall enough for every legend entry (a cut legend hides series); returns its height."""
+    height = max(fig.layout.height or min_height, LEGEND_ROW_PX * legend_entries(fig) + LEGEND_MARGIN_PX)
+    fig.update_layout(height=height)
+    return height
+
+
+def tradeoff(summary: pd.DataFrame, x_split: str, y_split: str, x_title: str, y_title: str, title: str,
+             panels: dict[str, tuple[str, ...]] = TRADEOFF_PANELS) -> go.Figure:
+    """Each configuration as a point (x: task behaviour kept, y: undesired behaviour) with its 95%
+    intervals, one panel per group of configurations (:data:`TRADEOFF_PANELS`), each with base, plain
+    and the fewer-examples curve (base → fewer examples → plain, the paper's baseline); the settings
+    of one method are joined by a thin line. At most :data:`MAX_LABELS` text labels a panel, none
+    overprinting (:func:`place_labels`); every point names itself in its hover text; one legend entry
+    per configuration. The null's draws are left out: chapter 05 shows them (``05_null``)."""
+    from plotly.subplots import make_subplots
+
+    both = tradeoff_points(summary, x_split, y_split)
+    x_range = data_range(pd.concat([both["low_x"], both["high_x"]]))
+    y_range = data_range(pd.concat([both["low_y"], both["high_y"]]))
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=list(panels),
+                        horizontal_spacing=0.05)
+    curve, shown = _curve(both), set()
+    for col, groups in enumerate(panels.values(), start=1):
+        fig.add_scatter(x=curve["mean_x"], y=curve["mean_y"], mode="lines", name="fewer-examples curve",
+                        legendgroup="curve", showlegend=col == 1, hoverinfo="skip", row=1, col=col,
+                        line=dict(color=_colour(CURVE), dash="dot", width=1.5))
+        in_panel = [lab in ("base", "plain", CURVE) or PALETTE.style(lab).group in groups
+                    for lab in both["label"]]
+        here = both[in_panel]
+        order = _order(here["label"])
+        rank = [(order.index(lab), param_order(p)) for lab, p in zip(here["label"], here["param"])]
+        here = here.assign(order=rank)
+        here = here.sort_values("order")
+        ref, settings = here["label"].isin(["base", "plain"]), here.duplicated("label", keep=False)
+        curve_points = here["label"] == CURVE
+        ranked = pd.concat([here[ref], here[curve_points], here[~ref & ~curve_points & settings]])
+        rest = here.drop(ranked.index)
+        points = [(r.mean_x, r.mean_y, r.label if r.label in ("base", "plain") else r.param)
+                  for r in ranked.itertuples()]
+        text = place_labels(points, x_range, y_range, others=list(zip(rest["mean_x"], rest["mean_y"])))
+        text = pd.Series(text, index=ranked.index).reindex(here.index).fillna("")
+        for label in order:
+            g, style = here[here["label"] == label], PALETTE.style(label)
+            joined = len(g) > 1 and label != CURVE
+            bar = dict(thickness=1.2, width=0, color=faded(style.colour))  # intervals behind the points
+            fig.add_scatter(
+                name=label, legendgroup=label, showlegend=label not in shown, x=g["mean_x"], y=g["mean_y"],
+                mode=("lines+" if joined else "") + "markers+text", text=text[g.index],
+                textposition="top right", textfont=dict(size=11, color=style.colour),
+                marker=dict(size=10, color=style.colour, symbol=style.marker,
+                            line=dict(width=1, color="white")),
+                line=dict(color=style.colour, width=1), customdata=list(zip(g["param"], g["n"])),
+                hovertemplate=f"{label} %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}"
+                              "<br>n %{customdata[1]}<extra></extra>",
+                error_x=interval(g["mean_x"], g["low_x"], g["high_x"]) | bar,
+                error_y=interval(g["mean_y"], g["low_y"], g["high_y"]) | bar,
+                row=1, col=col)
+            shown.add(label)
+        fig.update_xaxes(title=x_title, range=list(x_range), row=1, col=col)
+    fig.update_yaxes(title=y_title, range=list(y_range), row=1, col=1)
+    fig.update_layout(title=title, legend_title="method · directions", width=1100)
+    fit_legend(fig)
     return fig
 
 
@@ -311,16 +473,45 @@ def null_distribution(null: list[float], marks: dict[str, float], title: str, x_
     return fig
 
 
-def question_bars(answers: pd.DataFrame, title: str) -> go.Figure:
-    """The thread's questions (:func:`caft_tl.evaluation.questions.answers`): one bar per measured
-    question, its value with the 95% interval, the verdict as hover text; 0 is "no difference"."""
-    a = answers[answers["n"] > 0]
-    from caft_tl.evaluation.questions import SHORT
+#: the hover text of a question's point: the question, the verdict, the value [interval] and n
+QUESTION_HOVER = ("%{hovertext}<br>%{y:+.3f} [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}], "
+                  "n = %{customdata[2]} %{customdata[3]}<extra></extra>")
 
-    fig = go.Figure(go.Bar(x=[SHORT.get(str(q), str(q)) for q in a["question"]], y=a["value"],
-                           error_y=dict(type="data", symmetric=False, array=a["high"] - a["value"], arrayminus=a["value"] - a["low"]),
-                           hovertext=[f"{t}<br>{v}" for t, v in zip(a["text"], a["answer"])], marker_color=_colour("zero · pca")))
-    fig.add_hline(y=0, line_color="#333", line_width=1)
-    fig.update_layout(title=title, xaxis_title="question", yaxis_title="value (see the table; 0: no difference)",
-                      template=TEMPLATE)
+
+def question_panels(answers: pd.DataFrame, title: str, cols: int = 3) -> go.Figure:
+    """The thread's questions (:func:`caft_tl.evaluation.questions.answers`) as small multiples: one
+    panel per question, its value with the 95% interval on its own y axis in its own unit
+    (:data:`~caft_tl.evaluation.questions.UNITS`), the zero line ("no difference") and n in its title;
+    the verdict is the hover text, and a question without rows says "not measured"."""
+    from plotly.subplots import make_subplots
+
+    from caft_tl.evaluation.questions import SHORT, UNITS
+
+    rows = -(-len(answers) // cols)
+    titles = [f"{SHORT.get(str(r.question), r.question)} (n={r.n})" for r in answers.itertuples()]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.12,
+                        vertical_spacing=0.2)
+    colour, small = _colour("zero · pca"), dict(size=11)
+    for i, r in enumerate(answers.itertuples()):
+        at = dict(row=i // cols + 1, col=i % cols + 1)
+        fig.add_hline(y=0, line_color="#333", line_width=1, exclude_empty_subplots=False, **at)
+        value = f"{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" if r.n else ""
+        fig.update_xaxes(showticklabels=False, range=[-1, 1], title=dict(text=value, font=small), **at)
+        unit = UNITS.get(str(r.question), "value")
+        fig.update_yaxes(title=dict(text=unit, font=small), zeroline=False, **at)
+        if not r.n:
+            fig.add_annotation(text="not measured", x=0, y=0, yshift=14, showarrow=False,
+                               font=dict(color="#666"), **at)
+            fig.update_yaxes(range=[-1, 1], showticklabels=False, **at)
+            continue
+        reach = max(abs(r.low), abs(r.high), abs(r.value), 1e-3) * 1.25
+        error = dict(type="data", symmetric=False, array=[r.high - r.value], arrayminus=[r.value - r.low],
+                     width=8)
+        fig.add_scatter(x=[0], y=[r.value], mode="markers", showlegend=False,
+                        marker=dict(size=11, color=colour),
+                        error_y=error, customdata=[[r.low, r.high, r.n, r.over]],
+                        hovertext=[f"{r.text}<br>{r.answer}"], hovertemplate=QUESTION_HOVER, **at)
+        fig.update_yaxes(range=[-reach, reach], **at)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=title, template=TEMPLATE, width=1000, height=300 * rows + 120)
     return fig

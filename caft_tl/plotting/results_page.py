@@ -1,8 +1,9 @@
 """One results page for a run: ``fig_dir/index.html`` (``python -m caft_tl.plotting.results_page FIG_DIR RUN_DIR``).
 
-For every task under the figure folder: the population's headline, its organisms with each one's
+For every task under the figure folder: the population's headline, its population figures
+(:mod:`caft_tl.plotting.population_figures`), then the tables: its organisms with each one's
 validity gates, CAFT vs the baselines on the task's ID and OOD splits (the population summary's
-mean over valid organisms [95% interval over organisms]), and every organism's figures (the
+mean over valid organisms [95% interval over organisms]); last, every organism's figures (the
 interactive HTML files in iframes, each with its caption) with links to its executed notebooks.
 The page is self-contained: relative links only, no CDN — it works offline from a ``file://`` URL
 (each figure loads ``plotly.min.js`` from beside it). Written by the suite at the end of a run.
@@ -26,6 +27,7 @@ from caft_tl.core import files
 from caft_tl.directions import sets
 from caft_tl.evaluation import population, population_analyses, questions
 from caft_tl.organism import TASKS, make_task
+from caft_tl.plotting import population_figures
 
 PAGE = "index.html"
 
@@ -65,8 +67,9 @@ def _task(name: str):
 
 
 def _tasks(fig_dir: Path, run_dir: Path) -> list[str]:
-    """Task folders with population files or organism figures, in the registry's order."""
+    """Task folders with population files or figures or organism figures, in the registry's order."""
     names = {p.parent.name for p in fig_dir.glob(f"*/{population.VALIDITY_FILE}")}
+    names |= {p.parent.name for n in population_figures.NAMES for p in fig_dir.glob(f"*/{n}.html")}
     names |= {p.parent.parent.name for p in fig_dir.glob("*/*/captions.json")}
     known = list(TASKS)
     return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
@@ -148,17 +151,45 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     if notebooks:
         parts.append('<p class="links">Executed notebooks: ' + " ".join(f'<a href="{_href(nb, page_dir)}">{_e(nb.name)}</a>' for nb in notebooks)
                      + "</p>")
-    for name in names:
-        src = _href(org_fig / f"{name}.html", page_dir)
-        links = [f'<a href="{src}">open</a>'] + [f'<a href="{_href(org_fig / f"{name}.{ext}", page_dir)}">{ext.upper()}</a>'
-                                                 for ext in ("png", "svg", "pdf") if (org_fig / f"{name}.{ext}").exists()]
-        caption = captions.get(name, "(no caption recorded)")
-        parts.append(f'<figure id="{_e(task)}-{_e(folder)}-{_e(name)}"><h4>{_e(name)}</h4>'
-                     f'<iframe class="figure" src="{src}" title="{_e(name)}" loading="lazy" scrolling="no"></iframe>'
-                     f'<figcaption>{_e(caption)}</figcaption><div class="links">{" ".join(links)}</div></figure>')
+    parts += [_figure(org_fig, name, captions.get(name, "(no caption recorded)"), page_dir,
+                      f"{task}-{folder}-{name}") for name in names]
     if not names:
         parts.append('<p class="note">No figures for this organism.</p>')
     return "".join(parts), len(names)
+
+
+def _figure(folder: Path, name: str, caption: str, page_dir: Path, anchor: str) -> str:
+    """One figure: its interactive HTML in an iframe, its caption, and links to it, its static
+    formats and its caption file."""
+    src = _href(folder / f"{name}.html", page_dir)
+    links = [f'<a href="{src}">open</a>']
+    for ext, text in (("png", "PNG"), ("svg", "SVG"), ("pdf", "PDF"), ("caption.md", "caption")):
+        if (folder / f"{name}.{ext}").exists():
+            links.append(f'<a href="{_href(folder / f"{name}.{ext}", page_dir)}">{text}</a>')
+    height = _height(folder / f"{name}.html")
+    return (f'<figure id="{_e(anchor)}"><h4>{_e(name)}</h4>'
+            f'<iframe class="figure" src="{src}" title="{_e(name)}" loading="lazy" scrolling="no"'
+            + (f' style="height: {height + 20}px"' if height else "") + "></iframe>"
+            f'<figcaption>{_e(caption)}</figcaption><div class="links">{" ".join(links)}</div></figure>')
+
+
+def _height(html_file: Path) -> int | None:
+    """The height a figure's HTML file sets in its layout (tall figures: legends, small multiples), if any."""
+    found = re.search(r'"height":\s*(\d+)', html_file.read_text()) if html_file.exists() else None
+    return int(found.group(1)) if found else None
+
+
+def _population_figures(fig_dir: Path, name: str, page_dir: Path) -> str:
+    """The task's population figures (:mod:`caft_tl.plotting.population_figures`), each with its caption."""
+    folder = fig_dir / name
+    index = folder / "captions.json"
+    captions = json.loads(index.read_text()) if index.exists() else {}
+    present = [n for n in population_figures.NAMES if (folder / f"{n}.html").exists()]
+    if not present:
+        return ('<p class="note">No population figures (the suite draws them after chapter 06; '
+                "or run make figures).</p>")
+    return "".join(_figure(folder, n, captions.get(n, "(no caption recorded)"), page_dir, f"{name}-{n}")
+                   for n in present)
 
 
 #: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each with its heading
@@ -212,6 +243,8 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     files_ = [fig_dir / name / f for f in (population.VALIDITY_FILE, population.SUMMARY_FILE, population.PER_ORGANISM_FILE)]
     if any(f.exists() for f in files_):
         out.append('<p class="links">Files: ' + " ".join(f'<a href="{_href(f, page_dir)}">{_e(f.name)}</a>' for f in files_ if f.exists()) + "</p>")
+    out.append(f'<h3 id="{_e(name)}-population">Population figures</h3>'
+               + _population_figures(fig_dir, name, page_dir))
     out.append(f'<h3 id="{_e(name)}-organisms">Organisms and validity</h3>')
     by_seed = {f[4:]: f for f in folders if f.startswith("seed")}
     out.append(_validity_table(verdicts, by_seed, run_dir, name, page_dir) if verdicts is not None
@@ -249,7 +282,9 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     tasks = _tasks(fig_dir, run_dir)
     toc = ["<nav><h2>Contents</h2><ul>"]
     for t in tasks:
-        toc.append(f'<li><a href="#{_e(t)}">{_e(t)}</a>: <a href="#{_e(t)}-organisms">organisms</a> · '
+        toc.append(f'<li><a href="#{_e(t)}">{_e(t)}</a>: '
+                   f'<a href="#{_e(t)}-population">population figures</a> · '
+                   f'<a href="#{_e(t)}-organisms">organisms</a> · '
                    f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · <a href="#{_e(t)}-figures">figures</a></li>')
     toc.append("</ul></nav>")
     tops = [fig_dir / f for f in ("results.csv", "results_summary.csv", "TABLES.md") if (fig_dir / f).exists()]

@@ -153,7 +153,8 @@ def run_tasks(
     ``fig_dir/<task>/seed<s>`` — ``workers`` organisms at a time (each in its own process). Then
     every organism's rows into ``fig_dir/results.csv`` (:func:`gather_results`) and, per task, the
     validity of each organism and the summary over the valid ones, with chapters 05–06's analyses
-    over them (:func:`summarise_population`, in ``fig_dir/<task>/``), and the results page
+    over them (:func:`summarise_population`, in ``fig_dir/<task>/``) and its population figures
+    (:mod:`caft_tl.plotting.population_figures`), and the results page
     ``fig_dir/index.html`` (:func:`caft_tl.plotting.results_page.write`). Returns seconds per
     ``task/seed<s>/chapter`` (also in ``run_dir/timings.json``); ``run_dir/suite.json`` holds this
     call's tasks, their design (``task_cfg``), organisms, workers and wall time."""
@@ -196,8 +197,15 @@ def run_tasks(
     gather_results(run_dir, fig_dir)
     print(f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}")
     if only is None or "06" in only or any(c.startswith("06") for c in only):
+        from caft_tl.plotting import population_figures
+
         for t in tasks:
             print(summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg"))))
+            try:
+                drawn = population_figures.write_task(fig_dir, t)
+                print(f"  population figures: {', '.join(p.stem for p in drawn)}")
+            except population_figures.NoValidOrganismError as e:
+                print(f"  note: {e}")
     from caft_tl.plotting import results_page
 
     print(f"results page: {results_page.write(fig_dir, run_dir)}")
