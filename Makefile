@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: run test lab clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"  # ranges in pyproject, exact pins in the lock
 	bash scripts/ensure_browser.sh
 	touch $@
 
