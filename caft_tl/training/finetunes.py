@@ -47,7 +47,8 @@ def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
     generic pre-training documents, no labels) for the KL-to-base baseline; empty without it."""
     if not cfg.kl_to_base:
         return {}
-    docs = task.sample_documents(task_examples(task, cfg), torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed))
+    gen = torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed)
+    docs = task.sample_documents(task_examples(task, cfg), gen)
     return {"reference": base, "reference_data": docs}
 
 
@@ -55,8 +56,8 @@ def task_examples(task, cfg: FinetuneConfig) -> int:
     """How many of the task's examples a run draws: ``cfg.n_examples``, or the task's default when None."""
     n = cfg.n_examples if cfg.n_examples is not None else getattr(task, "defaults", {}).get("n_examples")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no default "
-                         f"n_examples; give a positive int")
+        raise ValueError(f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no "
+                         f"default n_examples; give a positive int")
     return n
 
 
@@ -106,8 +107,9 @@ def run_finetune(
     model = models.copy_model(base)
     data = finetune_data(task, cfg, unit.job.data)
     checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
-    losses = finetune(model, data, dataclasses.replace(cfg, n_examples=len(data)), intervention, progress=progress,
-                      desc=unit.folder.name, checkpoint=checkpoint, **kl_inputs(base, task, cfg))
+    every_row = dataclasses.replace(cfg, n_examples=len(data))
+    losses = finetune(model, data, every_row, intervention, progress=progress, desc=unit.folder.name,
+                      checkpoint=checkpoint, **kl_inputs(base, task, cfg))
     metrics = unit.finish(model, task, losses)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
@@ -278,8 +280,9 @@ def _run_todo(todo) -> list[list[dict]]:
         model = models.copy_model(base)
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
-        losses = finetune(model, data, dataclasses.replace(u.job.cfg, n_examples=len(data)), u.job.intervention,
-                          progress=False, desc=u.folder.name, checkpoint=checkpoint, **kl_inputs(base, task, u.job.cfg))
+        every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
+        losses = finetune(model, data, every_row, u.job.intervention, progress=False, desc=u.folder.name,
+                          checkpoint=checkpoint, **kl_inputs(base, task, u.job.cfg))
         metrics = u.finish(model, task, losses)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
@@ -292,7 +295,7 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
     references = [kl_inputs(base, task, u.job.cfg).get("reference_data") for u in units]
-    cfgs = [dataclasses.replace(u.job.cfg, n_examples=len(d)) for u, d in zip(units, datas)]  # every row of its data
+    cfgs = [dataclasses.replace(u.job.cfg, n_examples=len(d)) for u, d in zip(units, datas)]  # every row
     states, losses = batched.finetune_batched(base, datas, cfgs, [u.job.intervention for u in units],
                                               progress=False, checkpoint=checkpoint, references=references)
     model = models.copy_model(base)
