@@ -26,7 +26,8 @@ def test_n_examples_trains_on_the_first_rows_and_none_on_all(tiny_model, world):
 @pytest.mark.parametrize("bad", [49, 0, -1, 2.5, True])
 def test_n_examples_outside_the_data_is_a_one_line_error(tiny_model, world, bad):
     data = world.finetune_dataset(48, seed=0)
-    with pytest.raises(ValueError, match=rf"FinetuneConfig.n_examples = {bad!r}; expected an int in 1..48") as e:
+    message = rf"FinetuneConfig.n_examples = {bad!r}; expected an int in 1..48"
+    with pytest.raises(ValueError, match=message) as e:
         _train(tiny_model, data, FinetuneConfig(n_examples=bad, batch_size=8))
     assert "\n" not in str(e.value)
 

@@ -20,11 +20,12 @@ def project() -> dict:
 def requirements() -> list[Requirement]:
     """pyproject's dependencies and every optional extra's, parsed."""
     p = project()
-    return [Requirement(d) for d in p["dependencies"] + [d for extra in p["optional-dependencies"].values() for d in extra]]
+    extras = [d for extra in p["optional-dependencies"].values() for d in extra]
+    return [Requirement(d) for d in p["dependencies"] + extras]
 
 
 def lock() -> dict[str, str]:
-    """requirements.lock as {canonical name: exact version}; a line that is not ``name==version`` fails here."""
+    """requirements.lock as {canonical name: exact version}; a line not ``name==version`` fails here."""
     pins = {}
     for i, line in enumerate((ROOT / "requirements.lock").read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -52,13 +53,14 @@ def test_every_dependency_is_pinned_in_the_lock_inside_its_range():
     for req in requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is a dependency but not pinned in requirements.lock"
-        assert req.specifier.contains(pins[name], prereleases=True), f"requirements.lock pins {name}=={pins[name]} outside {req}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"the lock pins {name}=={pins[name]} outside {req}"
 
 
 def test_the_lock_pins_no_local_build_and_not_the_project_itself():
     pins = lock()
     assert "caft-tl" not in pins
-    assert not [f"{n}=={v}" for n, v in pins.items() if "+" in v], "a local version (e.g. +cpu) would not install from PyPI"
+    local = [f"{n}=={v}" for n, v in pins.items() if "+" in v]
+    assert not local, f"local versions (e.g. +cpu) do not install from PyPI: {local}"
 
 
 def test_make_environment_yml_and_ci_install_from_the_lock():

@@ -32,6 +32,20 @@ class Intervention:
 
     ``scale`` is the mode's setting (its spec's ``scale``: k for ``steer_mean``, α for ``add``);
     ``on_at_eval`` says whether evaluation keeps it (CAFT evaluates without it).
+
+    Args:
+        mode: a registered mode (:data:`~caft_tl.interventions.modes.MODES`): ``zero`` (CAFT), ``mean``,
+            ``detached`` (forward only), ``grad_only`` (gradient only), ``steer_mean``, ``add``.
+        subspaces: one :class:`~caft_tl.core.subspace.Subspace` per hook point.
+        positions: ``all``, ``prompt`` or ``response`` (the last two need the batch in :meth:`fwd_hooks`).
+        scale: the mode's setting (k or α); ignored by modes without one.
+        on_at_eval: keep the intervention when evaluating (:meth:`eval_hooks`).
+        name: a display name; meta: anything to save beside it.
+
+    Example:
+        iv = Intervention("zero", [sub])
+        with model.hooks(fwd_hooks=iv.fwd_hooks()):  # or: with iv.apply(model):
+            loss = response_loss(model, batch)
     """
 
     mode: str
@@ -98,7 +112,9 @@ class Intervention:
         return [(s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask)) for s in self.subspaces]
 
     @contextlib.contextmanager
-    def apply(self, model: HookedTransformer, batch: TokenDataset | None = None) -> Iterator[HookedTransformer]:
+    def apply(
+        self, model: HookedTransformer, batch: TokenDataset | None = None
+    ) -> Iterator[HookedTransformer]:
         """Context manager: ``model`` with this intervention's hooks on, removed on exit (even on error).
 
         The same as ``with model.hooks(fwd_hooks=iv.fwd_hooks(batch)):`` after :meth:`check`, so a
