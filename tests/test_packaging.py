@@ -53,7 +53,8 @@ def test_every_dependency_is_pinned_in_the_lock_inside_its_range():
     for req in requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is a dependency but not pinned in requirements.lock"
-        assert req.specifier.contains(pins[name], prereleases=True), f"lock: {name}=={pins[name]} outside {req}"
+        inside = req.specifier.contains(pins[name], prereleases=True)
+        assert inside, f"requirements.lock pins {name}=={pins[name]} outside {req}"
 
 
 def test_the_lock_pins_no_local_build_and_not_the_project_itself():
