@@ -15,7 +15,8 @@ def test_ruff_finds_nothing_to_change(command):
     assert RUFF.exists(), f"no {RUFF}; install the dev extra: pip install -c requirements.lock -e '.[dev]'"
     out = subprocess.run([str(RUFF), *command, "."], cwd=ROOT, capture_output=True, text=True)
     report = (out.stdout + out.stderr).strip().splitlines()
-    assert out.returncode == 0, f"ruff {' '.join(command)}: {len(report)} lines, last: " + "\n".join(report[-15:])
+    last = "\n".join(report[-15:])
+    assert out.returncode == 0, f"ruff {' '.join(command)}: {len(report)} lines, the last:\n{last}"
 
 
 def test_ruff_settings_are_the_projects():
@@ -25,5 +26,6 @@ def test_ruff_settings_are_the_projects():
     assert ruff["line-length"] == 110
     assert {"E", "F", "I", "B"} <= set(ruff["lint"]["select"])
     hooks = (ROOT / ".pre-commit-config.yaml").read_text()
-    pinned = next(line for line in (ROOT / "requirements.lock").read_text().splitlines() if line.startswith("ruff=="))
+    lock = (ROOT / "requirements.lock").read_text().splitlines()
+    pinned = next(line for line in lock if line.startswith("ruff=="))
     assert f"rev: v{pinned.split('==')[1]}" in hooks and "ruff-check" in hooks and "ruff-format" in hooks
