@@ -113,3 +113,35 @@ def test_a_table_script_replaces_its_block_of_the_page_and_nothing_else(tmp_path
     begin, end = "<!-- validity:begin -->", "<!-- validity:end -->"
     assert after.split(begin)[0] == before.split(begin)[0] and after.split(end)[1] == before.split(end)[1]
     assert table.strip() in after
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a name inside a module, not a submodule
+        return False
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_caft_tl_path_and_name_the_page_gives_exists(page):
+    """`caft_tl/x/y.py` is a file, `caft_tl.x.y.NAME` a module and its attribute (the old README named a
+    `caft_tl/settings.py` that is `caft_tl/real/settings.py`)."""
+    import importlib
+
+    missing = []
+    for name in sorted(set(re.findall(r"`(caft_tl[./][\w./]*)", page.read_text()))):
+        if "/" in name:
+            missing += [] if (ROOT / name).exists() else [name]
+            continue
+        parts, depth = name.split("."), 1
+        while depth < len(parts) and _is_module(".".join(parts[: depth + 1])):
+            depth += 1
+        obj = importlib.import_module(".".join(parts[:depth]))
+        for attr in parts[depth:]:
+            if not hasattr(obj, attr):
+                missing.append(name)
+                break
+            obj = getattr(obj, attr)
+    assert not missing, f"{page.name} names {missing}"
