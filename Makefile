@@ -45,6 +45,12 @@ study-tables: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# the fast lane alone (leaves out tests/conftest.py's SLOW); on another Python, e.g.
+# make test-fast PYTHON=python3.12 VENV=.venv-3.12
+.PHONY: test-fast
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
 # JupyterLab on the notebooks with the project's kernel registered ("Python 3 (caft-tl)", this .venv).
 # The notebooks name the standard python3 kernel (papermill and CI use it), which under this Lab is the same .venv.
 lab: $(VENV)/.installed

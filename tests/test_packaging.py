@@ -69,4 +69,6 @@ def test_make_environment_yml_and_ci_install_from_the_lock():
     pip = [d for entry in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
            if isinstance(entry, dict) for d in entry["pip"]]
     assert pip == ["-c requirements.lock", "-e .[dev]"], pip
-    assert "make test" in (ROOT / ".ci/run").read_text()  # make test installs through the Makefile's rule
+    ci = (ROOT / ".ci/run").read_text()
+    assert "make test\n" in ci  # make test installs through the Makefile's rule
+    assert 'make test-fast PYTHON="$second" VENV=' in ci  # and the fast lane again on a second Python
