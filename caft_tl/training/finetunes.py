@@ -54,7 +54,7 @@ def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
 
 def task_examples(task, cfg: FinetuneConfig) -> int:
     """How many of the task's examples a run draws: ``cfg.n_examples``, or the task's default when None."""
-    n = cfg.n_examples if cfg.n_examples is not None else getattr(task, "defaults", {}).get("n_examples")
+    n = cfg.n_examples if cfg.n_examples is not None else task.defaults.get("n_examples")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no "
                          f"default n_examples; give a positive int")
