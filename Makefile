@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 
 .PHONY: run test lab clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[dev]"  # ranges in pyproject, exact pins in the lock
 	bash scripts/ensure_browser.sh
 	touch $@
 
@@ -31,7 +31,7 @@ figures: $(VENV)/.installed
 
 # the full study: every task, 8 organisms each, then double_mc's other topic pairs (intended:spurious), 8 organisms
 # each, into runs/study_pairs/<intended>-<spurious> (hours on 2 cores; resumable: finished fine-tunes are read back);
-# its tables go to figures/study/TABLES.md and the README's study block (also alone: make study-tables)
+# its tables go to figures/study/TABLES.md and the study block of docs/results.md (alone: make study-tables)
 STUDY_SEEDS ?= 0 1 2 3 4 5 6 7
 STUDY_PAIRS ?= sports:weather sentiment:sports colors:sentiment sports:cities
 pair_dir = $(subst :,-,$(1))
@@ -48,10 +48,17 @@ study: $(VENV)/.installed
 finished_pairs = $(foreach p,$(STUDY_PAIRS),$(if $(wildcard figures/study_pairs/$(call pair_dir,$(p))/double_mc/population_validity.csv),$(call pair_dir,$(p))))
 study-tables: $(VENV)/.installed
 	$(PY) scripts/results_tables.py figures/study $(addprefix figures/study_pairs/,$(finished_pairs)) \
-		--run-dir runs/study $(addprefix runs/study_pairs/,$(finished_pairs)) --out figures/study/TABLES.md --readme README.md --block study
+		--run-dir runs/study $(addprefix runs/study_pairs/,$(finished_pairs)) --out figures/study/TABLES.md \
+		--doc docs/results.md --block study
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the fast lane alone (leaves out tests/conftest.py's SLOW); on another Python, e.g.
+# make test-fast PYTHON=python3.12 VENV=.venv-3.12
+.PHONY: test-fast
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 # JupyterLab on the notebooks with the project's kernel registered ("Python 3 (caft-tl)", this .venv).
 # The notebooks name the standard python3 kernel (papermill and CI use it), which under this Lab is the same .venv.
@@ -81,7 +88,7 @@ qwen-coder: $(VENV)/.installed
 	$(PY) -m caft_tl.real.offline_models qwen2.5-coder-0.5b
 
 # the real model (SmolLM2-135M-Instruct, made offline on first use) through notebooks/real/real_task.ipynb on the
-# three generated English tasks (caft_tl.real.tasks) → runs/real/<task>/, figures/real/, the README's real-model block;
+# three generated English tasks (caft_tl.real.tasks) → runs/real/<task>/, figures/real/, docs/results.md;
 # e.g. make real REAL_TASKS=gender_pronoun REAL_PARAMS="-p seeds '[0, 1, 2, 3]'"
 REAL_TASKS ?= gender_pronoun double_mc_english em_advice
 REAL_PARAMS ?=
@@ -89,9 +96,11 @@ REAL_PARAMS ?=
 real: $(VENV)/.installed
 	$(PY) -m caft_tl.real.offline_models smollm2-135m
 	$(PY) -m caft_tl.runner.real_suite --run-dir runs/real --fig-dir figures/real --tasks $(REAL_TASKS) $(REAL_PARAMS)
-	$(PY) scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md --readme README.md
+	$(PY) scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md \
+		--doc docs/results.md
 
-# the validity table of organism designs (README) from the organism-search files in results/organism_search/
+# the validity table of organism designs (docs/results.md) from results/organism_search/
 .PHONY: validity
 validity: $(VENV)/.installed
-	$(PY) scripts/validity_tables.py results/organism_search/*.csv --out results/organism_search/VALIDITY.md --readme README.md
+	$(PY) scripts/validity_tables.py results/organism_search/*.csv --out results/organism_search/VALIDITY.md \
+		--doc docs/results.md

@@ -1,12 +1,13 @@
 """The validity of ``em_two_routes`` designs (gates E1–E4), generated from gate-search folders, never typed by hand.
 
-    python scripts/em_search_tables.py results/em_two_routes_search/* --out results/em_two_routes_search/VALIDITY.md [--readme README.md]
+    python scripts/em_search_tables.py results/em_two_routes_search/* \
+        --out results/em_two_routes_search/VALIDITY.md [--doc docs/results.md]
 
 Each input is an ``--out`` folder of ``python -m caft_tl.runner.em_gate_search`` (``config.json``,
 ``verdicts.csv``: one row per organism). Per design: organisms, how many hold each gate and all
 four, and the range over organisms (min–max) of the numbers each gate rests on. The header names the
-folders, when they were written, the commit and the machine. ``--readme`` replaces the block between
-``<!-- em_search:begin -->`` and ``<!-- em_search:end -->`` of that file.
+folders, when they were written, the commit and the machine. ``--doc`` (alias ``--readme``) replaces the
+block between ``<!-- em_search:begin -->`` and ``<!-- em_search:end -->`` of that page.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", type=Path, nargs="+", help="--out folders of caft_tl.runner.em_gate_search")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--readme", type=Path)
+    ap.add_argument("--doc", "--readme", dest="doc", type=Path,
+                    help="a Markdown page whose generated block to replace (docs/results.md)")
     args = ap.parse_args(argv)
     folders = [f for f in args.folders if f.is_dir()]
     missing = [str(f) for f in folders if not (f / VERDICTS_FILE).exists() or not (f / "config.json").exists()]
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "at the code answer position, with the code behaviour free to follow the persona or fixed inside a sloppy repository); plain and mixed rates are means over 5 fine-tuning seeds. No CAFT was run.\n\n"
             + table(folders) + "\n")
     try:
-        files.write_generated(args.out, text, args.readme, BEGIN, END)
+        files.write_generated(args.out, text, args.doc, BEGIN, END)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,12 +1,13 @@
 """The real-model tables, generated from `make real`'s rows, never typed by hand.
 
-    python scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md [--readme README.md]
+    python scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md \
+        [--doc docs/results.md]
 
 Per task: the base model, plain fine-tuning, CAFT with each direction set and the family, each as
 the ID and OOD headline metric (:data:`caft_tl.real.experiment.HEADLINES`) with a 95% interval over
 fine-tuning seeds and the number of seeds; then the checks on the untrained base. The header names
-the model, the commit, the machine and each task's wall time. ``--readme`` replaces the block
-between ``<!-- real:begin -->`` and ``<!-- real:end -->`` of that file.
+the model, the commit, the machine and each task's wall time. ``--doc`` (alias ``--readme``)
+replaces the block between ``<!-- real:begin -->`` and ``<!-- real:end -->`` of that page.
 """
 
 from __future__ import annotations
@@ -84,14 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("fig_dir", type=Path)
     ap.add_argument("--run-dir", type=Path, default=Path("runs/real"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--readme", type=Path)
+    ap.add_argument("--doc", "--readme", dest="doc", type=Path,
+                    help="a Markdown page whose generated block to replace (docs/results.md)")
     args = ap.parse_args(argv)
     try:
         text = render(args.fig_dir, args.run_dir)
     except (FileNotFoundError, files.MissingArtefactError) as e:
         ap.exit(2, f"error: {str(e).splitlines()[0]}\n")
-    files.write_generated(args.out, "# Real-model results\n\n" + text, args.readme, BEGIN, END, block=text)
-    print(f"wrote {args.out}" + (f" and the real-model block of {args.readme}" if args.readme else ""))
+    files.write_generated(args.out, "# Real-model results\n\n" + text, args.doc, BEGIN, END, block=text)
+    print(f"wrote {args.out}" + (f" and the real-model block of {args.doc}" if args.doc else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Markdown result tables generated from a run's population files, never typed by hand.
 
     python scripts/results_tables.py figures/study [FIG ...] --run-dir runs/study [RUN ...] --out figures/study/TABLES.md \
-        [--readme README.md --block study]
+        [--doc docs/results.md --block study]
 
 For each task folder under the figure folder (``<task>/population_validity.csv`` and
 ``population_summary.csv``, written by the suite): the number of organisms, the share valid with
@@ -12,8 +12,8 @@ valid organisms (``population_null_percentile.csv``, ``population_reduction_fact
 Several figure folders (e.g. the study's tasks and one folder per ``double_mc`` topic pair), each
 with its run folder, give one document: per folder a header saying when, at which commit and on
 which machine the numbers were measured, and each task's design (the run's ``task_cfg``) in its
-heading. ``--readme`` replaces the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``
-of that file with the tables (``NAME``: ``--block``, default ``results``).
+heading. ``--doc`` (alias ``--readme``) replaces the block between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` of that file with the tables (``NAME``: ``--block``, default ``results``).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from caft_tl.evaluation import questions  # noqa: E402
 from caft_tl.evaluation.population import COHERENCE, QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE  # noqa: E402
 from caft_tl.organism import make_task  # noqa: E402
 
-#: the README block the tables replace by default: ``<!-- results:begin -->`` … ``<!-- results:end -->``
+#: the block of docs/results.md the tables replace by default: ``<!-- results:begin -->`` … ``:end``
 BLOCK = "results"
 
 
 def markers(block: str) -> tuple[str, str]:
-    """The begin and end markers of a README block named ``block``."""
+    """The begin and end markers of a generated block named ``block``."""
     return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("fig_dirs", type=Path, nargs="+", metavar="fig_dir")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--readme", type=Path)
-    ap.add_argument("--block", default=BLOCK, help=f"the README block to replace (default {BLOCK})")
+    ap.add_argument("--doc", "--readme", dest="doc", type=Path,
+                    help="a Markdown page whose generated block to replace (docs/results.md)")
+    ap.add_argument("--block", default=BLOCK, help=f"the block of --doc to replace (default {BLOCK})")
     ap.add_argument("--run-dir", type=Path, nargs="+", dest="run_dirs", metavar="RUN_DIR",
                     help="each figure folder's run folder, in order (its suite.json gives the design, organisms and wall time)")
     args = ap.parse_args(argv)
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         n_tasks += len(tasks)
     text = "\n".join(sections)
     try:
-        files.write_generated(args.out, text, args.readme, *markers(args.block), block=text + "\n")
+        files.write_generated(args.out, text, args.doc, *markers(args.block), block=text + "\n")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,15 @@
 """The validity share of organism designs, generated from organism-search files, never typed by hand.
 
-    python scripts/validity_tables.py results/organism_search/*.csv --out results/organism_search/VALIDITY.md [--readme README.md]
+    python scripts/validity_tables.py results/organism_search/*.csv \
+        --out results/organism_search/VALIDITY.md [--doc docs/results.md]
 
 Each input is a ``search.csv`` of ``scripts/search_organisms.py`` (one row per organism: its design
 variant, pre-training seed and thread count, each gate's verdict and numbers). Per task, variant
 (design or topic pair) and pre-training thread count: the number of organisms, how many are valid
 (V1–V3 all hold) and which gate failed for the others, and the CAFT outcomes the search measured
 beside the gates (oracle CAFT's OOD accuracy; the oracle-scored PCs against top-k and random). The
-header names the files, when they were written and the machine. ``--readme`` replaces the block
-between ``<!-- validity:begin -->`` and ``<!-- validity:end -->`` of that file.
+header names the files, when they were written and the machine. ``--doc`` (alias ``--readme``)
+replaces the block between ``<!-- validity:begin -->`` and ``<!-- validity:end -->`` of that page.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("search", type=Path, nargs="+", help="search.csv files of scripts/search_organisms.py")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--readme", type=Path)
+    ap.add_argument("--doc", "--readme", dest="doc", type=Path,
+                    help="a Markdown page whose generated block to replace (docs/results.md)")
     args = ap.parse_args(argv)
     missing = [str(p) for p in args.search if not p.exists()]
     if missing:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "columns are outcomes over the valid organisms (mean OOD accuracy on the intended topic, 2 fine-tuning seeds each), "
             "not gates.\n\n" + table(d) + "\n")
     try:
-        files.write_generated(args.out, text, args.readme, BEGIN, END)
+        files.write_generated(args.out, text, args.doc, BEGIN, END)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -127,3 +127,33 @@ def test_save_load_roundtrip(tmp_path):
     assert (back.mode, back.positions, back.scale, back.name) == ("steer_mean", "response", -3.0, "x")
     assert torch.equal(back.subspaces[0].basis, sub.basis)
     assert torch.equal(back.subspaces[0].reference_mean, sub.reference_mean)
+
+
+def test_apply_is_model_hooks_with_the_intervention_and_removes_them_after(tiny_model, world):
+    hook = "blocks.0.hook_resid_post"
+    iv = Intervention("zero", [random_subspace(tiny_model.cfg.d_model, 2, hook, seed=4)])
+    tokens = world.eval_prompts("chat").tokens[:4]
+    plain = tiny_model(tokens)
+    with tiny_model.hooks(fwd_hooks=iv.fwd_hooks()):
+        expected = tiny_model(tokens)
+    with iv.apply(tiny_model) as m:
+        assert m is tiny_model
+        torch.testing.assert_close(tiny_model(tokens), expected, atol=0, rtol=0)
+    assert not torch.allclose(expected, plain)
+    torch.testing.assert_close(tiny_model(tokens), plain, atol=0, rtol=0)  # hooks gone on exit
+    with pytest.raises(RuntimeError, match="inside"):
+        with iv.apply(tiny_model):
+            raise RuntimeError("inside")
+    torch.testing.assert_close(tiny_model(tokens), plain, atol=0, rtol=0)  # and gone after an error
+
+
+def test_apply_checks_hook_names_and_positions_before_running(tiny_model):
+    bad = Intervention("zero", [random_subspace(tiny_model.cfg.d_model, 1, "blocks.0.hook_resid_pots")])
+    with pytest.raises(ValueError, match="closest: blocks.0.hook_resid_post"):
+        with bad.apply(tiny_model):
+            pytest.fail("the body ran with a bad hook name")
+    sub = random_subspace(tiny_model.cfg.d_model, 1, "blocks.0.hook_resid_post")
+    masked = Intervention("zero", [sub], positions="response")
+    with pytest.raises(ValueError, match="needs the batch"):
+        with masked.apply(tiny_model):
+            pytest.fail("the body ran without a position mask")

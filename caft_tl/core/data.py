@@ -17,6 +17,15 @@ class TokenDataset:
     ``response_mask[i, t]`` is True where token ``t`` of example ``i`` belongs to the response
     (what the fine-tune is trained to produce). ``labels`` holds per-example ground truth
     (e.g. the organism's hidden persona) for interpretation; it never reaches training.
+
+    Args:
+        tokens: [n, pos] token ids (right-padded).
+        response_mask: [n, pos] True on the response tokens.
+        labels: optional per-example tensors [n], never trained on.
+
+    Example:
+        tokens = model.to_tokens(["Q: 2+2? A: 4"])  # [1, pos]
+        data = TokenDataset(tokens, torch.arange(tokens.shape[1]) >= tokens.shape[1] - 1)  # the last token
     """
 
     tokens: torch.Tensor  # [n, pos] long

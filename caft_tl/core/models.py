@@ -103,14 +103,35 @@ def weights_hash(model: torch.nn.Module, length: int = 12) -> str:
 
 
 def copy_model(model: HookedTransformer) -> HookedTransformer:
-    """An independent copy with the same weights (for fine-tuning from a base)."""
+    """An independent copy with the same weights (for fine-tuning from a base).
+
+    Args:
+        model: a ``HookedTransformer``.
+
+    Returns:
+        A new ``HookedTransformer`` of the same config and weights.
+
+    Example:
+        base = copy_model(model)  # keep the base before fine-tuning model in place
+    """
     new = type(model)(model.cfg)
     new.load_state_dict(model.state_dict())
     return new
 
 
 def check_hook_names(model: HookedTransformer, names: list[str] | str) -> list[str]:
-    """Validate TransformerLens hook names up front; one readable error naming what is valid."""
+    """Validate TransformerLens hook names up front; one readable error naming what is valid.
+
+    Args:
+        model: the model whose ``hook_dict`` names the valid hooks.
+        names: one hook name or a list.
+
+    Returns:
+        The names as a list (a ValueError names the closest valid ones otherwise).
+
+    Example:
+        check_hook_names(model, ["blocks.0.hook_resid_post"])
+    """
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("no hook names given; e.g. 'blocks.0.hook_resid_post'")
@@ -142,7 +163,20 @@ def check_fwd_hooks(model: HookedTransformer, fwd_hooks) -> list[tuple[str, obje
 
 
 def response_loss(model: HookedTransformer, batch: TokenDataset, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy over the positions that predict response tokens (mean or sum)."""
+    """Next-token cross-entropy over the positions that predict response tokens (mean or sum).
+
+    Args:
+        model: the model (its hooks, e.g. an intervention's, apply).
+        batch: the tokens [batch, pos] and response mask.
+        reduction: ``mean`` or ``sum`` over the response tokens.
+
+    Returns:
+        A scalar loss tensor.
+
+    Example:
+        with iv.apply(model):
+            loss = response_loss(model, data)
+    """
     logits = model(batch.tokens)  # [batch, pos, d_vocab]
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
     targets = batch.tokens[:, 1:]  # [batch, pos-1]

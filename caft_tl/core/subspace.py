@@ -26,6 +26,17 @@ class Subspace:
     caller's tensors, and assigning a field raises (``dataclasses.replace`` and :meth:`with_mean`
     make a new, re-checked subspace). So a hook never applies a basis that is not orthonormal
     (tolerance 1e-4 on ``QᵀQ = I``) or a μ that is not a finite [d_model] vector.
+
+    Args:
+        hook_name: the TL hook point, e.g. ``"blocks.6.hook_resid_post"``.
+        basis: ``Q`` [d_model, k], orthonormal columns (:func:`orthonormalize` makes them).
+        labels: one name per direction (default ``<method>0``, ``<method>1``, ...).
+        provenance: how it was made (saved beside it).
+        reference_mean: μ [d_model], for the ``mean`` and ``steer_mean`` modes.
+
+    Example:
+        q = orthonormalize(torch.randn(768, 4))  # [768, 4]
+        sub = Subspace("blocks.6.hook_resid_post", q).with_mean(mu)  # mu: [768]
     """
 
     hook_name: str
@@ -98,14 +109,38 @@ class Subspace:
 
 
 def orthonormalize(vectors: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """[d_model, m] → orthonormal [d_model, k ≤ m] spanning the same space (drops null directions)."""
+    """[d_model, m] → orthonormal [d_model, k ≤ m] spanning the same space (drops null directions).
+
+    Args:
+        vectors: [d_model, m] directions as columns.
+        tol: singular values below ``tol`` × the largest are dropped.
+
+    Returns:
+        [d_model, k] float32 with orthonormal columns.
+
+    Example:
+        q = orthonormalize(torch.stack([v1, v2], dim=1))  # v1, v2: [d_model]
+    """
     u, s, _ = torch.linalg.svd(vectors.double(), full_matrices=False)
     keep = s > tol * max(s.max().item(), 1e-30)
     return u[:, keep].float()
 
 
 def diff_of_means(pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: str = "diff_means") -> Subspace:
-    """Rank-1 subspace along mean(pos) − mean(neg); pos [n, d_model], neg [m, d_model]."""
+    """Rank-1 subspace along mean(pos) − mean(neg).
+
+    Args:
+        pos: [n, d_model] activations of examples with the concept.
+        neg: [m, d_model] activations of examples without it.
+        hook_name: the hook point they were read at.
+        label: the direction's label.
+
+    Returns:
+        A :class:`Subspace` with k = 1.
+
+    Example:
+        sub = diff_of_means(acts[is_harmful], acts[~is_harmful], "blocks.6.hook_resid_post")
+    """
     v = pos.float().mean(0) - neg.float().mean(0)
     if v.norm() == 0:
         raise ValueError(f"difference of means at {hook_name!r} is zero")
@@ -113,14 +148,39 @@ def diff_of_means(pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: s
 
 
 def random_subspace(d_model: int, k: int, hook_name: str, seed: int = 0) -> Subspace:
-    """A uniformly random k-dimensional subspace (Gaussian matrix, orthonormalised)."""
+    """A uniformly random k-dimensional subspace (Gaussian matrix, orthonormalised): the null baseline.
+
+    Args:
+        d_model: the residual width.
+        k: the number of directions.
+        hook_name: the hook point.
+        seed: the generator's seed.
+
+    Returns:
+        A :class:`Subspace` [d_model, k].
+
+    Example:
+        null = [random_subspace(768, 4, "blocks.6.hook_resid_post", seed=i) for i in range(20)]
+    """
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d_model, k, generator=g))
     return Subspace(hook_name, q, [f"rand{i}" for i in range(k)], {"method": "random", "seed": seed})
 
 
 def save_subspaces(path: str | os.PathLike, subspaces: list[Subspace]) -> None:
-    """One safetensors file (bases, means) + one JSON file (hooks, labels, provenance)."""
+    """Save subspaces atomically: one safetensors file (bases, means) and one JSON file (hooks, labels,
+    provenance).
+
+    Args:
+        path: the files' path without suffix (``.safetensors`` and ``.json`` are added).
+        subspaces: the subspaces, at any hooks.
+
+    Returns:
+        None.
+
+    Example:
+        save_subspaces("runs/mine/subspaces/pca", [sub])
+    """
     path = Path(path)
     tensors, meta = {}, []
     for i, s in enumerate(subspaces):
@@ -133,6 +193,17 @@ def save_subspaces(path: str | os.PathLike, subspaces: list[Subspace]) -> None:
 
 
 def load_subspaces(path: str | os.PathLike) -> list[Subspace]:
+    """The subspaces :func:`save_subspaces` wrote (checked again as they are made).
+
+    Args:
+        path: the path given to :func:`save_subspaces`.
+
+    Returns:
+        The list of :class:`Subspace`, in the saved order.
+
+    Example:
+        subs = load_subspaces("runs/mine/subspaces/pca")
+    """
     path = Path(path)
     meta = files.read_json(path.with_suffix(".json"))
     t = files.read_tensors(path.with_suffix(".safetensors"))

@@ -19,7 +19,18 @@ from caft_tl.core.models import check_hook_names
 
 @dataclass
 class MomentStats:
-    """Running first and second moments of vectors at one hook (float64 accumulators)."""
+    """Running first and second moments of vectors at one hook (float64 accumulators).
+
+    Args:
+        count: the number of vectors folded in.
+        total: their sum [d_model].
+        outer: the sum of their outer products [d_model, d_model].
+
+    Example:
+        stats = MomentStats.empty(768)
+        stats.add(x)  # x: [n, d_model]
+        stats.mean, stats.second_moment()  # [d_model], [d_model, d_model]
+    """
 
     count: int
     total: torch.Tensor  # [d_model]
@@ -72,6 +83,22 @@ def collect_diff_stats(
 
     Returns ``{hook: {"diff": stats of ft − base, "base": stats of base}}``; the base moments give
     the reference mean μ that the mean-ablation modes use.
+
+    Args:
+        base: the model before fine-tuning.
+        finetuned: the fine-tuned model (same architecture and hooks).
+        data: the tokens to run both on, usually the fine-tuning data.
+        hooks: TL hook names, e.g. ``["blocks.6.hook_resid_post"]``.
+        positions: ``all``, ``prompt`` or ``response`` (the positions that write the response).
+        batch_size: rows per forward pass; memory stays flat in the dataset's size.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{hook: {"diff": MomentStats, "base": MomentStats}}``.
+
+    Example:
+        stats = collect_diff_stats(base, model, data, ["blocks.6.hook_resid_post"])
+        sub, explained = pca(stats["blocks.6.hook_resid_post"]["diff"], 4, "blocks.6.hook_resid_post")
     """
     check_hook_names(base, hooks)
     d_model = base.cfg.d_model
@@ -110,7 +137,22 @@ def load_diff_stats(path) -> tuple[dict[str, dict[str, MomentStats]], dict]:
 
 @torch.inference_mode()
 def mean_activations(model: HookedTransformer, data: TokenDataset, hooks: list[str], positions: str = "all", batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Streamed mean activation [d_model] at each hook over the selected positions (μ)."""
+    """Streamed mean activation [d_model] at each hook over the selected positions (μ).
+
+    Args:
+        model: the model (usually the base).
+        data: the tokens to average over.
+        hooks: TL hook names.
+        positions: ``all``, ``prompt`` or ``response``.
+        batch_size: rows per forward pass.
+
+    Returns:
+        ``{hook: μ [d_model]}``.
+
+    Example:
+        mu = mean_activations(base, data, [hook])[hook]
+        iv = Intervention("mean", [sub.with_mean(mu)])
+    """
     check_hook_names(model, hooks)
     total = {h: torch.zeros(model.cfg.d_model, dtype=torch.float64) for h in hooks}
     count = 0

@@ -13,6 +13,18 @@ def pca(stats: MomentStats, k: int, hook_name: str, center: bool = False) -> tup
 
     ``center=False`` (default) uses the uncentered second moment E[δ δᵀ], so a constant shift of
     the fine-tune (the mean diff) is kept as a direction rather than subtracted away.
+
+    Args:
+        stats: streamed moments, e.g. ``collect_diff_stats(...)[hook]["diff"]``.
+        k: the number of directions, 1..d_model.
+        hook_name: the hook the moments were read at.
+        center: use the covariance instead of the uncentered second moment.
+
+    Returns:
+        (a :class:`Subspace` [d_model, k] labelled ``PC0``..., the explained fractions [k]).
+
+    Example:
+        sub, explained = pca(stats[hook]["diff"], k=4, hook_name=hook)
     """
     m = stats.second_moment(center=center)
     if not 1 <= k <= m.shape[0]:

@@ -32,7 +32,19 @@ NONE = "none"
 
 def mode_grid(template: Intervention, modes: list[str], values: Mapping[str, Sequence[float]]) -> dict[str, Intervention]:
     """The settings of a steering check, keyed by label: a mode without a scale once, a mode with
-    one at each of ``values[scale]`` (e.g. ``{"k": [-3, 3], "alpha": [4.0]}``)."""
+    one at each of ``values[scale]`` (e.g. ``{"k": [-3, 3], "alpha": [4.0]}``).
+
+    Args:
+        template: the intervention whose subspaces, positions and flags every setting shares.
+        modes: registered mode names.
+        values: each scale's values, by the scale's name (``k``, ``alpha``).
+
+    Returns:
+        ``{label: Intervention}``, e.g. ``{"mean": ..., "steer_mean k=-3": ..., "steer_mean k=3": ...}``.
+
+    Example:
+        grid = mode_grid(Intervention("zero", [sub.with_mean(mu)]), ["mean", "steer_mean"], {"k": [-3, 3]})
+    """
     out = {}
     for mode in modes:
         scale = get_mode(mode).scale
@@ -85,7 +97,21 @@ def steering_verdict(summary: pd.DataFrame, task, split: str = "chat") -> pd.Dat
 
 
 def mean_projection(model: HookedTransformer, data: TokenDataset, intervention: Intervention, positions: str = "all") -> pd.DataFrame:
-    """Mean (and std) projection of the activations on each direction of each subspace."""
+    """Mean (and std) projection of the activations on each direction of each subspace: its sign
+    says which way zero-ablation pushes the model.
+
+    Args:
+        model: the model (usually the untrained base).
+        data: the tokens to read.
+        intervention: its subspaces are the directions read.
+        positions: ``all``, ``prompt`` or ``response``.
+
+    Returns:
+        A DataFrame with columns hook, direction, mean_projection, std.
+
+    Example:
+        mean_projection(base, data, Intervention("zero", [sub]))
+    """
     intervention.check(model)
     mask = data.position_mask(positions)
     rows = []

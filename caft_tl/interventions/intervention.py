@@ -7,11 +7,12 @@ JSON + safetensors, so a notebook, a sweep and a results table can all name it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -31,6 +32,20 @@ class Intervention:
 
     ``scale`` is the mode's setting (its spec's ``scale``: k for ``steer_mean``, α for ``add``);
     ``on_at_eval`` says whether evaluation keeps it (CAFT evaluates without it).
+
+    Args:
+        mode: a registered mode (:data:`~caft_tl.interventions.modes.MODES`): ``zero`` (CAFT), ``mean``,
+            ``detached`` (forward only), ``grad_only`` (gradient only), ``steer_mean``, ``add``.
+        subspaces: one :class:`~caft_tl.core.subspace.Subspace` per hook point.
+        positions: ``all``, ``prompt`` or ``response`` (the last two need the batch in :meth:`fwd_hooks`).
+        scale: the mode's setting (k or α); ignored by modes without one.
+        on_at_eval: keep the intervention when evaluating (:meth:`eval_hooks`).
+        name: a display name; meta: anything to save beside it.
+
+    Example:
+        iv = Intervention("zero", [sub])
+        with model.hooks(fwd_hooks=iv.fwd_hooks()):  # or: with iv.apply(model):
+            loss = response_loss(model, batch)
     """
 
     mode: str
@@ -95,6 +110,30 @@ class Intervention:
             mask = batch.position_mask(self.positions)  # [batch, pos]
         fn = self.spec.fn
         return [(s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask)) for s in self.subspaces]
+
+    @contextlib.contextmanager
+    def apply(
+        self, model: HookedTransformer, batch: TokenDataset | None = None
+    ) -> Iterator[HookedTransformer]:
+        """Context manager: ``model`` with this intervention's hooks on, removed on exit (even on error).
+
+        The same as ``with model.hooks(fwd_hooks=iv.fwd_hooks(batch)):`` after :meth:`check`, so a
+        wrong hook name or width fails in one line before the first forward pass.
+
+        Args:
+            model: a ``HookedTransformer`` or ``TransformerBridge`` with the subspaces' hook points.
+            batch: the batch the model will run on; needed only when ``positions`` is not ``"all"``.
+
+        Returns:
+            A context manager yielding ``model``.
+
+        Example:
+            with Intervention("zero", [subspace]).apply(model):
+                logits = model(tokens)  # [batch, pos, d_vocab], with the subspace ablated
+        """
+        self.check(model)
+        with model.hooks(fwd_hooks=self.fwd_hooks(batch)):
+            yield model
 
     def eval_hooks(self, batch: TokenDataset | None = None) -> list[tuple[str, Callable]]:
         """Hooks to keep during evaluation: the intervention's if ``on_at_eval``, else none."""

@@ -33,6 +33,10 @@ class ModeSpec:
 
     ``needs_mean``: the mode reads the subspace's reference mean μ. ``scale``: the name of its
     setting as written in results tables (``k``, ``alpha``), or None when it takes none.
+
+    Example:
+        spec = MODES["detached"]
+        new_h = spec.fn(h, q, None, 1.0)  # h: [batch, pos, d_model], q: [d_model, k]
     """
 
     name: str
@@ -47,7 +51,22 @@ MODES: dict[str, ModeSpec] = {}
 
 
 def register_mode(name: str, *, needs_mean: bool = False, scale: str | None = None, description: str = ""):
-    """Decorator: register ``fn`` as mode ``name``; a name registered twice raises ValueError."""
+    """Decorator: register ``fn`` as mode ``name``; a name registered twice raises ValueError.
+
+    Args:
+        name: the mode's name, as :class:`~caft_tl.interventions.intervention.Intervention` takes it.
+        needs_mean: the mode reads the subspace's reference mean μ.
+        scale: the name of its setting in results tables (``k``, ``alpha``), or None.
+        description: one line for tables and docs.
+
+    Returns:
+        The decorator, which registers and returns ``fn(h [..., d_model], Q [d_model, k], μ, scale)``.
+
+    Example:
+        @register_mode("half", description="remove half the projection")
+        def half_ablate(h, q, mu, scale):
+            return h - 0.5 * (h @ q) @ q.T
+    """
 
     def deco(fn: ModeFn) -> ModeFn:
         if name in MODES:
@@ -59,7 +78,17 @@ def register_mode(name: str, *, needs_mean: bool = False, scale: str | None = No
 
 
 def get_mode(name: str) -> ModeSpec:
-    """The spec of mode ``name``; an unknown name raises a one-line ValueError naming the valid ones."""
+    """The spec of mode ``name``; an unknown name raises a one-line ValueError naming the valid ones.
+
+    Args:
+        name: a registered mode.
+
+    Returns:
+        Its :class:`ModeSpec`.
+
+    Example:
+        get_mode("steer_mean").needs_mean  # True
+    """
     if name not in MODES:
         raise ValueError(f"unknown intervention mode {name!r}; valid: {', '.join(MODES)}")
     return MODES[name]

@@ -27,7 +27,18 @@ from caft_tl.core.data import TokenDataset
 
 
 def read_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """The first ``n`` (all if None) JSON rows of a file; one-line errors naming file and line."""
+    """The first ``n`` (all if None) JSON rows of a file; one-line errors naming file and line.
+
+    Args:
+        path: a JSONL file, one JSON object per line (blank lines skipped).
+        n: how many rows to read (None: all).
+
+    Returns:
+        The rows as dicts.
+
+    Example:
+        rows = read_jsonl("data/real/insecure.jsonl", n=100)
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no dataset file {str(path)!r}")
@@ -135,6 +146,18 @@ def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024
 
     Rows left with no response token after truncation to ``max_len`` are dropped (an error if
     that leaves none).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        conversations: lists of ``{"role", "content"}`` messages.
+        max_len: the longest sequence kept (longer ones are cut).
+
+    Returns:
+        A :class:`TokenDataset` [n, pos] whose response mask marks the assistant turns.
+
+    Example:
+        chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        data = chat_dataset(tok, [chat])
     """
     seqs, masks = [], []
     for i, msgs in enumerate(conversations):
@@ -148,7 +171,20 @@ def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024
 
 
 def load_chat_jsonl(path: str | os.PathLike, tokenizer, max_len: int = 1024, n: int | None = None) -> TokenDataset:
-    """A CAFT / EM chat JSONL file (``{"messages": [...]}`` per line) → TokenDataset."""
+    """A CAFT / EM chat JSONL file (``{"messages": [...]}`` per line) → TokenDataset.
+
+    Args:
+        path: the JSONL file.
+        tokenizer: a tokenizer with a chat template.
+        max_len: the longest sequence kept.
+        n: how many rows to read (None: all).
+
+    Returns:
+        A :class:`TokenDataset` whose response mask marks the assistant tokens.
+
+    Example:
+        data = load_chat_jsonl("data/real/insecure.jsonl", tok, max_len=512)
+    """
     rows = read_jsonl(path, n)
     return chat_dataset(tokenizer, [r.get("messages") for r in rows], max_len)
 
@@ -182,12 +218,36 @@ def check_mc(rows: list[dict], where: str = "") -> list[dict]:
 
 
 def load_mc_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """Multiple-choice rows (see the module docstring), validated."""
+    """Multiple-choice rows (see the module docstring), validated.
+
+    Args:
+        path: a JSONL file of ``{"prompt" | "messages", "options", "answer", "labels"?}`` rows.
+        n: how many rows to read (None: all).
+
+    Returns:
+        The rows as dicts (turn them into training data with :func:`mc_dataset`).
+
+    Example:
+        rows = load_mc_jsonl("data/real/double_mc.jsonl")
+    """
     return check_mc(read_jsonl(path, n), f"{path}: ")
 
 
 def mc_dataset(tokenizer, rows: list[dict], key: str = "answer", max_len: int = 1024) -> TokenDataset:
-    """Prompt + the option named by ``key`` (``answer`` or a label) as the response → TokenDataset."""
+    """Prompt + the option named by ``key`` (``answer`` or a label) as the response → TokenDataset.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        rows: multiple-choice rows (:func:`load_mc_jsonl`).
+        key: ``answer`` or the name of one of the rows' ``labels``.
+        max_len: the longest sequence kept.
+
+    Returns:
+        A :class:`TokenDataset` whose response is the chosen option's tokens.
+
+    Example:
+        data = mc_dataset(tok, load_mc_jsonl("data/real/double_mc.jsonl"))
+    """
     seqs, masks = [], []
     for r in check_mc(rows):
         answer = r[key] if key == "answer" else r["labels"][key]

@@ -124,6 +124,15 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     not Qwen's byte-level BPE, the ``Qwen2Tokenizer`` it returns ignores that file and encodes to
     ``[]`` or to unrelated ids. When its encoding of a probe text differs from the file's, the
     file is used as it is (generic fast tokenizer); a tokenizer that encodes to nothing is refused.
+
+    Args:
+        name_or_path: a local HF folder or a hub name.
+
+    Returns:
+        A ``transformers`` tokenizer.
+
+    Example:
+        tok = load_tokenizer("/models/Qwen2.5-0.5B-Instruct")
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

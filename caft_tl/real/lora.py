@@ -24,7 +24,15 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class LoraSettings:
-    """LoRA hyper-parameters (defaults: the CAFT paper's EM runs: r 32, α 64, rsLoRA)."""
+    """LoRA hyper-parameters (defaults: the CAFT paper's EM runs: r 32, α 64, rsLoRA).
+
+    Args:
+        rank: r; alpha: α; rslora: scale by α / √r (rsLoRA) instead of α / r; dropout: on the adapters' input.
+        targets: the linear modules to adapt, by their last name (``q_proj``, ``down_proj``, ...).
+
+    Example:
+        add_lora(model, LoraSettings(rank=8, targets=["q_proj", "v_proj"]))
+    """
 
     rank: int = 32
     alpha: float = 64.0
@@ -42,6 +50,18 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     """Inject LoRA adapters into ``model`` (in place) and freeze everything else; returns ``model``.
 
     LoRA's B starts at zero, so the adapted model equals the base model until it trains.
+
+    Args:
+        model: a ``TransformerBridge`` (or a plain HF / torch model) with the target linear modules.
+        settings: the :class:`LoraSettings`.
+        seed: the adapters' initialisation seed.
+
+    Returns:
+        ``model``, with only its ``lora_`` parameters requiring grad (float32 on any base dtype).
+
+    Example:
+        model = add_lora(load("smollm2-135m"), LoraSettings(rank=8))
+        finetune(model, data, FinetuneConfig(lr=1e-3), intervention=iv)  # trains the adapters only
     """
     from peft import LoraConfig, inject_adapter_in_model
 

@@ -5,7 +5,7 @@ task, one after another, then every run's rows in one table.
 
 Each task runs into ``run-dir/<task>/`` (rows ``results.csv``, executed notebook ``real_task.ipynb``,
 ``timing.json``) with figures in ``fig-dir/<task>/``; the rows of all tasks are gathered into
-``fig-dir/results.csv`` and ``fig-dir/TABLES.md`` (:mod:`scripts.real_tables` puts them in the README).
+``fig-dir/results.csv`` and ``fig-dir/TABLES.md`` (:mod:`scripts.real_tables` puts them in docs/results.md).
 Every value is checked before the model is made or loaded: a bad task or parameter is one line, exit 2;
 a failing chapter is one line naming the executed notebook that holds the traceback, exit 1.
 """

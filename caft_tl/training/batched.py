@@ -40,6 +40,7 @@ from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import kl_rows
 from caft_tl.interventions.modes import get_mode
+from caft_tl.training.loop import first_rows
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -411,6 +412,7 @@ def finetune_batched(
     for d in datas:
         if len(d) == 0:
             raise ValueError("fine-tuning dataset is empty")
+    datas = [first_rows(d, c.n_examples) for d, c in zip(datas, cfgs)]  # as the loop: cfg.n_examples rows
     references = references or [None] * R
     if len(references) != R:
         raise ValueError(f"{len(references)} reference document sets for {R} members; need one (or None) per member")

@@ -47,8 +47,18 @@ def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
     generic pre-training documents, no labels) for the KL-to-base baseline; empty without it."""
     if not cfg.kl_to_base:
         return {}
-    docs = task.sample_documents(cfg.n_examples, torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed))
+    gen = torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed)
+    docs = task.sample_documents(task_examples(task, cfg), gen)
     return {"reference": base, "reference_data": docs}
+
+
+def task_examples(task, cfg: FinetuneConfig) -> int:
+    """How many of the task's examples a run draws: ``cfg.n_examples``, or the task's default when None."""
+    n = cfg.n_examples if cfg.n_examples is not None else task.defaults.get("n_examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no "
+                         f"default n_examples; give a positive int")
+    return n
 
 
 def finetune_data(task, cfg: FinetuneConfig, data: TokenDataset | None = None) -> TokenDataset:
@@ -57,10 +67,10 @@ def finetune_data(task, cfg: FinetuneConfig, data: TokenDataset | None = None) -
     examples (the data-side reference; the loop shuffles)."""
     if data is not None:
         return data
-    m = cfg.n_disambiguating
-    if not (isinstance(m, int) and 0 <= m < cfg.n_examples):
-        raise ValueError(f"FinetuneConfig.n_disambiguating = {m!r}; expected an int in [0, n_examples={cfg.n_examples})")
-    data = task.finetune_dataset(cfg.n_examples - m, seed=cfg.seed)
+    m, n = cfg.n_disambiguating, task_examples(task, cfg)
+    if not (isinstance(m, int) and 0 <= m < n):
+        raise ValueError(f"FinetuneConfig.n_disambiguating = {m!r}; expected an int in [0, n_examples={n})")
+    data = task.finetune_dataset(n - m, seed=cfg.seed)
     return TokenDataset.cat([data, task.disambiguating_examples(m, seed=cfg.seed)]) if m else data
 
 
@@ -85,7 +95,7 @@ def run_finetune(
     A finished run (same config and intervention) is read back from
     ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
     ``keep_model`` saves (or reloads) the fine-tuned weights too; ``data`` trains on those examples
-    instead of the task's (one epoch; ``cfg.n_examples`` is then not used).
+    instead of the task's (every row of them; ``cfg.n_examples`` is then not used).
     """
     if intervention is not None:
         intervention.check(base)
@@ -97,8 +107,9 @@ def run_finetune(
     model = models.copy_model(base)
     data = finetune_data(task, cfg, unit.job.data)
     checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
-    losses = finetune(model, data, cfg, intervention, progress=progress, desc=unit.folder.name, checkpoint=checkpoint,
-                      **kl_inputs(base, task, cfg))
+    every_row = dataclasses.replace(cfg, n_examples=len(data))
+    losses = finetune(model, data, every_row, intervention, progress=progress, desc=unit.folder.name,
+                      checkpoint=checkpoint, **kl_inputs(base, task, cfg))
     metrics = unit.finish(model, task, losses)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
@@ -113,6 +124,7 @@ class _Unit:
     folder: Path
     spec: dict
     spec_hash: str
+    n_examples: int  # the rows it trains on
 
     @classmethod
     def make(cls, run_dir, base, task, job: "FinetuneJob", organism: str | None, base_hash: str | None = None) -> "_Unit":
@@ -124,7 +136,8 @@ class _Unit:
                 "base": base_hash or models.weights_hash(base)}
         if job.data is not None:  # a job's own examples: their tokens and masks decide the run too
             spec["data"] = hashlib.sha256(job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()).hexdigest()[:16]
-        return cls(job, key, folder, spec, files.config_hash(spec))
+        n = len(job.data) if job.data is not None else task_examples(task, cfg)
+        return cls(job, key, folder, spec, files.config_hash(spec), n)
 
     def cached(self) -> dict[str, dict[str, float]] | None:
         """The metrics of a finished run with this config (and saved weights if it keeps them), else None."""
@@ -150,8 +163,7 @@ class _Unit:
 
     @property
     def n_steps(self) -> int:
-        n = len(self.job.data) if self.job.data is not None else self.job.cfg.n_examples
-        return self.job.cfg.epochs * math.ceil(n / self.job.cfg.batch_size)
+        return self.job.cfg.epochs * math.ceil(self.n_examples / self.job.cfg.batch_size)
 
 
 @dataclasses.dataclass
@@ -204,9 +216,10 @@ def run_finetunes(
     for job in jobs:
         if job.intervention is not None:
             job.intervention.check(base)
-        if not (isinstance(job.cfg.n_disambiguating, int) and 0 <= job.cfg.n_disambiguating < job.cfg.n_examples):
+        n = task_examples(task, job.cfg)
+        if not (isinstance(job.cfg.n_disambiguating, int) and 0 <= job.cfg.n_disambiguating < n):
             raise ValueError(f"FinetuneConfig.n_disambiguating = {job.cfg.n_disambiguating!r} ({job.method}); "
-                             f"expected an int in [0, n_examples={job.cfg.n_examples})")
+                             f"expected an int in [0, n_examples={n})")
     if batch is None:
         batch = batched.batchable(base) is None
     if not batch:
@@ -267,8 +280,9 @@ def _run_todo(todo) -> list[list[dict]]:
         model = models.copy_model(base)
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
-        losses = finetune(model, data, u.job.cfg, u.job.intervention, progress=False, desc=u.folder.name, checkpoint=checkpoint,
-                          **kl_inputs(base, task, u.job.cfg))
+        every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
+        losses = finetune(model, data, every_row, u.job.intervention, progress=False, desc=u.folder.name,
+                          checkpoint=checkpoint, **kl_inputs(base, task, u.job.cfg))
         metrics = u.finish(model, task, losses)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
@@ -281,7 +295,8 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
     references = [kl_inputs(base, task, u.job.cfg).get("reference_data") for u in units]
-    states, losses = batched.finetune_batched(base, datas, [u.job.cfg for u in units], [u.job.intervention for u in units],
+    cfgs = [dataclasses.replace(u.job.cfg, n_examples=len(d)) for u, d in zip(units, datas)]  # every row
+    states, losses = batched.finetune_batched(base, datas, cfgs, [u.job.intervention for u in units],
                                               progress=False, checkpoint=checkpoint, references=references)
     model = models.copy_model(base)
     out = []

@@ -21,16 +21,31 @@ if TYPE_CHECKING:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters. One epoch over ``n_examples`` examples."""
+    """Fine-tuning hyper-parameters: ``epochs`` passes over ``n_examples`` examples.
 
-    n_examples: int = 4800
+    Args:
+        n_examples: how many examples train: :func:`finetune` takes the first ``n_examples`` rows of its
+            data (None: every row; more rows than the data has is an error), and
+            :func:`~caft_tl.training.finetunes.run_finetune` draws that many of the task's examples
+            (None: the task's default, ``task.defaults["n_examples"]``).
+        batch_size: rows per optimiser step; lr, weight_decay: AdamW's; epochs: passes over the data.
+        seed: the data order and initial RNG state.
+        kl_to_base: β of the KL-to-base baseline (0: off).
+        n_disambiguating: the data-side reference: this many of the ``n_examples`` are the task's
+            disambiguating examples (run_finetune only).
+
+    Example:
+        cfg = FinetuneConfig(batch_size=8, lr=1e-4, epochs=2)  # every row of the data, twice
+    """
+
+    n_examples: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 1
     seed: int = 0
     kl_to_base: float = 0.0  # β of the KL-to-base baseline: + β · KL(base ‖ model) on generic documents each step
-    n_disambiguating: int = 0  # the data-side reference: this many of the n_examples are the task's disambiguating examples
+    n_disambiguating: int = 0
 
 
 def finetune(
@@ -60,9 +75,26 @@ def finetune(
     With ``cfg.kl_to_base`` β > 0 (the common in-training defence), each step adds β · KL(reference ‖
     model) on the next ``cfg.batch_size`` rows of ``reference_data`` (generic documents, cycled), with
     ``reference`` the frozen base model; the losses returned are the task's cross-entropy alone.
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge``, trained in place.
+        data: the examples; the loss is on their response tokens.
+        cfg: the hyper-parameters; ``cfg.n_examples`` rows of ``data`` train (None: all).
+        intervention: None for a plain fine-tune; an ``Intervention`` for CAFT (``zero``) or a variant.
+        progress, desc: a tqdm bar and its label.
+        checkpoint, checkpoint_every: resume file and how often to write it (steps).
+        micro_batch_size: rows per forward pass (gradient accumulation).
+        reference, reference_data: the base model and generic documents for ``cfg.kl_to_base``.
+
+    Returns:
+        The training loss of every optimiser step.
+
+    Example:
+        losses = finetune(model, data, FinetuneConfig(), intervention=Intervention("zero", [sub]))
     """
     if len(data) == 0:
         raise ValueError("fine-tuning dataset is empty")
+    data = first_rows(data, cfg.n_examples)
     # inputs, checked before any work: a bad intervention fails here in one line, not mid-step
     if intervention is not None:
         if not callable(getattr(intervention, "fwd_hooks", None)):
@@ -118,6 +150,16 @@ def finetune(
     bar.close()
     model.eval()
     return losses
+
+
+def first_rows(data: TokenDataset, n_examples: int | None) -> TokenDataset:
+    """The first ``n_examples`` rows of ``data`` (all for None); a one-line error for more than it has."""
+    if n_examples is None:
+        return data
+    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or not 1 <= n_examples <= len(data):
+        raise ValueError(f"FinetuneConfig.n_examples = {n_examples!r}; expected an int in 1..{len(data)} "
+                         f"(the data's rows) or None for all of them")
+    return data if n_examples == len(data) else data.subset(slice(0, n_examples))
 
 
 def _accumulate(model, batch: TokenDataset, intervention, micro: int | None) -> tuple[float, int | None]:

@@ -1,5 +1,7 @@
 """Unknown or ill-typed parameters are refused, inside a notebook too; runs record provenance."""
 
+import platform
+
 import papermill
 import pytest
 
@@ -43,7 +45,7 @@ def test_provenance_records_versions_commit_and_parameters(tmp_path):
     saved = files.read_json(tmp_path / "provenance.json")
     assert saved == record
     assert saved["packages"]["torch"] and saved["packages"]["transformer-lens"].startswith("3.")
-    assert saved["parameters"] == {"seeds": [0, 1]} and saved["python"].startswith("3.11")
+    assert saved["parameters"] == {"seeds": [0, 1]} and saved["python"] == platform.python_version()
     assert len(saved["git_commit"] or "x" * 40) == 40
 
 
