@@ -43,6 +43,13 @@ class SetInputs:
     hook's SAE, the latents the interpreter chose and the latents in ranking order;
     ``persona_vector``: one subspace per hook (:mod:`caft_tl.directions.persona_vector`);
     ``truth``: the ground truth, organisms only.
+
+    Example:
+        >>> from caft_tl.core.subspace import random_subspace
+        >>> pcs = {"blocks.0.hook_resid_post": random_subspace(16, 4, "blocks.0.hook_resid_post", seed=0)}
+        >>> inputs = SetInputs(d_model=16, pcs=pcs, chosen={"blocks.0.hook_resid_post": [2]})
+        >>> sorted(build(inputs))
+        ['pca', 'random', 'topk_pca']
     """
 
     d_model: int
@@ -84,7 +91,21 @@ SETS: dict[str, SetSpec] = {}
 
 def register_set(name: str, *, needs: tuple[str, ...], description: str):
     """Decorator: register a builder as direction set ``name``; a name registered twice, or a need
-    that is no :class:`SetInputs` field, raises ValueError."""
+    that is no :class:`SetInputs` field, raises ValueError.
+
+    Args:
+        name: the set's name, written in the results' ``directions`` column.
+        needs: the :class:`SetInputs` fields the builder reads (``truth``: it needs ground truth).
+        description: one line, shown where sets are listed.
+
+    Returns:
+        The decorator, which returns the builder unchanged.
+
+    Example:
+        >>> @register_set("first_pc", needs=("pcs",), description="the top PC at every hook")  # doctest: +SKIP
+        ... def first_pc(x):
+        ...     return [s.select([0]) for s in x.pcs.values()]
+    """
     if name in SETS:
         raise ValueError(f"direction set {name!r} is already registered")
     bad = [f for f in needs if f not in _FIELDS]
@@ -115,7 +136,18 @@ def without_ground_truth(names: list[str]) -> tuple[list[str], list[str]]:
 def build(inputs: SetInputs, names: list[str] | None = None) -> dict[str, list[Subspace]]:
     """``{name: [Subspace per hook]}`` for ``names`` (default: every set whose inputs are given), in
     registration order; sets that come out empty are left out. A named set whose inputs are missing
-    raises a one-line ValueError naming them."""
+    raises a one-line ValueError naming them.
+
+    Args:
+        inputs: what the builders may read (:class:`SetInputs`).
+        names: the sets to build, or None for every set whose inputs are given.
+
+    Returns:
+        ``{set name: [Subspace per hook]}``.
+
+    Example:
+        >>> sets = build(SetInputs(d_model=16, pcs=pcs, chosen=chosen), ["pca", "random"])  # doctest: +SKIP
+    """
     out = {}
     for spec in [get_set(n) for n in names] if names is not None else SETS.values():
         missing = [f for f in spec.needs if getattr(inputs, f) is None]
