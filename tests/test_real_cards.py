@@ -283,3 +283,22 @@ def test_a_user_card_with_reference_answers_runs_offline_to_results(own, tiny, t
     assert "mean" not in set(table["method"])  # budgets.family: false
     assert set(table["metric"]) == {"misaligned_rate", "misaligned_margin"} and set(table["split"]) == {"id", "ood"}
     assert (tmp_path / "fig" / results.RESULTS_FILE).exists()
+
+
+def test_a_judge_card_without_its_key_writes_every_runs_answers_and_says_why_it_has_no_metric(own, tiny, tmp_path, monkeypatch):
+    from caft_tl.runner import real_suite
+
+    folder, _ = tiny
+    monkeypatch.delenv("CAFT_NO_SUCH_KEY", raising=False)
+    for split, rows in (("id", QUESTIONS), ("ood", GENERAL)):
+        write_jsonl(own.parent / f"{split}.jsonl", [{"messages": [{"role": "user", "content": q}]} for q, _, _ in rows])
+    _edit(own, "metric: reference", "metric: judge\njudge: {api_key_env: CAFT_NO_SUCH_KEY}")
+    _edit(own, "seeds: [0, 1]", "seeds: [0]")
+    real_suite.run([str(own)], tmp_path / "run", tmp_path / "fig",
+                   {"model": str(folder), "n_generic": 2, "max_new_tokens": 2, "batch_size": 3, "layers": [0, 1]}, progress=False)
+    run = tmp_path / "run" / "food_safety"
+    text = (run / "real_task.ipynb").read_text()
+    assert "the judge metric is skipped: environment variable CAFT_NO_SUCH_KEY is not set" in text
+    samples = {p.stem for p in (run / "samples").glob("*.csv")}
+    assert {"base_id", "base_ood", "plain_s0_ood", "base_toward_ood", "zero_topk_pca_s0_ood"} <= samples
+    assert not (run / results.RESULTS_FILE).exists() or results.read(run / results.RESULTS_FILE).empty
