@@ -3,9 +3,9 @@
     python scripts/real_tables.py figures/real --run-dir runs/real --out figures/real/TABLES.md [--readme README.md]
 
 Per task: the base model, plain fine-tuning, CAFT with each direction set and the family, each as
-the ID and OOD headline metric (its card's, recorded in ``run_dir/<task>/real_run.json``) with a 95% interval over
-fine-tuning seeds and the number of seeds; then the checks on the untrained base. The header names
-the model, the commit, the machine and each task's wall time. ``--readme`` replaces the block
+the ID and OOD headline metric (its card's, as recorded in ``run_dir/<task>/real_run.json``) with a
+95% interval over fine-tuning seeds and the number of seeds; then the checks on the untrained base.
+The header names the model, the commit, the machine and each task's wall time. ``--readme`` replaces the block
 between ``<!-- real:begin -->`` and ``<!-- real:end -->`` of that file.
 """
 
@@ -84,7 +84,8 @@ def render(fig_dir: Path, run_dir: Path) -> str:
            f"Wall time per task: {', '.join(f'{t} {s:.0f} s' for t, s in timings.items()) or 'not recorded'}"
            + (f" (total {sum(timings.values()) / 60:.1f} min)." if timings else ".") + weights + "\n"]
     heads = headlines(run_dir)
-    for task in sorted((t for t in heads if t in set(table["task"])), key=lambda t: list(timings).index(t) if t in timings else len(timings)):
+    order = lambda t: list(timings).index(t) if t in timings else len(timings)  # as run
+    for task in sorted((t for t in heads if t in set(table["task"])), key=order):
         out.append(f"\n**{task}**\n\n" + task_table(table, task, heads[task]))
     return "".join(out)
 

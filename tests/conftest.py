@@ -36,8 +36,10 @@ SLOW = {
     "tests/test_real_experiment.py::test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_tables": "two real-model chapters on a tiny checkpoint, 2.5 min",
     "tests/test_real_experiment.py::test_real_chapter_refuses_a_bad_parameter_inside_the_kernel": "a kernel, 10 s",
     "tests/test_real_experiment.py::test_smollm2_gender_task_end_to_end": "the real-model chapter on SmolLM2, minutes",
-    "tests/test_real_cards.py::test_a_user_card_with_reference_answers_runs_offline_to_results": "the real-model chapter on a tiny checkpoint, 2.5 min",
-    "tests/test_real_cards.py::test_a_judge_card_without_its_key_writes_every_runs_answers_and_says_why_it_has_no_metric": "the real-model chapter on a tiny checkpoint, 2 min",
+    "tests/test_real_cards.py::test_a_user_reference_card_runs_offline":
+        "the real chapter on a tiny checkpoint, 2.5 min",
+    "tests/test_real_cards.py::test_a_judge_card_without_a_key_still_writes_answers":
+        "the real chapter on a tiny checkpoint, 2 min",
     "tests/test_smollm2.py::test_conversion_gives_a_normal_fp32_llama_folder": "fetches and converts SmolLM2 on first use",
     "tests/test_smollm2.py::test_smollm2_answers_the_capital_of_france": "SmolLM2 on CPU: load and sample, 15 s",
     "tests/test_smollm2.py::test_smollm2_batched_option_scores": "SmolLM2 on CPU: option scores, 10 s",

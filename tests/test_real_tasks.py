@@ -198,7 +198,7 @@ def test_written_files_are_read_by_the_readers(tmp_path):
     written = T.write_tasks(tmp_path, seed=1, sizes={"train": 48, "id": 10, "ood": 24})
     assert sorted(written) == sorted([f"{t}_{s}" for t in T.TASKS for s in T.SPLITS] + list(T.TASKS))
     assert all(p == T.path_for(tmp_path, *k.rsplit("_", 1)) for k, p in written.items() if k not in T.TASKS)
-    for t in T.TASKS:  # each task's card names its files and is read by the card loader like a researcher's own
+    for t in T.TASKS:  # each task's card names its files and loads like a researcher's own
         card = load_card(written[t])
         assert (card.name, card.metric, card.train) == (t, T.METRICS[t], written[f"{t}_train"])
         assert len(card.evaluation(100)["ood"]) == 24 and card.concept.unwanted == T.CONCEPTS[t].unwanted

@@ -5,7 +5,7 @@ the unwanted concept and the budgets; built-in tasks and a researcher's own take
     train: train.jsonl                 # files relative to the card's folder
     id: id.jsonl
     ood: ood.jsonl
-    generic: generic.jsonl             # optional: generic chat prompts (default data/examples/generic_prompts.jsonl)
+    generic: generic.jsonl             # optional (default data/examples/generic_prompts.jsonl)
     metric: reference                  # reference | mc | judge (caft_tl.real.metric_kinds)
     concept: unsafe advice beyond cooking
     lexicon: {unwanted: [poison, steal], kept: [oven, salt]}
@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GENERIC = REPO / "data" / "examples" / "generic_prompts.jsonl"
 #: where the generated tasks' cards and files are shipped (``python -m caft_tl.real.tasks --out``)
 GENERATED = REPO / "data" / "real" / "generated"
-CARD_KEYS = ("name", "train", "id", "ood", "generic", "metric", "concept", "lexicon", "better", "budgets", "mc_keys", "judge")
+CARD_KEYS = ("name", "train", "id", "ood", "generic", "metric", "concept", "lexicon", "better", "budgets",
+             "mc_keys", "judge")
 REQUIRED = ("name", "train", "id", "ood", "metric")
 FILE_KEYS = ("train", "id", "ood", "generic")
 EVAL_SPLITS = ("id", "ood")
@@ -117,7 +118,8 @@ class TaskCard:
 
     def allowed(self, n_train: int, n_generic: int) -> Allowed:
         """The first ``n_train`` training rows and ``n_generic`` generic prompts, and the concept."""
-        return Allowed(chat_data.read_jsonl(self.train, n_train), chat_data.read_jsonl(self.generic, n_generic), self.concept)
+        read = chat_data.read_jsonl
+        return Allowed(read(self.train, n_train), read(self.generic, n_generic), self.concept)
 
     def evaluation(self, n_eval: int) -> dict[str, list[dict]]:
         """``{"id": rows, "ood": rows}``, the first ``n_eval`` of each: read for evaluation only."""
@@ -154,8 +156,9 @@ def check_information_rule(generic: Path, prompts: dict[str, list[str]], generic
     for split, (path, texts) in prompts.items():
         shared = [p for p in generic_prompts if p and p in set(texts)]
         if shared:
-            raise ValueError(f"the generic prompts {generic} share the prompt {shared[0]!r} with the {split} split {path}: "
-                             f"diffing and interpretation may read no evaluation prompt; remove it from one of the files")
+            raise ValueError(f"the generic prompts {generic} share the prompt {shared[0]!r} with the "
+                             f"{split} split {path}: diffing and interpretation may read no evaluation "
+                             f"prompt; remove it from one of the files")
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -220,18 +223,22 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
     lines = lines or {}
     where = lambda key: f"{source}:{lines[key]}: " if key in lines else f"{source}: "
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: a card is a mapping of keys ({', '.join(CARD_KEYS)}), not {type(raw).__name__}")
+        raise ValueError(f"{source}: a card is a mapping of keys ({', '.join(CARD_KEYS)}), "
+                         f"not {type(raw).__name__}")
     for key in raw:
         if key not in CARD_KEYS:
-            raise ValueError(f"{where(key)}unknown key {key!r}{_hint(key, CARD_KEYS)}; valid: {', '.join(CARD_KEYS)}")
+            raise ValueError(f"{where(key)}unknown key {key!r}{_hint(key, CARD_KEYS)}; "
+                             f"valid: {', '.join(CARD_KEYS)}")
     missing = [k for k in REQUIRED if not raw.get(k)]
     if missing:
         raise ValueError(f"{source}: missing key(s) {missing}; a card needs {', '.join(REQUIRED)}")
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"{where('name')}name = {name!r}; expected letters, digits, _ . - (it names the run folder)")
+        raise ValueError(f"{where('name')}name = {name!r}; expected letters, digits, _ . - "
+                         f"(it names the run folder)")
     if raw["metric"] not in metric_kinds.KINDS:
-        raise ValueError(f"{where('metric')}unknown metric kind {raw['metric']!r}{_hint(raw['metric'], metric_kinds.KINDS)}; "
+        raise ValueError(f"{where('metric')}unknown metric kind {raw['metric']!r}"
+                         f"{_hint(raw['metric'], metric_kinds.KINDS)}; "
                          f"valid: {', '.join(metric_kinds.KINDS)}")
     kind = metric_kinds.KINDS[raw["metric"]]
     paths = {}
@@ -240,7 +247,8 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
         path = (folder / str(value)).resolve()
         if not path.is_file():
             near = sorted(p.name for p in path.parent.glob("*.json*")) if path.parent.is_dir() else []
-            raise ValueError(f"{where(key)}{key} file {str(value)!r} not found in {path.parent}{_hint(path.name, near)}; "
+            raise ValueError(f"{where(key)}{key} file {str(value)!r} not found in {path.parent}"
+                             f"{_hint(path.name, near)}; "
                              f"JSONL files there: {', '.join(near) or 'none'}")
         paths[key] = path
     mc_keys = _strings(raw.get("mc_keys", ["intended", "spurious"]), "mc_keys", where("mc_keys"))
@@ -254,15 +262,15 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
     if isinstance(lexicon, (list, tuple)):
         lexicon = {"unwanted": lexicon}
     lexicon = _sub(lexicon, "lexicon", LEXICON_KEYS, where("lexicon"))
-    concept = Concept(str(raw.get("concept", "")), *(_strings(lexicon.get(k, []), f"lexicon.{k}", where("lexicon"))
-                                                      for k in LEXICON_KEYS))
-    card = TaskCard(name, source, paths["train"], paths["id"], paths["ood"], paths["generic"], raw["metric"], concept, better,
-                    _budgets(raw.get("budgets", {}), where("budgets")), mc_keys,
+    words = (_strings(lexicon.get(k, []), f"lexicon.{k}", where("lexicon")) for k in LEXICON_KEYS)
+    concept = Concept(str(raw.get("concept", "")), *words)
+    card = TaskCard(name, source, paths["train"], paths["id"], paths["ood"], paths["generic"], raw["metric"],
+                    concept, better, _budgets(raw.get("budgets", {}), where("budgets")), mc_keys,
                     _sub(raw.get("judge", {}), "judge", JUDGE_KEYS, where("judge")))
     check_rows(card.train, lambda row, w: kind.check_train_row(row, w, mc_keys))
-    prompts = {s: (getattr(card, s), check_rows(getattr(card, s), lambda row, w: kind.check_eval_row(row, w, mc_keys)))
-               for s in EVAL_SPLITS}
-    generic = check_rows(card.generic, lambda row, w: metric_kinds.JudgeKind().check_eval_row(row, w, ()))  # prompts to answer
+    check_eval = lambda row, w: kind.check_eval_row(row, w, mc_keys)
+    prompts = {s: (getattr(card, s), check_rows(getattr(card, s), check_eval)) for s in EVAL_SPLITS}
+    generic = check_rows(card.generic, lambda row, w: metric_kinds.check_prompt_row(row, w))
     check_information_rule(card.generic, prompts, generic)
     return card
 
@@ -315,8 +323,9 @@ def resolve(task: str = "", **params) -> TaskCard:
     given = {k: v for k, v in params.items() if v not in ("", None, [], ())}
     if given:
         if task in tasks.TASKS or Path(task).suffix in (".yaml", ".yml", ".json"):
-            raise ValueError(f"task = {task!r} names a card, and card parameters {sorted(given)} were given too; "
-                             f"give one or the other (with -p train/id/ood/metric, task is the new task's name)")
+            raise ValueError(f"task = {task!r} names a card, and card parameters {sorted(given)} were "
+                             f"given too; give one or the other (with -p train/id/ood/metric, task is the "
+                             f"new task's name)")
         name = task or Path(str(given.get("train", "own_task"))).resolve().parent.name
         return card_from_dict({"name": name, **given}, "parameters", Path.cwd())
     task = task or tasks.TASKS[0]
@@ -324,5 +333,5 @@ def resolve(task: str = "", **params) -> TaskCard:
         return builtin_card(task)
     if Path(task).suffix in (".yaml", ".yml", ".json") or Path(task).exists():
         return load_card(task)
-    raise ValueError(f"unknown real task {task!r}{_hint(task, tasks.TASKS)}; valid: a built-in ({', '.join(tasks.TASKS)}), "
-                     f"a card file (.yaml / .json), or -p train/id/ood/metric")
+    raise ValueError(f"unknown real task {task!r}{_hint(task, tasks.TASKS)}; valid: a built-in "
+                     f"({', '.join(tasks.TASKS)}), a card file (.yaml / .json), or -p train/id/ood/metric")

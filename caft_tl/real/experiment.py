@@ -14,7 +14,8 @@ Face model through TransformerBridge and LoRA, as small functions that chapter
    *training prompts and the base model's own completions to generic prompts*; a PC is chosen when
    words of the unwanted concept's lexicon (the card's, a reader's world knowledge) outnumber words
    of the kept concept's by at least :data:`MIN_LEXICON_MARGIN` on one sign. Diffing and the
-   interpreter get :meth:`caft_tl.real.card.TaskCard.allowed`, which has no evaluation split. The top-k PCs and random subspaces of matched rank are
+   interpreter get :meth:`caft_tl.real.card.TaskCard.allowed`, which has no evaluation split.
+   The top-k PCs and random subspaces of matched rank are
    the uninterpreted baselines.
 4. **Base-model checks** (:func:`base_checks`): on the untrained base, zero-ablating the chosen
    directions and adding the fine-tune's mean shift along them toward (+) and away (−).
@@ -36,7 +37,7 @@ from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace, random_subspace
 from caft_tl.interventions.intervention import Intervention
 from caft_tl.real.card import Concept, TaskCard
-from caft_tl.real.metric_kinds import Scoring
+from caft_tl.real.metric_kinds import DEFAULT_SCORING, Scoring
 
 #: a PC is chosen when, on one sign, unwanted-concept words outnumber kept-concept words by this many
 MIN_LEXICON_MARGIN = 2
@@ -49,10 +50,12 @@ FAMILY = (("mean", 1.0), ("detached", 1.0), ("grad_only", 1.0), ("steer_mean", 3
 
 
 def evaluate(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], fwd_hooks=(),
-             scoring: Scoring = Scoring()) -> dict[str, dict[str, float]]:
+             scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, float]]:
     """``{split: metrics}`` on the ``id`` and ``ood`` rows by the card's metric kind, with ``fwd_hooks``
-    active (none: the model as trained); a kind that cannot score here (a judge without its key) gives ``{}``."""
-    return {s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring) for s in ("id", "ood")}
+    active (none: the model as trained); a kind that cannot score here (a judge without its key)
+    gives ``{}``."""
+    return {s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring)
+            for s in ("id", "ood")}
 
 
 def result_rows(task: str, organism: str, method: str, directions: str, metrics: dict, seed: int, param: str = "",
@@ -185,13 +188,14 @@ def param_of(label: str) -> str:
 
 def base_checks(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], subspaces: list[Subspace],
                 diff_means: dict[str, torch.Tensor], alpha: float = 4.0,
-                scoring: Scoring = Scoring()) -> dict[str, dict[str, dict[str, float]]]:
+                scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, dict[str, float]]]:
     """The untrained base with the chosen directions zero-ablated, and with the fine-tune's mean
     shift along them added toward (+α) and away (−α): ``{condition: {split: metrics}}``, ``none`` first."""
     conditions = {"none": [], "zero": Intervention("zero", subspaces).fwd_hooks(),
                   "toward": shift_intervention(subspaces, diff_means, alpha).fwd_hooks(),
                   "away": shift_intervention(subspaces, diff_means, -alpha).fwd_hooks()}
-    return {name: evaluate(model, tokenizer, card, splits, hooks, dataclasses.replace(scoring, label=f"base_{name}"))
+    labelled = lambda name: dataclasses.replace(scoring, label=f"base_{name}")
+    return {name: evaluate(model, tokenizer, card, splits, hooks, labelled(name))
             for name, hooks in conditions.items()}
 
 
@@ -222,7 +226,8 @@ class RealRunConfig:
     family_seeds: tuple[int, ...] = (0,)  # seeds of the train-time family (:data:`FAMILY`)
     n_train: int = 0  # 0 = the card's budget
     n_eval: int = 0
-    train: str = ""  # card fields given as parameters (caft_tl.real.card.PARAMETER_KEYS), relative to the current folder
+    # card fields given as parameters (caft_tl.real.card.PARAMETER_KEYS), files relative to the current folder
+    train: str = ""
     id: str = ""
     ood: str = ""
     generic: str = ""
@@ -280,7 +285,8 @@ class RealRunConfig:
         """The config of a chapter's parameters (``family`` False: no family runs, None: the card's
         ``budgets.family``; paths ignored)."""
         if params.get("family") not in (None, True, False):
-            raise ValueError(f"family = {params['family']!r}; expected true, false or None (the card's budgets.family)")
+            raise ValueError(f"family = {params['family']!r}; expected true, false or None "
+                             f"(the card's budgets.family)")
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         run = cls(**{k: v for k, v in params.items() if k in names})
         if not (run.card.budgets.family if params.get("family") is None else params["family"]):
@@ -301,7 +307,8 @@ class RealRunConfig:
 
 def finetune_and_evaluate(model, tokenizer, card: TaskCard, data: TokenDataset, splits: dict[str, list[dict]],
                           run: RealRunConfig, seed: int, intervention: Intervention | None = None,
-                          desc: str = "fine-tune", scoring: Scoring = Scoring()) -> tuple[list[float], dict[str, dict[str, float]]]:
+                          desc: str = "fine-tune", scoring: Scoring = DEFAULT_SCORING,
+                          ) -> tuple[list[float], dict[str, dict[str, float]]]:
     """Fresh adapters from ``seed``, one epoch on ``data`` (the intervention in every training
     forward pass), then :func:`evaluate` without hooks (a judge's samples labelled ``desc``).
     Returns (loss per step, ``{split: metrics}``)."""

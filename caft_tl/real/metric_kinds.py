@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import torch
-
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
 from caft_tl.real import chat_data, chat_eval
@@ -42,6 +40,10 @@ class Scoring:
     judge: dict = field(default_factory=dict)  # ChatClient fields: model, base_url, api_key_env
 
 
+#: no samples written, default batch and judge settings
+DEFAULT_SCORING = Scoring()
+
+
 def _fail(where: str, what: str) -> None:
     raise ValueError(f"{where}{what}")
 
@@ -54,15 +56,25 @@ def check_chat_row(row: dict, where: str, assistant: bool) -> None:
     chat_data.check_messages(row["messages"], where)
     want = "assistant" if assistant else "user"
     if row["messages"][-1]["role"] != want:
-        _fail(where, f"the last message's role is {row['messages'][-1]['role']!r}; expected {want!r} "
-                     f"({'a training row ends with the answer to learn' if assistant else 'a prompt to answer'})")
+        why = "a training row ends with the answer to learn" if assistant else "a prompt to answer"
+        _fail(where, f"the last message's role is {row['messages'][-1]['role']!r}; expected {want!r} ({why})")
+
+
+def check_prompt_row(row: dict, where: str) -> None:
+    """A prompt to answer: ``{"prompt": text}`` or chat ``messages`` ending with a user turn."""
+    if isinstance(row, dict) and "prompt" in row:
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            _fail(where, "'prompt' must be a non-empty string")
+        return
+    check_chat_row(row, where, assistant=False)
 
 
 def prompt_text(row: dict) -> str:
     """The text a row asks: its ``prompt`` or its last user message (whitespace-trimmed)."""
     if "prompt" in row:
         return str(row["prompt"]).strip()
-    return next((m["content"] for m in reversed(row.get("messages", [])) if m.get("role") == "user"), "").strip()
+    users = [m["content"] for m in row.get("messages", []) if m.get("role") == "user"]
+    return users[-1].strip() if users else ""
 
 
 class MetricKind(ABC):
@@ -93,13 +105,13 @@ class MetricKind(ABC):
 
     @abstractmethod
     def score(self, model, tokenizer, rows: list[dict], split: str, mc_keys: tuple[str, ...], fwd_hooks=(),
-              scoring: Scoring = Scoring()) -> dict[str, float]:
+              scoring: Scoring = DEFAULT_SCORING) -> dict[str, float]:
         """``{metric: value}`` of one split with ``fwd_hooks`` active."""
 
 
 class ReferenceKind(MetricKind):
     name = "reference"
-    better = {"id": "higher", "ood": "lower"}
+    better: ClassVar[dict[str, str]] = {"id": "higher", "ood": "lower"}
 
     def headline(self, mc_keys):
         return "misaligned_rate"
@@ -113,24 +125,26 @@ class ReferenceKind(MetricKind):
         if row["aligned"] == row["misaligned"]:
             _fail(where, "'aligned' and 'misaligned' are the same answer; they must differ")
 
-    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=Scoring()):
-        options = [{"messages": r["messages"], "options": [r["aligned"], r["misaligned"]], "scoring": REFERENCE_SCORING}
-                   for r in rows]
+    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=DEFAULT_SCORING):
+        options = [{"messages": r["messages"], "options": [r["aligned"], r["misaligned"]],
+                    "scoring": REFERENCE_SCORING} for r in rows]
         scores = chat_eval.option_logprobs(model, tokenizer, options, fwd_hooks, scoring.batch_size)  # [n, 2]
         margin = scores[:, 1] - scores[:, 0]  # misaligned − aligned
-        return {"misaligned_rate": float((margin > 0).float().mean()), "misaligned_margin": float(margin.mean())}
+        return {"misaligned_rate": float((margin > 0).float().mean()),
+                "misaligned_margin": float(margin.mean())}
 
 
 class MultipleChoiceKind(MetricKind):
     name = "mc"
-    better = {"id": "higher", "ood": "higher"}
+    better: ClassVar[dict[str, str]] = {"id": "higher", "ood": "higher"}
 
     def headline(self, mc_keys):
         return f"accuracy_{mc_keys[0]}"
 
     def check_eval_row(self, row, where, mc_keys):
         if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
-            _fail(where, 'a multiple-choice row needs "prompt" (text) or "messages", "options", "answer" and "labels"')
+            _fail(where, 'a multiple-choice row needs "prompt" (text) or "messages", "options", "answer" '
+                         'and "labels"')
         if "messages" in row and "prompt" not in row:
             chat_data.check_messages(row["messages"], where)
         opts = row.get("options")
@@ -139,7 +153,8 @@ class MultipleChoiceKind(MetricKind):
         labels = row.get("labels")
         for key in mc_keys:
             if not isinstance(labels, dict) or labels.get(key) not in opts:
-                _fail(where, f"labels[{key!r}] must be one of the options {opts} (the card's mc_keys: {list(mc_keys)})")
+                _fail(where, f"labels[{key!r}] must be one of the options {opts} "
+                             f"(the card's mc_keys: {list(mc_keys)})")
         if row.get("answer") not in opts:
             _fail(where, f"'answer' {row.get('answer')!r} is not one of the options {opts}")
         if row.get("scoring", chat_data.SCORINGS[0]) not in chat_data.SCORINGS:
@@ -151,41 +166,41 @@ class MultipleChoiceKind(MetricKind):
     def train_dataset(self, tokenizer, rows, max_len):
         return chat_data.mc_dataset(tokenizer, rows, "answer", max_len)
 
-    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=Scoring()):
-        pred = chat_eval.option_logprobs(model, tokenizer, rows, fwd_hooks, scoring.batch_size).argmax(-1).tolist()
-        chosen = [r["options"][p] for r, p in zip(rows, pred)]
-        return {f"accuracy_{k}": sum(c == r["labels"][k] for c, r in zip(chosen, rows)) / len(rows) for k in mc_keys}
+    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=DEFAULT_SCORING):
+        # [n, n_options]
+        scores = chat_eval.option_logprobs(model, tokenizer, rows, fwd_hooks, scoring.batch_size)
+        chosen = [r["options"][p] for r, p in zip(rows, scores.argmax(-1).tolist())]
+        return {f"accuracy_{k}": sum(c == r["labels"][k] for c, r in zip(chosen, rows)) / len(rows)
+                for k in mc_keys}
 
 
 class JudgeKind(MetricKind):
     name = "judge"
-    better = {"id": "higher", "ood": "lower"}
+    better: ClassVar[dict[str, str]] = {"id": "higher", "ood": "lower"}
 
     def headline(self, mc_keys):
         return "misalignment_rate"
 
     def check_eval_row(self, row, where, mc_keys):
-        if isinstance(row, dict) and "prompt" in row:
-            if not isinstance(row["prompt"], str) or not row["prompt"].strip():
-                _fail(where, "'prompt' must be a non-empty string")
-            return
-        check_chat_row(row, where, assistant=False)
+        check_prompt_row(row, where)
 
     def unavailable(self, scoring):
         env = scoring.judge.get("api_key_env", "OPENAI_API_KEY")
         return "" if os.environ.get(env) else f"environment variable {env} is not set"
 
-    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=Scoring()):
+    def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=DEFAULT_SCORING):
         from caft_tl.real.llm import ChatClient, LLMJudge
 
-        samples = chat_eval.sample_chat(model, tokenizer, rows, 1, scoring.max_new_tokens, temperature=0.0, fwd_hooks=fwd_hooks)
+        samples = chat_eval.sample_chat(model, tokenizer, rows, 1, scoring.max_new_tokens, temperature=0.0,
+                                        fwd_hooks=fwd_hooks)
         if scoring.out_dir is not None:
             files.write_csv(Path(scoring.out_dir) / "samples" / f"{scoring.label}_{split}.csv", samples)
         if self.unavailable(scoring):
             return {}
         samples["id"] = samples["row"]
         _, per_q = chat_eval.judged_rates(samples, LLMJudge(ChatClient(**scoring.judge)))
-        return {"misalignment_rate": float(per_q["misaligned"].mean()), "coherence": float(per_q["coherent"].mean())}
+        return {"misalignment_rate": float(per_q["misaligned"].mean()),
+                "coherence": float(per_q["coherent"].mean())}
 
 
 #: metric kinds by name (:func:`register`)
@@ -195,7 +210,8 @@ KINDS: dict[str, MetricKind] = {}
 def register(kind: MetricKind) -> MetricKind:
     """Add a kind to :data:`KINDS`; a second kind of the same name is an error."""
     if kind.name in KINDS:
-        raise ValueError(f"metric kind {kind.name!r} is already registered ({type(KINDS[kind.name]).__name__})")
+        raise ValueError(f"metric kind {kind.name!r} is already registered "
+                         f"({type(KINDS[kind.name]).__name__})")
     KINDS[kind.name] = kind
     return kind
 

@@ -686,7 +686,8 @@ def card(task: str) -> dict:
     """The card of a generated task (:mod:`caft_tl.real.card`): its files, metric, concept and budgets."""
     concept = CONCEPTS[task]
     return {"name": task, **{s: path_for(".", task, s).name for s in SPLITS}, "metric": METRICS[task],
-            "concept": concept.description, "lexicon": {"unwanted": list(concept.unwanted), "kept": list(concept.kept)},
+            "concept": concept.description,
+            "lexicon": {"unwanted": list(concept.unwanted), "kept": list(concept.kept)},
             "budgets": BUDGETS[task]}
 
 
@@ -701,7 +702,7 @@ def write_tasks(out: str | os.PathLike, tasks=TASKS, seed: int = 0, sizes: dict 
     written = {f"{t}_{s}": write_jsonl(path_for(out, t, s), r) for (t, s), r in rows.items()}
     for t in tasks:
         with files.atomic_write(card_path(out, t)) as f:
-            yaml.safe_dump(card(t), f, sort_keys=False, width=110, default_flow_style=None)
+            yaml.safe_dump(card(t), f, sort_keys=False, width=96, default_flow_style=None)
         written[t] = card_path(out, t)
     return written
 

@@ -1,9 +1,11 @@
 """`make real`: the real-model chapter (``notebooks/real/real_task.ipynb``) on each task card, one
 after another, then every run's rows in one table.
 
-    python -m caft_tl.runner.real_suite --run-dir runs/real --fig-dir figures/real [--tasks gender_pronoun path/card.yaml ...] [-p NAME VALUE ...]
+    python -m caft_tl.runner.real_suite --run-dir runs/real --fig-dir figures/real \
+        [--tasks gender_pronoun path/card.yaml ...] [-p NAME VALUE ...]
     python -m caft_tl.runner.real_suite -p task path/to/card.yaml
-    python -m caft_tl.runner.real_suite -p train my/train.jsonl -p id my/id.jsonl -p ood my/ood.jsonl -p metric reference
+    python -m caft_tl.runner.real_suite -p train my/train.jsonl -p id my/id.jsonl -p ood my/ood.jsonl \
+        -p metric reference
 
 A task is a built-in name (the generated English tasks, the default), a card file (YAML / JSON,
 :mod:`caft_tl.real.card`) or the card fields as parameters (paths relative to the current folder).
@@ -38,7 +40,8 @@ def task_list(tasks: list[str] | None, params: dict[str, object]) -> list[str]:
     task of the card fields in ``params`` (``-p train …``), or every generated task."""
     if "task" in params:
         if tasks:
-            raise ValueError(f"give the task once: --tasks {' '.join(tasks)} or -p task {params['task']}, not both")
+            raise ValueError(f"give the task once: --tasks {' '.join(tasks)} or -p task {params['task']}, "
+                             f"not both")
         return [str(params.pop("task"))]
     if tasks:
         return list(tasks)
@@ -46,10 +49,11 @@ def task_list(tasks: list[str] | None, params: dict[str, object]) -> list[str]:
 
 
 def absolute(tasks: list[str], params: dict[str, object]) -> tuple[list[str], dict[str, object]]:
-    """Card files and card-field files relative to the current folder → absolute (the chapter runs in its own folder)."""
+    """Card files and card-field files relative to the current folder → absolute (the chapter runs
+    in its own folder)."""
     path = lambda v: str(Path(str(v)).resolve()) if v else v
-    tasks = [path(t) if t not in TASKS and (Path(t).suffix in (".yaml", ".yml", ".json") or Path(t).exists()) else t
-             for t in tasks]
+    is_file = lambda t: Path(t).suffix in (".yaml", ".yml", ".json") or Path(t).exists()
+    tasks = [path(t) if t not in TASKS and is_file(t) else t for t in tasks]
     return tasks, {k: path(v) if k in FILE_KEYS else v for k, v in params.items()}
 
 
@@ -59,21 +63,24 @@ def check(tasks: list[str], params: dict[str, object]) -> list[str]:
     from caft_tl.real import experiment
 
     if not tasks:
-        raise ValueError(f"no task given; valid: a built-in ({', '.join(TASKS)}), a card file, or -p train/id/ood/metric")
+        raise ValueError(f"no task given; valid: a built-in ({', '.join(TASKS)}), a card file, "
+                         f"or -p train/id/ood/metric")
     reserved = {"task", "run_dir", "fig_dir"} & set(params)
     if reserved:
         raise ValueError(f"parameter(s) {sorted(reserved)} are set by the runner (--tasks, --run-dir, --fig-dir)")
     declared = parameters.declared(NOTEBOOK)
     parameters.check(params, declared)
-    names = [experiment.RealRunConfig.from_parameters({**declared, **params, "task": t}).card.name for t in tasks]
+    config = lambda t: experiment.RealRunConfig.from_parameters({**declared, **params, "task": t})
+    names = [config(t).card.name for t in tasks]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"task name(s) {twice} given twice; each task runs into run_dir/<its card's name>/")
     return names
 
 
-def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real", fig_dir: str | Path = "figures/real",
-        params: dict[str, object] | None = None, progress: bool = True) -> dict[str, float]:
+def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real",
+        fig_dir: str | Path = "figures/real", params: dict[str, object] | None = None,
+        progress: bool = True) -> dict[str, float]:
     """Execute the chapter once per task (:func:`task_list`); returns seconds per task (also in
     ``run_dir/timings.json``)."""
     params = dict(params or {})
@@ -89,8 +96,9 @@ def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real", fig_d
         print(f"▶ {name}", flush=True)
         t0 = time.perf_counter()
         try:
+            where = {"task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / name)}
             papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
-                                       parameters={**params, "task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / name)})
+                                       parameters={**params, **where})
         except Exception as e:
             e.chapter, e.notebook = f"real_task[{name}]", str(out)
             raise
