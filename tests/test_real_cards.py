@@ -113,11 +113,11 @@ def test_a_card_from_parameters_and_the_builtin_names(own, monkeypatch):
     ("train: train.jsonl", "trian: train.jsonl",
      r"card.yaml:2: unknown key 'trian' \(did you mean 'train'\?\); valid: name, train, id, ood, generic"),
     ("ood: ood.jsonl", "ood: oods.jsonl",
-     r"card.yaml:4: ood file 'oods.jsonl' not found in .*food_safety \(did you mean 'ood.jsonl'\?\); "
-     r"JSONL files there: generic.jsonl, id.jsonl, ood.jsonl, train.jsonl$"),
+     (r"card.yaml:4: ood file 'oods.jsonl' not found in .*food_safety \(did you mean 'ood.jsonl'\?\); "
+      r"JSONL files there: generic.jsonl, id.jsonl, ood.jsonl, train.jsonl$")),
     ("metric: reference", "metric: refrence",
-     r"card.yaml:6: unknown metric kind 'refrence' \(did you mean 'reference'\?\); "
-     r"valid: reference, mc, judge$"),
+     (r"card.yaml:6: unknown metric kind 'refrence' \(did you mean 'reference'\?\); "
+      r"valid: reference, mc, judge$")),
     ("family: false}", "famly: false}",
      r"card.yaml:9: unknown budgets key 'famly' \(did you mean 'family'\?\); valid: seeds, n_train"),
     ("n_train: 6", "n_train: 0", r"card.yaml:9: budgets.n_train = 0; expected an integer >= 1$"),
