@@ -15,8 +15,7 @@ Face model through TransformerBridge and LoRA, as small functions that chapter
    words of the unwanted concept's lexicon (the card's, a reader's world knowledge) outnumber words
    of the kept concept's by at least :data:`MIN_LEXICON_MARGIN` on one sign. Diffing and the
    interpreter get :meth:`caft_tl.real.card.TaskCard.allowed`, which has no evaluation split.
-   The top-k PCs and random subspaces of matched rank are
-   the uninterpreted baselines.
+   The top-k PCs and random subspaces of matched rank are the uninterpreted baselines.
 4. **Base-model checks** (:func:`base_checks`): on the untrained base, zero-ablating the chosen
    directions and adding the fine-tune's mean shift along them toward (+) and away (−).
 5. **Train-time interventions**: CAFT (zero-ablation) and the family (:func:`family`).
