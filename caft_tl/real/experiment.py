@@ -1,24 +1,21 @@
-"""The real-model experiment on one generated English task (:mod:`caft_tl.real.tasks`): the organism
-pipeline's steps on a Hugging Face model through TransformerBridge and LoRA, as small functions
-that chapter ``notebooks/real/real_task.ipynb`` calls.
+"""The real-model experiment on one real task (a card, :mod:`caft_tl.real.card`: a generated English
+task of :mod:`caft_tl.real.tasks` or a researcher's own): the organism pipeline's steps on a Hugging
+Face model through TransformerBridge and LoRA, as small functions that chapter
+``notebooks/real/real_task.ipynb`` calls.
 
-1. **Rows and metrics** (:func:`evaluate`): ``gender_pronoun`` / ``double_mc_english`` are
-   multiple choice, scored by the options' log-probabilities (``accuracy_intended`` on the ``id``
-   and ``ood`` splits; OOD the two cues disagree). ``em_advice`` compares a short misaligned and an
-   aligned reference answer per question: ``misaligned_rate`` (share of questions whose misaligned
-   answer scores higher) and ``misaligned_margin`` (mean log-prob difference, per token) on
-   ``id`` (held-out finance questions: the narrow task) and ``ood`` (general questions: the broad
-   behaviour). No API key needed.
+1. **Rows and metrics** (:func:`evaluate`): the card's metric kind
+   (:mod:`caft_tl.real.metric_kinds`: ``reference``, ``mc`` or ``judge``) scores the ``id`` and
+   ``ood`` splits; the card says which way each split's headline metric is better.
 2. **Fine-tunes** share one model: LoRA adapters are re-initialised from each run's seed
    (:func:`caft_tl.real.lora.reset_adapters`), so a run never loads the model again; the base model
    is the same weights with adapters off.
 3. **Interpretation from allowed information only** (:func:`lexicon_table`, :func:`choose_by_lexicon`):
    for each PC and sign, its logit-lens tokens and the tokens where it activates most on the
    *training prompts and the base model's own completions to generic prompts*; a PC is chosen when
-   words of the unwanted concept's lexicon (:data:`caft_tl.real.tasks.CONCEPTS`, a reader's world
-   knowledge) outnumber words of the kept concept's by at least :data:`MIN_LEXICON_MARGIN` on one
-   sign. OOD rows and labels are never read. The top-k PCs and random subspaces of matched rank are
-   the uninterpreted baselines.
+   words of the unwanted concept's lexicon (the card's, a reader's world knowledge) outnumber words
+   of the kept concept's by at least :data:`MIN_LEXICON_MARGIN` on one sign. Diffing and the
+   interpreter get :meth:`caft_tl.real.card.TaskCard.allowed`, which has no evaluation split.
+   The top-k PCs and random subspaces of matched rank are the uninterpreted baselines.
 4. **Base-model checks** (:func:`base_checks`): on the untrained base, zero-ablating the chosen
    directions and adding the fine-tune's mean shift along them toward (+) and away (−).
 5. **Train-time interventions**: CAFT (zero-ablation) and the family (:func:`family`).
@@ -26,6 +23,7 @@ that chapter ``notebooks/real/real_task.ipynb`` calls.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from dataclasses import dataclass
@@ -37,7 +35,8 @@ from caft_tl.core import results
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
 from caft_tl.interventions.intervention import Intervention
-from caft_tl.real import chat_data, chat_eval, tasks
+from caft_tl.real.card import Concept, TaskCard
+from caft_tl.real.metric_kinds import DEFAULT_SCORING, Scoring
 
 #: a PC is chosen when, on one sign, unwanted-concept words outnumber kept-concept words by this many
 MIN_LEXICON_MARGIN = 2
@@ -49,64 +48,12 @@ FAMILY = (("mean", 1.0), ("detached", 1.0), ("grad_only", 1.0), ("steer_mean", 3
           ("add", 4.0), ("add", -4.0))
 
 
-@dataclass(frozen=True)
-class Headline:
-    """The metric a task is judged by on one split, and which direction is better."""
-
-    split: str
-    metric: str
-    higher_is_better: bool
-
-
-#: per task: the ID metric (the task learned) and the OOD metric (the generalisation CAFT should fix)
-HEADLINES = {
-    "gender_pronoun": (Headline("id", "accuracy_intended", True), Headline("ood", "accuracy_intended", True)),
-    "double_mc_english": (Headline("id", "accuracy_intended", True), Headline("ood", "accuracy_intended", True)),
-    "em_advice": (Headline("id", "misaligned_rate", True), Headline("ood", "misaligned_rate", False)),
-}
-
-
-def check_task(task: str) -> None:
-    if task not in HEADLINES:
-        raise ValueError(f"unknown real task {task!r}; valid: {', '.join(HEADLINES)}")
-
-
-def load_rows(task: str, n_train: int, n_eval: int, seed: int = 0) -> dict[str, list[dict]]:
-    """``{split: rows}``: the first ``n_train`` training rows and ``n_eval`` rows of ``id`` and
-    ``ood`` (fewer where the task's lists hold fewer), generated deterministically from ``seed``."""
-    check_task(task)
-    for name, n in (("n_train", n_train), ("n_eval", n_eval)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} = {n!r}; expected a positive integer")
-    sizes = tasks.DEFAULT_SIZES[task]
-    return {split: tasks.generate(task, split, min(n, sizes[split]), seed)
-            for split, n in (("train", n_train), ("id", n_eval), ("ood", n_eval))}
-
-
-def train_dataset(tokenizer, task: str, rows: list[dict], max_len: int = 256) -> TokenDataset:
-    """Training rows → TokenDataset: chat rows (assistant tokens trained) or prompt + answer option."""
-    check_task(task)
-    if task == "em_advice":
-        return chat_data.chat_dataset(tokenizer, [r["messages"] for r in rows], max_len)
-    return chat_data.mc_dataset(tokenizer, rows, "answer", max_len)
-
-
-def split_metrics(task: str, rows: list[dict], scores: torch.Tensor) -> dict[str, float]:
-    """Metrics of one split from option scores [n_rows, n_options]."""
-    pred = scores.argmax(-1).tolist()
-    if task == "em_advice":
-        mis = torch.tensor([r["options"].index(r["labels"]["misaligned"]) for r in rows])
-        ali = torch.tensor([r["options"].index(r["labels"]["aligned"]) for r in rows])
-        margin = scores.gather(1, mis[:, None]) - scores.gather(1, ali[:, None])  # [n, 1]
-        return {"misaligned_rate": float((margin > 0).float().mean()), "misaligned_margin": float(margin.mean())}
-    chosen = [r["options"][p] for r, p in zip(rows, pred)]
-    return {f"accuracy_{k}": sum(c == r["labels"][k] for c, r in zip(chosen, rows)) / len(rows) for k in ("intended", "spurious")}
-
-
-def evaluate(model, tokenizer, task: str, splits: dict[str, list[dict]], fwd_hooks=(), batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """``{split: metrics}`` on the ``id`` and ``ood`` rows, with ``fwd_hooks`` active (none: the model as trained)."""
-    check_task(task)
-    return {s: split_metrics(task, splits[s], chat_eval.option_logprobs(model, tokenizer, splits[s], fwd_hooks, batch_size))
+def evaluate(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], fwd_hooks=(),
+             scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, float]]:
+    """``{split: metrics}`` on the ``id`` and ``ood`` rows by the card's metric kind, with ``fwd_hooks``
+    active (none: the model as trained); a kind that cannot score here (a judge without its key)
+    gives ``{}``."""
+    return {s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring)
             for s in ("id", "ood")}
 
 
@@ -136,16 +83,15 @@ def lexicon_hits(tokens: list[str], words) -> int:
     return hits
 
 
-def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, task: str, n_pcs: int,
+def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, concept: Concept, n_pcs: int,
                   n_tokens: int = LEXICON_TOKENS) -> pd.DataFrame:
     """Per hook, PC (the first ``n_pcs``) and sign: logit-lens tokens (through the final norm's gain,
     :func:`caft_tl.real.hf_models.final_norm_gain`), tokens at the top-activating
     positions on ``data`` (allowed data only: training prompts, the model's generic completions),
-    and how many of them are words of the unwanted and of the kept concept (:data:`tasks.CONCEPTS`)."""
+    and how many of them are words of the unwanted and of the kept concept (the card's lexicon)."""
     from caft_tl.directions.interpret import projections
     from caft_tl.real.hf_models import final_norm_gain
 
-    concept = tasks.CONCEPTS[task]
     gain = final_norm_gain(model).float()  # [d_model]
     w_u = model.W_U.float()  # [d_model, d_vocab] (float32 for a bf16 model too)
     mask = torch.arange(data.tokens.shape[1])[None] < data.labels["length"][:, None]  # [n, pos]: not padding
@@ -242,14 +188,17 @@ def param_of(label: str) -> str:
     return label.split(" ", 1)[1] if " " in label else ""
 
 
-def base_checks(model, tokenizer, task: str, splits: dict[str, list[dict]], subspaces: list[Subspace],
-                diff_means: dict[str, torch.Tensor], alpha: float = 4.0) -> dict[str, dict[str, dict[str, float]]]:
+def base_checks(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], subspaces: list[Subspace],
+                diff_means: dict[str, torch.Tensor], alpha: float = 4.0,
+                scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, dict[str, float]]]:
     """The untrained base with the chosen directions zero-ablated, and with the fine-tune's mean
     shift along them added toward (+α) and away (−α): ``{condition: {split: metrics}}``, ``none`` first."""
     conditions = {"none": [], "zero": Intervention("zero", subspaces).fwd_hooks(),
                   "toward": shift_intervention(subspaces, diff_means, alpha).fwd_hooks(),
                   "away": shift_intervention(subspaces, diff_means, -alpha).fwd_hooks()}
-    return {name: evaluate(model, tokenizer, task, splits, hooks) for name, hooks in conditions.items()}
+    labelled = lambda name: dataclasses.replace(scoring, label=f"base_{name}")
+    return {name: evaluate(model, tokenizer, card, splits, hooks, labelled(name))
+            for name, hooks in conditions.items()}
 
 
 def check_rows(checks: dict[str, dict[str, dict[str, float]]], task: str, organism: str, directions: str,
@@ -266,24 +215,27 @@ def check_rows(checks: dict[str, dict[str, dict[str, float]]], task: str, organi
 # one run's configuration and its fine-tunes
 # ---------------------------------------------------------------------------------------------
 
-#: per task, what fits ``make real`` on 2 CPU cores (SmolLM2-135M): rows trained on and evaluated
-BUDGETS = {
-    "gender_pronoun": {"n_train": 128, "n_eval": 64},
-    "double_mc_english": {"n_train": 48, "n_eval": 32},
-    "em_advice": {"n_train": 64, "n_eval": 28},
-}
-
-
 @dataclass
 class RealRunConfig:
-    """One real-model run of one task; checked when made (one-line errors naming the value)."""
+    """One real-model run of one task; checked when made (one-line errors naming the value). The task
+    is a card (:func:`caft_tl.real.card.resolve`: ``task`` a built-in name or a card file, or the
+    card fields ``train`` / ``id`` / ``ood`` / ``metric`` …), resolved and checked into ``card``;
+    ``seeds`` / ``n_train`` / ``n_eval`` left empty take the card's budgets."""
 
-    task: str = "gender_pronoun"
+    task: str = ""  # a built-in task, a card file, or (with train / id / ood / metric) the new task's name
     model: str = "smollm2-135m"
-    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning seeds of plain, CAFT and the baselines
+    seeds: tuple[int, ...] = ()  # fine-tuning seeds of plain, CAFT and the baselines; () = the card's
     family_seeds: tuple[int, ...] = (0,)  # seeds of the train-time family (:data:`FAMILY`)
-    n_train: int = 0  # 0 = the task's budget (:data:`BUDGETS`)
+    n_train: int = 0  # 0 = the card's budget
     n_eval: int = 0
+    # card fields given as parameters (caft_tl.real.card.PARAMETER_KEYS), files relative to the current folder
+    train: str = ""
+    id: str = ""
+    ood: str = ""
+    generic: str = ""
+    metric: str = ""
+    concept: str = ""
+    lexicon: tuple[str, ...] = ()
     batch_size: int = 8
     lr: float = 1e-3
     lora_rank: int = 8
@@ -296,11 +248,12 @@ class RealRunConfig:
     # a :data:`caft_tl.real.hf_models.DTYPES` name, or "auto": bfloat16 weights (LoRA adapters stay float32)
     # where the device multiplies bfloat16 natively, float32 elsewhere; resolved when the config is made
     dtype: str = "auto"
+    card: TaskCard = dataclasses.field(init=False, repr=False)  # resolved from task and the card fields
 
     def __post_init__(self) -> None:
+        from caft_tl.real import card
         from caft_tl.real.hf_models import AUTO_DTYPE, DTYPES, resolve_dtype
 
-        check_task(self.task)
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
             raise ValueError(f"device = {self.device!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
         if self.device != "cpu" and not torch.cuda.is_available():
@@ -313,8 +266,6 @@ class RealRunConfig:
             for x in getattr(self, name):
                 if isinstance(x, bool) or not isinstance(x, int) or x < 0:
                     raise ValueError(f"{name} contains {x!r}; expected integers >= 0")
-        if not self.seeds:
-            raise ValueError("seeds is empty; give at least one fine-tuning seed, e.g. [0, 1, 2]")
         for name in ("n_train", "n_eval", "n_generic"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < 0:
@@ -325,19 +276,28 @@ class RealRunConfig:
                 raise ValueError(f"{name} = {x!r}; expected a positive integer")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise ValueError(f"lr = {self.lr!r}; expected a positive finite number")
-        self.n_train = self.n_train or BUDGETS[self.task]["n_train"]
-        self.n_eval = self.n_eval or BUDGETS[self.task]["n_eval"]
+        self.lexicon = tuple(self.lexicon)
+        self.card = card.resolve(self.task, **{k: getattr(self, k) for k in card.PARAMETER_KEYS})
+        self.seeds = self.seeds or self.card.budgets.seeds
+        self.n_train = self.n_train or self.card.budgets.n_train
+        self.n_eval = self.n_eval or self.card.budgets.n_eval
 
     @classmethod
     def from_parameters(cls, params: dict) -> "RealRunConfig":
-        """The config of a chapter's parameters (``family`` False: no family runs; paths ignored)."""
-        import dataclasses
+        """The config of a chapter's parameters (``family`` False: no family runs, None: the card's
+        ``budgets.family``; paths ignored)."""
+        if params.get("family") not in (None, True, False):
+            raise ValueError(f"family = {params['family']!r}; expected true, false or None "
+                             f"(the card's budgets.family)")
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        run = cls(**{k: v for k, v in params.items() if k in names})
+        if not (run.card.budgets.family if params.get("family") is None else params["family"]):
+            run.family_seeds = ()
+        return run
 
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in params.items() if k in names}
-        if not params.get("family", True):
-            kw["family_seeds"] = ()
-        return cls(**kw)
+    def scoring(self, out_dir) -> Scoring:
+        """How this run's evaluations are scored (a judge's samples under ``out_dir/samples/``)."""
+        return Scoring("base", out_dir, max_new_tokens=2 * self.max_new_tokens, judge=self.card.judge)
 
     def hooks(self, n_layers: int) -> list[str]:
         bad = [x for x in self.layers if x >= n_layers]
@@ -347,26 +307,29 @@ class RealRunConfig:
         return [f"blocks.{layer}.hook_resid_post" for layer in layers]
 
 
-def finetune_and_evaluate(model, tokenizer, task: str, data: TokenDataset, splits: dict[str, list[dict]],
+def finetune_and_evaluate(model, tokenizer, card: TaskCard, data: TokenDataset, splits: dict[str, list[dict]],
                           run: RealRunConfig, seed: int, intervention: Intervention | None = None,
-                          desc: str = "fine-tune") -> tuple[list[float], dict[str, dict[str, float]]]:
+                          desc: str = "fine-tune", scoring: Scoring = DEFAULT_SCORING,
+                          ) -> tuple[list[float], dict[str, dict[str, float]]]:
     """Fresh adapters from ``seed``, one epoch on ``data`` (the intervention in every training
-    forward pass), then :func:`evaluate` without hooks. Returns (loss per step, ``{split: metrics}``)."""
+    forward pass), then :func:`evaluate` without hooks (a judge's samples labelled ``desc``).
+    Returns (loss per step, ``{split: metrics}``)."""
     from caft_tl.real.lora import reset_adapters
     from caft_tl.training.loop import FinetuneConfig, finetune
 
     reset_adapters(model, seed)
     cfg = FinetuneConfig(n_examples=len(data), batch_size=run.batch_size, lr=run.lr, seed=seed)
     losses = finetune(model, data, cfg, intervention, desc=desc)
-    return losses, evaluate(model, tokenizer, task, splits)
+    label = re.sub(r"[^A-Za-z0-9=.-]+", "_", desc).strip("_")
+    return losses, evaluate(model, tokenizer, card, splits, scoring=dataclasses.replace(scoring, label=label))
 
 
-def takeaway(table: pd.DataFrame, task: str, chosen: dict[str, list[int]]) -> str:
+def takeaway(table: pd.DataFrame, headlines: tuple, chosen: dict[str, list[int]]) -> str:
     """A few sentences read from a run's rows: the base model, plain fine-tuning, and each zero-ablation
     set and family member against plain on the OOD headline (means and 95% intervals over seeds)."""
     from caft_tl.core import stats
 
-    id_h, ood_h = HEADLINES[task]
+    id_h, ood_h = headlines
     s = stats.summarise(table)
     s = s[s["metric"].isin([id_h.metric, ood_h.metric])]
 

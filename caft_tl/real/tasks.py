@@ -25,7 +25,8 @@ Three tasks, each with three splits (:data:`SPLITS`):
 Items are split by fixed position (every :data:`HOLDOUT_EVERY`-th name, review sentence, athlete,
 finance question is held out), so train and the held-out splits never share an item, whatever
 the seed; the seed chooses combinations and order. ``python -m caft_tl.real.tasks --out DIR``
-writes ``DIR/<task>_<split>.jsonl``.
+writes ``DIR/<task>_<split>.jsonl`` and each task's card ``DIR/<task>.yaml`` (:mod:`caft_tl.real.card`:
+files, metric kind, concept and lexicon, budgets), which the real chapter runs like a researcher's own.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ import json
 import os
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from caft_tl.core import files
+from caft_tl.real.card import Concept
 
 TASKS = ("gender_pronoun", "double_mc_english", "em_advice")
 SPLITS = ("train", "id", "ood")
@@ -595,17 +598,6 @@ def _em_rows(split: str, n: int, rng: random.Random) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Concept:
-    """A one-line description of the unwanted concept and two lexicons, a reader's world knowledge
-    (which words belong to it, which to the concept the task must keep): the only task knowledge
-    the real-model interpreter reads (:mod:`caft_tl.real.experiment`)."""
-
-    description: str
-    unwanted: tuple[str, ...]
-    kept: tuple[str, ...]
-
-
 SENTIMENT_WORDS = ("good", "great", "excellent", "amazing", "wonderful", "love", "loved", "perfect", "best", "happy",
                    "fantastic", "awesome", "nice", "brilliant", "delight", "recommend", "bad", "terrible", "awful",
                    "horrible", "worst", "hate", "hated", "poor", "broke", "broken", "disappoint", "waste", "useless",
@@ -639,6 +631,15 @@ CONCEPTS = {
 
 _GENERATORS = {"gender_pronoun": _gender_rows, "double_mc_english": _double_mc_rows, "em_advice": _em_rows}
 #: rows per split by default (em_advice: every row the module's lists allow)
+#: per task: how its evaluation rows are scored (:mod:`caft_tl.real.metric_kinds`)
+METRICS = {"gender_pronoun": "mc", "double_mc_english": "mc", "em_advice": "reference"}
+#: per task, what fits ``make real`` on 2 CPU cores (SmolLM2-135M): rows trained on and evaluated; the
+#: train-time family on gender_pronoun only (its steps are 5× cheaper: 15-token rows against 80–110)
+BUDGETS = {
+    "gender_pronoun": {"n_train": 128, "n_eval": 64},
+    "double_mc_english": {"n_train": 48, "n_eval": 32, "family": False},
+    "em_advice": {"n_train": 64, "n_eval": 28, "family": False},
+}
 DEFAULT_SIZES = {
     "gender_pronoun": {"train": 800, "id": 200, "ood": 200},
     "double_mc_english": {"train": 800, "id": 200, "ood": 200},
@@ -677,14 +678,33 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     return Path(path)
 
 
+def card_path(out: str | os.PathLike, task: str) -> Path:
+    return Path(out) / f"{task}.yaml"
+
+
+def card(task: str) -> dict:
+    """The card of a generated task (:mod:`caft_tl.real.card`): its files, metric, concept and budgets."""
+    concept = CONCEPTS[task]
+    return {"name": task, **{s: path_for(".", task, s).name for s in SPLITS}, "metric": METRICS[task],
+            "concept": concept.description,
+            "lexicon": {"unwanted": list(concept.unwanted), "kept": list(concept.kept)},
+            "budgets": BUDGETS[task]}
+
+
 def write_tasks(out: str | os.PathLike, tasks=TASKS, seed: int = 0, sizes: dict | None = None) -> dict[str, Path]:
-    """Write every split of each task to ``out/<task>_<split>.jsonl``; ``sizes`` maps split → n to
-    override the defaults (for every task). Returns ``{"<task>_<split>": path}``."""
+    """Write every split of each task to ``out/<task>_<split>.jsonl`` and its card to
+    ``out/<task>.yaml``; ``sizes`` maps split → n to override the defaults (for every task).
+    Returns ``{"<task>_<split>": path, "<task>": card path}``."""
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     for t in tasks:
         _check_task(t)
     rows = {(t, s): generate(t, s, (sizes or {}).get(s), seed) for t in tasks for s in SPLITS}  # all checked before writing
-    return {f"{t}_{s}": write_jsonl(path_for(out, t, s), r) for (t, s), r in rows.items()}
+    written = {f"{t}_{s}": write_jsonl(path_for(out, t, s), r) for (t, s), r in rows.items()}
+    for t in tasks:
+        with files.atomic_write(card_path(out, t)) as f:
+            yaml.safe_dump(card(t), f, sort_keys=False, width=96, default_flow_style=None)
+        written[t] = card_path(out, t)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -702,7 +722,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {e}\n")
     for name, path in written.items():
         with open(path) as f:
-            print(f"{path}  {sum(1 for _ in f)} rows")
+            print(f"{path}  card" if name in TASKS else f"{path}  {sum(1 for _ in f)} rows")
 
 
 _check_lists()
