@@ -46,6 +46,9 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "load_chat_jsonl": ("caft_tl.real.chat_data", "load_chat_jsonl"),
     "load_mc_jsonl": ("caft_tl.real.chat_data", "load_mc_jsonl"),
     "mc_dataset": ("caft_tl.real.chat_data", "mc_dataset"),
+    # a real task as data: a card (YAML / JSON) beside its JSONL files
+    "TaskCard": ("caft_tl.real.card", "TaskCard"),
+    "load_card": ("caft_tl.real.card", "load_card"),
     # streamed diffing and PCA
     "MomentStats": ("caft_tl.diffing.diffs", "MomentStats"),
     "collect_diff_stats": ("caft_tl.diffing.diffs", "collect_diff_stats"),

@@ -101,6 +101,10 @@ def test_a_card_from_parameters_and_the_builtin_names(own, monkeypatch):
     assert C.resolve("mine", **files, metric="reference").name == "mine"
     assert C.resolve("").name == "gender_pronoun" and C.resolve("em_advice").metric == "reference"
     assert C.resolve(str(own)).name == "food_safety"
+    code = C.resolve("insecure_code")  # shipped in a folder of its own, every row checked on loading
+    assert (code.name, code.metric, code.train.parent.name) == ("insecure_code", "reference", "insecure_code")
+    with pytest.raises(ValueError, match=r"unknown real task 'insecure_cod'.*insecure_code"):
+        C.resolve("insecure_cod")
     with pytest.raises(ValueError, match=r"^task = 'em_advice' names a card, and card parameters"):
         C.resolve("em_advice", train="train.jsonl")
     with pytest.raises(ValueError, match=r"^parameters: missing key\(s\) \['id', 'metric'\]; a card needs"):
@@ -267,8 +271,9 @@ def test_judge_kind_with_a_key_judges_every_sample(tiny, tmp_path, monkeypatch):
 
 # ---- docs/own_data.md ----
 
-def test_the_own_data_guides_card_loads(tmp_path):
-    text = (REPO / "docs" / "own_data.md").read_text()
+@pytest.mark.parametrize("page", ["docs/own_data.md", "README.md"])
+def test_the_own_data_guides_card_loads(tmp_path, page):
+    text = (REPO / page).read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
     assert len(blocks) == 1 and len(blocks[0].strip().splitlines()) <= 10  # the example card: <= 10 lines
     raw = yaml.safe_load(blocks[0])

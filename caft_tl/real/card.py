@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GENERIC = REPO / "data" / "examples" / "generic_prompts.jsonl"
 #: where the generated tasks' cards and files are shipped (``python -m caft_tl.real.tasks --out``)
 GENERATED = REPO / "data" / "real" / "generated"
+#: built-in tasks shipped as a card folder of their own: name -> card file
+SHIPPED = {"insecure_code": REPO / "data" / "real" / "insecure_code" / "card.yaml"}
 CARD_KEYS = ("name", "train", "id", "ood", "generic", "metric", "concept", "lexicon", "better", "budgets",
              "mc_keys", "judge")
 REQUIRED = ("name", "train", "id", "ood", "metric")
@@ -94,6 +96,15 @@ class Allowed:
 
 @dataclass(frozen=True)
 class TaskCard:
+    """A real task, checked: its files, metric kind, unwanted concept, budgets (made by :func:`load_card`,
+    :func:`builtin_card` or :func:`resolve`, never by hand).
+
+    Example:
+        >>> card = resolve("insecure_code")
+        >>> card.metric, [h.metric for h in card.headlines()]
+        ('reference', ['misaligned_rate', 'misaligned_rate'])
+    """
+
     name: str
     source: str  # the card file, or "parameters"
     train: Path
@@ -276,7 +287,19 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
 
 
 def load_card(path: str | os.PathLike) -> TaskCard:
-    """A card file (``.yaml`` / ``.yml`` / ``.json``), checked (:func:`card_from_dict`)."""
+    """A card file (``.yaml`` / ``.yml`` / ``.json``), checked (:func:`card_from_dict`): every key and
+    every row of its files; the first bad one raises a one-line ValueError naming the file and line.
+
+    Args:
+        path: the card file; its data files are relative to its folder.
+
+    Returns:
+        The :class:`TaskCard`.
+
+    Example:
+        >>> load_card("data/real/insecure_code/card.yaml").name
+        'insecure_code'
+    """
     path = Path(path)
     if path.suffix not in (".yaml", ".yml", ".json"):
         raise ValueError(f"card {str(path)!r}: expected a .yaml, .yml or .json file")
@@ -311,8 +334,8 @@ PARAMETER_KEYS = ("train", "id", "ood", "generic", "metric", "concept", "lexicon
 
 
 def resolve(task: str = "", **params) -> TaskCard:
-    """The card of a chapter's parameters: ``task`` a built-in name (:data:`caft_tl.real.tasks.TASKS`;
-    ``""`` is ``gender_pronoun``) or a card file; or, with ``train`` / ``id`` / ``ood`` / ``metric``
+    """The card of a chapter's parameters: ``task`` a built-in name (:data:`caft_tl.real.tasks.TASKS`,
+    ``""`` being ``gender_pronoun``, or :data:`SHIPPED`: ``insecure_code``) or a card file; or, with ``train`` / ``id`` / ``ood`` / ``metric``
     (and optionally ``generic``, ``concept``, ``lexicon``) given, a card of those files (relative
     to the current folder) named ``task`` (default: the training file's folder)."""
     from caft_tl.real import tasks
@@ -322,7 +345,7 @@ def resolve(task: str = "", **params) -> TaskCard:
         raise ValueError(f"unknown card parameter(s) {bad}; valid: {', '.join(PARAMETER_KEYS)}")
     given = {k: v for k, v in params.items() if v not in ("", None, [], ())}
     if given:
-        if task in tasks.TASKS or Path(task).suffix in (".yaml", ".yml", ".json"):
+        if task in tasks.TASKS or task in SHIPPED or Path(task).suffix in (".yaml", ".yml", ".json"):
             raise ValueError(f"task = {task!r} names a card, and card parameters {sorted(given)} were "
                              f"given too; give one or the other (with -p train/id/ood/metric, task is the "
                              f"new task's name)")
@@ -331,7 +354,10 @@ def resolve(task: str = "", **params) -> TaskCard:
     task = task or tasks.TASKS[0]
     if task in tasks.TASKS:
         return builtin_card(task)
+    if task in SHIPPED:
+        return load_card(SHIPPED[task])
     if Path(task).suffix in (".yaml", ".yml", ".json") or Path(task).exists():
         return load_card(task)
-    raise ValueError(f"unknown real task {task!r}{_hint(task, tasks.TASKS)}; valid: a built-in "
-                     f"({', '.join(tasks.TASKS)}), a card file (.yaml / .json), or -p train/id/ood/metric")
+    builtins = (*tasks.TASKS, *SHIPPED)
+    raise ValueError(f"unknown real task {task!r}{_hint(task, builtins)}; valid: a built-in "
+                     f"({', '.join(builtins)}), a card file (.yaml / .json), or -p train/id/ood/metric")
