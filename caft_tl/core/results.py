@@ -102,7 +102,7 @@ def append(path: str | os.PathLike, new_rows: list[dict[str, Any]]) -> None:
     if path.exists():
         files.verify(path)
         _check_header(path)
-        for line, row in _csv_rows(path):  # as strings: values are rewritten exactly as they were read
+        for line, row in csv_rows(path):  # as strings: values are rewritten exactly as they were read
             check_csv_row(row, f"{path}:{line}: ")
             existing[_key(dict(zip(COLUMNS, row)))] = dict(zip(COLUMNS, row))
     existing.update({_key(r): {c: r[c] for c in COLUMNS} for r in new_rows})
@@ -121,14 +121,14 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
     files.verify(path)
     _check_header(path)
     table = {c: [] for c in COLUMNS}
-    for line, row in _csv_rows(path):
+    for line, row in csv_rows(path):
         for c, v in zip(COLUMNS, check_csv_row(row, f"{path}:{line}: ")):
             table[c].append(v)
     df = pd.DataFrame(table, columns=list(COLUMNS))
     return df.astype({"seed": int, "value": float, "trained": bool})
 
 
-def _csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
     """``(line number, fields)`` of each data row (after the header); bad UTF-8 is one line naming the file."""
     try:
         with open(path, newline="", encoding="utf-8") as f:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from caft_tl.core import files
 from caft_tl.core.results import COLUMNS as RESULT_COLUMNS
+from caft_tl.core.results import check_csv_row, csv_rows
 from caft_tl.runner import parameters, suite
 
 #: top-level keys of a sweep file that are not parameter sets
@@ -150,11 +151,20 @@ def parse(spec: dict) -> list[Run]:
 
 def load(path: str | os.PathLike) -> list[Run]:
     """Read and check a sweep file (see :func:`parse`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no sweep file {str(path)!r}; e.g. configs/sweeps/example.yaml")
     try:
-        spec = yaml.load(Path(path).read_text(), Loader=_Loader)
+        spec = yaml.load(Path(path).read_bytes().decode("utf-8"), Loader=_Loader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save the sweep file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse(spec)
+    except RecursionError:
+        raise ValueError(f"{path}: not valid YAML (nested too deeply)") from None
+    try:
+        return parse(spec)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{path}: {e}") from None
 
 
 def _node() -> str:
@@ -197,7 +207,10 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
         except Exception as e:  # noqa: BLE001 — a failed run is reported, the sweep goes on
             error = suite.failure_line(e, path)
     results = path / "results.csv"
-    rows = list(csv.DictReader(open(results, newline=""))) if results.exists() else []
+    try:
+        rows = _table_rows(results, RESULT_COLUMNS) if results.exists() else []
+    except ValueError as e:  # a corrupted table is this run's failure, reported in its one line
+        rows, error = [], error or str(e)
     return RunResult(run.name, not error, error, round(time.perf_counter() - t0, 1), _node(), rows)
 
 
@@ -233,10 +246,22 @@ def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) 
             ray.shutdown()
 
 
+def _table_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    """The rows of a results table whose columns are ``columns`` (the results columns, after
+    ``run`` in a sweep's table), each checked (:func:`caft_tl.core.results.check_csv_row`)."""
+    out = []
+    for line, row in csv_rows(path):
+        if len(row) != len(columns):
+            raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(columns)} ({', '.join(columns)})")
+        check_csv_row(row[len(columns) - len(RESULT_COLUMNS):], f"{path}:{line}: ")
+        out.append(dict(zip(columns, row)))
+    return out
+
+
 def _append_rows(path: Path, run: str, rows: list[dict]) -> None:
     """Replace ``run``'s rows of the sweep table (``run`` + the results columns), atomically."""
     columns = ("run", *RESULT_COLUMNS)
-    kept = [r for r in csv.DictReader(open(path, newline=""))if r["run"] != run] if path.exists() else []
+    kept = [r for r in _table_rows(path, columns) if r["run"] != run] if path.exists() else []
     with files.atomic_write(path) as f:
         w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
