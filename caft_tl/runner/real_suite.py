@@ -22,7 +22,7 @@ import papermill
 
 from caft_tl.core import files, results
 from caft_tl.runner import parameters
-from caft_tl.runner.suite import _value, report_failure
+from caft_tl.runner.suite import _value, run_command
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "real" / "real_task.ipynb"
 #: the generated English tasks, in the order `make real` runs them
@@ -65,8 +65,8 @@ def run(tasks: list[str], run_dir: str | Path = "runs/real", fig_dir: str | Path
         try:
             papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
                                        parameters={**TASK_PARAMS.get(task, {}), **params, "task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / task)})
-        except Exception as e:
-            e.chapter, e.notebook = f"real_task[{task}]", str(out)
+        except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
+            e.chapter, e.notebook, e.where, e.finished, e.unit = f"real_task[{task}]", str(out), task, len(timings), "tasks"
             raise
         timings[task] = round(time.perf_counter() - t0, 1)
         print(f"  {task}: {timings[task]} s", flush=True)
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct")
     args = ap.parse_args(argv)
-    try:
-        run(args.tasks, args.run_dir, args.fig_dir, {k: _value(v) for k, v in args.parameter})
-    except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
-        return report_failure(e)
-    return 0
+    return run_command(lambda: run(args.tasks, args.run_dir, args.fig_dir, {k: _value(v) for k, v in args.parameter}), args.run_dir)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import papermill
@@ -120,8 +122,9 @@ def run(
         try:
             papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
                                        kernel_name="python3", progress_bar=progress)
-        except Exception as e:
+        except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook = nb.stem, str(out)  # for failure_line (kept when pickled back from a worker)
+            e.where, e.finished = f"{tag.strip(' []')}/{nb.stem}".lstrip("/"), len(timings)
             raise
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"{tag}  {nb.stem}: {timings[nb.stem]} s", flush=True)
@@ -185,7 +188,13 @@ def run_tasks(
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
             done = list(pool.map(run, *zip(*jobs)))
     else:
-        done = [run(*job) for job in jobs]
+        done = []
+        for job in jobs:
+            try:
+                done.append(run(*job))
+            except KeyboardInterrupt as e:
+                e.finished = getattr(e, "finished", 0) + sum(map(len, done))  # chapters finished before this one
+                raise
     timings = {f"{k}/{name}": s for k, own in zip(keys, done) for name, s in own.items()}
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
@@ -273,12 +282,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
+    return run_command(lambda: run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter},
+                                         args.fast, workers=args.workers, pretrain_seeds=args.pretrain_seeds), args.run_dir)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (so every ``finally`` and
+    atomic write cleans up the same way)."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
+    """Run a command-line entry's ``work`` and return its exit status, never a traceback: 0; a
+    failure (:func:`report_failure`: 2 or 1); Ctrl-C or SIGTERM (:func:`report_interrupt`: 130 / 143)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers,
-                  pretrain_seeds=args.pretrain_seeds)
+        work()
+    except KeyboardInterrupt as e:
+        return report_interrupt(e, run_dir)
     except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
+        if isinstance(e, papermill.PapermillExecutionError) and e.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+            return report_interrupt(e, run_dir)
         return report_failure(e)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
+    """Print one line for an interrupted run — where it stopped, what it keeps, that the same
+    command resumes — and return 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    where = f" during {e.where}" if getattr(e, "where", None) else ""
+    finished = f"{e.finished} {getattr(e, 'unit', 'chapters')} finished before it; " if getattr(e, "finished", None) else ""
+    print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in {str(run_dir)!r} "
+          "and the same command resumes (an interrupted fine-tune from its last checkpoint)", file=sys.stderr)
+    return 128 + signum
 
 
 def report_failure(e: BaseException) -> int:
@@ -287,6 +331,9 @@ def report_failure(e: BaseException) -> int:
     if not hasattr(e, "chapter") and isinstance(e, (ValueError, TypeError, FileNotFoundError)):
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    if not hasattr(e, "chapter") and isinstance(e, files.WriteError):
+        print(f"failed: {e}", file=sys.stderr)
+        return 1
     print(f"failed: {failure_line(e)}", file=sys.stderr)
     return 1
 

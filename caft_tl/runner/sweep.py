@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -215,13 +216,23 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
 
 
 def _local(todo: list[tuple[Run, str]], env: dict[str, str], workers: int) -> Iterator[RunResult]:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # the workers ignore Ctrl-C: on Ctrl-C or SIGTERM the sweep stops them itself, at once (an interrupted
+    # fine-tune resumes from its checkpoint), rather than waiting for their runs or printing their tracebacks
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=signal.signal,
+                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
         futures = {pool.submit(execute, run, run_dir, env): run for run, run_dir in todo}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except Exception as e:  # the worker process itself died
                 yield RunResult(futures[future].name, False, f"{type(e).__name__}: {e}")
+    except BaseException:  # interrupted (or the caller stopped reading)
+        for proc in list((pool._processes or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) -> Iterator[RunResult]:
@@ -301,6 +312,20 @@ def sweep(
     by_name = {run.name: run for run in all_runs}
     done = _local(todo, env, workers) if backend == "local" else _ray(todo, env, ray_address)
     bar = tqdm(total=len(all_runs), initial=len(results), desc=f"sweep {root.name}", unit="run", disable=not progress)
+    try:
+        _collect(done, results, by_name, status, status_path, table, root, bar)
+    except KeyboardInterrupt as e:
+        e.where, e.unit, e.finished = f"sweep {root.name}", f"of {len(all_runs)} runs", sum(r.ok for r in results.values())
+        raise
+    finally:
+        done.close()
+        bar.close()
+    return {run.name: results[run.name] for run in all_runs}
+
+
+def _collect(done: Iterator[RunResult], results: dict, by_name: dict, status: dict, status_path: Path, table: Path, root: Path,
+             bar) -> None:
+    """Record each run's result as it finishes: its rows in the sweep's table, its status in sweep.json."""
     for result in done:
         results[result.name] = result
         _append_rows(table, result.name, result.rows)
@@ -311,8 +336,6 @@ def sweep(
         bar.set_postfix(failed=sum(not r.ok for r in results.values()))
         if not result.ok:
             tqdm.write(f"✗ {result.name}: {result.error}", file=sys.stderr)
-    bar.close()
-    return {run.name: results[run.name] for run in all_runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,14 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-address", help="an existing Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local one")
     ap.add_argument("--force", action="store_true", help="re-run the runs already finished")
     args = ap.parse_args(argv)
-    try:
-        results = sweep(args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address, args.force)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    failed = [r for r in results.values() if not r.ok]
     root = Path(args.out) / (args.name or Path(args.sweep_file).stem)
-    print(f"{len(results) - len(failed)} of {len(results)} runs finished; table {root / 'results.csv'}, status {root / 'sweep.json'}")
+    out: dict[str, RunResult] = {}
+    status = suite.run_command(lambda: out.update(sweep(args.sweep_file, args.out, args.name, args.backend, args.workers,
+                                                         args.ray_address, args.force)), root)
+    if status:
+        return status
+    failed = [r for r in out.values() if not r.ok]
+    print(f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, status {root / 'sweep.json'}")
     for r in failed:
         print(f"failed: {r.name}: {r.error}")
     return 1 if failed else 0
