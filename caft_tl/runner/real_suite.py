@@ -66,7 +66,7 @@ def run(tasks: list[str], run_dir: str | Path = "runs/real", fig_dir: str | Path
             papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
                                        parameters={**TASK_PARAMS.get(task, {}), **params, "task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / task)})
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
-            e.chapter, e.notebook, e.where, e.finished, e.unit = f"real_task[{task}]", str(out), task, len(timings), "tasks"
+            e.chapter, e.notebook, e.where, e.finished, e.unit = f"real_task[{task}]", str(out), task, len(timings), "task(s)"
             raise
         timings[task] = round(time.perf_counter() - t0, 1)
         print(f"  {task}: {timings[task]} s", flush=True)

@@ -319,7 +319,7 @@ def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
     command resumes — and return 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
     signum = getattr(e, "signum", signal.SIGINT)
     where = f" during {e.where}" if getattr(e, "where", None) else ""
-    finished = f"{e.finished} {getattr(e, 'unit', 'chapters')} finished before it; " if getattr(e, "finished", None) else ""
+    finished = f"{e.finished} {getattr(e, 'unit', 'chapter(s)')} finished before it; " if getattr(e, "finished", None) else ""
     print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in {str(run_dir)!r} "
           "and the same command resumes (an interrupted fine-tune from its last checkpoint)", file=sys.stderr)
     return 128 + signum
