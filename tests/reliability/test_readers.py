@@ -273,3 +273,43 @@ def test_fuzz_sweep_files(tmp_path_factory, data):
         sweep.load(path)
     except (ValueError, TypeError) as e:
         assert "\n" not in str(e) and (str(path) in str(e) or str(e).startswith(("run ", "defaults", "resources", "a sweep file"))), str(e)
+
+
+# ---------------------------------------------------------------------- imported directions
+
+@pytest.mark.parametrize("config, npy, expected", [
+    ('{"path": "P", "dict": {"1": "all"}', None, "not valid JSON"),
+    ('[1]', None, "a JSON list; expected {'path'"),
+    ('{"path": "P", "dict": {"one": "all"}}', None, "layer 'one' is not a layer index"),
+    ('{"path": "P", "dict": {"1": "all"}, "n_pcs": 0}', None, "n_pcs = 0; expected a positive integer"),
+    ('{"path": "P", "dict": {"2": "all"}}', None, "no PC file"),
+    ('{"path": "P", "dict": {"1": "all"}}', b"\x93NUMPY garbage", "not a .npy array"),
+    ('{"path": "P", "dict": {"1": "all"}}', "nan", "expected finite PCs as rows [n_pcs, d_model]"),
+])
+def test_caft_pc_files_are_checked(tmp_path, config, npy, expected):
+    import numpy as np
+
+    from caft_tl.directions import imported
+
+    pcs = np.eye(4, 16, dtype=np.float32)
+    if npy == "nan":
+        pcs[0, 0] = np.nan
+    np.save(tmp_path / "P1.npy", pcs)
+    if isinstance(npy, bytes):
+        (tmp_path / "P1.npy").write_bytes(npy)
+    f = tmp_path / "iv.json"
+    f.write_text(config.replace('"P"', json.dumps(str(tmp_path / "P"))))
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        imported.caft_pcs(f)
+    msg = _one_line(e, expected)
+    assert str(tmp_path) in msg
+
+
+def test_a_bad_persona_vectors_file_names_it(tmp_path):
+    from caft_tl.directions import imported
+
+    f = tmp_path / "pv.pt"
+    f.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError) as e:
+        imported.persona_vectors(f, [0], n_layers=2)
+    _one_line(e, f"cannot read {str(f)!r}: not a torch.save tensor")
