@@ -328,6 +328,20 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def read_csv(path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it", **kwargs):
+    """A CSV table caft-tl wrote, as a pandas DataFrame (``kwargs`` to ``pandas.read_csv``),
+    checked against its folder's checksums; a file pandas cannot parse (or whose columns do not
+    take the given dtypes) is a one-line :class:`CorruptFileError` naming it and saying ``fix``."""
+    import pandas as pd
+
+    verify(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, UnicodeDecodeError) as e:  # ParserError and EmptyDataError are ValueErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(f"cannot read {str(path)!r}: {reason[:120]}; {fix}") from None
+
+
 def write_csv(path: str | os.PathLike, df) -> None:
     """Write a pandas DataFrame as CSV, atomically."""
     with atomic_write(path) as f:

@@ -238,7 +238,7 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
         raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first")
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
-    summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
+    summaries = [files.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out

@@ -313,3 +313,24 @@ def test_a_bad_persona_vectors_file_names_it(tmp_path):
     with pytest.raises(ValueError) as e:
         imported.persona_vectors(f, [0], n_layers=2)
     _one_line(e, f"cannot read {str(f)!r}: not a torch.save tensor")
+
+
+def test_generated_tables_and_captions_name_the_file(tmp_path):
+    from caft_tl.evaluation import population_analyses
+    from caft_tl.plotting import results_page
+
+    table = tmp_path / "population_summary.csv"
+    table.write_bytes(b"a,b\n1,2\n\xff\xfe,3\n")
+    with pytest.raises(ValueError) as e:
+        files.read_csv(table)
+    _one_line(e, f"cannot read {str(table)!r}: ")
+    table.write_text("method,n_organisms,mean\nzero,two,0.5\n")
+    with pytest.raises(ValueError) as e:
+        population_analyses.read_summary(table)
+    _one_line(e, f"cannot read {str(table)!r}: column 'n_organisms' holds a non-number")
+    captions = tmp_path / "figs" / "persona_em" / "seed0" / "captions.json"
+    captions.parent.mkdir(parents=True)
+    captions.write_text('["not", "a mapping"]')
+    with pytest.raises(ValueError) as e:
+        results_page._figures(tmp_path / "figs", tmp_path / "runs", "persona_em", "seed0", tmp_path)
+    _one_line(e, f"cannot read {str(captions)!r}: expected an object")
