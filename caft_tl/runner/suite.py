@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
 import signal
 import sys
 import time
@@ -317,6 +318,7 @@ def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
 def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
     """Print one line for an interrupted run — where it stopped, what it keeps, that the same
     command resumes — and return 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)  # the stopped kernel's pending task: no traceback at exit
     signum = getattr(e, "signum", signal.SIGINT)
     where = f" during {e.where}" if getattr(e, "where", None) else ""
     finished = f"{e.finished} {getattr(e, 'unit', 'chapter(s)')} finished before it; " if getattr(e, "finished", None) else ""
