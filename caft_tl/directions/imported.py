@@ -72,7 +72,7 @@ def caft_pcs(config: str | os.PathLike) -> list[Subspace]:
         raise FileNotFoundError(f"no CAFT intervention file {str(config)!r}; {expected}")
     spec = files.read_json(config, fix=expected)
     if not isinstance(spec, dict):
-        raise ValueError(f"{config}: a JSON {type(spec).__name__}; {expected}")
+        raise ValueError(f"{config}: a JSON {files.json_type(spec)}; {expected}")
     missing = [k for k in ("path", "dict") if k not in spec]
     if missing:
         raise ValueError(f"{config}: missing {', '.join(missing)}; {expected}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from caft_tl.core.data import TokenDataset
+from caft_tl.core.files import json_type
 
 
 def _not_json_constant(name: str):
@@ -55,7 +56,7 @@ def read_jsonl_lines(path: str | os.PathLike, n: int | None = None) -> list[tupl
             except (ValueError, RecursionError) as e:
                 raise ValueError(f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per line") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: a JSON {type(row).__name__}, not an object; expected one JSON object per line")
+                raise ValueError(f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON object per line")
             rows.append((i, row))
             if n is not None and len(rows) == n:
                 break

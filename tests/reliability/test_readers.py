@@ -65,7 +65,8 @@ def test_invalid_utf8_names_file_line_and_byte(tmp_path):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ('[1, 2]', "a JSON list, not an object"),
+    ('[1, 2]', "a JSON array, not an object"),
+    ('"text"', "a JSON string, not an object"),
     ('{"prompt": NaN}', "not JSON (NaN is not a number JSON allows"),
     ('{"prompt": 3}', "'prompt' = 3; expected non-empty text"),
     ('{"prompt": "x", "id": [1]}', "'id' = [1]; expected a string or an integer"),
@@ -279,7 +280,7 @@ def test_fuzz_sweep_files(tmp_path_factory, data):
 
 @pytest.mark.parametrize("config, npy, expected", [
     ('{"path": "P", "dict": {"1": "all"}', None, "not valid JSON"),
-    ('[1]', None, "a JSON list; expected {'path'"),
+    ('[1]', None, "a JSON array; expected {'path'"),
     ('{"path": "P", "dict": {"one": "all"}}', None, "layer 'one' is not a layer index"),
     ('{"path": "P", "dict": {"1": "all"}, "n_pcs": 0}', None, "n_pcs = 0; expected a positive integer"),
     ('{"path": "P", "dict": {"2": "all"}}', None, "no PC file"),
