@@ -172,7 +172,8 @@ def _check_header(path: str | os.PathLike) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
     except (UnicodeDecodeError, csv.Error):
-        header = ["(not UTF-8 CSV)"]
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: its header is not UTF-8 CSV; delete it and re-run the chapters "
+                                     "that wrote it") from None
     if tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise OldResultsFormatError(

@@ -69,9 +69,15 @@ def test_a_failed_write_is_one_failed_line(capsys):
 
 def _suite(run_dir: Path, fig_dir: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(fig_dir), "--tasks", "persona_em",
-           "--chapters", "00", "01", "--fast"]
+           "--chapters", "00", "01", "--fast", "-p", "batch_size", "8"]  # 40 steps: the groups checkpoint at step 25
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints of fine-tunes in progress: a batched group's, or a single run's."""
+    finetunes = run_dir / "persona_em" / "seed0" / "finetunes"
+    return [*finetunes.glob("group-*.safetensors"), *finetunes.glob("*/checkpoint-*.safetensors")]
 
 
 def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_rows(tmp_path):
@@ -80,7 +86,7 @@ def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_r
     run_dir, fig_dir = tmp_path / "run", tmp_path / "fig"
     proc = _suite(run_dir, fig_dir)
     deadline = time.time() + 400
-    while not list(run_dir.glob("persona_em/seed*/finetunes/**/*.safetensors")):
+    while not _checkpoints(run_dir):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "no fine-tune checkpoint appeared"
         time.sleep(0.05)
@@ -90,8 +96,7 @@ def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_r
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 1 chapter(s) finished before it;"), err
-    assert list(run_dir.glob("persona_em/seed0/finetunes/**/*checkpoint*.safetensors")) or list(
-        run_dir.glob("persona_em/seed0/finetunes/group-*.safetensors")), "nothing left to resume from"
+    assert _checkpoints(run_dir), "nothing left to resume from"
 
     again = _suite(run_dir, fig_dir)
     out, err = again.communicate(timeout=600)
