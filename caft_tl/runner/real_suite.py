@@ -22,7 +22,7 @@ import papermill
 
 from caft_tl.core import files, results
 from caft_tl.runner import parameters
-from caft_tl.runner.suite import _value, run_command
+from caft_tl.runner.suite import _value, kernel_manager, run_command
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "real" / "real_task.ipynb"
 #: the generated English tasks, in the order `make real` runs them
@@ -64,6 +64,7 @@ def run(tasks: list[str], run_dir: str | Path = "runs/real", fig_dir: str | Path
         t0 = time.perf_counter()
         try:
             papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
+                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
                                        parameters={**TASK_PARAMS.get(task, {}), **params, "task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / task)})
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook, e.where, e.finished, e.unit = f"real_task[{task}]", str(out), task, len(timings), "task(s)"

@@ -122,7 +122,8 @@ def run(
         t0 = time.perf_counter()
         try:
             papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
-                                       kernel_name="python3", progress_bar=progress)
+                                       kernel_name="python3", progress_bar=progress,
+                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")))
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook = nb.stem, str(out)  # for failure_line (kept when pickled back from a worker)
             e.where, e.finished = f"{tag.strip(' []')}/{nb.stem}".lstrip("/"), len(timings)
@@ -133,6 +134,19 @@ def run(
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
     print(f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
     return timings
+
+
+def kernel_manager(log: Path) -> type:
+    """A Jupyter kernel manager whose kernels write their own stderr (their log lines, the noise of a
+    kernel stopped by Ctrl-C) to ``log`` rather than the terminal; a cell's errors are in the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLogManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw):
+            with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": f})
+
+    return KernelLogManager
 
 
 def organism_dir(seed: int) -> str:
