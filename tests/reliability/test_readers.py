@@ -335,3 +335,21 @@ def test_generated_tables_and_captions_name_the_file(tmp_path):
     with pytest.raises(ValueError) as e:
         results_page._figures(tmp_path / "figs", tmp_path / "runs", "persona_em", "seed0", tmp_path)
     _one_line(e, f"cannot read {str(captions)!r}: expected an object")
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_tensors_in_a_run_directory_never_load_a_different_number(tmp_path_factory, data):
+    import torch
+
+    run = files.mark_run_dir(tmp_path_factory.mktemp("run"))
+    path = run / "subspaces" / "pca.safetensors"
+    original = {"0.basis": torch.arange(12, dtype=torch.float32).reshape(4, 3)}
+    files.write_tensors(path, original)
+    path.write_bytes(data.draw(corruptions(path.read_bytes())))
+    try:
+        loaded = files.read_tensors(path)
+    except ValueError as e:
+        assert "\n" not in str(e) and str(path) in str(e), str(e)
+    else:
+        assert loaded.keys() == original.keys() and torch.equal(loaded["0.basis"], original["0.basis"])
