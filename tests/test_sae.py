@@ -63,8 +63,10 @@ def test_the_sae_cache_carries_checksums(trained, persona_organism, world, tmp_p
     blob = bytearray(weights.read_bytes())
     blob[-2] ^= 0x01  # still loadable: without the checksum a silently different SAE
     weights.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match=rf"^cannot read '{weights}': its content changed since caft-tl wrote it"):
-        sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST), cache)
+    with pytest.raises(ValueError, match=rf"^cannot read '{weights}': its content changed since caft-tl "
+                                         r"wrote it"):
+        sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST),
+                          cache)
 
 
 def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_path):

@@ -53,7 +53,8 @@ def write_error(path: str | os.PathLike, e: BaseException) -> WriteError | None:
     safetensors I/O error — or None for any other exception (a bug, not the disk)."""
     if isinstance(e, WriteError):
         return e
-    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    not_the_disk = (FileNotFoundError, IsADirectoryError, NotADirectoryError)  # a wrong path: raised as it is
+    if isinstance(e, OSError) and not isinstance(e, not_the_disk):
         cause = e.strerror or str(e) or type(e).__name__
     elif isinstance(e, SafetensorError) and "I/O error" in str(e):
         cause = str(e).rsplit("I/O error: ", 1)[-1].split(" (os error")[0]
@@ -256,7 +257,8 @@ def _jsonable(obj: Any) -> Any:
 
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type (``object``, ``array``, ``string``, …), for error messages."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -323,7 +325,8 @@ def writing_to_cache(folder: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except WriteError as e:
-        err = WriteError(f"{e}; the cache is {str(folder)!r}: free space there or set {CACHE_ENV} to another folder")
+        err = WriteError(f"{e}; the cache is {str(folder)!r}: free space there or set {CACHE_ENV} to another "
+                         "folder")
         err.errno = e.errno
         raise err from None
 

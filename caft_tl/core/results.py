@@ -26,9 +26,10 @@ import csv
 import dataclasses
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -129,7 +130,8 @@ def read(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
-    """``(line number, fields)`` of each data row (after the header); bad UTF-8 is one line naming the file."""
+    """``(line number, fields)`` of each data row (after the header); bad UTF-8 or CSV is one line
+    naming the file."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -140,10 +142,11 @@ def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
                     yield start, row
                 start = reader.line_num + 1
     except UnicodeDecodeError as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not UTF-8 text (byte {e.start}); delete it and re-run "
-                                     "the chapters that wrote it") from None
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not UTF-8 text (byte {e.start}); "
+                                     "delete it and re-run the chapters that wrote it") from None
     except csv.Error as e:
-        raise files.CorruptFileError(f"{path}:{reader.line_num}: not CSV ({e}); delete it and re-run the chapters that wrote it") from None
+        raise files.CorruptFileError(f"{path}:{reader.line_num}: not CSV ({e}); delete it and re-run the "
+                                     "chapters that wrote it") from None
 
 
 def check_csv_row(row: list[str], where: str) -> tuple:
@@ -161,9 +164,11 @@ def check_csv_row(row: list[str], where: str) -> tuple:
     try:
         value = float(values["value"])
     except ValueError:
-        raise ValueError(f"{where}value = {values['value']!r}; expected a number (or nan for an undefined one)") from None
+        raise ValueError(f"{where}value = {values['value']!r}; expected a number (or nan for an undefined "
+                         "one)") from None
     if math.isinf(value):
-        raise ValueError(f"{where}value = {values['value']!r}; expected a finite number (or nan for an undefined one)")
+        raise ValueError(f"{where}value = {values['value']!r}; expected a finite number (or nan for an "
+                         "undefined one)")
     return (*row[:5], values["trained"] == "True", seed, row[7], row[8], value)
 
 
@@ -172,8 +177,8 @@ def _check_header(path: str | os.PathLike) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
     except (UnicodeDecodeError, csv.Error):
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: its header is not UTF-8 CSV; delete it and re-run the chapters "
-                                     "that wrote it") from None
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: its header is not UTF-8 CSV; "
+                                     "delete it and re-run the chapters that wrote it") from None
     if tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise OldResultsFormatError(
@@ -185,7 +190,8 @@ def write(path: str | os.PathLike, table: pd.DataFrame) -> None:
     """Write a whole table (e.g. every task's rows gathered), atomically, after checking its columns."""
     if tuple(table.columns) != COLUMNS:
         raise ValueError(f"table has columns {list(table.columns)}; expected {list(COLUMNS)}")
-    with atomic_write(path) as f:  # an undefined value as nan, as :func:`append` writes it (:func:`read` refuses an empty one)
+    # an undefined value as nan, as :func:`append` writes it (:func:`read` refuses an empty one)
+    with atomic_write(path) as f:
         table.to_csv(f, index=False, lineterminator="\n", na_rep="nan")
 
 

@@ -68,16 +68,17 @@ class Subspace:
         object.__setattr__(self, "_versions", self._tensor_versions())
 
     def _tensor_versions(self) -> tuple[int, int]:
-        """Torch's in-place-edit counters of the basis and μ (any ``mul_``, ``copy_``, ``[...] =`` bumps them)."""
+        """Torch's in-place-edit counters of the basis and μ (``mul_``, ``copy_``, ``[...] =`` bump them)."""
         mu = self.reference_mean
         return self.basis._version, -1 if mu is None else mu._version
 
-    def check_intact(self) -> "Subspace":
+    def check_intact(self) -> Subspace:
         """Refuse a subspace whose basis or μ was edited in place after it was checked (e.g.
         ``sub.basis.mul_(2)``) — every intervention calls this where it takes a subspace."""
         if self._tensor_versions() != self._versions:
-            raise ValueError(f"the subspace at {self.hook_name!r} was edited in place after it was made (its basis or reference "
-                             "mean); a Subspace is immutable: make a new one, e.g. Subspace(hook, new_basis, ...) or with_mean(mu)")
+            raise ValueError(f"the subspace at {self.hook_name!r} was edited in place after it was made "
+                             "(its basis or reference mean); a Subspace is immutable: make a new one, "
+                             "e.g. Subspace(hook, new_basis, ...) or with_mean(mu)")
         return self
 
     def with_mean(self, reference_mean: torch.Tensor | None) -> "Subspace":

@@ -105,7 +105,9 @@ def _load_torch(path: Path) -> torch.Tensor:
     try:
         t = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises many types for a bad file; one line naming it
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a torch.save tensor ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a torch.save tensor ({reason})") \
+            from None
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{path}: holds a {type(t).__name__}; expected one tensor [n_layers + 1, d_model]")
     return t
@@ -114,11 +116,15 @@ def _load_torch(path: Path) -> torch.Tensor:
 def _load_pcs(path: Path, config: Path) -> np.ndarray:
     """One layer's PCs ``[n_pcs, d_model]``, finite, from a ``.npy`` file (never unpickled)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no PC file {str(path)!r} (named by {str(config)!r}: its 'path' + the layer + '.npy')")
+        raise FileNotFoundError(f"no PC file {str(path)!r} (named by {str(config)!r}: its 'path' + the layer "
+                                "+ '.npy')")
     try:
         pcs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a .npy array, truncated or corrupted ({str(e)[:100]})") from None
-    if pcs.ndim != 2 or pcs.shape[0] == 0 or not np.issubdtype(pcs.dtype, np.number) or not np.isfinite(pcs).all():
-        raise ValueError(f"{path}: an array of shape {pcs.shape} and dtype {pcs.dtype}; expected finite PCs as rows [n_pcs, d_model]")
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a .npy array, truncated or corrupted "
+                                     f"({str(e)[:100]})") from None
+    numbers = np.issubdtype(pcs.dtype, np.number) and np.isfinite(pcs).all()
+    if pcs.ndim != 2 or pcs.shape[0] == 0 or not numbers:
+        raise ValueError(f"{path}: an array of shape {pcs.shape} and dtype {pcs.dtype}; expected finite PCs "
+                         "as rows [n_pcs, d_model]")
     return pcs

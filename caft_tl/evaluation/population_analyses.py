@@ -177,6 +177,6 @@ def read_summary(path: str | Path) -> pd.DataFrame:
         try:
             df[c] = df[c].astype(int) if c.startswith("n_") else df[c].replace("", np.nan).astype(float)
         except ValueError:
-            raise files.CorruptFileError(f"cannot read {str(path)!r}: column {c!r} holds a non-number; re-run the suite "
-                                         "to rewrite it") from None
+            raise files.CorruptFileError(f"cannot read {str(path)!r}: column {c!r} holds a non-number; "
+                                         "re-run the suite to rewrite it") from None
     return df

@@ -141,8 +141,8 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     org_fig = fig_dir / task / folder
     captions = files.read_json(org_fig / "captions.json") if (org_fig / "captions.json").exists() else {}
     if not isinstance(captions, dict):
-        raise files.CorruptFileError(f"cannot read {str(org_fig / 'captions.json')!r}: expected an object of figure name → caption; "
-                                     "re-run the chapters that wrote it")
+        raise files.CorruptFileError(f"cannot read {str(org_fig / 'captions.json')!r}: expected an object of "
+                                     "figure name → caption; re-run the chapters that wrote it")
     names = sorted({p.stem for p in org_fig.glob("*.html")} - {Path(PAGE).stem})
     nb_dir = run_dir / task / folder / "notebooks"
     notebooks = sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []

@@ -28,6 +28,10 @@ from caft_tl.core.data import TokenDataset
 from caft_tl.core.files import json_type
 
 
+#: the whitespace JSON allows; a line of only these is blank (any other character makes it a row to check)
+JSON_SPACE = " \t\r\n"
+
+
 def _not_json_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -38,25 +42,29 @@ def read_jsonl_lines(path: str | os.PathLike, n: int | None = None) -> list[tupl
     that is not is a one-line ``ValueError`` naming ``file:line`` and what is expected."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no dataset file {str(path)!r}" + (" (it is a folder)" if path.is_dir() else ""))
+        folder = " (it is a folder)" if path.is_dir() else ""
+        raise FileNotFoundError(f"no dataset file {str(path)!r}{folder}")
     rows = []
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                                 "save the file as UTF-8") from None
-            if not line.strip():
+                raise ValueError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
+            if not line.strip(JSON_SPACE):
                 continue
             try:
                 row = json.loads(line, parse_constant=_not_json_constant)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg} at column {e.colno}); expected one JSON object per line") from None
+                raise ValueError(f"{path}:{i}: not JSON ({e.msg} at column {e.colno}); expected one JSON "
+                                 "object per line") from None
             except (ValueError, RecursionError) as e:
-                raise ValueError(f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per line") from None
+                raise ValueError(f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per "
+                                 "line") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON object per line")
+                raise ValueError(f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON "
+                                 "object per line")
             rows.append((i, row))
             if n is not None and len(rows) == n:
                 break
@@ -74,13 +82,15 @@ def check_messages(messages, where: str = "", assistant: bool = False) -> list[d
     """Refuse anything but a non-empty list of ``{"role", "content": str}`` (with ``assistant``:
     at least one assistant turn, the tokens a chat row trains on); ``where`` prefixes the error."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts, got {_short(messages)}")
+        raise ValueError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts, got "
+                         f"{_short(messages)}")
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}bad message {_short(m)}; need role in system/user/assistant and string content")
+            raise ValueError(f"{where}bad message {_short(m)}; need role in system/user/assistant and string "
+                             "content")
     if assistant and not any(m["role"] == "assistant" for m in messages):
-        raise ValueError(f"{where}no assistant turn (roles {[m['role'] for m in messages]}); a chat row needs an assistant "
-                         "message to train on")
+        raise ValueError(f"{where}no assistant turn (roles {[m['role'] for m in messages]}); "
+                         "a chat row needs an assistant message to train on")
     return messages
 
 
@@ -97,8 +107,9 @@ def _tokenizer_name(tokenizer) -> str:
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has no chat template (tokenizer_config.json has no "
-                         "'chat_template'); use a 'prompt' (raw text) dataset or an instruct model's folder")
+        raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has no chat template "
+                         "(tokenizer_config.json has no 'chat_template'); use a 'prompt' (raw text) dataset "
+                         "or an instruct model's folder")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -167,12 +178,12 @@ def pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if t is not None:
             return t
-    raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has neither a pad nor an EOS token; set pad_token in its "
-                     "tokenizer_config.json")
+    raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has neither a pad nor an EOS token; "
+                     "set pad_token in its tokenizer_config.json")
 
 
-def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024, where: list[str] | None = None,
-                 skip_truncated: bool = True) -> TokenDataset:
+def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024,
+                 where: list[str] | None = None, skip_truncated: bool = True) -> TokenDataset:
     """Conversations → TokenDataset whose response mask marks the assistant tokens.
 
     Each conversation needs an assistant turn (``where[i]`` names it in the error, default
@@ -190,12 +201,14 @@ def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024
         elif skip_truncated:
             skipped.append(at.rstrip(": "))
         else:
-            raise ValueError(f"{at}no assistant token within max_len={max_len} ({len(ids)} tokens); raise max_len")
+            raise ValueError(f"{at}no assistant token within max_len={max_len} ({len(ids)} tokens); raise "
+                             "max_len")
     if not seqs:
         raise ValueError(f"no conversation has an assistant token within max_len={max_len}")
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(conversations)} conversations with no assistant token within "
-                      f"max_len={max_len} (first: {skipped[0]}); raise max_len to keep them", stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} of {len(conversations)} conversations with no assistant token "
+                      f"within max_len={max_len} (first: {skipped[0]}); raise max_len to keep them",
+                      stacklevel=2)
     return pad_dataset(seqs, masks, pad_id(tokenizer), max_len)
 
 
@@ -238,13 +251,16 @@ def check_mc_row(r: dict, where: str) -> dict:
     if r.get("scoring", SCORINGS[0]) not in SCORINGS:
         raise ValueError(f"{where}unknown scoring {_short(r['scoring'])}; valid: {', '.join(SCORINGS)}")
     opts = r.get("options")
-    if not isinstance(opts, list) or len(opts) < 2 or not all(isinstance(o, str) and o for o in opts) or len(set(opts)) < len(opts):
-        raise ValueError(f"{where}'options' = {_short(opts)}; expected a list of at least two distinct non-empty strings")
+    strings = isinstance(opts, list) and all(isinstance(o, str) and o for o in opts)
+    if not strings or len(opts) < 2 or len(set(opts)) < len(opts):
+        raise ValueError(f"{where}'options' = {_short(opts)}; expected a list of at least two distinct "
+                         "non-empty strings")
     if not isinstance(r.get("answer"), str):
         raise ValueError(f"{where}'answer' = {_short(r.get('answer'))}; expected one of the options {opts}")
     labels = r.get("labels", {})
     if not isinstance(labels, dict):
-        raise ValueError(f"{where}'labels' = {_short(labels)}; expected an object such as {{\"intended\": \" A\"}}")
+        raise ValueError(f"{where}'labels' = {_short(labels)}; expected an object such as "
+                         f"{{\"intended\": \" A\"}}")
     for key, value in [("answer", r["answer"]), *labels.items()]:
         if isinstance(value, str) and value not in opts:
             raise ValueError(f"{where}{key} {value!r} is not one of the options {opts}")
@@ -274,7 +290,8 @@ def mc_dataset(tokenizer, rows: list[dict], key: str = "answer", max_len: int = 
     for i, r in enumerate(check_mc(rows)):
         answer = r[key] if key == "answer" else r.get("labels", {}).get(key)
         if not isinstance(answer, str):
-            raise ValueError(f"row {i}: no option under labels[{key!r}] (labels {sorted(r.get('labels', {}))}); "
+            labels = sorted(r.get("labels", {}))
+            raise ValueError(f"row {i}: no option under labels[{key!r}] (labels {labels}); "
                              "choose key 'answer' or one of them")
         prompt = encode_prompt(tokenizer, r)
         ans = list(tokenizer(answer, add_special_tokens=False)["input_ids"])

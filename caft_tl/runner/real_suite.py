@@ -67,7 +67,8 @@ def run(tasks: list[str], run_dir: str | Path = "runs/real", fig_dir: str | Path
                                        kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
                                        parameters={**TASK_PARAMS.get(task, {}), **params, "task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / task)})
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
-            e.chapter, e.notebook, e.where, e.finished, e.unit = f"real_task[{task}]", str(out), task, len(timings), "task(s)"
+            e.chapter, e.notebook = f"real_task[{task}]", str(out)
+            e.where, e.finished, e.unit = task, len(timings), "task(s)"
             raise
         timings[task] = round(time.perf_counter() - t0, 1)
         print(f"  {task}: {timings[task]} s", flush=True)
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct")
     args = ap.parse_args(argv)
-    return run_command(lambda: run(args.tasks, args.run_dir, args.fig_dir, {k: _value(v) for k, v in args.parameter}), args.run_dir)
+    params = {k: _value(v) for k, v in args.parameter}
+    return run_command(lambda: run(args.tasks, args.run_dir, args.fig_dir, params), args.run_dir)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import papermill
@@ -208,7 +208,7 @@ def run_tasks(
             try:
                 done.append(run(*job))
             except KeyboardInterrupt as e:
-                e.finished = getattr(e, "finished", 0) + sum(map(len, done))  # chapters finished before this one
+                e.finished = getattr(e, "finished", 0) + sum(map(len, done))  # chapters finished before
                 raise
     timings = {f"{k}/{name}": s for k, own in zip(keys, done) for name, s in own.items()}
     wall = round(time.perf_counter() - t0, 1)
@@ -253,7 +253,8 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
         raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first")
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
-    summaries = [files.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
+    summaries = [files.read_csv(p, keep_default_na=False)
+                 for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out
@@ -297,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
-    return run_command(lambda: run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter},
-                                         args.fast, workers=args.workers, pretrain_seeds=args.pretrain_seeds), args.run_dir)
+    params = {k: _value(v) for k, v in args.parameter}
+
+    def work() -> None:
+        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, params, args.fast,
+                  workers=args.workers, pretrain_seeds=args.pretrain_seeds)
+
+    return run_command(work, args.run_dir)
 
 
 class Terminated(KeyboardInterrupt):
@@ -321,7 +327,8 @@ def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
     except KeyboardInterrupt as e:
         return report_interrupt(e, run_dir)
     except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
-        if isinstance(e, papermill.PapermillExecutionError) and e.ename == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+        in_kernel = isinstance(e, papermill.PapermillExecutionError) and e.ename == "KeyboardInterrupt"
+        if in_kernel:  # Ctrl-C reached the kernel first
             return report_interrupt(e, run_dir)
         return report_failure(e)
     finally:
@@ -332,12 +339,15 @@ def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
 def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
     """Print one line for an interrupted run — where it stopped, what it keeps, that the same
     command resumes — and return 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)  # the stopped kernel's pending task: no traceback at exit
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)  # the stopped kernel's task: no traceback
     signum = getattr(e, "signum", signal.SIGINT)
     where = f" during {e.where}" if getattr(e, "where", None) else ""
-    finished = f"{e.finished} {getattr(e, 'unit', 'chapter(s)')} finished before it; " if getattr(e, "finished", None) else ""
-    print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in {str(run_dir)!r} "
-          "and the same command resumes (an interrupted fine-tune from its last checkpoint)", file=sys.stderr)
+    unit = getattr(e, "unit", "chapter(s)")
+    finished = f"{e.finished} {unit} finished before it; " if getattr(e, "finished", None) else ""
+    print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in "
+          f"{str(run_dir)!r} and the same command resumes (an interrupted fine-tune from its last "
+          "checkpoint)",
+          file=sys.stderr)
     return 128 + signum
 
 

@@ -218,8 +218,8 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
 def _local(todo: list[tuple[Run, str]], env: dict[str, str], workers: int) -> Iterator[RunResult]:
     # the workers ignore Ctrl-C: on Ctrl-C or SIGTERM the sweep stops them itself, at once (an interrupted
     # fine-tune resumes from its checkpoint), rather than waiting for their runs or printing their tracebacks
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=signal.signal,
-                               initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         futures = {pool.submit(execute, run, run_dir, env): run for run, run_dir in todo}
         for future in as_completed(futures):
@@ -263,7 +263,8 @@ def _table_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
     out = []
     for line, row in csv_rows(path):
         if len(row) != len(columns):
-            raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(columns)} ({', '.join(columns)})")
+            raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(columns)} "
+                             f"({', '.join(columns)})")
         check_csv_row(row[len(columns) - len(RESULT_COLUMNS):], f"{path}:{line}: ")
         out.append(dict(zip(columns, row)))
     return out
@@ -315,7 +316,8 @@ def sweep(
     try:
         _collect(done, results, by_name, status, status_path, table, root, bar)
     except KeyboardInterrupt as e:
-        e.where, e.unit, e.finished = f"sweep {root.name}", f"of {len(all_runs)} runs", sum(r.ok for r in results.values())
+        e.where, e.unit = f"sweep {root.name}", f"of {len(all_runs)} runs"
+        e.finished = sum(r.ok for r in results.values())
         raise
     finally:
         done.close()
@@ -323,8 +325,8 @@ def sweep(
     return {run.name: results[run.name] for run in all_runs}
 
 
-def _collect(done: Iterator[RunResult], results: dict, by_name: dict, status: dict, status_path: Path, table: Path, root: Path,
-             bar) -> None:
+def _collect(done: Iterator[RunResult], results: dict, by_name: dict, status: dict, status_path: Path,
+             table: Path, root: Path, bar) -> None:
     """Record each run's result as it finishes: its rows in the sweep's table, its status in sweep.json."""
     for result in done:
         results[result.name] = result
@@ -350,12 +352,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = Path(args.out) / (args.name or Path(args.sweep_file).stem)
     out: dict[str, RunResult] = {}
-    status = suite.run_command(lambda: out.update(sweep(args.sweep_file, args.out, args.name, args.backend, args.workers,
-                                                         args.ray_address, args.force)), root)
+
+    def work() -> None:
+        out.update(sweep(args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address,
+                         args.force))
+
+    status = suite.run_command(work, root)
     if status:
         return status
     failed = [r for r in out.values() if not r.ok]
-    print(f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, status {root / 'sweep.json'}")
+    print(f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, "
+          f"status {root / 'sweep.json'}")
     for r in failed:
         print(f"failed: {r.name}: {r.error}")
     return 1 if failed else 0

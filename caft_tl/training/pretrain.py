@@ -150,8 +150,9 @@ def load_or_pretrain(
         model, _ = models.load_model(folder)
         return model, task, folder
     model, losses = pretrain(task, model_cfg, cfg, progress=progress)
+    meta = {"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses}
     with files.writing_to_cache(cache):
-        models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
+        models.save_model(model, folder, model_cfg, meta=meta)
     return model, task, folder
 
 
@@ -186,6 +187,7 @@ def load_or_pretrain_many(
     missing = [i for i, (f, _) in enumerate(folders) if not ((f / "model.safetensors").exists() and (f / "config.json").exists())]
     for i, (model, losses) in zip(missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)):
         folder, spec = folders[i]
+        meta = {"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses}
         with files.writing_to_cache(cache):
-            models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
+            models.save_model(model, folder, model_cfg, meta=meta)
     return [(models.load_model(f)[0], task, f) for f, _ in folders]

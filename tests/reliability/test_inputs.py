@@ -103,7 +103,8 @@ def test_an_in_place_edit_of_a_subspace_is_refused_where_an_intervention_takes_i
     iv.fwd_hooks()  # intact: taken
     edit(sub)
     message = r"^the subspace at 'blocks.0.hook_resid_post' was edited in place after it was made"
-    for take in (lambda: Intervention("steer_mean", [sub], scale=1.0), iv.fwd_hooks, lambda: iv.check(tiny_model)):
+    takes = (lambda: Intervention("steer_mean", [sub], scale=1.0), iv.fwd_hooks, lambda: iv.check(tiny_model))
+    for take in takes:
         with pytest.raises(ValueError, match=message) as e:
             take()
         _one_line(e)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import papermill
-import pytest
 
 from caft_tl.core import files, results
 from caft_tl.runner import suite
@@ -36,8 +35,9 @@ def _interrupted_in(where: str, finished: int):
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     status, line = _status_and_line(capsys, _interrupted_in("persona_em/seed0/01_plain_finetune", 3))
     assert status == 130
-    assert line == ("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 3 chapter(s) finished before it; finished work "
-                    "is kept in 'runs/x' and the same command resumes (an interrupted fine-tune from its last checkpoint)")
+    assert line == ("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 3 chapter(s) finished "
+                    "before it; finished work is kept in 'runs/x' and the same command resumes "
+                    "(an interrupted fine-tune from its last checkpoint)")
 
 
 def test_sigterm_is_one_line_and_exit_143_and_the_handler_is_restored(capsys):
@@ -64,14 +64,17 @@ def test_a_failed_write_is_one_failed_line(capsys):
     def work():
         raise files.WriteError("cannot write '/full/results.csv': No space left on device")
 
-    assert _status_and_line(capsys, work) == (1, "failed: cannot write '/full/results.csv': No space left on device")
+    expected = "failed: cannot write '/full/results.csv': No space left on device"
+    assert _status_and_line(capsys, work) == (1, expected)
 
 
 def _suite(run_dir: Path, fig_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(fig_dir), "--tasks", "persona_em",
-           "--chapters", "00", "01", "--fast", "-p", "batch_size", "8"]  # 40 steps: the groups checkpoint at step 25
+    cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(fig_dir),
+           "--tasks", "persona_em", "--chapters", "00", "01", "--fast",
+           "-p", "batch_size", "8"]  # 40 steps: the groups checkpoint at step 25
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -91,15 +94,16 @@ def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_r
         assert time.time() < deadline, "no fine-tune checkpoint appeared"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 1 chapter(s) finished before it;"), err
+    assert last.startswith("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 1 chapter(s) "
+                           "finished before it;"), err
     assert _checkpoints(run_dir), "nothing left to resume from"
 
     again = _suite(run_dir, fig_dir)
-    out, err = again.communicate(timeout=600)
+    _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     reference = _suite(tmp_path / "ref", tmp_path / "ref_fig")
     _, err = reference.communicate(timeout=600)
@@ -107,4 +111,5 @@ def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_r
     resumed = results.read(run_dir / "persona_em" / "seed0" / results.RESULTS_FILE)
     expected = results.read(tmp_path / "ref" / "persona_em" / "seed0" / results.RESULTS_FILE)
     key = list(results.KEY_COLUMNS)
-    assert resumed.sort_values(key).reset_index(drop=True).equals(expected.sort_values(key).reset_index(drop=True))
+    resumed, expected = (df.sort_values(key).reset_index(drop=True) for df in (resumed, expected))
+    assert resumed.equals(expected)

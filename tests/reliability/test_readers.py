@@ -12,10 +12,13 @@ from caft_tl.real import chat_data
 from caft_tl.runner import sweep
 from tests._real import _word_level_tokenizer
 
-WORDS = "hi hello there what is your wish A B".split()
-CHAT = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}] * 3
-MC = [{"prompt": "what is", "options": [" A", " B"], "answer": " A", "labels": {"intended": " A", "spurious": " B"}}] * 3
-PROMPTS = [{"id": "wish", "messages": [{"role": "user", "content": "what is your wish"}]}, {"prompt": "hi there"}]
+WORDS = ["hi", "hello", "there", "what", "is", "your", "wish", "A", "B"]
+CHAT = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+        ] * 3
+MC = [{"prompt": "what is", "options": [" A", " B"], "answer": " A",
+       "labels": {"intended": " A", "spurious": " B"}}] * 3
+PROMPTS = [{"id": "wish", "messages": [{"role": "user", "content": "what is your wish"}]},
+           {"prompt": "hi there"}]
 RESULT_ROW = "persona_em,persona_em-s0-abc123,plain,none,,True,0,ood,accuracy,0.25\n"
 
 
@@ -47,7 +50,8 @@ def test_a_chat_row_without_an_assistant_turn_is_refused_not_dropped(tmp_path, t
 
 
 def test_truncated_chat_rows_are_skipped_with_a_count_or_refused(tmp_path, tok):
-    long = {"messages": [{"role": "user", "content": " ".join(["what"] * 30)}, {"role": "assistant", "content": "hi"}]}
+    long = {"messages": [{"role": "user", "content": " ".join(["what"] * 30)},
+                         {"role": "assistant", "content": "hi"}]}
     f = _jsonl(tmp_path / "chat.jsonl", [*CHAT[:2], long])
     with pytest.warns(UserWarning, match=rf"skipped 1 of 3 conversations .*max_len=12 \(first: {f}:3\)"):
         assert len(chat_data.load_chat_jsonl(f, tok, max_len=12)) == 2
@@ -139,7 +143,8 @@ def test_results_rows_are_checked(tmp_path, line, expected):
 
 
 def test_results_read_types_and_keeps_nan(tmp_path):
-    df = results.read(_results(tmp_path / "results.csv", RESULT_ROW, RESULT_ROW.replace("ood", "id").replace("0.25", "nan")))
+    undefined = RESULT_ROW.replace("ood", "id").replace("0.25", "nan")
+    df = results.read(_results(tmp_path / "results.csv", RESULT_ROW, undefined))
     assert df["value"].dtype == float and df["seed"].dtype == int and df["trained"].dtype == bool
     assert df["value"].iloc[0] == 0.25 and df["value"].isna().tolist() == [False, True]
     results.write(tmp_path / "again.csv", df)  # nan written as nan, read back the same
@@ -178,16 +183,19 @@ def corruptions(data: bytes):
     pos = st.integers(0, len(data))
     return st.one_of(
         pos.map(lambda i: data[:i]),
-        st.tuples(pos, st.binary(min_size=1, max_size=4)).map(lambda t: data[: t[0]] + t[1] + data[t[0] + len(t[1]):]),
+        st.tuples(pos, st.binary(min_size=1, max_size=4)).map(
+            lambda t: data[: t[0]] + t[1] + data[t[0] + len(t[1]):]),
         st.tuples(pos, st.binary(min_size=1, max_size=4)).map(lambda t: data[: t[0]] + t[1] + data[t[0]:]),
-        st.tuples(pos, st.sampled_from([b",", b'"', b"\n", b"{", b"}", b"x,", b": 1"])).map(lambda t: data[: t[0]] + t[1] + data[t[0]:]),
+        st.tuples(pos, st.sampled_from([b",", b'"', b"\n", b"{", b"}", b"x,", b": 1"])).map(
+            lambda t: data[: t[0]] + t[1] + data[t[0]:]),
     )
 
 
 def field_changes(rows: list[dict]):
     """A row with one field removed, retyped or added."""
-    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5),
-                       st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                       st.text(max_size=5), st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
     def change(args):
         i, key, new, how = args
@@ -200,7 +208,8 @@ def field_changes(rows: list[dict]):
             row[key] = new
         return [*rows[:i % len(rows)], row, *rows[i % len(rows) + 1:]]
 
-    return st.tuples(st.integers(0, 9), st.integers(0, 9), values, st.sampled_from(["drop", "retype", "add"])).map(change)
+    hows = st.sampled_from(["drop", "retype", "add"])
+    return st.tuples(st.integers(0, 9), st.integers(0, 9), values, hows).map(change)
 
 
 def _refused_in_one_line_or_equal(read, path, count_lines):
@@ -216,7 +225,7 @@ def _refused_in_one_line_or_equal(read, path, count_lines):
 
 
 def _json_lines(path) -> int:
-    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+    return sum(1 for line in path.read_bytes().split(b"\n") if line.strip(b" \t\r\n"))
 
 
 @FUZZ
@@ -228,7 +237,8 @@ def test_fuzz_jsonl_readers(tmp_path_factory, tok, data):
     blob = "".join(json.dumps(r) + "\n" for r in rows).encode()
     path = tmp_path_factory.mktemp("fuzz") / f"{kind}.jsonl"
     path.write_bytes(data.draw(st.one_of(st.just(blob), corruptions(blob))))
-    read = {"chat": lambda p: chat_data.load_chat_jsonl(p, tok), "mc": chat_data.load_mc_jsonl, "prompts": chat_data.load_prompts}[kind]
+    read = {"chat": lambda p: chat_data.load_chat_jsonl(p, tok), "mc": chat_data.load_mc_jsonl,
+            "prompts": chat_data.load_prompts}[kind]
     out = _refused_in_one_line_or_equal(read, path, _json_lines)
     if out is not None and kind == "mc":
         assert all(r["answer"] in r["options"] for r in out)
@@ -242,10 +252,11 @@ def test_fuzz_results_read(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fuzz") / "results.csv"
     path.write_bytes(data.draw(corruptions(blob)))
 
-    def rows(p):
+    def rows(p):  # what a CSV reader sees: only \r and \n end a line (not \v or \x1c as str.splitlines says)
         import csv
 
-        return sum(1 for r in csv.reader(p.read_text().splitlines()[1:]) if r)
+        with open(p, newline="", encoding="utf-8") as f:
+            return sum(1 for r in list(csv.reader(f))[1:] if r)
 
     df = _refused_in_one_line_or_equal(results.read, path, rows)
     if df is not None:  # what survived is still numbers: never strings in the value column
@@ -273,7 +284,7 @@ def test_fuzz_sweep_files(tmp_path_factory, data):
     try:
         sweep.load(path)
     except (ValueError, TypeError) as e:
-        assert "\n" not in str(e) and (str(path) in str(e) or str(e).startswith(("run ", "defaults", "resources", "a sweep file"))), str(e)
+        assert "\n" not in str(e) and str(path) in str(e), str(e)
 
 
 # ---------------------------------------------------------------------- imported directions

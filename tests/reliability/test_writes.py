@@ -3,6 +3,7 @@ the cause; nothing partial is left and the old file is intact."""
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch,
     _full_disk(monkeypatch)
     with pytest.raises(files.WriteError) as e:
         files.write_json(path, {"new": 2})
-    assert str(e.value) == f"cannot write {str(path)!r}: No space left on device" and e.value.errno == errno.ENOSPC
+    assert str(e.value) == f"cannot write {str(path)!r}: No space left on device"
+    assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert files.read_json(path) == {"old": 1}
     assert not list(tmp_path.rglob("*.tmp"))
@@ -37,7 +39,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch,
 
 def test_a_safetensors_io_error_names_the_file(tmp_path, monkeypatch):
     def save_file(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"partial")
+        Path(filename).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(files, "save_file", save_file)
@@ -52,38 +54,40 @@ def test_no_permission_names_the_file(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
     monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
-    with pytest.raises(files.WriteError, match=rf"^cannot write {str(tmp_path / 'a.csv')!r}: Permission denied$"):
-        with files.atomic_write(tmp_path / "a.csv") as f:
-            f.write("x")
+    target = tmp_path / "a.csv"
+    with pytest.raises(files.WriteError, match=rf"^cannot write {str(target)!r}: Permission denied$"), \
+            files.atomic_write(target) as f:
+        f.write("x")
 
 
 def test_a_bug_inside_the_block_is_not_called_a_write_error(tmp_path):
-    with pytest.raises(KeyError):
-        with files.atomic_write(tmp_path / "a.txt"):
-            raise KeyError("bug")
+    with pytest.raises(KeyError), files.atomic_write(tmp_path / "a.txt"):
+        raise KeyError("bug")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_full_organism_cache_is_reported_against_the_cache_folder(tmp_path, monkeypatch):
     _full_disk(monkeypatch)
     with pytest.raises(files.WriteError) as e:
-        load_or_pretrain("persona_em", model_cfg=TINY, cfg=PretrainConfig(steps=2, batch_size=4), cache_dir=tmp_path / "cache",
-                         progress=False)
+        load_or_pretrain("persona_em", model_cfg=TINY, cfg=PretrainConfig(steps=2, batch_size=4),
+                         cache_dir=tmp_path / "cache", progress=False)
     cache = tmp_path / "cache" / "organisms"
     assert str(e.value).startswith(f"cannot write '{cache}/persona_em-")
-    assert str(e.value).endswith(f"/model.safetensors': No space left on device; the cache is {str(cache)!r}: free space there "
-                                 "or set CAFT_TL_CACHE to another folder")
+    assert str(e.value).endswith(f"/model.safetensors': No space left on device; the cache is "
+                                 f"{str(cache)!r}: free space there or set CAFT_TL_CACHE to another folder")
     monkeypatch.undo()
     assert not list(cache.rglob("model.safetensors")) and not list(cache.rglob("*.tmp"))
 
 
 def test_a_byte_flipped_in_a_cached_organism_is_caught(tmp_path):
-    kwargs = dict(model_cfg=TINY, cfg=PretrainConfig(steps=2, batch_size=4), cache_dir=tmp_path, progress=False)
+    kwargs = {"model_cfg": TINY, "cfg": PretrainConfig(steps=2, batch_size=4), "cache_dir": tmp_path,
+              "progress": False}
     _, _, folder = load_or_pretrain("persona_em", **kwargs)
     weights = folder / "model.safetensors"
     blob = bytearray(weights.read_bytes())
-    blob[-3] ^= 0x01  # a weight's last byte: still a loadable file, a silently different number without the checksum
+    blob[-3] ^= 0x01  # a weight's byte: still loadable, a silently different number without the checksum
     weights.write_bytes(bytes(blob))
     with pytest.raises(files.CorruptFileError) as e:
         load_or_pretrain("persona_em", **kwargs)
-    assert str(e.value).startswith(f"cannot read {str(weights)!r}: its content changed since caft-tl wrote it")
+    expected = f"cannot read {str(weights)!r}: its content changed since caft-tl wrote it"
+    assert str(e.value).startswith(expected)
