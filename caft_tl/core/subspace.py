@@ -67,6 +67,12 @@ class Subspace:
         object.__setattr__(self, "provenance", dict(self.provenance))
         object.__setattr__(self, "_versions", self._tensor_versions())
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (a worker process, ``copy.deepcopy``): torch rebuilds the tensors in place, so the
+        counters start again from the tensors as they arrive."""
+        self.__dict__.update(state)
+        object.__setattr__(self, "_versions", self._tensor_versions())
+
     def _tensor_versions(self) -> tuple[int, int]:
         """Torch's in-place-edit counters of the basis and μ (``mul_``, ``copy_``, ``[...] =`` bump them)."""
         mu = self.reference_mean

@@ -3,6 +3,7 @@ line naming the value (and the closest valid names) before any work; a subspace 
 invalid after it is made."""
 
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -101,6 +102,7 @@ def test_an_in_place_edit_of_a_subspace_is_refused_where_an_intervention_takes_i
     sub = random_subspace(tiny_model.cfg.d_model, 2, HOOK).with_mean(torch.zeros(tiny_model.cfg.d_model))
     iv = Intervention("steer_mean", [sub], scale=1.0)
     iv.fwd_hooks()  # intact: taken
+    pickle.loads(pickle.dumps(iv)).fwd_hooks()  # and in a worker process (torch rebuilds tensors in place)
     edit(sub)
     message = r"^the subspace at 'blocks.0.hook_resid_post' was edited in place after it was made"
     takes = (lambda: Intervention("steer_mean", [sub], scale=1.0), iv.fwd_hooks, lambda: iv.check(tiny_model))
