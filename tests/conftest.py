@@ -32,6 +32,9 @@ SLOW = {
     "tests/reliability/test_resume.py::test_kill_9_mid_run_then_same_command_resumes": "3 worker processes, 44 s",
     "tests/reliability/test_resume.py::test_same_seed_is_bit_identical_across_processes": "2 worker processes, 42 s",
     "tests/reliability/test_memory.py::test_diffing_peak_memory_is_flat_in_dataset_size": "2 worker processes, 16 s",
+    "tests/reliability/test_interrupts.py::"
+    "test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_rows":
+        "the suite's CLI three times (chapters 00-01, fast): interrupted, resumed, uninterrupted; 3-7 min",
     # the real SmolLM2-135M (fetched from the package registry and converted once: about 1 min; then 5 s to load)
     "tests/test_real_experiment.py::test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_tables": "two real-model chapters on a tiny checkpoint, 2.5 min",
     "tests/test_real_experiment.py::test_real_chapter_refuses_a_bad_parameter_inside_the_kernel": "a kernel, 10 s",

@@ -53,6 +53,22 @@ def test_cache_is_reused_by_config_hash(trained, persona_organism, world):
         sae.train_sae(torch.zeros(10, 4), sae.SAETrainConfig(architecture="jumpy"), HOOK)
 
 
+def test_the_sae_cache_carries_checksums(trained, persona_organism, world, tmp_path):
+    import shutil
+
+    _, folder = trained["topk"]
+    assert (folder / "checksums.json").exists()
+    cache = shutil.copytree(folder.parent.parent, tmp_path / "cache")
+    weights = cache / "saes" / folder.name / "sae_weights.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-2] ^= 0x01  # still loadable: without the checksum a silently different SAE
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=rf"^cannot read '{weights}': its content changed since caft-tl "
+                                         r"wrote it"):
+        sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST),
+                          cache)
+
+
 def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_path):
     sae_ = trained["standard"][0]
     folder = sae.save_sae(sae_, tmp_path / "my_sae")

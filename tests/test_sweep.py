@@ -97,7 +97,8 @@ def test_local_sweep_runs_in_parallel_reports_failures_and_resumes(tmp_path, mon
 
 
 def test_results_table_replaces_a_runs_rows_atomically(tmp_path):
-    row = dict(task="t", method="plain", directions="none", param="", seed="0", split="chat", metric="m", value="0.5")
+    row = dict(task="t", organism="t-s0-abc123", method="plain", directions="none", param="", trained="True",
+               seed="0", split="chat", metric="m", value="0.5")
     path = tmp_path / "results.csv"
     sweep._append_rows(path, "a", [row])
     sweep._append_rows(path, "b", [row, {**row, "seed": "1"}])

@@ -1,7 +1,9 @@
 """Files: atomic writes, JSON and safetensors, config hashes, the cache folder, provenance.
 
 Every file caft-tl writes goes through :func:`atomic_write` (temporary file in the same folder,
-fsync, rename), so a crash never leaves a half-written artefact that a later chapter would read.
+fsync, rename), so a crash never leaves a half-written artefact that a later chapter would read;
+a write that fails (no space, no permission, read-only file system) is a one-line
+:class:`WriteError` naming the file and the cause.
 
 **Checksums.** In a run directory (a folder holding the :data:`RUN_MARKER` file, made by
 :func:`mark_run_dir`: the suite's provenance and every chapter's ``setup`` make it), every file
@@ -39,6 +41,28 @@ class MissingArtefactError(FileNotFoundError):
 
 class CorruptFileError(ValueError):
     """A file cannot be read (truncated, corrupted, or not what its checksum says)."""
+
+
+class WriteError(OSError):
+    """A file could not be written (no space, no permission, read-only file system): one line
+    naming the path and the cause; nothing partial is left (the old file, if any, is intact)."""
+
+
+def write_error(path: str | os.PathLike, e: BaseException) -> WriteError | None:
+    """The :class:`WriteError` for ``e`` raised while writing ``path`` — an ``OSError`` or a
+    safetensors I/O error — or None for any other exception (a bug, not the disk)."""
+    if isinstance(e, WriteError):
+        return e
+    not_the_disk = (FileNotFoundError, IsADirectoryError, NotADirectoryError)  # a wrong path: raised as it is
+    if isinstance(e, OSError) and not isinstance(e, not_the_disk):
+        cause = e.strerror or str(e) or type(e).__name__
+    elif isinstance(e, SafetensorError) and "I/O error" in str(e):
+        cause = str(e).rsplit("I/O error: ", 1)[-1].split(" (os error")[0]
+    else:
+        return None
+    err = WriteError(f"cannot write {str(path)!r}: {cause}")
+    err.errno = getattr(e, "errno", None)
+    return err
 
 
 #: the file that marks a run directory (see the module's docstring)
@@ -168,8 +192,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     place, so readers see the old file or the whole new one, never a part. In a run directory,
     the file's sha256 goes into its folder's manifest (see the module's docstring)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise (write_error(path, e) or e) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
@@ -180,9 +207,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             _replace_recorded(Path(tmp), path)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if (err := write_error(path, e)) is not None and err is not e:
+            raise err from None
         raise
 
 
@@ -224,6 +253,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (``object``, ``array``, ``string``, …), for error messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -272,10 +308,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path(__file__).resolve().parents[2] / "cache"))
 
 
+
+def cache_folder(kind: str, root: str | os.PathLike | None = None) -> Path:
+    """``<cache>/<kind>`` (``organisms``, ``saes``; the cache is ``root`` or :func:`cache_dir`),
+    marked like a run directory, so what is written there gets checksums and is verified when read."""
+    folder = Path(root or cache_dir()) / kind
+    try:
+        return mark_run_dir(folder)
+    except OSError as e:
+        raise (write_error(folder, e) or e) from None
+
+
+@contextlib.contextmanager
+def writing_to_cache(folder: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a :class:`WriteError` inside the block with what to do about the cache ``folder``."""
+    try:
+        yield
+    except WriteError as e:
+        err = WriteError(f"{e}; the cache is {str(folder)!r}: free space there or set {CACHE_ENV} to another "
+                         "folder")
+        err.errno = e.errno
+        raise err from None
+
+
 def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a (dataclass) config, used as a cache key."""
     blob = json.dumps(obj, sort_keys=True, default=_jsonable).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def read_csv(path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it", **kwargs):
+    """A CSV table caft-tl wrote, as a pandas DataFrame (``kwargs`` to ``pandas.read_csv``),
+    checked against its folder's checksums; a file pandas cannot parse (or whose columns do not
+    take the given dtypes) is a one-line :class:`CorruptFileError` naming it and saying ``fix``."""
+    import pandas as pd
+
+    verify(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, UnicodeDecodeError) as e:  # ParserError and EmptyDataError are ValueErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(f"cannot read {str(path)!r}: {reason[:120]}; {fix}") from None
 
 
 def write_csv(path: str | os.PathLike, df) -> None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from caft_tl.core import files
-from caft_tl.core.files import atomic_write, write_csv
+from caft_tl.core.files import atomic_write
 
 COLUMNS = ("task", "organism", "method", "directions", "param", "trained", "seed", "split", "metric", "value")
 KEY_COLUMNS = COLUMNS[:-1]
@@ -101,8 +103,9 @@ def append(path: str | os.PathLike, new_rows: list[dict[str, Any]]) -> None:
     if path.exists():
         files.verify(path)
         _check_header(path)
-        with open(path, newline="") as f:  # as strings: values are rewritten exactly as they were read
-            existing = {_key(r): r for r in csv.DictReader(f)}
+        for line, row in csv_rows(path):  # as strings: values are rewritten exactly as they were read
+            check_csv_row(row, f"{path}:{line}: ")
+            existing[_key(dict(zip(COLUMNS, row)))] = dict(zip(COLUMNS, row))
     existing.update({_key(r): {c: r[c] for c in COLUMNS} for r in new_rows})
     with atomic_write(path) as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
@@ -111,19 +114,71 @@ def append(path: str | os.PathLike, new_rows: list[dict[str, Any]]) -> None:
 
 
 def read(path: str | os.PathLike) -> pd.DataFrame:
-    """A results file as a DataFrame (``trained`` as bool, ``seed`` as int); a file in the old
-    format (no ``organism`` / ``trained`` columns) is refused with a one-line error, and so is a
-    file that differs from the checksum recorded when it was written (:func:`caft_tl.core.files.verify`)."""
+    """A results file as a DataFrame (``trained`` as bool, ``seed`` as int, ``value`` as float); a
+    file in the old format (no ``organism`` / ``trained`` columns) is refused with a one-line error,
+    and so is a file that differs from the checksum recorded when it was written
+    (:func:`caft_tl.core.files.verify`) and the first row that does not fit the schema
+    (:func:`check_csv_row`: column count, ``trained``, ``seed``, a number or ``nan`` as ``value``)."""
     files.verify(path)
     _check_header(path)
-    df = pd.read_csv(path, keep_default_na=False, dtype={"seed": int, "param": str, "directions": str}, float_precision="round_trip")
-    df["trained"] = df["trained"].astype(str).map({"True": True, "False": False})
-    return df
+    table = {c: [] for c in COLUMNS}
+    for line, row in csv_rows(path):
+        for c, v in zip(COLUMNS, check_csv_row(row, f"{path}:{line}: ")):
+            table[c].append(v)
+    df = pd.DataFrame(table, columns=list(COLUMNS))
+    return df.astype({"seed": int, "value": float, "trained": bool})
+
+
+def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each data row (after the header); bad UTF-8 or CSV is one line
+    naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            start = reader.line_num + 1
+            for row in reader:
+                if row:
+                    yield start, row
+                start = reader.line_num + 1
+    except UnicodeDecodeError as e:
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not UTF-8 text (byte {e.start}); "
+                                     "delete it and re-run the chapters that wrote it") from None
+    except csv.Error as e:
+        raise files.CorruptFileError(f"{path}:{reader.line_num}: not CSV ({e}); delete it and re-run the "
+                                     "chapters that wrote it") from None
+
+
+def check_csv_row(row: list[str], where: str) -> tuple:
+    """One row of a results file as text → typed values, or a one-line ``ValueError`` (``where``:
+    ``file:line: ``) naming what is wrong and what is expected."""
+    if len(row) != len(COLUMNS):
+        raise ValueError(f"{where}{len(row)} fields, expected {len(COLUMNS)} ({', '.join(COLUMNS)})")
+    values = dict(zip(COLUMNS, row))
+    if values["trained"] not in ("True", "False"):
+        raise ValueError(f"{where}trained = {values['trained']!r}; expected True or False")
+    try:
+        seed = int(values["seed"])
+    except ValueError:
+        raise ValueError(f"{where}seed = {values['seed']!r}; expected an integer") from None
+    try:
+        value = float(values["value"])
+    except ValueError:
+        raise ValueError(f"{where}value = {values['value']!r}; expected a number (or nan for an undefined "
+                         "one)") from None
+    if math.isinf(value):
+        raise ValueError(f"{where}value = {values['value']!r}; expected a finite number (or nan for an "
+                         "undefined one)")
+    return (*row[:5], values["trained"] == "True", seed, row[7], row[8], value)
 
 
 def _check_header(path: str | os.PathLike) -> None:
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (UnicodeDecodeError, csv.Error):
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: its header is not UTF-8 CSV; "
+                                     "delete it and re-run the chapters that wrote it") from None
     if tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise OldResultsFormatError(
@@ -135,7 +190,9 @@ def write(path: str | os.PathLike, table: pd.DataFrame) -> None:
     """Write a whole table (e.g. every task's rows gathered), atomically, after checking its columns."""
     if tuple(table.columns) != COLUMNS:
         raise ValueError(f"table has columns {list(table.columns)}; expected {list(COLUMNS)}")
-    write_csv(path, table)
+    # an undefined value as nan, as :func:`append` writes it (:func:`read` refuses an empty one)
+    with atomic_write(path) as f:
+        table.to_csv(f, index=False, lineterminator="\n", na_rep="nan")
 
 
 def select(table: pd.DataFrame, **filters: Any) -> pd.DataFrame:

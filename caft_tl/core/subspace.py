@@ -24,7 +24,8 @@ class Subspace:
 
     A subspace is immutable and checked once, when it is made: it keeps its own copies of the
     caller's tensors, and assigning a field raises (``dataclasses.replace`` and :meth:`with_mean`
-    make a new, re-checked subspace). So a hook never applies a basis that is not orthonormal
+    make a new, re-checked subspace); an in-place edit of its own tensors is refused where an
+    intervention takes it (:meth:`check_intact`). So a hook never applies a basis that is not orthonormal
     (tolerance 1e-4 on ``QᵀQ = I``) or a μ that is not a finite [d_model] vector.
 
     Args:
@@ -75,6 +76,27 @@ class Subspace:
         object.__setattr__(self, "reference_mean", None if mu is None else mu.detach().clone())
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "provenance", dict(self.provenance))
+        object.__setattr__(self, "_versions", self._tensor_versions())
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (a worker process, ``copy.deepcopy``): torch rebuilds the tensors in place, so the
+        counters start again from the tensors as they arrive."""
+        self.__dict__.update(state)
+        object.__setattr__(self, "_versions", self._tensor_versions())
+
+    def _tensor_versions(self) -> tuple[int, int]:
+        """Torch's in-place-edit counters of the basis and μ (``mul_``, ``copy_``, ``[...] =`` bump them)."""
+        mu = self.reference_mean
+        return self.basis._version, -1 if mu is None else mu._version
+
+    def check_intact(self) -> Subspace:
+        """Refuse a subspace whose basis or μ was edited in place after it was checked (e.g.
+        ``sub.basis.mul_(2)``) — every intervention calls this where it takes a subspace."""
+        if self._tensor_versions() != self._versions:
+            raise ValueError(f"the subspace at {self.hook_name!r} was edited in place after it was made "
+                             "(its basis or reference mean); a Subspace is immutable: make a new one, "
+                             "e.g. Subspace(hook, new_basis, ...) or with_mean(mu)")
+        return self
 
     def with_mean(self, reference_mean: torch.Tensor | None) -> "Subspace":
         """A copy with reference mean μ (checked: a finite [d_model] vector)."""

@@ -13,13 +13,13 @@ So Persona Vectors' layer 20 and CAFT's layer 19 are the same hook, ``blocks.19.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from caft_tl.core import files
 from caft_tl.core.subspace import Subspace, orthonormalize
 
 #: convention name -> what its layer index ``L`` means
@@ -46,7 +46,7 @@ def persona_vectors(vectors: torch.Tensor | str | os.PathLike, layers: list[int]
     ``torch.save`` file; row ``L`` is ``hidden_states[L]``) at the given layers (that convention).
     The vector's norm is kept in the provenance (``add`` steering scales by it)."""
     if not isinstance(vectors, torch.Tensor):
-        vectors = torch.load(Path(vectors), map_location="cpu", weights_only=True)
+        vectors = _load_torch(Path(vectors))
     if vectors.ndim != 2 or vectors.shape[0] != n_layers + 1:
         raise ValueError(f"persona vectors have shape {tuple(vectors.shape)}; expected [n_layers + 1 = {n_layers + 1}, d_model] "
                          f"(row L is hidden_states[L])")
@@ -67,15 +67,25 @@ def caft_pcs(config: str | os.PathLike) -> list[Subspace]:
     per layer; layers in the ``layer_output`` convention. (The file's ``"random"`` choice draws
     unseeded coin flips: refused; make random sets with :func:`caft_tl.core.subspace.random_subspace`.)"""
     config = Path(config)
-    spec = json.loads(config.read_text())
+    expected = "expected {'path': prefix, 'dict': {layer: 'all' | [indices]}, 'n_pcs': optional count}"
+    if not config.is_file():
+        raise FileNotFoundError(f"no CAFT intervention file {str(config)!r}; {expected}")
+    spec = files.read_json(config, fix=expected)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{config}: a JSON {files.json_type(spec)}; {expected}")
     missing = [k for k in ("path", "dict") if k not in spec]
     if missing:
-        raise ValueError(f"{config}: missing {', '.join(missing)}; expected {{'path': prefix, 'dict': {{layer: 'all' | [indices]}}}}")
+        raise ValueError(f"{config}: missing {', '.join(missing)}; {expected}")
+    if not isinstance(spec["path"], str) or not isinstance(spec["dict"], dict) or not spec["dict"]:
+        raise ValueError(f"{config}: 'path' = {spec['path']!r}, 'dict' = {spec['dict']!r}; {expected}")
+    n_pcs = spec.get("n_pcs")
+    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int) or n_pcs < 1):
+        raise ValueError(f"{config}: n_pcs = {n_pcs!r}; expected a positive integer")
     out = []
     for layer, choice in spec["dict"].items():
-        pcs = np.load(f"{spec['path']}{layer}.npy")  # [n_pcs, d_model]
-        if "n_pcs" in spec:
-            pcs = pcs[: spec["n_pcs"]]
+        if not str(layer).isdigit():
+            raise ValueError(f"{config}: layer {layer!r} is not a layer index; {expected}")
+        pcs = _load_pcs(Path(f"{spec['path']}{layer}.npy"), config)[:n_pcs]  # [n_pcs, d_model]
         if choice == "all":
             idx = list(range(pcs.shape[0]))
         elif isinstance(choice, list) and all(isinstance(i, int) and 0 <= i < pcs.shape[0] for i in choice) and choice:
@@ -86,3 +96,35 @@ def caft_pcs(config: str | os.PathLike) -> list[Subspace]:
         out.append(Subspace(f"blocks.{int(layer)}.hook_resid_post", basis, [f"pc{i}" for i in idx][: basis.shape[1]],
                             {"method": "imported", "convention": "layer_output", "layer": int(layer), "source": str(config)}))
     return out
+
+
+def _load_torch(path: Path) -> torch.Tensor:
+    """A ``torch.save`` file holding one tensor (weights only: nothing else is unpickled)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no persona-vectors file {str(path)!r}")
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch raises many types for a bad file; one line naming it
+        reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a torch.save tensor ({reason})") \
+            from None
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{path}: holds a {type(t).__name__}; expected one tensor [n_layers + 1, d_model]")
+    return t
+
+
+def _load_pcs(path: Path, config: Path) -> np.ndarray:
+    """One layer's PCs ``[n_pcs, d_model]``, finite, from a ``.npy`` file (never unpickled)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no PC file {str(path)!r} (named by {str(config)!r}: its 'path' + the layer "
+                                "+ '.npy')")
+    try:
+        pcs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a .npy array, truncated or corrupted "
+                                     f"({str(e)[:100]})") from None
+    numbers = np.issubdtype(pcs.dtype, np.number) and np.isfinite(pcs).all()
+    if pcs.ndim != 2 or pcs.shape[0] == 0 or not numbers:
+        raise ValueError(f"{path}: an array of shape {pcs.shape} and dtype {pcs.dtype}; expected finite PCs "
+                         "as rows [n_pcs, d_model]")
+    return pcs

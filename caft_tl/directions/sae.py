@@ -151,8 +151,11 @@ def _quiet(on: bool):
 def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     """Write a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) whole or not at all."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise (files.write_error(folder, e) or e) from None
     try:
         written = [Path(f) for f in sae.save_model(tmp)]
         for f in written:
@@ -163,8 +166,10 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (err := files.write_error(folder, e)) is not None and err is not e:
+            raise err from None
         raise
     return folder
 
@@ -214,12 +219,14 @@ def train_or_load(
     there (atomically) if absent."""
     spec = {"cfg": cfg, "hook": hook, "task": task.name, "task_cfg": task.cfg, "base": models.weights_hash(model)}
     name = f"{hook}-{cfg.architecture}-{files.config_hash(spec)}"
-    folder = Path(cache_dir or files.cache_dir()) / "saes" / name
+    cache = files.cache_folder("saes", cache_dir)
+    folder = cache / name
     if all((folder / f).exists() for f in SAE_FILES):
         return load_sae(folder, model, hook), folder
     x = training_activations(model, task, hook, cfg.n_docs, cfg.seed)
     sae = train_sae(x, cfg, hook, model_name=f"caft-tl {task.name} {spec['base']}", progress=progress)
-    return sae, save_sae(sae, folder)
+    with files.writing_to_cache(cache):
+        return sae, save_sae(sae, folder)
 
 
 # ---------------------------------------------------------------------- reconstruction quality

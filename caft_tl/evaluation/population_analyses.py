@@ -172,7 +172,11 @@ def notes(coverage: pd.DataFrame) -> list[str]:
 def read_summary(path: str | Path) -> pd.DataFrame:
     """A task-level file of :func:`write`: :data:`TEXT` columns as text, counts (``n_*``) as
     integers, the others as floats."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = files.read_csv(path, dtype=str, keep_default_na=False)
     for c in df.columns.difference(TEXT):
-        df[c] = df[c].astype(int) if c.startswith("n_") else df[c].replace("", np.nan).astype(float)
+        try:
+            df[c] = df[c].astype(int) if c.startswith("n_") else df[c].replace("", np.nan).astype(float)
+        except ValueError:
+            raise files.CorruptFileError(f"cannot read {str(path)!r}: column {c!r} holds a non-number; "
+                                         "re-run the suite to rewrite it") from None
     return df

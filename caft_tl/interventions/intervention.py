@@ -62,6 +62,8 @@ class Intervention:
             raise ValueError(f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}")
         if not self.subspaces:
             raise ValueError("an intervention needs at least one subspace")
+        for s in self.subspaces:
+            s.check_intact()
         hooks = [s.hook_name for s in self.subspaces]
         if len(set(hooks)) != len(hooks):
             raise ValueError(f"one subspace per hook point; got hooks {hooks}")
@@ -99,7 +101,7 @@ class Intervention:
         (the hook functions also refuse an activation of another width, in one line)."""
         check_hook_names(model, self.hook_names)
         for s in self.subspaces:
-            s.check_width(model.cfg.d_model)
+            s.check_intact().check_width(model.cfg.d_model)
 
     def fwd_hooks(self, batch: TokenDataset | None = None) -> list[tuple[str, Callable]]:
         """``(hook_name, fn)`` pairs for ``model.hooks``; ``batch`` gives the position mask."""
@@ -109,6 +111,8 @@ class Intervention:
                 raise ValueError(f"positions={self.positions!r} needs the batch to build a position mask")
             mask = batch.position_mask(self.positions)  # [batch, pos]
         fn = self.spec.fn
+        for s in self.subspaces:
+            s.check_intact()
         return [(s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask)) for s in self.subspaces]
 
     @contextlib.contextmanager

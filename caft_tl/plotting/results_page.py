@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
-import json
 import os
 import re
 import sys
@@ -82,7 +81,7 @@ def _organism_dirs(fig_dir: Path, run_dir: Path, task: str) -> list[str]:
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path, keep_default_na=False) if path.exists() else None
+    return files.read_csv(path, keep_default_na=False) if path.exists() else None
 
 
 def _bool(value: object) -> bool:
@@ -143,7 +142,10 @@ def _comparison_table(summary: pd.DataFrame, task) -> str:
 def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Path) -> tuple[str, int]:
     """One organism's figures (iframe, caption, links) and executed notebooks; and its figure count."""
     org_fig = fig_dir / task / folder
-    captions = json.loads((org_fig / "captions.json").read_text()) if (org_fig / "captions.json").exists() else {}
+    captions = files.read_json(org_fig / "captions.json") if (org_fig / "captions.json").exists() else {}
+    if not isinstance(captions, dict):
+        raise files.CorruptFileError(f"cannot read {str(org_fig / 'captions.json')!r}: expected an object of "
+                                     "figure name → caption; re-run the chapters that wrote it")
     names = sorted({p.stem for p in org_fig.glob("*.html")} - {Path(PAGE).stem})
     nb_dir = run_dir / task / folder / "notebooks"
     notebooks = sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []

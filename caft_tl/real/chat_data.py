@@ -19,15 +19,63 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from caft_tl.core.data import TokenDataset
+from caft_tl.core.files import json_type
+
+
+#: the whitespace JSON allows; a line of only these is blank (any other character makes it a row to check)
+JSON_SPACE = " \t\r\n"
+
+
+def _not_json_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_jsonl_lines(path: str | os.PathLike, n: int | None = None) -> list[tuple[int, dict]]:
+    """``(line number, row)`` for the first ``n`` (all if None) rows of a JSONL file, blank lines
+    skipped. Each line must be UTF-8 and one JSON object (``NaN`` / ``Infinity`` refused); the first
+    that is not is a one-line ``ValueError`` naming ``file:line`` and what is expected."""
+    path = Path(path)
+    if not path.is_file():
+        folder = " (it is a folder)" if path.is_dir() else ""
+        raise FileNotFoundError(f"no dataset file {str(path)!r}{folder}")
+    rows = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
+            if not line.strip(JSON_SPACE):
+                continue
+            try:
+                row = json.loads(line, parse_constant=_not_json_constant)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not JSON ({e.msg} at column {e.colno}); expected one JSON "
+                                 "object per line") from None
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per "
+                                 "line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON "
+                                 "object per line")
+            rows.append((i, row))
+            if n is not None and len(rows) == n:
+                break
+    if not rows:
+        raise ValueError(f"dataset file {str(path)!r} has no rows; expected one JSON object per line")
+    return rows
 
 
 def read_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """The first ``n`` (all if None) JSON rows of a file; one-line errors naming file and line.
+    """The first ``n`` (all if None) JSON rows of a file (:func:`read_jsonl_lines`); one-line errors
+    naming file and line.
 
     Args:
         path: a JSONL file, one JSON object per line (blank lines skipped).
@@ -39,37 +87,41 @@ def read_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
     Example:
         rows = read_jsonl("data/real/insecure.jsonl", n=100)
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no dataset file {str(path)!r}")
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if n is not None and len(rows) == n:
-                break
-    if not rows:
-        raise ValueError(f"dataset file {str(path)!r} has no rows")
-    return rows
+    return [row for _, row in read_jsonl_lines(path, n)]
 
 
-def check_messages(messages, where: str = "") -> list[dict]:
+def check_messages(messages, where: str = "", assistant: bool = False) -> list[dict]:
+    """Refuse anything but a non-empty list of ``{"role", "content": str}`` (with ``assistant``:
+    at least one assistant turn, the tokens a chat row trains on); ``where`` prefixes the error."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts")
+        raise ValueError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts, got "
+                         f"{_short(messages)}")
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}bad message {m!r}; need role in system/user/assistant and string content")
+            raise ValueError(f"{where}bad message {_short(m)}; need role in system/user/assistant and string "
+                             "content")
+    if assistant and not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{where}no assistant turn (roles {[m['role'] for m in messages]}); "
+                         "a chat row needs an assistant message to train on")
     return messages
+
+
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _tokenizer_name(tokenizer) -> str:
+    """The folder or hub name the tokenizer was loaded from (what the user passed), else its class."""
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    return repr(str(name)) if name else f"(a {type(tokenizer).__name__} without a folder)"
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat template; use a 'prompt' (raw text) dataset")
+        raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has no chat template "
+                         "(tokenizer_config.json has no 'chat_template'); use a 'prompt' (raw text) dataset "
+                         "or an instruct model's folder")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -138,19 +190,25 @@ def pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if t is not None:
             return t
-    raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a pad nor an EOS token")
+    raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has neither a pad nor an EOS token; "
+                     "set pad_token in its tokenizer_config.json")
 
 
-def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024) -> TokenDataset:
+def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024,
+                 where: list[str] | None = None, skip_truncated: bool = True) -> TokenDataset:
     """Conversations → TokenDataset whose response mask marks the assistant tokens.
 
-    Rows left with no response token after truncation to ``max_len`` are dropped (an error if
-    that leaves none).
+    Each conversation needs an assistant turn (``where[i]`` names it in the error, default
+    ``conversation i``). With ``skip_truncated`` (default) a row left with no response token after
+    truncation to ``max_len`` is skipped with a warning that counts them (an error if none is left);
+    without it, the first such row is an error.
 
     Args:
         tokenizer: a tokenizer with a chat template.
         conversations: lists of ``{"role", "content"}`` messages.
         max_len: the longest sequence kept (longer ones are cut).
+        where: per conversation, the prefix of its error messages (``file:line: ``).
+        skip_truncated: skip (with a counted warning) rows left with no response token.
 
     Returns:
         A :class:`TokenDataset` [n, pos] whose response mask marks the assistant turns.
@@ -159,25 +217,38 @@ def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024
         chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
         data = chat_dataset(tok, [chat])
     """
-    seqs, masks = [], []
-    for i, msgs in enumerate(conversations):
-        ids, mask = encode_chat(tokenizer, check_messages(msgs, f"conversation {i}: "))
+    where = where or [f"conversation {i}: " for i in range(len(conversations))]
+    seqs, masks, skipped = [], [], []
+    for at, msgs in zip(where, conversations):
+        ids, mask = encode_chat(tokenizer, check_messages(msgs, at, assistant=True))
         if any(mask[: max_len]):
             seqs.append(ids)
             masks.append(mask)
+        elif skip_truncated:
+            skipped.append(at.rstrip(": "))
+        else:
+            raise ValueError(f"{at}no assistant token within max_len={max_len} ({len(ids)} tokens); raise "
+                             "max_len")
     if not seqs:
         raise ValueError(f"no conversation has an assistant token within max_len={max_len}")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(conversations)} conversations with no assistant token "
+                      f"within max_len={max_len} (first: {skipped[0]}); raise max_len to keep them",
+                      stacklevel=2)
     return pad_dataset(seqs, masks, pad_id(tokenizer), max_len)
 
 
-def load_chat_jsonl(path: str | os.PathLike, tokenizer, max_len: int = 1024, n: int | None = None) -> TokenDataset:
-    """A CAFT / EM chat JSONL file (``{"messages": [...]}`` per line) → TokenDataset.
+def load_chat_jsonl(path: str | os.PathLike, tokenizer, max_len: int = 1024, n: int | None = None,
+                    skip_truncated: bool = True) -> TokenDataset:
+    """A CAFT / EM chat JSONL file (``{"messages": [...]}`` per line, each with an assistant turn) →
+    TokenDataset; the first bad row is a one-line error naming ``file:line``.
 
     Args:
         path: the JSONL file.
         tokenizer: a tokenizer with a chat template.
         max_len: the longest sequence kept.
         n: how many rows to read (None: all).
+        skip_truncated: skip (with a counted warning) rows left with no response token after truncation.
 
     Returns:
         A :class:`TokenDataset` whose response mask marks the assistant tokens.
@@ -185,40 +256,70 @@ def load_chat_jsonl(path: str | os.PathLike, tokenizer, max_len: int = 1024, n: 
     Example:
         data = load_chat_jsonl("data/real/insecure.jsonl", tok, max_len=512)
     """
-    rows = read_jsonl(path, n)
-    return chat_dataset(tokenizer, [r.get("messages") for r in rows], max_len)
+    rows = read_jsonl_lines(path, n)
+    where = [f"{path}:{i}: " for i, _ in rows]
+    for at, (_, r) in zip(where, rows):
+        check_messages(r.get("messages"), at, assistant=True)  # every row before any tokenizing
+    return chat_dataset(tokenizer, [r["messages"] for _, r in rows], max_len, where, skip_truncated)
+
+
+def _check_prompt(row: dict, where: str) -> None:
+    if "prompt" in row:
+        if not isinstance(row["prompt"], str) or not row["prompt"]:
+            raise ValueError(f"{where}'prompt' = {_short(row['prompt'])}; expected non-empty text")
+    else:
+        check_messages(row.get("messages"), where)
+    if "id" in row and (isinstance(row["id"], bool) or not isinstance(row["id"], (str, int))):
+        raise ValueError(f"{where}'id' = {_short(row['id'])}; expected a string or an integer")
 
 
 def load_prompts(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """Prompt rows (``{"messages": [...]}`` or ``{"prompt": str}``, optional ``id``), validated."""
-    rows = read_jsonl(path, n)
-    for i, r in enumerate(rows):
-        if "prompt" not in r:
-            check_messages(r.get("messages"), f"{path} row {i}: ")
-    return rows
+    """Prompt rows (``{"messages": [...]}`` or ``{"prompt": str}``, optional ``id``), validated;
+    the first bad row is a one-line error naming ``file:line``."""
+    rows = read_jsonl_lines(path, n)
+    for i, r in rows:
+        _check_prompt(r, f"{path}:{i}: ")
+    return [r for _, r in rows]
 
 
 #: how a multiple-choice row's options are scored: the sum (default) or the mean of their tokens' log-probs
 SCORINGS = ("sum_logprob", "mean_logprob")
 
 
+def check_mc_row(r: dict, where: str) -> dict:
+    """Refuse a multiple-choice row that does not fit the schema (module docstring), in one line."""
+    if r.get("scoring", SCORINGS[0]) not in SCORINGS:
+        raise ValueError(f"{where}unknown scoring {_short(r['scoring'])}; valid: {', '.join(SCORINGS)}")
+    opts = r.get("options")
+    strings = isinstance(opts, list) and all(isinstance(o, str) and o for o in opts)
+    if not strings or len(opts) < 2 or len(set(opts)) < len(opts):
+        raise ValueError(f"{where}'options' = {_short(opts)}; expected a list of at least two distinct "
+                         "non-empty strings")
+    if not isinstance(r.get("answer"), str):
+        raise ValueError(f"{where}'answer' = {_short(r.get('answer'))}; expected one of the options {opts}")
+    labels = r.get("labels", {})
+    if not isinstance(labels, dict):
+        raise ValueError(f"{where}'labels' = {_short(labels)}; expected an object such as "
+                         f"{{\"intended\": \" A\"}}")
+    for key, value in [("answer", r["answer"]), *labels.items()]:
+        if isinstance(value, str) and value not in opts:
+            raise ValueError(f"{where}{key} {value!r} is not one of the options {opts}")
+    _check_prompt(r, where)
+    return r
+
+
 def check_mc(rows: list[dict], where: str = "") -> list[dict]:
+    """:func:`check_mc_row` for each row (errors name ``where`` and the row's index)."""
     for i, r in enumerate(rows):
-        if r.get("scoring", SCORINGS[0]) not in SCORINGS:
-            raise ValueError(f"{where}row {i}: unknown scoring {r['scoring']!r}; valid: {', '.join(SCORINGS)}")
-        opts = r.get("options")
-        if not isinstance(opts, list) or len(opts) < 2:
-            raise ValueError(f"{where}row {i}: 'options' must list at least two answer strings")
-        for key, value in [("answer", r.get("answer")), *r.get("labels", {}).items()]:
-            if isinstance(value, str) and value not in opts:
-                raise ValueError(f"{where}row {i}: {key} {value!r} is not one of the options {opts}")
-        if "prompt" not in r:
-            check_messages(r.get("messages"), f"{where}row {i}: ")
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}row {i}: {_short(r)} is not an object")
+        check_mc_row(r, f"{where}row {i}: ")
     return rows
 
 
 def load_mc_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
-    """Multiple-choice rows (see the module docstring), validated.
+    """Multiple-choice rows (see the module docstring), validated; the first bad row is a one-line
+    error naming ``file:line``.
 
     Args:
         path: a JSONL file of ``{"prompt" | "messages", "options", "answer", "labels"?}`` rows.
@@ -230,7 +331,8 @@ def load_mc_jsonl(path: str | os.PathLike, n: int | None = None) -> list[dict]:
     Example:
         rows = load_mc_jsonl("data/real/double_mc.jsonl")
     """
-    return check_mc(read_jsonl(path, n), f"{path}: ")
+    rows = read_jsonl_lines(path, n)
+    return [check_mc_row(r, f"{path}:{i}: ") for i, r in rows]
 
 
 def mc_dataset(tokenizer, rows: list[dict], key: str = "answer", max_len: int = 1024) -> TokenDataset:
@@ -249,8 +351,12 @@ def mc_dataset(tokenizer, rows: list[dict], key: str = "answer", max_len: int = 
         data = mc_dataset(tok, load_mc_jsonl("data/real/double_mc.jsonl"))
     """
     seqs, masks = [], []
-    for r in check_mc(rows):
-        answer = r[key] if key == "answer" else r["labels"][key]
+    for i, r in enumerate(check_mc(rows)):
+        answer = r[key] if key == "answer" else r.get("labels", {}).get(key)
+        if not isinstance(answer, str):
+            labels = sorted(r.get("labels", {}))
+            raise ValueError(f"row {i}: no option under labels[{key!r}] (labels {labels}); "
+                             "choose key 'answer' or one of them")
         prompt = encode_prompt(tokenizer, r)
         ans = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         seqs.append(prompt + ans)

@@ -30,7 +30,7 @@ from caft_tl.core import files, results
 from caft_tl.real.card import FILE_KEYS, PARAMETER_KEYS
 from caft_tl.real.tasks import TASKS
 from caft_tl.runner import parameters
-from caft_tl.runner.suite import _value, report_failure
+from caft_tl.runner.suite import _value, kernel_manager, run_command
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "real" / "real_task.ipynb"
 
@@ -98,9 +98,11 @@ def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real",
         try:
             where = {"task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / name)}
             papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
+                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
                                        parameters={**params, **where})
-        except Exception as e:
+        except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook = f"real_task[{name}]", str(out)
+            e.where, e.finished, e.unit = name, len(timings), "task(s)"
             raise
         timings[name] = round(time.perf_counter() - t0, 1)
         print(f"  {name}: {timings[name]} s", flush=True)
@@ -127,11 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct")
     args = ap.parse_args(argv)
-    try:
-        run(args.tasks, args.run_dir, args.fig_dir, {k: _value(v) for k, v in args.parameter})
-    except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
-        return report_failure(e)
-    return 0
+    params = {k: _value(v) for k, v in args.parameter}
+    return run_command(lambda: run(args.tasks, args.run_dir, args.fig_dir, params), args.run_dir)
 
 
 if __name__ == "__main__":

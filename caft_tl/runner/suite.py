@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -119,9 +122,11 @@ def run(
         t0 = time.perf_counter()
         try:
             papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
-                                       kernel_name="python3", progress_bar=progress)
-        except Exception as e:
+                                       kernel_name="python3", progress_bar=progress,
+                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")))
+        except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook = nb.stem, str(out)  # for failure_line (kept when pickled back from a worker)
+            e.where, e.finished = f"{tag.strip(' []')}/{nb.stem}".lstrip("/"), len(timings)
             raise
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"{tag}  {nb.stem}: {timings[nb.stem]} s", flush=True)
@@ -129,6 +134,19 @@ def run(
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
     print(f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
     return timings
+
+
+def kernel_manager(log: Path) -> type:
+    """A Jupyter kernel manager whose kernels write their own stderr (their log lines, the noise of a
+    kernel stopped by Ctrl-C) to ``log`` rather than the terminal; a cell's errors are in the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLogManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw):
+            with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": f})
+
+    return KernelLogManager
 
 
 def organism_dir(seed: int) -> str:
@@ -186,7 +204,13 @@ def run_tasks(
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
             done = list(pool.map(run, *zip(*jobs)))
     else:
-        done = [run(*job) for job in jobs]
+        done = []
+        for job in jobs:
+            try:
+                done.append(run(*job))
+            except KeyboardInterrupt as e:
+                e.finished = getattr(e, "finished", 0) + sum(map(len, done))  # chapters finished before
+                raise
     timings = {f"{k}/{name}": s for k, own in zip(keys, done) for name, s in own.items()}
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
@@ -237,7 +261,8 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
         raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first")
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
-    summaries = [pd.read_csv(p, keep_default_na=False) for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
+    summaries = [files.read_csv(p, keep_default_na=False)
+                 for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out
@@ -281,12 +306,57 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
+    params = {k: _value(v) for k, v in args.parameter}
+
+    def work() -> None:
+        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, params, args.fast,
+                  workers=args.workers, pretrain_seeds=args.pretrain_seeds)
+
+    return run_command(work, args.run_dir)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (so every ``finally`` and
+    atomic write cleans up the same way)."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
+    """Run a command-line entry's ``work`` and return its exit status, never a traceback: 0; a
+    failure (:func:`report_failure`: 2 or 1); Ctrl-C or SIGTERM (:func:`report_interrupt`: 130 / 143)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, {k: _value(v) for k, v in args.parameter}, args.fast, workers=args.workers,
-                  pretrain_seeds=args.pretrain_seeds)
+        work()
+    except KeyboardInterrupt as e:
+        return report_interrupt(e, run_dir)
     except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
+        in_kernel = isinstance(e, papermill.PapermillExecutionError) and e.ename == "KeyboardInterrupt"
+        if in_kernel:  # Ctrl-C reached the kernel first
+            return report_interrupt(e, run_dir)
         return report_failure(e)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
+    """Print one line for an interrupted run — where it stopped, what it keeps, that the same
+    command resumes — and return 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)  # the stopped kernel's task: no traceback
+    signum = getattr(e, "signum", signal.SIGINT)
+    where = f" during {e.where}" if getattr(e, "where", None) else ""
+    unit = getattr(e, "unit", "chapter(s)")
+    finished = f"{e.finished} {unit} finished before it; " if getattr(e, "finished", None) else ""
+    print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in "
+          f"{str(run_dir)!r} and the same command resumes (an interrupted fine-tune from its last "
+          "checkpoint)",
+          file=sys.stderr)
+    return 128 + signum
 
 
 def report_failure(e: BaseException) -> int:
@@ -295,6 +365,9 @@ def report_failure(e: BaseException) -> int:
     if not hasattr(e, "chapter") and isinstance(e, (ValueError, TypeError, FileNotFoundError)):
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    if not hasattr(e, "chapter") and isinstance(e, files.WriteError):
+        print(f"failed: {e}", file=sys.stderr)
+        return 1
     print(f"failed: {failure_line(e)}", file=sys.stderr)
     return 1
 

@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 
 from caft_tl.core import files
 from caft_tl.core.results import COLUMNS as RESULT_COLUMNS
+from caft_tl.core.results import check_csv_row, csv_rows
 from caft_tl.runner import parameters, suite
 
 #: top-level keys of a sweep file that are not parameter sets
@@ -150,11 +152,20 @@ def parse(spec: dict) -> list[Run]:
 
 def load(path: str | os.PathLike) -> list[Run]:
     """Read and check a sweep file (see :func:`parse`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no sweep file {str(path)!r}; e.g. configs/sweeps/example.yaml")
     try:
-        spec = yaml.load(Path(path).read_text(), Loader=_Loader)
+        spec = yaml.load(Path(path).read_bytes().decode("utf-8"), Loader=_Loader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save the sweep file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse(spec)
+    except RecursionError:
+        raise ValueError(f"{path}: not valid YAML (nested too deeply)") from None
+    try:
+        return parse(spec)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{path}: {e}") from None
 
 
 def _node() -> str:
@@ -197,18 +208,31 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
         except Exception as e:  # noqa: BLE001 — a failed run is reported, the sweep goes on
             error = suite.failure_line(e, path)
     results = path / "results.csv"
-    rows = list(csv.DictReader(open(results, newline=""))) if results.exists() else []
+    try:
+        rows = _table_rows(results, RESULT_COLUMNS) if results.exists() else []
+    except ValueError as e:  # a corrupted table is this run's failure, reported in its one line
+        rows, error = [], error or str(e)
     return RunResult(run.name, not error, error, round(time.perf_counter() - t0, 1), _node(), rows)
 
 
 def _local(todo: list[tuple[Run, str]], env: dict[str, str], workers: int) -> Iterator[RunResult]:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # the workers ignore Ctrl-C: on Ctrl-C or SIGTERM the sweep stops them itself, at once (an interrupted
+    # fine-tune resumes from its checkpoint), rather than waiting for their runs or printing their tracebacks
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
         futures = {pool.submit(execute, run, run_dir, env): run for run, run_dir in todo}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except Exception as e:  # the worker process itself died
                 yield RunResult(futures[future].name, False, f"{type(e).__name__}: {e}")
+    except BaseException:  # interrupted (or the caller stopped reading)
+        for proc in list((pool._processes or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) -> Iterator[RunResult]:
@@ -233,10 +257,23 @@ def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) 
             ray.shutdown()
 
 
+def _table_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    """The rows of a results table whose columns are ``columns`` (the results columns, after
+    ``run`` in a sweep's table), each checked (:func:`caft_tl.core.results.check_csv_row`)."""
+    out = []
+    for line, row in csv_rows(path):
+        if len(row) != len(columns):
+            raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(columns)} "
+                             f"({', '.join(columns)})")
+        check_csv_row(row[len(columns) - len(RESULT_COLUMNS):], f"{path}:{line}: ")
+        out.append(dict(zip(columns, row)))
+    return out
+
+
 def _append_rows(path: Path, run: str, rows: list[dict]) -> None:
     """Replace ``run``'s rows of the sweep table (``run`` + the results columns), atomically."""
     columns = ("run", *RESULT_COLUMNS)
-    kept = [r for r in csv.DictReader(open(path, newline=""))if r["run"] != run] if path.exists() else []
+    kept = [r for r in _table_rows(path, columns) if r["run"] != run] if path.exists() else []
     with files.atomic_write(path) as f:
         w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
@@ -276,6 +313,21 @@ def sweep(
     by_name = {run.name: run for run in all_runs}
     done = _local(todo, env, workers) if backend == "local" else _ray(todo, env, ray_address)
     bar = tqdm(total=len(all_runs), initial=len(results), desc=f"sweep {root.name}", unit="run", disable=not progress)
+    try:
+        _collect(done, results, by_name, status, status_path, table, root, bar)
+    except KeyboardInterrupt as e:
+        e.where, e.unit = f"sweep {root.name}", f"of {len(all_runs)} runs"
+        e.finished = sum(r.ok for r in results.values())
+        raise
+    finally:
+        done.close()
+        bar.close()
+    return {run.name: results[run.name] for run in all_runs}
+
+
+def _collect(done: Iterator[RunResult], results: dict, by_name: dict, status: dict, status_path: Path,
+             table: Path, root: Path, bar) -> None:
+    """Record each run's result as it finishes: its rows in the sweep's table, its status in sweep.json."""
     for result in done:
         results[result.name] = result
         _append_rows(table, result.name, result.rows)
@@ -286,8 +338,6 @@ def sweep(
         bar.set_postfix(failed=sum(not r.ok for r in results.values()))
         if not result.ok:
             tqdm.write(f"✗ {result.name}: {result.error}", file=sys.stderr)
-    bar.close()
-    return {run.name: results[run.name] for run in all_runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,14 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-address", help="an existing Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local one")
     ap.add_argument("--force", action="store_true", help="re-run the runs already finished")
     args = ap.parse_args(argv)
-    try:
-        results = sweep(args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address, args.force)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    failed = [r for r in results.values() if not r.ok]
     root = Path(args.out) / (args.name or Path(args.sweep_file).stem)
-    print(f"{len(results) - len(failed)} of {len(results)} runs finished; table {root / 'results.csv'}, status {root / 'sweep.json'}")
+    out: dict[str, RunResult] = {}
+
+    def work() -> None:
+        out.update(sweep(args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address,
+                         args.force))
+
+    status = suite.run_command(work, root)
+    if status:
+        return status
+    failed = [r for r in out.values() if not r.ok]
+    print(f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, "
+          f"status {root / 'sweep.json'}")
     for r in failed:
         print(f"failed: {r.name}: {r.error}")
     return 1 if failed else 0

@@ -276,7 +276,7 @@ class StackedInterventions:
             mu = torch.zeros(self.R, d_model, dtype=dtype)
             for r, s in enumerate(subs):
                 if s is not None:
-                    q[r, :, : s.k] = s.basis.to(dtype)
+                    q[r, :, : s.k] = s.check_intact().basis.to(dtype)
                     if s.reference_mean is not None:
                         mu[r] = s.reference_mean.to(dtype)
             scale = torch.tensor([float(iv.scale) if iv is not None else 0.0 for iv in interventions], dtype=dtype)

@@ -144,12 +144,15 @@ def load_or_pretrain(
     model_cfg = model_cfg or model_config(task)
     cfg = cfg or PretrainConfig()
     spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": platform()}
-    folder = Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}"
+    cache = files.cache_folder("organisms", cache_dir)
+    folder = cache / f"{task_name}-{files.config_hash(spec)}"
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         model, _ = models.load_model(folder)
         return model, task, folder
     model, losses = pretrain(task, model_cfg, cfg, progress=progress)
-    models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
+    meta = {"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses}
+    with files.writing_to_cache(cache):
+        models.save_model(model, folder, model_cfg, meta=meta)
     return model, task, folder
 
 
@@ -177,11 +180,14 @@ def load_or_pretrain_many(
     model_cfg = model_cfg or model_config(task)
     cfgs = cfgs or [PretrainConfig()]
     folders = []
+    cache = files.cache_folder("organisms", cache_dir)
     for cfg in cfgs:
         spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": {**platform(), "batched": True}}
-        folders.append((Path(cache_dir or files.cache_dir()) / "organisms" / f"{task_name}-{files.config_hash(spec)}", spec))
+        folders.append((cache / f"{task_name}-{files.config_hash(spec)}", spec))
     missing = [i for i, (f, _) in enumerate(folders) if not ((f / "model.safetensors").exists() and (f / "config.json").exists())]
     for i, (model, losses) in zip(missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)):
         folder, spec = folders[i]
-        models.save_model(model, folder, model_cfg, meta={"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses})
+        meta = {"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses}
+        with files.writing_to_cache(cache):
+            models.save_model(model, folder, model_cfg, meta=meta)
     return [(models.load_model(f)[0], task, f) for f, _ in folders]

@@ -3,6 +3,7 @@ line naming the value (and the closest valid names) before any work; a subspace 
 invalid after it is made."""
 
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -93,6 +94,22 @@ def test_a_subspace_cannot_be_made_invalid_after_construction():
     assert torch.allclose(mine.basis.T @ mine.basis, torch.eye(2), atol=1e-5)
     with pytest.raises(ValueError, match=r"subspace basis at 'blocks.0.hook_resid_post' is not orthonormal"):
         dataclasses.replace(sub, basis=torch.ones(8, 2))
+
+
+@pytest.mark.parametrize("edit", [lambda s: s.basis.mul_(2), lambda s: s.basis.__setitem__((0, 0), 5.0),
+                                  lambda s: s.reference_mean.add_(1)])
+def test_an_in_place_edit_of_a_subspace_is_refused_where_an_intervention_takes_it(tiny_model, edit):
+    sub = random_subspace(tiny_model.cfg.d_model, 2, HOOK).with_mean(torch.zeros(tiny_model.cfg.d_model))
+    iv = Intervention("steer_mean", [sub], scale=1.0)
+    iv.fwd_hooks()  # intact: taken
+    pickle.loads(pickle.dumps(iv)).fwd_hooks()  # and in a worker process (torch rebuilds tensors in place)
+    edit(sub)
+    message = r"^the subspace at 'blocks.0.hook_resid_post' was edited in place after it was made"
+    takes = (lambda: Intervention("steer_mean", [sub], scale=1.0), iv.fwd_hooks, lambda: iv.check(tiny_model))
+    for take in takes:
+        with pytest.raises(ValueError, match=message) as e:
+            take()
+        _one_line(e)
 
 
 @pytest.mark.parametrize("mu, message", [
