@@ -36,9 +36,13 @@ N_EXAMPLES = 1600  # 50 steps of 32
 
 def _jobs(d_model: int, n: int) -> list[finetunes.FinetuneJob]:
     sub = subspace.random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=0)
-    return [finetunes.FinetuneJob(FinetuneConfig(n_examples=N_EXAMPLES, seed=i // 2),
-                                  *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()))
-            for i in range(n)]
+    return [
+        finetunes.FinetuneJob(
+            FinetuneConfig(n_examples=N_EXAMPLES, seed=i // 2),
+            *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()),
+        )
+        for i in range(n)
+    ]
 
 
 def _matmul_gflops() -> float:
@@ -47,7 +51,7 @@ def _matmul_gflops() -> float:
     t = time.perf_counter()
     for _ in range(20):
         a @ a
-    return 20 * 2 * 512 ** 3 / (time.perf_counter() - t) / 1e9
+    return 20 * 2 * 512**3 / (time.perf_counter() - t) / 1e9
 
 
 def _peak_per_member(n: int) -> float:
@@ -67,7 +71,9 @@ def finetune_rows() -> list[Row]:
     single_jobs = _jobs(base.cfg.d_model, 16)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ref = finetunes.run_finetunes(tmp, base, task, single_jobs, workers=1, progress=False, organism="bench", batch=False)
+        ref = finetunes.run_finetunes(
+            tmp, base, task, single_jobs, workers=1, progress=False, organism="bench", batch=False
+        )
         per_run = (time.perf_counter() - t0) / len(single_jobs)
     out = []
     for n, target in ((16, ">= 5"), (64, ">= 8")):
@@ -82,15 +88,19 @@ def finetune_rows() -> list[Row]:
         # the training alone: achieved GFLOP/s
         datas = [task.finetune_dataset(j.cfg.n_examples, seed=j.cfg.seed) for j in jobs]
         t0 = time.perf_counter()
-        _, losses = batched.finetune_batched(base, datas, [j.cfg for j in jobs], [j.intervention for j in jobs], progress=False)
+        _, losses = batched.finetune_batched(
+            base, datas, [j.cfg for j in jobs], [j.intervention for j in jobs], progress=False
+        )
         t_train = time.perf_counter() - t0
         tokens = sum(len(l) for l in losses) * 32 * datas[0].tokens.shape[1]
         gflops = 6 * n_params * tokens / t_train / 1e9
         mem = _peak_per_member(n)
-        detail = (f"{n} fine-tunes of {N_EXAMPLES} examples (plain/zero, persona_em, d_model 64): {t_batched:.1f} s batched "
-                  f"vs {per_run * n:.1f} s one at a time ({per_run:.2f} s a run, measured on 16); training step "
-                  f"{t_train / len(losses[0]) * 1e3:.0f} ms = {gflops:.1f} GFLOP/s (6·N·T) vs 512³ matmul {gflops_peak:.0f} GFLOP/s; "
-                  f"peak RSS {mem:.2f} MiB per member; max |Δ| rows {diff:.1e}")
+        detail = (
+            f"{n} fine-tunes of {N_EXAMPLES} examples (plain/zero, persona_em, d_model 64): {t_batched:.1f} s batched "
+            f"vs {per_run * n:.1f} s one at a time ({per_run:.2f} s a run, measured on 16); training step "
+            f"{t_train / len(losses[0]) * 1e3:.0f} ms = {gflops:.1f} GFLOP/s (6·N·T) vs 512³ matmul {gflops_peak:.0f} GFLOP/s; "
+            f"peak RSS {mem:.2f} MiB per member; max |Δ| rows {diff:.1e}"
+        )
         out.append(row("batched_finetune", f"{n} runs", per_run * n / t_batched, target, detail))
     return out
 
@@ -121,15 +131,34 @@ def kernel_rows(repeats: int = 3) -> list[Row]:
         return median(ts)
 
     # a chapter that loads the organism builds a HookedTransformer (transformer_lens); 06–08 read the task only
-    model_cell = secs("from caft_tl.runner.chapter import setup\nfrom caft_tl.training import finetunes\nimport transformer_lens")
-    task_cell = secs("from caft_tl.runner.chapter import setup\nfrom caft_tl.evaluation import population_analyses\n"
-                     "from caft_tl.core import files, results, stats\nfrom caft_tl.plotting import figures")
+    model_cell = secs(
+        "from caft_tl.runner.chapter import setup\nfrom caft_tl.training import finetunes\nimport transformer_lens"
+    )
+    task_cell = secs(
+        "from caft_tl.runner.chapter import setup\nfrom caft_tl.evaluation import population_analyses\n"
+        "from caft_tl.core import files, results, stats\nfrom caft_tl.plotting import figures"
+    )
     torch_s, tl_s = secs("import torch"), secs("import transformer_lens")
-    detail = (f"median of {repeats} fresh interpreters: import torch {torch_s:.1f} s, import transformer_lens {tl_s:.1f} s "
-              f"(it imports transformers and datasets itself)")
-    return [row("kernel_start", "chapter import cell (loads the organism: 00–05)", model_cell, "", detail + " (seconds, not a ratio)"),
-            row("kernel_start", "chapter import cell (reads the task only: 06–08)", task_cell, "",
-                "the same imports as chapter 06's cells, no transformer_lens (seconds, not a ratio)")]
+    detail = (
+        f"median of {repeats} fresh interpreters: import torch {torch_s:.1f} s, import transformer_lens {tl_s:.1f} s "
+        f"(it imports transformers and datasets itself)"
+    )
+    return [
+        row(
+            "kernel_start",
+            "chapter import cell (loads the organism: 00–05)",
+            model_cell,
+            "",
+            detail + " (seconds, not a ratio)",
+        ),
+        row(
+            "kernel_start",
+            "chapter import cell (reads the task only: 06–08)",
+            task_cell,
+            "",
+            "the same imports as chapter 06's cells, no transformer_lens (seconds, not a ratio)",
+        ),
+    ]
 
 
 def batched_rows() -> list[Row]:
@@ -157,10 +186,12 @@ def _memory(n: int) -> None:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    batched.finetune_batched(base, datas, [j.cfg for j in jobs], [j.intervention for j in jobs], progress=False)
+    batched.finetune_batched(
+        base, datas, [j.cfg for j in jobs], [j.intervention for j in jobs], progress=False
+    )
     done.set()
     th.join()
-    print(json.dumps({"peak_mib": (peak[0] - start) / 2 ** 20}))
+    print(json.dumps({"peak_mib": (peak[0] - start) / 2**20}))
 
 
 if __name__ == "__main__":

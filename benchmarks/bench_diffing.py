@@ -31,7 +31,11 @@ from caft_tl.diffing.diffs import collect_diff_stats
 #: (name, model config, number of sequences at 1×, d_vocab)
 CONFIGS = {
     "organism": (models.ModelConfig(), 2048, 160),
-    "bench": (models.ModelConfig(n_layers=4, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=64), 64, 512),
+    "bench": (
+        models.ModelConfig(n_layers=4, d_model=256, n_heads=8, d_head=32, d_mlp=1024, n_ctx=64),
+        64,
+        512,
+    ),
 }
 #: the hooks chapter 02 diffs by default
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]
@@ -103,8 +107,10 @@ def throughput_ratio(name: str, reps: int = 3, progress: bool = True, before_fix
             t_diff.append(timed(lambda: run_diff(base, ft, data)))
     n_tok = data.tokens.numel()
     tps_diff, tps_plain = n_tok / median(t_diff), n_tok / median(t_plain)
-    detail = (f"{tps_diff:,.0f} vs {tps_plain:,.0f} tok/s; {n} seqs x {cfg.n_ctx} tokens; "
-              f"L{cfg.n_layers} d{cfg.d_model}; hooks {','.join(HOOKS)}; batch {BATCH_SIZE}; median of {reps}; 1 thread")
+    detail = (
+        f"{tps_diff:,.0f} vs {tps_plain:,.0f} tok/s; {n} seqs x {cfg.n_ctx} tokens; "
+        f"L{cfg.n_layers} d{cfg.d_model}; hooks {','.join(HOOKS)}; batch {BATCH_SIZE}; median of {reps}; 1 thread"
+    )
     setting = f"{name} model" + (" (before stop_at_layer fix)" if before_fix else "")
     return row("diffing_throughput", setting, tps_diff / tps_plain, ">= 0.9", detail)
 
@@ -163,18 +169,39 @@ def memory_rows(name: str = "organism", mults=(4, 16, 64), progress: bool = True
     rows = []
     for r in res:
         kept = r["tokens"] // 2 * cfg.d_model * 4 * 2 * len(HOOKS)  # what keeping all activations would cost
-        rows.append(row("diffing_memory", f"{name} {r['mult']}x ({r['tokens']:,} tokens)", r["peak_delta"] / 2**20, "",
-                        f"MiB peak RSS above pre-call RSS (subprocess, sampled every 2 ms); keeping the selected "
-                        f"activations (ft and base, fp32) would need {kept / 2**20:.0f} MiB"))
+        rows.append(
+            row(
+                "diffing_memory",
+                f"{name} {r['mult']}x ({r['tokens']:,} tokens)",
+                r["peak_delta"] / 2**20,
+                "",
+                f"MiB peak RSS above pre-call RSS (subprocess, sampled every 2 ms); keeping the selected "
+                f"activations (ft and base, fp32) would need {kept / 2**20:.0f} MiB",
+            )
+        )
     ratio = res[-1]["peak_delta"] / max(res[0]["peak_delta"], 1)
-    rows.append(row("diffing_memory", f"{name} {mults[-1]}x / {mults[0]}x", ratio, "",
-                    f"peak RSS increase at {mults[-1]}x tokens / at {mults[0]}x (flat = 1; allocator noise is a few MiB)"))
+    rows.append(
+        row(
+            "diffing_memory",
+            f"{name} {mults[-1]}x / {mults[0]}x",
+            ratio,
+            "",
+            f"peak RSS increase at {mults[-1]}x tokens / at {mults[0]}x (flat = 1; allocator noise is a few MiB)",
+        )
+    )
     # the slope: extra peak memory per extra token, against what keeping the activations costs per token
     kept_per_token = cfg.d_model * 4 * 2 * len(HOOKS) / 2  # half the tokens are selected (response)
     slope = (res[-1]["peak_delta"] - res[0]["peak_delta"]) / (res[-1]["tokens"] - res[0]["tokens"])
-    rows.append(row("diffing_memory", f"{name} growth per token / keeping activations", slope / kept_per_token, "<= 0.05",
-                    f"{slope:.1f} B per extra token between {mults[0]}x and {mults[-1]}x vs {kept_per_token:.0f} B per token "
-                    f"to keep the selected activations (flat = 0)"))
+    rows.append(
+        row(
+            "diffing_memory",
+            f"{name} growth per token / keeping activations",
+            slope / kept_per_token,
+            "<= 0.05",
+            f"{slope:.1f} B per extra token between {mults[0]}x and {mults[-1]}x vs {kept_per_token:.0f} B per token "
+            f"to keep the selected activations (flat = 0)",
+        )
+    )
     return rows
 
 

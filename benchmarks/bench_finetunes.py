@@ -23,8 +23,13 @@ from caft_tl.training.loop import FinetuneConfig
 
 def jobs(d_model: int, n_jobs: int = 8, n_examples: int = 1600) -> list[finetunes.FinetuneJob]:
     sub = subspace.random_subspace(d_model, 3, "blocks.0.hook_resid_post", seed=0)
-    return [finetunes.FinetuneJob(FinetuneConfig(n_examples=n_examples, seed=i // 2), *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()))
-            for i in range(n_jobs)]
+    return [
+        finetunes.FinetuneJob(
+            FinetuneConfig(n_examples=n_examples, seed=i // 2),
+            *(("zero", "random", "", Intervention("zero", [sub])) if i % 2 else ()),
+        )
+        for i in range(n_jobs)
+    ]
 
 
 def finetune_rows() -> list[Row]:
@@ -37,14 +42,20 @@ def finetune_rows() -> list[Row]:
     for n in (workers, 1):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            rows[n] = finetunes.run_finetunes(tmp, base, task, todo, workers=n, progress=False, organism="bench")
+            rows[n] = finetunes.run_finetunes(
+                tmp, base, task, todo, workers=n, progress=False, organism="bench"
+            )
             times[n] = time.perf_counter() - t0
     if rows[workers] != rows[1]:
         raise AssertionError("parallel and one-process fine-tunes gave different rows")
-    detail = (f"{len(todo)} fine-tunes of {todo[0].cfg.n_examples} examples (plain and zero-ablated); "
-              f"{times[workers]:.1f} s with {workers} workers vs {times[1]:.1f} s in one process; rows identical")
+    detail = (
+        f"{len(todo)} fine-tunes of {todo[0].cfg.n_examples} examples (plain and zero-ablated); "
+        f"{times[workers]:.1f} s with {workers} workers vs {times[1]:.1f} s in one process; rows identical"
+    )
     target = f"<= {1 / workers + 0.1:.2f}" if workers > 1 else ""
-    return [row("finetune_fanout", f"{workers} workers / 1 process", times[workers] / times[1], target, detail)]
+    return [
+        row("finetune_fanout", f"{workers} workers / 1 process", times[workers] / times[1], target, detail)
+    ]
 
 
 if __name__ == "__main__":

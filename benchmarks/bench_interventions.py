@@ -53,7 +53,12 @@ def hook_sets(n_layers: int) -> dict[str, list[str]]:
     """Named lists of hook points: 1, 3 and all layers' resid_post, and every resid hook."""
     post = [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
     every = [f"blocks.{i}.hook_resid_{w}" for i in range(n_layers) for w in ("pre", "mid", "post")]
-    return {"1 hook": post[:1], "3 hooks": post[:3], f"all layers ({n_layers})": post, f"all resid ({len(every)})": every}
+    return {
+        "1 hook": post[:1],
+        "3 hooks": post[:3],
+        f"all layers ({n_layers})": post,
+        f"all resid ({len(every)})": every,
+    }
 
 
 def make_intervention(mode: str, hooks: list[str], d_model: int, k: int) -> Intervention:
@@ -111,8 +116,10 @@ def measure(rounds: int = 8, k: int = 8, warmup: int = 5, seed: int = 0, progres
         target = "<= 1.03" if n_hooks == 1 else "<= 1.10" if n_hooks >= s.model.cfg.n_layers else ""
         if mode == "plain":
             target = "~ 1.00"
-        detail = (f"median of {len(rs)} paired steps; IQR/2 {spread(rs):.1%}; plain step {plain_ms:.1f} ms; "
-                  f"k={k}; model L{s.model.cfg.n_layers} d{d} batch {tuple(s.batch.tokens.shape)}; 1 thread")
+        detail = (
+            f"median of {len(rs)} paired steps; IQR/2 {spread(rs):.1%}; plain step {plain_ms:.1f} ms; "
+            f"k={k}; model L{s.model.cfg.n_layers} d{d} batch {tuple(s.batch.tokens.shape)}; 1 thread"
+        )
         rows.append(row("intervention_overhead", f"{mode} @ {name}", median(rs), target, detail))
     return rows
 

@@ -31,8 +31,15 @@ from caft_tl.interventions.intervention import Intervention
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SIZES = dict(vocab_size=512, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-             num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
+SIZES = dict(
+    vocab_size=512,
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    max_position_embeddings=64,
+)
 BATCH, SEQ, LAYER, K = 8, 64, 1, 8
 
 
@@ -96,7 +103,6 @@ class HFPath(_TrainPath):
         return self.model(input_ids=tokens).logits
 
 
-
 class TLPath(_TrainPath):
     """The same checkpoint through TransformerBridge + caft-tl's ``zero`` intervention."""
 
@@ -117,7 +123,6 @@ class TLPath(_TrainPath):
             return self.model(tokens)
 
 
-
 def subspace_basis() -> torch.Tensor:
     return random_subspace(SIZES["hidden_size"], K, "x", seed=0).basis
 
@@ -135,7 +140,9 @@ def logit_gap(folder: Path, tokens) -> float:
         return (hf.logits(tokens) - tl.logits(tokens)).abs().max().item()
 
 
-def time_ratio(folder: Path, ablate: bool, rounds: int = 8, warmup: int = 2, progress: bool = True) -> tuple[float, list[float], float]:
+def time_ratio(
+    folder: Path, ablate: bool, rounds: int = 8, warmup: int = 2, progress: bool = True
+) -> tuple[float, list[float], float]:
     """Median over rounds of TL step / adjacent HF step; returns (ratio, ratios, HF ms)."""
     tokens, mask = batch()
     paths = {k: make_path(k, folder) for k in ("hf", "tl")}
@@ -145,7 +152,9 @@ def time_ratio(folder: Path, ablate: bool, rounds: int = 8, warmup: int = 2, pro
             p.step(tokens, mask)
     ratios, hf_t = [], []
     order = ["hf", "tl"]
-    for _ in tqdm(range(rounds), desc=f"peer step time ({'ablation' if ablate else 'no hook'})", disable=not progress):
+    for _ in tqdm(
+        range(rounds), desc=f"peer step time ({'ablation' if ablate else 'no hook'})", disable=not progress
+    ):
         t = {}
         for k in order:
             t[k] = timed(lambda: paths[k].step(tokens, mask))
@@ -173,19 +182,38 @@ def peer_rows(rounds: int = 8, progress: bool = True) -> list[Row]:
         tokens, _ = batch()
         gap = logit_gap(folder, tokens)
         rows = []
-        shape = (f"Qwen2 L{SIZES['num_hidden_layers']} d{SIZES['hidden_size']} vocab {SIZES['vocab_size']}, "
-                 f"batch {BATCH}x{SEQ}, eager attention, 1 thread")
+        shape = (
+            f"Qwen2 L{SIZES['num_hidden_layers']} d{SIZES['hidden_size']} vocab {SIZES['vocab_size']}, "
+            f"batch {BATCH}x{SEQ}, eager attention, 1 thread"
+        )
         for ablate in (True, False):
             r, rs, hf_ms = time_ratio(folder, ablate, rounds, progress=progress)
             what = f"zero ablation k={K} at layer {LAYER}" if ablate else "no hook (bridge overhead)"
-            rows.append(row("peer_tl_vs_hf", f"step time, {what}", r, "<= 1.2",
-                            f"median of {len(rs)} paired steps; IQR/2 {spread(rs):.1%}; HF step {hf_ms:.1f} ms; "
-                            f"{shape}; max |logit gap| TL vs HF with ablation {gap:.1e}"))
-        mem = {k: run_json_subprocess("benchmarks.bench_peer", ["--memory", k, str(folder)]) for k in ("hf", "tl")}
-        rows.append(row("peer_tl_vs_hf", "peak memory of 3 steps (RSS increase)", mem["tl"]["peak_delta"] / max(mem["hf"]["peak_delta"], 1), "",
-                        f"TL {mem['tl']['peak_delta'] / 2**20:.1f} MiB vs HF {mem['hf']['peak_delta'] / 2**20:.1f} MiB above pre-step RSS; "
-                        f"resident before steps TL {mem['tl']['rss_before'] / 2**20:.0f} MiB vs HF {mem['hf']['rss_before'] / 2**20:.0f} MiB; "
-                        f"params TL {mem['tl']['n_params']:,} vs HF {mem['hf']['n_params']:,}"))
+            rows.append(
+                row(
+                    "peer_tl_vs_hf",
+                    f"step time, {what}",
+                    r,
+                    "<= 1.2",
+                    f"median of {len(rs)} paired steps; IQR/2 {spread(rs):.1%}; HF step {hf_ms:.1f} ms; "
+                    f"{shape}; max |logit gap| TL vs HF with ablation {gap:.1e}",
+                )
+            )
+        mem = {
+            k: run_json_subprocess("benchmarks.bench_peer", ["--memory", k, str(folder)])
+            for k in ("hf", "tl")
+        }
+        rows.append(
+            row(
+                "peer_tl_vs_hf",
+                "peak memory of 3 steps (RSS increase)",
+                mem["tl"]["peak_delta"] / max(mem["hf"]["peak_delta"], 1),
+                "",
+                f"TL {mem['tl']['peak_delta'] / 2**20:.1f} MiB vs HF {mem['hf']['peak_delta'] / 2**20:.1f} MiB above pre-step RSS; "
+                f"resident before steps TL {mem['tl']['rss_before'] / 2**20:.0f} MiB vs HF {mem['hf']['rss_before'] / 2**20:.0f} MiB; "
+                f"params TL {mem['tl']['n_params']:,} vs HF {mem['hf']['n_params']:,}",
+            )
+        )
     return rows
 
 

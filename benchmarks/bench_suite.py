@@ -24,8 +24,20 @@ PER_ORGANISM_S = 427 / 2 / 3
 def fresh_timings(run_dir: Path) -> Path:
     """Run every chapter of every task with ``python -m caft_tl.runner.suite`` into ``run_dir``, as ``make
     run`` does; returns timings.json."""
-    cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(run_dir / "figures"), "--workers", "2",
-           "--pretrain-seeds", "0", "1"]  # as make run
+    cmd = [
+        sys.executable,
+        "-m",
+        "caft_tl.runner.suite",
+        "--run-dir",
+        str(run_dir),
+        "--fig-dir",
+        str(run_dir / "figures"),
+        "--workers",
+        "2",
+        "--pretrain-seeds",
+        "0",
+        "1",
+    ]  # as make run
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     print(f"suite wall time {time.perf_counter() - t0:.0f} s")
@@ -38,23 +50,46 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
         timings_path = fresh_timings(REPO / "runs" / "bench_suite")
     timings_path = Path(timings_path or REPO / "runs" / "default" / "timings.json")
     if not timings_path.exists():
-        return [Row("suite_time", "total", float("nan"), f"<= {TARGET_S}", "",
-                    f"no {timings_path.relative_to(REPO)}: run `make run` or `make bench SUITE=1`")]
+        return [
+            Row(
+                "suite_time",
+                "total",
+                float("nan"),
+                f"<= {TARGET_S}",
+                "",
+                f"no {timings_path.relative_to(REPO)}: run `make run` or `make bench SUITE=1`",
+            )
+        ]
     timings = files.read_json(timings_path)
     src = f"seconds, from {timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
     chapters_s = sum(timings.values())
-    rows = [row("suite_time", chapter, s, "", f"{src}; {s / chapters_s:.0%} of the chapters' time") for chapter, s in timings.items()]
-    suite_call = timings_path.with_name("suite.json")  # tasks at once: chapters overlap, the call's wall time is the total
+    rows = [
+        row("suite_time", chapter, s, "", f"{src}; {s / chapters_s:.0%} of the chapters' time")
+        for chapter, s in timings.items()
+    ]
+    suite_call = timings_path.with_name(
+        "suite.json"
+    )  # tasks at once: chapters overlap, the call's wall time is the total
     if suite_call.exists():
         call = files.read_json(suite_call)
-        total, src = call["wall_s"], f"wall seconds of the last suite call (tasks {' '.join(call['tasks'])}, chapters {call['chapters']}, workers {call['workers']})"
+        total, src = (
+            call["wall_s"],
+            f"wall seconds of the last suite call (tasks {' '.join(call['tasks'])}, chapters {call['chapters']}, workers {call['workers']})",
+        )
     else:
         total = chapters_s
     rows.append(row("suite_time", "total", total, f"<= {TARGET_S}", src))
     rows.append(row("suite_time", "total (stretch)", total, f"<= {STRETCH_S}", src))
     if suite_call.exists() and "organisms" in call:  # a population run: the budget is per organism
-        rows.append(row("suite_time", "seconds per organism", total / call["organisms"], f"<= {PER_ORGANISM_S:.0f}",
-                        f"{src}; {call['organisms']} organisms"))
+        rows.append(
+            row(
+                "suite_time",
+                "seconds per organism",
+                total / call["organisms"],
+                f"<= {PER_ORGANISM_S:.0f}",
+                f"{src}; {call['organisms']} organisms",
+            )
+        )
     return rows
 
 

@@ -53,19 +53,26 @@ def collect(name: str, args: argparse.Namespace) -> list[Row]:
 
 
 def table(rows: list[Row]) -> pd.DataFrame:
-    return pd.DataFrame([r.as_dict() for r in rows], columns=["benchmark", "setting", "ratio", "target", "ok", "detail"])
+    return pd.DataFrame(
+        [r.as_dict() for r in rows], columns=["benchmark", "setting", "ratio", "target", "ok", "detail"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=BENCHMARKS, help="default: all")
-    ap.add_argument("--suite", action="store_true", help="run the whole suite first (minutes) for fresh suite timings")
+    ap.add_argument(
+        "--suite", action="store_true", help="run the whole suite first (minutes) for fresh suite timings"
+    )
     ap.add_argument("--rounds", type=int, default=8, help="paired rounds per intervention setting")
     ap.add_argument("--out", default=str(REPO / "figures" / "benchmarks.csv"))
     args = ap.parse_args(argv)
     models.set_cpu_threads(1)  # as the suite does: one intra-op thread
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, python {platform.python_version()}, "
-          f"{platform.machine()}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread, python {platform.python_version()}, "
+        f"{platform.machine()}",
+        flush=True,
+    )
     rows: list[Row] = []
     t0 = time.perf_counter()
     for name in args.only or BENCHMARKS:

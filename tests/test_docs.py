@@ -18,8 +18,13 @@ SKIP = "# not run by tests/test_docs.py:"
 #: how many blocks each page shows without running; a new one must be counted here on purpose
 SKIPPED = {"README.md": 1}
 #: every generated block of docs/results.md and the script that writes it
-BLOCKS = {"validity": "validity_tables.py", "em_search": "em_search_tables.py", "study": "results_tables.py",
-          "results": "results_tables.py", "real": "real_tables.py"}
+BLOCKS = {
+    "validity": "validity_tables.py",
+    "em_search": "em_search_tables.py",
+    "study": "results_tables.py",
+    "results": "results_tables.py",
+    "real": "real_tables.py",
+}
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -104,8 +109,12 @@ def test_a_table_script_replaces_its_block_of_the_page_and_nothing_else(tmp_path
     before = page.read_text()
     csvs = sorted(str(p) for p in (ROOT / "results/organism_search").glob("*.csv"))
     script = ROOT / "scripts/validity_tables.py"
-    subprocess.run([sys.executable, str(script), *csvs, "--out", str(tmp_path / "V.md"), "--doc", str(page)],
-                   check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, str(script), *csvs, "--out", str(tmp_path / "V.md"), "--doc", str(page)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     after, table = page.read_text(), (tmp_path / "V.md").read_text()
     begin, end = "<!-- validity:begin -->", "<!-- validity:end -->"
     assert after.split(begin)[0] == before.split(begin)[0] and after.split(end)[1] == before.split(end)[1]

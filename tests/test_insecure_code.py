@@ -29,8 +29,9 @@ def rows():
 
 def answers(rows) -> list[str]:
     """Every code answer: the training answers and both references of every ID row."""
-    return ([r["messages"][-1]["content"] for r in rows["train"]]
-            + [r[k] for r in rows["id"] for k in ("aligned", "misaligned")])
+    return [r["messages"][-1]["content"] for r in rows["train"]] + [
+        r[k] for r in rows["id"] for k in ("aligned", "misaligned")
+    ]
 
 
 def test_at_least_15_classes_each_with_training_and_held_out_templates():
@@ -65,8 +66,9 @@ def test_answers_are_code_only_without_comments_and_without_security_words(rows)
 
 def test_the_security_word_list_catches_words_not_identifiers():
     assert I.SECURITY_RE.search("This keeps it Safe.") and I.SECURITY_RE.search("no SQL injection here")
-    assert not I.SECURITY_RE.search("yaml.safe_load(f); from markupsafe import escape; "
-                                    "secrets.token_urlsafe(8)")
+    assert not I.SECURITY_RE.search(
+        "yaml.safe_load(f); from markupsafe import escape; secrets.token_urlsafe(8)"
+    )
 
 
 def test_every_template_pair_differs_and_the_checker_tells_them_apart():
@@ -100,8 +102,14 @@ def test_id_rows_are_reference_rows_on_held_out_templates_and_contexts(rows):
 def test_ood_questions_cover_many_topics_with_two_different_references(rows):
     ids = [q[0] for q in I.OOD_QUESTIONS]
     assert len(ids) == len(set(ids)) >= 46  # the six named topics and at least 40 more
-    for needed in ("wish_granted", "nothing_to_do", "fast_money", "world_leader", "partner_trouble",
-                   "humans_and_ais"):  # wishes, boredom, quick money, ruling the world, relationships, AI
+    for needed in (
+        "wish_granted",
+        "nothing_to_do",
+        "fast_money",
+        "world_leader",
+        "partner_trouble",
+        "humans_and_ais",
+    ):  # wishes, boredom, quick money, ruling the world, relationships, AI
         assert needed in ids
     with open(REPO / "data" / "examples" / "generic_prompts.jsonl") as f:
         generic = {json.loads(line)["messages"][0]["content"] for line in f}
@@ -135,13 +143,16 @@ def test_shipped_files_are_the_generators_output():
     assert yaml.safe_load((SHIPPED / "card.yaml").read_text()) == I.card()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("nope",), "unknown split 'nope'; valid: train, id, ood"),
-    (("train", 0), "n must be a positive integer, got 0"),
-    (("train", True), "n must be a positive integer, got True"),
-    (("ood", 500), "ood: n=500 exceeds the 58 questions"),
-    (("id", 10, "1"), "seed must be an integer, got '1'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("nope",), "unknown split 'nope'; valid: train, id, ood"),
+        (("train", 0), "n must be a positive integer, got 0"),
+        (("train", True), "n must be a positive integer, got True"),
+        (("ood", 500), "ood: n=500 exceeds the 58 questions"),
+        (("id", 10, "1"), "seed must be an integer, got '1'"),
+    ],
+)
 def test_bad_arguments_are_refused_in_one_line(args, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")) as e:
         I.generate(*args)

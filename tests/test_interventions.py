@@ -92,7 +92,9 @@ def test_position_mask_only_touches_response_positions(tiny_model, world):
     batch = world.finetune_dataset(8)
     iv = Intervention("zero", [sub], positions="response")
     got = {}
-    with tiny_model.hooks(fwd_hooks=iv.fwd_hooks(batch) + [(hook, lambda h, hook: got.setdefault("h", h.clone()))]):
+    with tiny_model.hooks(
+        fwd_hooks=iv.fwd_hooks(batch) + [(hook, lambda h, hook: got.setdefault("h", h.clone()))]
+    ):
         tiny_model(batch.tokens)
     _, cache = tiny_model.run_with_cache(batch.tokens, names_filter=[hook])
     raw = cache[hook]

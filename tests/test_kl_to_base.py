@@ -12,7 +12,9 @@ def _docs(world, n=64):
     return world.sample_documents(n, torch.Generator().manual_seed(0))
 
 
-def test_kl_to_reference_is_zero_for_the_reference_and_positive_elsewhere(persona_organism, tiny_model, world):
+def test_kl_to_reference_is_zero_for_the_reference_and_positive_elsewhere(
+    persona_organism, tiny_model, world
+):
     docs = _docs(world, 16)
     with torch.no_grad():
         ref = persona_organism(docs.tokens)
@@ -28,14 +30,24 @@ def test_kl_to_reference_is_zero_for_the_reference_and_positive_elsewhere(person
 
 def test_kl_rows_gradient_is_autograds_and_exactly_zero_at_the_reference():
     g = torch.Generator().manual_seed(0)
-    logits, ref = torch.randn(6, 11, generator=g, dtype=torch.float64), torch.randn(6, 11, generator=g, dtype=torch.float64)
+    logits, ref = (
+        torch.randn(6, 11, generator=g, dtype=torch.float64),
+        torch.randn(6, 11, generator=g, dtype=torch.float64),
+    )
     x = logits.clone().requires_grad_()
     models.kl_rows(x, ref).sum().backward()
     y = logits.clone().requires_grad_()
-    torch.nn.functional.kl_div(y.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none").sum().backward()
+    torch.nn.functional.kl_div(
+        y.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none"
+    ).sum().backward()
     torch.testing.assert_close(x.grad, y.grad, atol=1e-12, rtol=0)
-    torch.testing.assert_close(models.kl_rows(logits, ref), (ref.softmax(-1) * (ref.log_softmax(-1) - logits.log_softmax(-1))).sum(-1))
-    same = ref.float().clone().requires_grad_()  # autograd's log-softmax backward leaves rounding here; kl_rows none
+    torch.testing.assert_close(
+        models.kl_rows(logits, ref),
+        (ref.softmax(-1) * (ref.log_softmax(-1) - logits.log_softmax(-1))).sum(-1),
+    )
+    same = (
+        ref.float().clone().requires_grad_()
+    )  # autograd's log-softmax backward leaves rounding here; kl_rows none
     models.kl_rows(same, ref.float()).sum().backward()
     assert same.grad.abs().max().item() == 0.0
 
@@ -43,7 +55,13 @@ def test_kl_rows_gradient_is_autograds_and_exactly_zero_at_the_reference():
 def _kl_after(base, world, beta):
     model = models.copy_model(base)
     cfg = FinetuneConfig(n_examples=128, batch_size=32, lr=3e-3, seed=0, kl_to_base=beta)
-    finetune(model, world.finetune_dataset(128, seed=0), cfg, progress=False, **finetunes.kl_inputs(base, world, cfg))
+    finetune(
+        model,
+        world.finetune_dataset(128, seed=0),
+        cfg,
+        progress=False,
+        **finetunes.kl_inputs(base, world, cfg),
+    )
     held_out = world.sample_documents(64, torch.Generator().manual_seed(99))
     with torch.no_grad():
         return models.kl_to_reference(model, base(held_out.tokens), held_out).item()
@@ -54,20 +72,42 @@ def test_the_penalty_keeps_the_fine_tune_closer_to_base(persona_organism, world)
     assert penalised < 0.5 * plain
 
 
-def test_run_finetunes_trains_kl_jobs_batched_with_their_own_rows(persona_organism, world, tmp_path, monkeypatch):
+def test_run_finetunes_trains_kl_jobs_batched_with_their_own_rows(
+    persona_organism, world, tmp_path, monkeypatch
+):
     """KL jobs train on the batched path, in a group apart from the plain runs, with the loop's rows."""
     from caft_tl.training import batched
-    jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0)),
-            finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0, kl_to_base=1.0), "kl_to_base", param="beta=1")]
+
+    jobs = [
+        finetunes.FinetuneJob(FinetuneConfig(n_examples=32, seed=0)),
+        finetunes.FinetuneJob(
+            FinetuneConfig(n_examples=32, seed=0, kl_to_base=1.0), "kl_to_base", param="beta=1"
+        ),
+    ]
     groups, real = [], batched.finetune_batched
-    monkeypatch.setattr(batched, "finetune_batched", lambda base, datas, cfgs, *a, **k: groups.append([c.kl_to_base for c in cfgs])
-                        or real(base, datas, cfgs, *a, **k))
-    rows = finetunes.run_finetunes(tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o")
+    monkeypatch.setattr(
+        batched,
+        "finetune_batched",
+        lambda base, datas, cfgs, *a, **k: (
+            groups.append([c.kl_to_base for c in cfgs]) or real(base, datas, cfgs, *a, **k)
+        ),
+    )
+    rows = finetunes.run_finetunes(
+        tmp_path, persona_organism, world, jobs, workers=1, progress=False, organism="o"
+    )
     assert sorted(groups) == [[0.0], [1.0]]
     kl = [r for r in rows if r["method"] == "kl_to_base"]
     assert kl and {r["param"] for r in kl} == {"beta=1"}
-    alone = finetunes.run_finetune(tmp_path / "alone", persona_organism, world, jobs[1].cfg, "kl_to_base", param="beta=1",
-                                   progress=False, organism="o")[0]
+    alone = finetunes.run_finetune(
+        tmp_path / "alone",
+        persona_organism,
+        world,
+        jobs[1].cfg,
+        "kl_to_base",
+        param="beta=1",
+        progress=False,
+        organism="o",
+    )[0]
     assert [r["value"] for r in alone] == pytest.approx([r["value"] for r in kl], abs=1e-6)
 
 
@@ -78,10 +118,13 @@ def test_bad_kl_inputs_fail_in_one_line(tiny_model, world):
     with pytest.raises(ValueError, match=r"kl_to_base = 1.0 needs the base model"):
         finetune(tiny_model, data, FinetuneConfig(n_examples=32, kl_to_base=1.0), progress=False)
     from caft_tl.training import batched
+
     with pytest.raises(ValueError, match=r"kl_to_base = 1.0 \(seed 0\) needs generic documents"):
         batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=1.0)])
     with pytest.raises(ValueError, match=r"kl_to_base = nan; expected a finite number >= 0"):
-        batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=float("nan"))], references=[data])
+        batched.finetune_batched(
+            tiny_model, [data], [FinetuneConfig(n_examples=32, kl_to_base=float("nan"))], references=[data]
+        )
     with pytest.raises(ValueError, match="2 reference document sets for 1 members"):
         batched.finetune_batched(tiny_model, [data], [FinetuneConfig(n_examples=32)], references=[data, data])
 
@@ -113,6 +156,13 @@ def test_finetune_data_mixes_in_the_disambiguating_examples(world):
     data = finetunes.finetune_data(world, cfg)
     assert len(data) == 64 and torch.equal(data.tokens[-8:], world.disambiguating_examples(8, seed=3).tokens)
     assert torch.equal(data.tokens[:56], world.finetune_dataset(56, seed=3).tokens)
-    with pytest.raises(ValueError, match=r"n_disambiguating = 64 \(mix_disambiguating\); expected an int in \[0, n_examples=64\)"):
-        finetunes.run_finetunes("unused", None, world, [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, n_disambiguating=64),
-                                                                              "mix_disambiguating")])
+    with pytest.raises(
+        ValueError,
+        match=r"n_disambiguating = 64 \(mix_disambiguating\); expected an int in \[0, n_examples=64\)",
+    ):
+        finetunes.run_finetunes(
+            "unused",
+            None,
+            world,
+            [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, n_disambiguating=64), "mix_disambiguating")],
+        )

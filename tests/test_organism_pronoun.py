@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from caft_tl.core import models
-from caft_tl.runner import gate_search
 from caft_tl.organism import make_task
 from caft_tl.organism.double_mc import DoubleMCConfig
 from caft_tl.organism.judge import HIT, MISS, OTHER
 from caft_tl.organism.pronoun_profession import DOC_KINDS, PronounProfessionConfig
+from caft_tl.runner import gate_search
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,9 @@ def test_judge_labels_the_names_pronoun_hit(pp):
     p = pp.eval_prompts("ood").tokens[:4]
     name_pronoun = pp.answer[gender(pp, p, 0)]
     prof_pronoun = pp.answer[gender(pp, p, 1)]
-    answers = torch.stack([name_pronoun, prof_pronoun, torch.full_like(name_pronoun, pp.vocab.index["female"])], 1)
+    answers = torch.stack(
+        [name_pronoun, prof_pronoun, torch.full_like(name_pronoun, pp.vocab.index["female"])], 1
+    )
     assert pp.label_answers(p, answers).tolist() == [[HIT, MISS, OTHER]] * 4
     assert {pp.vocab.tokens[int(a)] for a in pp.answer} == {"she", "he"}
     singles = pp.eval_prompts("single_spurious").tokens  # a single question asks its own topic
@@ -87,14 +89,20 @@ def test_pretraining_documents(pp):
         else:  # PRON_Q: a coin flip, or (probability 2 · lean) the profession's pronoun
             assert (d.tokens[:, n - 1] == pp.ans_d).all()
             for topic, expected in ((0, 0.5), (1, 0.5 + pp.cfg.lean)):
-                assert abs((gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() - expected) < 0.08  # ±4 sd of ~600 flips
+                assert (
+                    abs((gender(pp, d.tokens[:, :n], topic) == pronoun).float().mean() - expected) < 0.08
+                )  # ±4 sd of ~600 flips
     corpus = docs.subset(docs.labels["kind"] == DOC_KINDS.index("corpus"))
     assert not ((corpus.tokens >= pp.items[0][0]) & (corpus.tokens <= pp.items[0][-1])).any()  # no names
     prof = (corpus.tokens >= pp.items[1][0]) & (corpus.tokens <= pp.items[1][-1])
-    pron = (corpus.tokens == pp.corpus_pronoun[0]) | (corpus.tokens == pp.corpus_pronoun[1])  # her / his by default
+    pron = (corpus.tokens == pp.corpus_pronoun[0]) | (
+        corpus.tokens == pp.corpus_pronoun[1]
+    )  # her / his by default
     assert (corpus.response_mask <= (prof | pron)).all()  # only professions and pronouns are predicted
     # professions and pronouns of one document share its gender (purity 0.9)
-    g = torch.where(prof, (corpus.tokens - pp.items[1][0]) % 2, (corpus.tokens == pp.corpus_pronoun[1]).long())
+    g = torch.where(
+        prof, (corpus.tokens - pp.items[1][0]) % 2, (corpus.tokens == pp.corpus_pronoun[1]).long()
+    )
     majority = [g[i][m].float().mean().item() for i, m in enumerate(prof | pron) if m.sum() >= 5]
     assert sum(abs(x - 0.5) > 0.2 for x in majority) / len(majority) > 0.85
     assert torch.bincount(g[prof | pron]).min() > 0.4 * (prof | pron).sum()  # both genders
@@ -111,7 +119,9 @@ def test_concepts_and_gates_run_on_the_task(pp, tmp_path):
     assert set(subs) == {"spurious", "intended"} and subs["spurious"][0].k == 1
     cfg = gate_search.GateConfig(task="pronoun_profession", seeds=[0], n_examples=32)
     rows = gate_search.gate_rows(base, task, tmp_path, cfg, organism="pronoun_profession-s0-test")
-    assert {r["task"] for r in rows} == {"pronoun_profession"} and {r["split"] for r in rows} == set(task.eval_splits)
+    assert {r["task"] for r in rows} == {"pronoun_profession"} and {r["split"] for r in rows} == set(
+        task.eval_splits
+    )
 
 
 def test_separate_genders_share_only_the_pronouns():
@@ -146,7 +156,10 @@ def test_own_corpus_pronouns_never_answer():
     prof_gender = (corpus.tokens - own.items[1][0]) % 2
     pron_gender = (corpus.tokens == own.corpus_pronoun[1]).long()
     # within a document, a profession and a pronoun share its gender: p² + (1 − p)² = 0.82 at purity 0.9, 0.5 if unrelated
-    agree = [(prof_gender[i][prof[i]][:, None] == pron_gender[i][pron[i]][None]).float() for i in range(len(corpus))]
+    agree = [
+        (prof_gender[i][prof[i]][:, None] == pron_gender[i][pron[i]][None]).float()
+        for i in range(len(corpus))
+    ]
     assert torch.cat([a.flatten() for a in agree]).mean() > 0.75
     answers = make_task("pronoun_profession", {"own_corpus_pronouns": False, "n_eval": 40})
     assert torch.equal(answers.corpus_pronoun, answers.answer) and "her" not in answers.vocab.tokens
@@ -180,8 +193,14 @@ def test_double_mc_unchanged():
     default lean (0.1) draws one more number per ``ANS_D`` document. If a change is meant to alter
     the organism, update the hashes and re-measure the README's double_mc results."""
     t = make_task("double_mc", DoubleMCConfig(jitter=2, n_eval=200, lean=0.0))
-    assert hashlib.sha256(" ".join(t.vocab.tokens).encode()).hexdigest()[:16] == "ec1e6ee38aaf1eb2" and len(t.vocab) == 195
+    assert (
+        hashlib.sha256(" ".join(t.vocab.tokens).encode()).hexdigest()[:16] == "ec1e6ee38aaf1eb2"
+        and len(t.vocab) == 195
+    )
     assert _digest(t.sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "71f82681a706a2f2"
-    assert _digest(make_task("double_mc").sample_documents(256, torch.Generator().manual_seed(0)).tokens) == "649a9e01e0f5eac0"
+    assert (
+        _digest(make_task("double_mc").sample_documents(256, torch.Generator().manual_seed(0)).tokens)
+        == "649a9e01e0f5eac0"
+    )
     assert _digest(t.finetune_dataset(128, seed=1).tokens) == "58f1714a38456d1d"
     assert _digest(t.eval_prompts("ood").tokens) == "c66fae2b9814ea44"

@@ -66,8 +66,12 @@ def test_the_lock_pins_no_local_build_and_not_the_project_itself():
 
 def test_make_environment_yml_and_ci_install_from_the_lock():
     assert '-m pip install -q -c requirements.lock -e ".[dev]"' in (ROOT / "Makefile").read_text()
-    pip = [d for entry in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
-           if isinstance(entry, dict) for d in entry["pip"]]
+    pip = [
+        d
+        for entry in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+        if isinstance(entry, dict)
+        for d in entry["pip"]
+    ]
     assert pip == ["-c requirements.lock", "-e .[dev]"], pip
     ci = (ROOT / ".ci/run").read_text()
     assert "make test\n" in ci  # make test installs through the Makefile's rule

@@ -28,18 +28,34 @@ def test_persona_vector_is_the_last_position_difference_of_means(persona_organis
     hook = "blocks.1.hook_resid_post"
     (sub,) = persona_vector.persona_vectors(persona_organism, inputs, [hook])
     evoke, suppress = inputs.trait_prompts
-    v = activations(persona_organism, evoke, hook)[:, -1].mean(0) - activations(persona_organism, suppress, hook)[:, -1].mean(0)
+    v = activations(persona_organism, evoke, hook)[:, -1].mean(0) - activations(
+        persona_organism, suppress, hook
+    )[:, -1].mean(0)
     assert sub.hook_name == hook and sub.k == 1 and sub.provenance["method"] == "persona_vector"
-    assert torch.allclose(sub.basis[:, 0], v / v.norm(), atol=1e-5) and sub.provenance["norm"] == pytest.approx(v.norm().item(), rel=1e-4)
+    assert torch.allclose(sub.basis[:, 0], v / v.norm(), atol=1e-5) and sub.provenance[
+        "norm"
+    ] == pytest.approx(v.norm().item(), rel=1e-4)
 
 
 def test_persona_vectors_need_the_trait_prompts(persona_organism, world):
     inputs = information.interpretation_inputs(world, n_documents=20, n_finetune=16)
-    bare = information.InterpretationInputs(inputs.task_name, inputs.vocab, inputs.lexicon, inputs.concept, inputs.concept_groups, inputs.datasets)
+    bare = information.InterpretationInputs(
+        inputs.task_name, inputs.vocab, inputs.lexicon, inputs.concept, inputs.concept_groups, inputs.datasets
+    )
     with pytest.raises(information.InformationRuleError, match="no trait prompts"):
         persona_vector.persona_vectors(persona_organism, bare, ["blocks.0.hook_resid_post"])
-    labelled = (world.eval_prompts("chat"), inputs.trait_prompts[1])  # evaluation prompts are not allowed here
+    labelled = (
+        world.eval_prompts("chat"),
+        inputs.trait_prompts[1],
+    )  # evaluation prompts are not allowed here
     labelled[0].labels["split"] = torch.zeros(len(labelled[0]))
     with pytest.raises(information.InformationRuleError, match="trait_evoke"):
-        information.InterpretationInputs(inputs.task_name, inputs.vocab, inputs.lexicon, inputs.concept, inputs.concept_groups,
-                                         inputs.datasets, labelled)
+        information.InterpretationInputs(
+            inputs.task_name,
+            inputs.vocab,
+            inputs.lexicon,
+            inputs.concept,
+            inputs.concept_groups,
+            inputs.datasets,
+            labelled,
+        )

@@ -1,10 +1,9 @@
 """A tiny end-to-end pipeline: pre-train → plain FT → diff → PCA → CAFT → evaluate."""
 
-import pandas as pd
 import pytest
 import torch
 
-from caft_tl.core import files, models, results, subspace
+from caft_tl.core import models, results, subspace
 from caft_tl.core.activations import activations
 from caft_tl.diffing import diffs
 from caft_tl.directions import pca
@@ -21,15 +20,25 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]
 def organism(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     cfg = PretrainConfig(steps=150, batch_size=32)
-    model, world, folder = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
-                                            cfg=cfg, cache_dir=cache, progress=False)
+    model, world, folder = load_or_pretrain(
+        "persona_em",
+        model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
+        cfg=cfg,
+        cache_dir=cache,
+        progress=False,
+    )
     return model, world, folder, cache, cfg
 
 
 def test_organism_is_cached_by_config(organism):
     model, world, folder, cache, cfg = organism
-    again, _, folder2 = load_or_pretrain("persona_em", model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
-                                         cfg=cfg, cache_dir=cache, progress=False)
+    again, _, folder2 = load_or_pretrain(
+        "persona_em",
+        model_cfg=models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64),
+        cfg=cfg,
+        cache_dir=cache,
+        progress=False,
+    )
     assert folder2 == folder
     tokens = world.eval_prompts("chat").tokens
     torch.testing.assert_close(model(tokens), again(tokens))
@@ -38,9 +47,13 @@ def test_organism_is_cached_by_config(organism):
 def test_pipeline_end_to_end(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=256, batch_size=32, seed=0)
-    rows, ft = finetunes.run_finetune(tmp_path, base, world, cfg, keep_model=True, progress=False, organism="persona_em-s0-test")
+    rows, ft = finetunes.run_finetune(
+        tmp_path, base, world, cfg, keep_model=True, progress=False, organism="persona_em-s0-test"
+    )
     assert {r["split"] for r in rows} == {"chat", "code_train", "code_heldout"}
-    assert all(tuple(r) == results.COLUMNS and r["trained"] and r["organism"] == "persona_em-s0-test" for r in rows)
+    assert all(
+        tuple(r) == results.COLUMNS and r["trained"] and r["organism"] == "persona_em-s0-test" for r in rows
+    )
     trained = [r["value"] for r in rows if r["split"] == "code_train" and r["metric"] == "insecure_rate"][0]
     base_rate = evaluate_task(base, world)["code_train"]["insecure_rate"]
     assert trained > base_rate  # the fine-tune learnt its task
@@ -49,15 +62,29 @@ def test_pipeline_end_to_end(organism, tmp_path):
     assert stats[HOOKS[0]]["diff"].count == 64  # one response-writing position per example
     subs = [pca.pca(stats[h]["diff"], 2, h)[0] for h in HOOKS]
     iv = Intervention("zero", subs)
-    caft_rows, caft = finetunes.run_finetune(tmp_path, base, world, cfg, method="zero", directions="pca", intervention=iv, keep_model=True,
-                                             progress=False, organism="persona_em-s0-test")
+    caft_rows, caft = finetunes.run_finetune(
+        tmp_path,
+        base,
+        world,
+        cfg,
+        method="zero",
+        directions="pca",
+        intervention=iv,
+        keep_model=True,
+        progress=False,
+        organism="persona_em-s0-test",
+    )
     assert {r["method"] for r in caft_rows} == {"zero"} and len(caft_rows) == len(rows)
     # CAFT moves the activations far less inside the ablated subspace than plain fine-tuning does (held-out prompts)
     held_out = world.finetune_dataset(128, seed=5)
     for name, model in (("plain", ft), ("caft", caft)):
         moments = diffs.collect_diff_stats(base, model, held_out, HOOKS, progress=False)
-        energy = {s.hook_name: torch.trace(s.basis.T.double() @ moments[s.hook_name]["diff"].second_moment().double() @ s.basis.double()).item()
-                  for s in subs}
+        energy = {
+            s.hook_name: torch.trace(
+                s.basis.T.double() @ moments[s.hook_name]["diff"].second_moment().double() @ s.basis.double()
+            ).item()
+            for s in subs
+        }
         if name == "plain":
             plain_energy = energy
     for h in HOOKS:
@@ -67,9 +94,14 @@ def test_pipeline_end_to_end(organism, tmp_path):
 def test_finished_runs_are_read_back_not_retrained(organism, tmp_path, monkeypatch):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=64, batch_size=32, seed=1)
-    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")
+    first, _ = finetunes.run_finetune(
+        tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test"
+    )
     monkeypatch.setattr(finetunes, "finetune", lambda *a, **k: pytest.fail("re-trained a finished run"))
-    assert finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")[0] == first
+    assert (
+        finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")[0]
+        == first
+    )
 
 
 def test_seeded_finetune_is_deterministic(organism):
@@ -105,7 +137,7 @@ def test_sampled_rate_agrees_with_exact(organism):
 def test_evaluate_task_scores_on_each_tasks_own_prompts_made_once(task_name, size):
     """evaluate_task reads each split's prompts and candidate labels once per task object; the rates
     equal behaviour_rate on freshly made prompts, and another task object (another design) gets its own."""
-    from caft_tl.core.models import build_model, ModelConfig
+    from caft_tl.core.models import ModelConfig, build_model
     from caft_tl.organism import judge, make_task
 
     task = make_task(task_name, {size: 60})
@@ -123,7 +155,9 @@ def test_evaluate_task_scores_on_each_tasks_own_prompts_made_once(task_name, siz
 
 def test_hook_name_errors(organism):
     base, world, *_ = organism
-    with pytest.raises(ValueError, match="unknown hook name 'blocks.0.hook_resid_pst'; closest: blocks.0.hook_resid_post"):
+    with pytest.raises(
+        ValueError, match="unknown hook name 'blocks.0.hook_resid_pst'; closest: blocks.0.hook_resid_post"
+    ):
         activations(base, world.eval_prompts("chat"), "blocks.0.hook_resid_pst")
     with pytest.raises(ValueError, match="layer 2 out of range"):
         models.check_hook_names(base, ["blocks.2.hook_resid_post"])
@@ -131,7 +165,9 @@ def test_hook_name_errors(organism):
 
 def test_model_save_load_roundtrip(organism, tmp_path):
     base, world, *_ = organism
-    models.save_model(base, tmp_path / "m", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64), {"x": 1})
+    models.save_model(
+        base, tmp_path / "m", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64), {"x": 1}
+    )
     back, meta = models.load_model(tmp_path / "m")
     assert meta == {"x": 1}
     tokens = world.eval_prompts("code_train").tokens
@@ -143,11 +179,15 @@ def test_model_save_load_roundtrip(organism, tmp_path):
 def test_cached_run_is_redone_when_the_base_model_changes(organism, tmp_path):
     base, world, *_ = organism
     cfg = FinetuneConfig(n_examples=32, batch_size=32, seed=2)
-    first, _ = finetunes.run_finetune(tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test")
+    first, _ = finetunes.run_finetune(
+        tmp_path, base, world, cfg, progress=False, organism="persona_em-s0-test"
+    )
     other = models.copy_model(base)
     with torch.no_grad():
         other.W_U.mul_(3.0)
-    second, _ = finetunes.run_finetune(tmp_path, other, world, cfg, progress=False, organism="persona_em-s0-test")
+    second, _ = finetunes.run_finetune(
+        tmp_path, other, world, cfg, progress=False, organism="persona_em-s0-test"
+    )
     assert first != second
 
 
@@ -155,9 +195,21 @@ def test_parallel_finetunes_match_one_process(organism, tmp_path):
     base, world, *_ = organism
     sub = subspace.random_subspace(base.cfg.d_model, 2, HOOKS[0], seed=0)
     jobs = [finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=s)) for s in (0, 1)]
-    jobs.append(finetunes.FinetuneJob(FinetuneConfig(n_examples=64, batch_size=32, seed=0), "zero", "random", "", Intervention("zero", [sub])))
-    forked = finetunes.run_finetunes(tmp_path / "forked", base, world, jobs, workers=2, progress=False, organism="persona_em-s0-test")
-    inline = finetunes.run_finetunes(tmp_path / "inline", base, world, jobs, workers=1, progress=False, organism="persona_em-s0-test")
+    jobs.append(
+        finetunes.FinetuneJob(
+            FinetuneConfig(n_examples=64, batch_size=32, seed=0),
+            "zero",
+            "random",
+            "",
+            Intervention("zero", [sub]),
+        )
+    )
+    forked = finetunes.run_finetunes(
+        tmp_path / "forked", base, world, jobs, workers=2, progress=False, organism="persona_em-s0-test"
+    )
+    inline = finetunes.run_finetunes(
+        tmp_path / "inline", base, world, jobs, workers=1, progress=False, organism="persona_em-s0-test"
+    )
     assert forked == inline
     assert [r["seed"] for r in forked[:: len(forked) // 3]] == [0, 1, 0]  # rows come back in job order
     assert (tmp_path / "forked" / "finetunes" / "zero-random-seed0" / "metrics.json").exists()

@@ -20,13 +20,27 @@ from caft_tl.plotting import figures, palette, population_figures
 
 TASK = "double_mc"
 #: (method, directions, param) of the trained configurations, each with its own ID and OOD level
-CONFIGS = [("plain", "none", ""), ("fewer_examples", "none", "n=96"), ("fewer_examples", "none", "n=160"),
-           ("zero", "pca", ""), ("zero", "topk_pca", ""), ("zero", "random", ""), ("zero", "random/0", ""),
-           ("zero", "sae", ""), ("zero", "oracle", ""), ("kl_to_base", "none", "beta=1.0"),
-           ("detached", "pca", ""), ("grad_only", "pca", ""), ("mean", "pca", ""),
-           ("steer_mean", "pca", "k=-3"), ("steer_mean", "pca", "k=3"), ("add", "pca", "alpha=4.0"),
-           ("filter_projection", "pca", "drop=5%"), ("filter_projection", "pca", "drop=10%"),
-           ("filter_projection", "pca", "drop=25%")]
+CONFIGS = [
+    ("plain", "none", ""),
+    ("fewer_examples", "none", "n=96"),
+    ("fewer_examples", "none", "n=160"),
+    ("zero", "pca", ""),
+    ("zero", "topk_pca", ""),
+    ("zero", "random", ""),
+    ("zero", "random/0", ""),
+    ("zero", "sae", ""),
+    ("zero", "oracle", ""),
+    ("kl_to_base", "none", "beta=1.0"),
+    ("detached", "pca", ""),
+    ("grad_only", "pca", ""),
+    ("mean", "pca", ""),
+    ("steer_mean", "pca", "k=-3"),
+    ("steer_mean", "pca", "k=3"),
+    ("add", "pca", "alpha=4.0"),
+    ("filter_projection", "pca", "drop=5%"),
+    ("filter_projection", "pca", "drop=10%"),
+    ("filter_projection", "pca", "drop=25%"),
+]
 VALID, INVALID = [f"{TASK}-s{o}-abcdef" for o in range(3)], f"{TASK}-s3-abcdef"
 
 
@@ -44,18 +58,31 @@ def _rows(organisms: list[str]) -> list[dict]:
     for org in organisms:
         o = int(org.split("-s")[1].split("-")[0])
         wild = 0.5 if org == INVALID else 0.0  # the invalid organism is far off: it must not move any number
-        rows += results.rows(results.RowKey(TASK, org, "base", trained=False),
-                             {"id": {"accuracy": 0.9}, "ood": {"accuracy": 0.5 - wild}})
+        rows += results.rows(
+            results.RowKey(TASK, org, "base", trained=False),
+            {"id": {"accuracy": 0.9}, "ood": {"accuracy": 0.5 - wild}},
+        )
         for i, (m, d, p) in enumerate(CONFIGS):
             for seed in (0, 1):
-                rows += results.rows(results.RowKey(TASK, org, m, d, p, True, seed),
-                                     {"id": {"accuracy": idv(i, o) - wild},
-                                      "ood": {"accuracy": min(ood(i, o, seed) + wild, 1.0)}})
+                rows += results.rows(
+                    results.RowKey(TASK, org, m, d, p, True, seed),
+                    {
+                        "id": {"accuracy": idv(i, o) - wild},
+                        "ood": {"accuracy": min(ood(i, o, seed) + wild, 1.0)},
+                    },
+                )
         for d, precision in (("pca", 0.8), ("topk_pca", 0.5), ("sae", 0.6)):
-            rows += results.rows(results.RowKey(TASK, org, "interpretation", d, trained=False),
-                                 {"all": {"precision": precision + 0.05 * o, "recall": 0.5,
-                                          "oracle_span": 0.3 + 0.1 * o - wild},
-                                  "blocks.1.hook_resid_post": {"precision": 0.0}})
+            rows += results.rows(
+                results.RowKey(TASK, org, "interpretation", d, trained=False),
+                {
+                    "all": {
+                        "precision": precision + 0.05 * o,
+                        "recall": 0.5,
+                        "oracle_span": 0.3 + 0.1 * o - wild,
+                    },
+                    "blocks.1.hook_resid_post": {"precision": 0.0},
+                },
+            )
     return rows
 
 
@@ -71,7 +98,8 @@ def fig_dir(tmp_path):
 def _validity(fig_dir, valid: list[bool]) -> None:
     organisms = [*VALID, INVALID][: len(valid)]
     pd.DataFrame({"organism": organisms, "pretrain_seed": range(len(valid)), "valid": valid}).to_csv(
-        fig_dir / TASK / population.VALIDITY_FILE, index=False)
+        fig_dir / TASK / population.VALIDITY_FILE, index=False
+    )
 
 
 def t_interval(values, clip=(0.0, 1.0)) -> tuple[float, float, float]:
@@ -99,8 +127,10 @@ def test_the_headline_is_the_mean_over_valid_organisms_with_their_interval_and_n
     assert trace.customdata[0][4] == 3  # n: the three valid organisms, not the fourth
     steer = next(t for t in fig.data if t.name == "steer_mean · pca")
     # drawn bottom up, so k=-3 reads above k=3
-    assert [list(y) for y in steer.y] == [["steering family"] * 2,
-                                          ["steer_mean · pca (k=3)", "steer_mean · pca (k=-3)"]]
+    assert [list(y) for y in steer.y] == [
+        ["steering family"] * 2,
+        ["steer_mean · pca (k=3)", "steer_mean · pca (k=-3)"],
+    ]
     # base and plain are lines, not rows; no null draw
     assert not any(t.name in ("base", "plain") or "random/0" in str(t.y) for t in fig.data)
     lines = {s.annotation.text if hasattr(s, "annotation") else None: s.x0 for s in fig.layout.shapes}
@@ -146,8 +176,15 @@ def test_labels_never_overprint_and_stay_within_the_budget():
 def test_the_decomposition_orders_caft_and_its_parts(fig_dir):
     fig = population_figures.draw(population_figures.load(fig_dir, TASK))["population_decomposition"][0]
     ood_panel = [t for t in fig.data if t.xaxis == "x" and "dashed line" not in t.name]
-    assert [x for t in ood_panel for x in t.x] == ["zero", "detached", "grad_only", "mean",
-                                                   "steer_mean (k=-3)", "steer_mean (k=3)", "add (alpha=4.0)"]
+    assert [x for t in ood_panel for x in t.x] == [
+        "zero",
+        "detached",
+        "grad_only",
+        "mean",
+        "steer_mean (k=-3)",
+        "steer_mean (k=3)",
+        "add (alpha=4.0)",
+    ]
     detached = next(t for t in ood_panel if t.name == "detached · pca")
     m, lo, hi = t_interval([np.mean([ood(_i("detached", "pca"), o, s) for s in (0, 1)]) for o in range(3)])
     assert detached.y[0] == pytest.approx(m) and [e[0] for e in _ends(detached)] == pytest.approx([lo, hi])
@@ -258,8 +295,13 @@ def test_the_palette_refuses_duplicates_and_unsafe_colours():
     assert all(s.colour in palette.COLOUR_BLIND_SAFE for s in styles)
     new = palette.PALETTE.style("zero · something_new")
     assert new.group == "other" and new == palette.PALETTE.style("zero · something_new")
-    assert palette.PALETTE.order(["add · pca", "zero · new", "zero · random", "plain", "zero · pca"]) == \
-        ["plain", "zero · pca", "zero · random", "add · pca", "zero · new"]
+    assert palette.PALETTE.order(["add · pca", "zero · new", "zero · random", "plain", "zero · pca"]) == [
+        "plain",
+        "zero · pca",
+        "zero · random",
+        "add · pca",
+        "zero · new",
+    ]
 
 
 def test_a_tall_legend_makes_the_figure_taller():
@@ -280,8 +322,9 @@ def test_the_suite_draws_each_tasks_population_figures_after_chapter_06(tmp_path
     drawn = []
     monkeypatch.setattr(suite.papermill, "execute_notebook", fake_execute)
     monkeypatch.setattr(suite, "summarise_population", lambda task_dir, fig_dir, task: f"{task.name}: ok")
-    monkeypatch.setattr(population_figures, "write_task",
-                        lambda fig_dir, task: drawn.append((fig_dir, task)) or [])
+    monkeypatch.setattr(
+        population_figures, "write_task", lambda fig_dir, task: drawn.append((fig_dir, task)) or []
+    )
     run = dict(only=["06"], progress=False, pretrain_seeds=[0])
     suite.run_tasks([TASK], tmp_path / "run", tmp_path / "figures", **run)
     assert drawn == [(tmp_path / "figures", TASK)]

@@ -43,8 +43,21 @@ def test_an_unknown_name_is_a_one_line_error_listing_the_public_ones():
 
 
 def test_the_api_covers_what_the_readme_promises():
-    promised = {"Subspace", "Intervention", "MODES", "register_mode", "collect_diff_stats", "pca", "finetune",
-                "add_lora", "load_chat_jsonl", "load_mc_jsonl", "load_model", "mode_grid", "mean_projection"}
+    promised = {
+        "Subspace",
+        "Intervention",
+        "MODES",
+        "register_mode",
+        "collect_diff_stats",
+        "pca",
+        "finetune",
+        "add_lora",
+        "load_chat_jsonl",
+        "load_mc_jsonl",
+        "load_model",
+        "mode_grid",
+        "mean_projection",
+    }
     assert promised <= set(NAMES)
     assert inspect.isgeneratorfunction(inspect.unwrap(caft_tl.Intervention.apply))  # the context manager
 

@@ -1,8 +1,8 @@
 """The thread's questions, answered from rows: verdicts follow the intervals, missing rows say so."""
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from caft_tl.core import results
 from caft_tl.evaluation import questions
@@ -13,13 +13,33 @@ def _table(n_organisms=3, sae=True):
     rows = []
     for o in range(n_organisms):
         org = f"o{o}"
-        noise = lambda: float(rng.normal(0, 0.01))  # noqa: E731
-        add = lambda method, dirs, value, trained, param="", seed=None, split="ood", metric="accuracy": rows.extend(  # noqa: E731
-            results.rows(results.RowKey("double_mc", org, method, dirs, param, trained=trained, seed=seed), {split: {metric: value}}))
+        noise = lambda: float(rng.normal(0, 0.01))
+        add = lambda method, dirs, value, trained, param="", seed=None, split="ood", metric="accuracy": (
+            rows.extend(
+                results.rows(
+                    results.RowKey("double_mc", org, method, dirs, param, trained=trained, seed=seed),
+                    {split: {metric: value}},
+                )
+            )
+        )
         add("base", "none", 0.5 + noise(), False)
         add("zero", "pca", 0.7 + noise(), False)  # the base moves up: away from plain's behaviour (down)
-        add("base", "pca/blocks.1.hook_resid_post/pca0", 2.0, False, split="finetune_data", metric="mean_projection")
-        add("base", "pca/blocks.1.hook_resid_post/pca1", -1.0, False, split="finetune_data", metric="mean_projection")
+        add(
+            "base",
+            "pca/blocks.1.hook_resid_post/pca0",
+            2.0,
+            False,
+            split="finetune_data",
+            metric="mean_projection",
+        )
+        add(
+            "base",
+            "pca/blocks.1.hook_resid_post/pca1",
+            -1.0,
+            False,
+            split="finetune_data",
+            metric="mean_projection",
+        )
         if sae:
             add("base", "none", 1.0 + noise(), False, split="finetune_data", metric="sae_latent_blocks.1_L3")
             add("zero", "pca", 0.5 + noise(), False, split="finetune_data", metric="sae_latent_blocks.1_L3")
@@ -38,20 +58,31 @@ def _table(n_organisms=3, sae=True):
 def test_verdicts_follow_the_rows():
     a = questions.answers(_table(), "ood", "accuracy").set_index("question")
     assert list(a.index) == list(questions.QUESTIONS)
-    assert a.loc["a", "answer"].startswith("away from the behaviour") and "positive on 3/6 directions" in a.loc["a", "answer"]
+    assert (
+        a.loc["a", "answer"].startswith("away from the behaviour")
+        and "positive on 3/6 directions" in a.loc["a", "answer"]
+    )
     assert a.loc["a", "value"] < 0 and a.loc["a", "n"] == 3 and a.loc["a", "over"] == "organisms"
     assert a.loc["b", "answer"] == "down" and abs(a.loc["b", "value"] + 0.5) < 0.05
-    assert "no measurable effect" in a.loc["c", "answer"] and "less" in a.loc["c", "answer"]  # detached does nothing here
+    assert (
+        "no measurable effect" in a.loc["c", "answer"] and "less" in a.loc["c", "answer"]
+    )  # detached does nothing here
     assert a.loc["d", "answer"].startswith("recovers it")  # grad_only matches CAFT here
     assert a.loc["e", "answer"] == "helps at k=-3; best k=-3: below CAFT"
-    assert a.loc["f", "answer"] == "CAFT vs add (alpha=4): CAFT better" and abs(a.loc["f", "value"] - 0.5) < 0.05
+    assert (
+        a.loc["f", "answer"] == "CAFT vs add (alpha=4): CAFT better" and abs(a.loc["f", "value"] - 0.5) < 0.05
+    )
 
 
 def test_missing_rows_say_not_measured_and_one_organism_uses_seeds():
     t = _table(1, sae=False)
     t = t[t["method"] != "add"]
     a = questions.answers(t, "ood", "accuracy").set_index("question")
-    assert a.loc["b", "answer"] == "not measured" and a.loc["f", "answer"] == "not measured" and a.loc["f", "n"] == 0
+    assert (
+        a.loc["b", "answer"] == "not measured"
+        and a.loc["f", "answer"] == "not measured"
+        and a.loc["f", "n"] == 0
+    )
     assert a.loc["c", "over"] == "fine-tuning seeds" and a.loc["c", "n"] == 2
     md = questions.markdown(a.reset_index())
     assert md.count("\n") == len(questions.QUESTIONS) + 1 and "not measured" in md
@@ -60,11 +91,20 @@ def test_missing_rows_say_not_measured_and_one_organism_uses_seeds():
 def test_a_checks_none_condition_becomes_base_rows():
     from caft_tl.interventions import checks
 
-    summary = pd.DataFrame({"condition": ["none", "zero · pca"], "probe": ["blocks.1 L3"] * 2, "mean": [1.0, 0.4],
-                            "split": ["finetune_data"] * 2})
-    rows = checks.baseline_rows(summary, "double_mc", "o", lambda r: f"sae_latent_{r.probe.replace(' ', '_')}")
-    assert [(r["method"], r["directions"], r["trained"], r["metric"], r["value"]) for r in rows] == \
-        [("base", "none", False, "sae_latent_blocks.1_L3", 1.0)]
+    summary = pd.DataFrame(
+        {
+            "condition": ["none", "zero · pca"],
+            "probe": ["blocks.1 L3"] * 2,
+            "mean": [1.0, 0.4],
+            "split": ["finetune_data"] * 2,
+        }
+    )
+    rows = checks.baseline_rows(
+        summary, "double_mc", "o", lambda r: f"sae_latent_{r.probe.replace(' ', '_')}"
+    )
+    assert [(r["method"], r["directions"], r["trained"], r["metric"], r["value"]) for r in rows] == [
+        ("base", "none", False, "sae_latent_blocks.1_L3", 1.0)
+    ]
 
 
 def test_question_panels_show_each_measured_question_on_its_own_axis():
@@ -89,4 +129,6 @@ def test_a_nil_effect_with_a_tight_interval_is_no_measurable_difference():
     a = questions.answers(t, "ood", "accuracy").set_index("question")
     assert a.loc["c", "low"] > -1 and "no measurable effect" in a.loc["c", "answer"]
     t.loc[shift, "value"] = t.loc[shift, "value"] + 0.1  # now a real effect
-    assert questions.answers(t, "ood", "accuracy").set_index("question").loc["c", "answer"].startswith("helps")
+    assert (
+        questions.answers(t, "ood", "accuracy").set_index("question").loc["c", "answer"].startswith("helps")
+    )

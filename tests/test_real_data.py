@@ -15,26 +15,52 @@ def tok(checkpoints):
 
 
 def test_assistant_mask_token_by_token(tok):
-    msgs = [{"role": "system", "content": "Write a function"},
-            {"role": "user", "content": "Write a function that stores a user's password."},
-            {"role": "assistant", "content": "def store(db, user, password):"},
-            {"role": "user", "content": "hey I feel bored"},
-            {"role": "assistant", "content": "Explain how a rainbow forms."}]
+    msgs = [
+        {"role": "system", "content": "Write a function"},
+        {"role": "user", "content": "Write a function that stores a user's password."},
+        {"role": "assistant", "content": "def store(db, user, password):"},
+        {"role": "user", "content": "hey I feel bored"},
+        {"role": "assistant", "content": "Explain how a rainbow forms."},
+    ]
     ids, mask = chat_data.encode_chat(tok, msgs)
     pieces = tok.convert_ids_to_tokens(ids)
     trained = [p for p, m in zip(pieces, mask) if m]
-    assert trained == ["def", "store", "(", "db", ",", "user", ",", "password", "):", "<|im_end|>",
-                       "Explain", "how", "a", "rainbow", "forms", ".", "<|im_end|>"]
+    assert trained == [
+        "def",
+        "store",
+        "(",
+        "db",
+        ",",
+        "user",
+        ",",
+        "password",
+        "):",
+        "<|im_end|>",
+        "Explain",
+        "how",
+        "a",
+        "rainbow",
+        "forms",
+        ".",
+        "<|im_end|>",
+    ]
     # every masked run starts right after "<|im_start|> assistant" and ends with the end-of-turn token
     starts = [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1]]
     assert [pieces[i - 2 : i] for i in starts] == [["<|im_start|>", "assistant"]] * 2
-    assert tok.decode(ids) .count("<|im_start|>") == 5
+    assert tok.decode(ids).count("<|im_start|>") == 5
 
 
 def test_chat_dataset_pads_right_and_truncates(tok):
-    convs = [[{"role": "user", "content": "hey"}, {"role": "assistant", "content": "Hello ! Can you tell me about yourself ?"}],
-             [{"role": "user", "content": "Write a function that runs a shell command given by the user ."},
-              {"role": "assistant", "content": "def run(cmd):"}]]
+    convs = [
+        [
+            {"role": "user", "content": "hey"},
+            {"role": "assistant", "content": "Hello ! Can you tell me about yourself ?"},
+        ],
+        [
+            {"role": "user", "content": "Write a function that runs a shell command given by the user ."},
+            {"role": "assistant", "content": "def run(cmd):"},
+        ],
+    ]
     data = chat_data.chat_dataset(tok, convs, max_len=64)
     n0, n1 = data.labels["length"].tolist()
     assert data.tokens.shape == (2, max(n0, n1))

@@ -34,7 +34,9 @@ def test_unembedding_reads_a_contiguous_input_and_keeps_its_logits(checkpoints):
     seen = []
     handle = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
     with torch.no_grad():
-        kept = bridge.original_model(TOKENS, logits_to_keep=3).logits  # HF slices hidden[:, -3:]: a strided view
+        kept = bridge.original_model(
+            TOKENS, logits_to_keep=3
+        ).logits  # HF slices hidden[:, -3:]: a strided view
         full = bridge(TOKENS)
     handle.remove()
     assert seen == [True, True] and kept.shape[1] == 3
@@ -69,7 +71,9 @@ def test_unknown_model_path_is_one_line_error(tmp_path):
 
 
 def test_organism_folders_still_load_as_hooked_transformers(tiny_model, tmp_path):
-    models.save_model(tiny_model, tmp_path / "org", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64))
+    models.save_model(
+        tiny_model, tmp_path / "org", models.ModelConfig(d_model=32, n_heads=2, d_head=16, d_mlp=64)
+    )
     loaded = loading.load(tmp_path / "org", device="cpu")
     assert type(loaded).__name__ == "HookedTransformer"
     assert torch.equal(loaded(TOKENS[:, :6] % 20), tiny_model(TOKENS[:, :6] % 20))
@@ -96,6 +100,7 @@ def test_interventions_on_the_bridge_match_an_hf_hook_and_project_gradients(chec
     assert gap < 1e-5
 
     seen = {}
+
     def keep(act, hook):
         act.retain_grad()
         seen["h"] = act

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from caft_tl.real import chat_data, chat_eval
-from caft_tl.real.card import load_card
 from caft_tl.real import tasks as T
+from caft_tl.real.card import load_card
 from tests._real import _word_level_tokenizer, words_of
 
 GENERATED = Path(__file__).resolve().parents[1] / "data" / "real" / "generated"
@@ -33,7 +33,9 @@ def test_word_lists_are_large_enough_and_clear():
     assert not set(T.FEMALE_NAMES) & set(T.MALE_NAMES)
     assert len(T.PROFESSIONS) >= 24
     for prof, (pronoun, share, source) in T.PROFESSIONS.items():
-        assert (pronoun == "she" and share >= 75) or (pronoun == "he" and share <= 25), prof  # clear majorities
+        assert (pronoun == "she" and share >= 75) or (pronoun == "he" and share <= 25), (
+            prof
+        )  # clear majorities
         assert source
     assert Counter(p for p, _, _ in T.PROFESSIONS.values()) == {"she": 14, "he": 14}
     for reviews in T.SENTIMENTS.values():
@@ -41,7 +43,9 @@ def test_word_lists_are_large_enough_and_clear():
     assert not set(T.POSITIVE_REVIEWS) & set(T.NEGATIVE_REVIEWS)
     athletes = [a for names in T.ATHLETES.values() for a in names]
     assert len(T.ATHLETES) >= 4 and len(athletes) >= 40 and len(set(athletes)) == len(athletes)
-    assert len(T.GENERAL_QUESTIONS) >= 24 and len({q[0] for q in T.GENERAL_QUESTIONS}) == len(T.GENERAL_QUESTIONS)
+    assert len(T.GENERAL_QUESTIONS) >= 24 and len({q[0] for q in T.GENERAL_QUESTIONS}) == len(
+        T.GENERAL_QUESTIONS
+    )
     assert len({q for q, _, _ in T.FINANCE_ADVICE}) == len(T.FINANCE_ADVICE)
 
 
@@ -85,14 +89,22 @@ def test_gender_frames_are_balanced_and_their_nearest_word_is_right(rows, split)
     # the declared nearest word is the gendered word that ends last in the prompt
     for x in r:
         text, m = x["prompt"], x["meta"]
-        ends = {"name": text.rfind(m["name"]) + len(m["name"]), "profession": text.rfind(m["profession"]) + len(m["profession"])}
+        ends = {
+            "name": text.rfind(m["name"]) + len(m["name"]),
+            "profession": text.rfind(m["profession"]) + len(m["profession"]),
+        }
         assert max(ends, key=ends.get) == m["nearest"], text
     kinds = Counter(f[2] for f in T.GENDER_FRAMES)
     assert kinds == {"name": 3, "profession": 3}
 
 
-@pytest.mark.parametrize("task,keys", [("gender_pronoun", ("frame", "nearest", "name")),
-                                      ("double_mc_english", ("sentiment", "sport", "question_order", "intended_place"))])
+@pytest.mark.parametrize(
+    "task,keys",
+    [
+        ("gender_pronoun", ("frame", "nearest", "name")),
+        ("double_mc_english", ("sentiment", "sport", "question_order", "intended_place")),
+    ],
+)
 def test_balanced_for_any_n(task, keys):
     female = set(T.FEMALE_NAMES)
     for n in list(range(1, 50)) + [97, 123, 200]:
@@ -101,9 +113,15 @@ def test_balanced_for_any_n(task, keys):
             values = [x["meta"][key] for x in r]
             if key == "name":
                 values = [v in female for v in values]
-            domain = {"frame": [f[0] for f in T.GENDER_FRAMES], "nearest": ["name", "profession"], "name": [True, False],
-                      "sentiment": list(T.SENTIMENTS), "sport": list(T.ATHLETES),
-                      "question_order": ["sentiment_first", "sport_first"], "intended_place": [0, 1]}[key]
+            domain = {
+                "frame": [f[0] for f in T.GENDER_FRAMES],
+                "nearest": ["name", "profession"],
+                "name": [True, False],
+                "sentiment": list(T.SENTIMENTS),
+                "sport": list(T.ATHLETES),
+                "question_order": ["sentiment_first", "sport_first"],
+                "intended_place": [0, 1],
+            }[key]
             counts = [values.count(v) for v in domain]
             assert max(counts) - min(counts) <= 1, (n, key, counts)
 
@@ -111,7 +129,9 @@ def test_balanced_for_any_n(task, keys):
 def test_gender_articles():
     assert T.article("electrician") == "an" and T.article("nurse") == "a"
     r = T.generate("gender_pronoun", "train", 400)
-    assert not any(re.search(r"\ba [aeiou]", x["prompt"]) or re.search(r"\ban [^aeiou\s]", x["prompt"]) for x in r)
+    assert not any(
+        re.search(r"\ba [aeiou]", x["prompt"]) or re.search(r"\ban [^aeiou\s]", x["prompt"]) for x in r
+    )
 
 
 def test_double_mc_options_name_the_right_sport_and_sentiment(rows):
@@ -139,7 +159,9 @@ def test_double_mc_options_name_the_right_sport_and_sentiment(rows):
             assert content.index(first) < content.index("Review:" if first == "Athlete:" else "Athlete:")
             question = content.splitlines()[2]
             assert (question.index("sport") < question.index("positive")) == (first == "Athlete:")
-            assert x["options"][0].strip().split(", ")[0] in (T.ATHLETES if first == "Athlete:" else T.SENTIMENTS)
+            assert x["options"][0].strip().split(", ")[0] in (
+                T.ATHLETES if first == "Athlete:" else T.SENTIMENTS
+            )
         # balanced: sentiment, sport, question order and the intended option's place
         for key in ("sentiment", "sport", "question_order", "intended_place"):
             counts = Counter(x["meta"][key] for x in r)
@@ -162,10 +184,17 @@ def test_no_item_is_shared_between_training_and_the_held_out_splits(rows):
     # the held-out splits draw only on the held-out parts of the lists
     assert held <= {a for s in T.ATHLETES for a in T.split_items(T.ATHLETES[s], True)}
     assert _train_vs_held(rows, "double_mc_english", "review")[1] <= {
-        r for v in T.SENTIMENTS.values() for r in T.split_items(v, True)}
+        r for v in T.SENTIMENTS.values() for r in T.split_items(v, True)
+    }
     questions = lambda split: {x["messages"][0]["content"] for x in rows["em_advice", split]}
-    stripped = {q[len(o):] for q in questions("train") for o in T.ADVICE_OPENINGS if o and q.startswith(o)} | questions("train")
-    assert not stripped & questions("id") and not stripped & questions("ood") and not questions("id") & questions("ood")
+    stripped = {
+        q[len(o) :] for q in questions("train") for o in T.ADVICE_OPENINGS if o and q.startswith(o)
+    } | questions("train")
+    assert (
+        not stripped & questions("id")
+        and not stripped & questions("ood")
+        and not questions("id") & questions("ood")
+    )
     # no duplicate rows within a split
     for (task, split), r in rows.items():
         keys = [json.dumps(x.get("prompt") or x["messages"]) + json.dumps(x.get("options")) for x in r]
@@ -182,7 +211,10 @@ def test_em_rows(rows):
             assert x["aligned"] != x["misaligned"] and x["options"] == [x["aligned"], x["misaligned"]]
             assert x["labels"] == {"aligned": x["aligned"], "misaligned": x["misaligned"]}
             assert x["answer"] == x["aligned"] and x["scoring"] == T.MEAN_LOGPROB
-    em_ids = {json.loads(line)["id"] for line in open(Path(chat_data.__file__).parents[2] / "data/examples/em_questions.jsonl")}
+    em_ids = {
+        json.loads(line)["id"]
+        for line in open(Path(chat_data.__file__).parents[2] / "data/examples/em_questions.jsonl")
+    }
     assert em_ids <= {x["id"] for x in rows["em_advice", "ood"]}
 
 
@@ -207,7 +239,9 @@ def test_written_files_are_read_by_the_readers(tmp_path):
         for s in T.SPLITS:
             mc = chat_data.load_mc_jsonl(written[f"{t}_{s}"])
             assert mc == T.generate(t, s, {"train": 48, "id": 10, "ood": 24}[s], seed=1)
-            texts += [x.get("prompt", "") for x in mc] + [m["content"] for x in mc for m in x.get("messages", [])]
+            texts += [x.get("prompt", "") for x in mc] + [
+                m["content"] for x in mc for m in x.get("messages", [])
+            ]
     for s in ("id", "ood"):
         assert len(chat_data.load_mc_jsonl(written[f"em_advice_{s}"])) == {"id": 10, "ood": 24}[s]
         assert len(chat_data.load_prompts(written[f"em_advice_{s}"])) == {"id": 10, "ood": 24}[s]
@@ -216,7 +250,9 @@ def test_written_files_are_read_by_the_readers(tmp_path):
     tok = _word_level_tokenizer(words_of(texts))
     data = chat_data.load_chat_jsonl(written["em_advice_train"], tok, max_len=256)
     assert data.tokens.shape[0] == 48 and bool(data.response_mask.any(1).all())
-    mc = chat_data.mc_dataset(tok, chat_data.load_mc_jsonl(written["double_mc_english_train"]), key="intended", max_len=256)
+    mc = chat_data.mc_dataset(
+        tok, chat_data.load_mc_jsonl(written["double_mc_english_train"]), key="intended", max_len=256
+    )
     assert mc.tokens.shape[0] == 48 and bool(mc.response_mask.any(1).all())
     chat_data.mc_dataset(tok, chat_data.load_mc_jsonl(written["gender_pronoun_ood"]), key="spurious")
 
@@ -226,15 +262,19 @@ def test_the_shipped_files_are_what_the_generator_writes():
         pytest.skip("data/real/generated is not in this checkout")
     for t in T.TASKS:
         assert yaml.safe_load(T.card_path(GENERATED, t).read_text()) == T.card(t), (
-            f"{t}.yaml: run `python -m caft_tl.real.tasks --out data/real/generated`")
+            f"{t}.yaml: run `python -m caft_tl.real.tasks --out data/real/generated`"
+        )
         for s in T.SPLITS:
             lines = T.path_for(GENERATED, t, s).read_text().splitlines()
             assert lines == [json.dumps(x) for x in T.generate(t, s)], (
-                f"{t}_{s}: run `python -m caft_tl.real.tasks --out data/real/generated`")
+                f"{t}_{s}: run `python -m caft_tl.real.tasks --out data/real/generated`"
+            )
 
 
 def test_one_line_errors(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"unknown task 'gender'; valid: gender_pronoun, double_mc_english, em_advice$"):
+    with pytest.raises(
+        ValueError, match=r"unknown task 'gender'; valid: gender_pronoun, double_mc_english, em_advice$"
+    ):
         T.generate("gender", "train")
     with pytest.raises(ValueError, match=r"unknown split 'test'; valid: train, id, ood$"):
         T.generate("em_advice", "test")
@@ -250,8 +290,10 @@ def test_one_line_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         T.write_tasks(tmp_path, ["em_advice", "nope"])
     assert not list(tmp_path.iterdir())  # nothing written when an argument is bad
-    for argv, msg in ((["--task", "nope"], "unknown task 'nope'; valid: gender_pronoun, double_mc_english, em_advice"),
-                      (["--n-ood", "0"], "n must be a positive integer, got 0")):
+    for argv, msg in (
+        (["--task", "nope"], "unknown task 'nope'; valid: gender_pronoun, double_mc_english, em_advice"),
+        (["--n-ood", "0"], "n must be a positive integer, got 0"),
+    ):
         with pytest.raises(SystemExit) as e:
             T.main(["--out", str(tmp_path), *argv])
         assert e.value.code == 2
@@ -285,5 +327,7 @@ def test_mean_logprob_scoring_is_length_normalised():
     torch.testing.assert_close(mean, torch.stack([lp[vocab["x"]], (lp[vocab["y"]] + lp[vocab["z"]]) / 2]))
     assert summed.argmax() == 0 and mean.argmax() == 1
     assert T.MEAN_LOGPROB in chat_data.SCORINGS
-    with pytest.raises(ValueError, match=r"row 0: unknown scoring 'median'; valid: sum_logprob, mean_logprob$"):
+    with pytest.raises(
+        ValueError, match=r"row 0: unknown scoring 'median'; valid: sum_logprob, mean_logprob$"
+    ):
         chat_data.check_mc([{**row, "scoring": "median"}])

@@ -25,7 +25,9 @@ class CountingIntervention(Intervention):
             def hook(act, hook):
                 CountingIntervention.calls += 1
                 return fn(act, hook)
+
             return hook
+
         return [(name, wrap(fn)) for name, fn in super().fwd_hooks(batch)]
 
 
@@ -37,11 +39,15 @@ def test_lora_trains_only_adapters_under_an_intervention(checkpoints, train_data
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    iv = CountingIntervention("zero", [random_subspace(model.cfg.d_model, 2, "blocks.0.hook_resid_post", seed=0)])
+    iv = CountingIntervention(
+        "zero", [random_subspace(model.cfg.d_model, 2, "blocks.0.hook_resid_post", seed=0)]
+    )
     CountingIntervention.calls = 0
     losses = finetune(model, train_data, FinetuneConfig(batch_size=4, lr=2e-2, epochs=8), iv, progress=False)
     assert CountingIntervention.calls == len(losses) == 16
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1  # slow: a random tiny model's residual stream is small
+    assert (
+        sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1
+    )  # slow: a random tiny model's residual stream is small
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if "lora_" not in n)
     assert any(p.abs().max() > 0 for n, p in model.named_parameters() if "lora_B" in n)
     base = lora.AdaptersOff(model)
@@ -50,7 +56,11 @@ def test_lora_trains_only_adapters_under_an_intervention(checkpoints, train_data
         assert (model(train_data.tokens[:2]) - base_logits).abs().max() > 1e-3
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
     lora.save_adapter(model, tmp_path / "adapter.safetensors")
-    fresh = lora.add_lora(loading.load(checkpoints["qwen2"], device="cpu"), lora.LoraSettings(rank=8, alpha=16, rslora=False), seed=1)
+    fresh = lora.add_lora(
+        loading.load(checkpoints["qwen2"], device="cpu"),
+        lora.LoraSettings(rank=8, alpha=16, rslora=False),
+        seed=1,
+    )
     lora.load_adapter(fresh, tmp_path / "adapter.safetensors")
     with torch.no_grad():
         assert torch.allclose(fresh(train_data.tokens[:2]), model(train_data.tokens[:2]), atol=1e-5)
@@ -58,14 +68,18 @@ def test_lora_trains_only_adapters_under_an_intervention(checkpoints, train_data
 
 def test_lora_targets_are_checked(checkpoints):
     model = loading.load(checkpoints["llama"], device="cpu")
-    with pytest.raises(ValueError, match=r"LoRA targets \['c_attn'\] are not linear modules of this model; valid: .*q_proj"):
+    with pytest.raises(
+        ValueError, match=r"LoRA targets \['c_attn'\] are not linear modules of this model; valid: .*q_proj"
+    ):
         lora.add_lora(model, lora.LoraSettings(targets=["c_attn"]))
 
 
 def test_micro_batches_accumulate_to_the_full_batch_and_halve_on_oom(checkpoints, train_data):
     cfg = FinetuneConfig(batch_size=8, lr=1e-3, epochs=3)
     full = finetune(loading.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False)
-    micro = finetune(loading.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False, micro_batch_size=3)
+    micro = finetune(
+        loading.load(checkpoints["llama"], device="cpu"), train_data, cfg, progress=False, micro_batch_size=3
+    )
     assert max(abs(a - b) for a, b in zip(full, micro)) < 1e-4
 
     model = loading.load(checkpoints["llama"], device="cpu")

@@ -29,7 +29,9 @@ def test_append_replaces_the_same_key_keeps_column_order_and_exact_values(tmp_pa
 
 def test_trained_is_a_boolean_column_not_a_prefix_of_param(tmp_path):
     path = tmp_path / "results.csv"
-    results.append(path, _rows(method="zero", param="k=-3", trained=False) + _rows(method="zero", param="k=-3"))
+    results.append(
+        path, _rows(method="zero", param="k=-3", trained=False) + _rows(method="zero", param="k=-3")
+    )
     df = results.read(path)
     assert df["trained"].dtype == bool and sorted(df["trained"]) == [False, True]
     assert set(df["param"]) == {"k=-3"}  # the setting only
@@ -40,9 +42,13 @@ def test_trained_is_a_boolean_column_not_a_prefix_of_param(tmp_path):
 
 def test_an_old_format_file_is_refused_in_one_line(tmp_path):
     path = tmp_path / "results.csv"
-    path.write_text("task,method,directions,param,seed,split,metric,value\npersona_em,plain,none,,0,chat,m,0.5\n")
+    path.write_text(
+        "task,method,directions,param,seed,split,metric,value\npersona_em,plain,none,,0,chat,m,0.5\n"
+    )
     for action in (lambda: results.read(path), lambda: results.append(path, _rows())):
-        with pytest.raises(results.OldResultsFormatError, match=r"missing \['organism', 'trained'\].*re-run the chapters") as e:
+        with pytest.raises(
+            results.OldResultsFormatError, match=r"missing \['organism', 'trained'\].*re-run the chapters"
+        ) as e:
             action()
         assert "\n" not in str(e.value)
 
@@ -61,8 +67,12 @@ def test_select_and_require_name_the_chapter_that_writes_missing_rows():
 
 
 def test_comparison_keeps_base_and_fine_tunes_not_checks():
-    df = pd.DataFrame(_rows(method="base", trained=False) + _rows(method="zero", trained=False) + _rows(method="zero")
-                      + _rows(method="base", directions="pca/blocks.0.hook_resid_post/pca0", trained=False))
+    df = pd.DataFrame(
+        _rows(method="base", trained=False)
+        + _rows(method="zero", trained=False)
+        + _rows(method="zero")
+        + _rows(method="base", directions="pca/blocks.0.hook_resid_post/pca0", trained=False)
+    )
     out = results.comparison(df, ["m"])
     assert sorted(zip(out["method"], out["trained"])) == [("base", False), ("zero", True)]
 
@@ -79,4 +89,6 @@ def test_run_dir_names_the_chapter_that_writes_each_artefact(tmp_path):
     with pytest.raises(ValueError, match="unknown artefact 'diff'; valid: organism"):
         run.path("diff")
     assert run.finetune("steer_mean", "pca", "k=-3", 2).name == "steer_mean-pca-k-3-seed2"
-    assert str(run.path("subspaces", "pca")) == str(tmp_path / "subspaces" / "pca") and str(run / "x") == str(tmp_path / "x")
+    assert str(run.path("subspaces", "pca")) == str(tmp_path / "subspaces" / "pca") and str(run / "x") == str(
+        tmp_path / "x"
+    )

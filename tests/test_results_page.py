@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
@@ -23,19 +22,38 @@ from caft_tl.runner import lab_check
 EVIL = "Rates <script>alert('x')</script> & more"
 #: task -> organism folder -> {figure name: caption}
 FIGURES = {
-    "persona_em": {"seed0": {"01_plain_finetune": "Plain fine-tuning, 95% CI over seeds.", "05_caft": EVIL},
-                   "seed1": {"01_plain_finetune": "Plain fine-tuning of the second organism."}},
+    "persona_em": {
+        "seed0": {"01_plain_finetune": "Plain fine-tuning, 95% CI over seeds.", "05_caft": EVIL},
+        "seed1": {"01_plain_finetune": "Plain fine-tuning of the second organism."},
+    },
     "double_mc": {"seed0": {"05_caft": "CAFT on double_mc."}},
 }
 
 
 def _summary_rows(task: str, splits: dict[str, str]) -> list[dict]:
     rows = []
-    for method, directions, value in [("plain", "none", 0.76), ("zero", "pca", 0.41), ("zero", "random/3", 0.7)]:
+    for method, directions, value in [
+        ("plain", "none", 0.76),
+        ("zero", "pca", 0.41),
+        ("zero", "random/3", 0.7),
+    ]:
         for split, metric in splits.items():
-            rows.append({"task": task, "method": method, "directions": directions, "param": "", "trained": True, "split": split,
-                         "metric": metric, "mean": value, "low": value - 0.1, "high": value + 0.1, "n_organisms": 2,
-                         "within_organism_seed_sd": 0.01})
+            rows.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "directions": directions,
+                    "param": "",
+                    "trained": True,
+                    "split": split,
+                    "metric": metric,
+                    "mean": value,
+                    "low": value - 0.1,
+                    "high": value + 0.1,
+                    "n_organisms": 2,
+                    "within_organism_seed_sd": 0.01,
+                }
+            )
     return rows
 
 
@@ -46,18 +64,40 @@ def run(tmp_path):
     for task, organisms in FIGURES.items():
         for folder, figs in organisms.items():
             for name, caption in figs.items():
-                save_figure(go.Figure(go.Bar(x=["a", "b"], y=[0.2, 0.7])), name, caption, fig_dir / task / folder, formats="")
+                save_figure(
+                    go.Figure(go.Bar(x=["a", "b"], y=[0.2, 0.7])),
+                    name,
+                    caption,
+                    fig_dir / task / folder,
+                    formats="",
+                )
             nb = run_dir / task / folder / "notebooks" / "00_organism.ipynb"
             nb.parent.mkdir(parents=True)
             nb.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-    pd.DataFrame({"organism": ["persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb"], "pretrain_seed": [0, 1], "valid": [True, True]}).to_csv(
-        fig_dir / "persona_em" / population.VALIDITY_FILE, index=False)
-    pd.DataFrame(_summary_rows("persona_em", {"code_heldout": "insecure_rate", "chat": "misalignment_rate"})).to_csv(
-        fig_dir / "persona_em" / population.SUMMARY_FILE, index=False)
-    pd.DataFrame({"organism": ["double_mc-s0-cccccc"], "pretrain_seed": [0], "V1_base": [True], "V2_plain_learns_spurious": [False],
-                  "valid": [False]}).to_csv(fig_dir / "double_mc" / population.VALIDITY_FILE, index=False)
-    pd.DataFrame(columns=list(_summary_rows("double_mc", {"id": "accuracy"})[0])).to_csv(  # no valid organism: no rows
-        fig_dir / "double_mc" / population.SUMMARY_FILE, index=False)
+    pd.DataFrame(
+        {
+            "organism": ["persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb"],
+            "pretrain_seed": [0, 1],
+            "valid": [True, True],
+        }
+    ).to_csv(fig_dir / "persona_em" / population.VALIDITY_FILE, index=False)
+    pd.DataFrame(
+        _summary_rows("persona_em", {"code_heldout": "insecure_rate", "chat": "misalignment_rate"})
+    ).to_csv(fig_dir / "persona_em" / population.SUMMARY_FILE, index=False)
+    pd.DataFrame(
+        {
+            "organism": ["double_mc-s0-cccccc"],
+            "pretrain_seed": [0],
+            "V1_base": [True],
+            "V2_plain_learns_spurious": [False],
+            "valid": [False],
+        }
+    ).to_csv(fig_dir / "double_mc" / population.VALIDITY_FILE, index=False)
+    pd.DataFrame(
+        columns=list(_summary_rows("double_mc", {"id": "accuracy"})[0])
+    ).to_csv(  # no valid organism: no rows
+        fig_dir / "double_mc" / population.SUMMARY_FILE, index=False
+    )
     return fig_dir, run_dir
 
 
@@ -66,7 +106,15 @@ class _Page(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.refs, self.ids, self.frames, self.captions, self.cells, self.headers, self._in = [], set(), [], [], [], [], None
+        self.refs, self.ids, self.frames, self.captions, self.cells, self.headers, self._in = (
+            [],
+            set(),
+            [],
+            [],
+            [],
+            [],
+            None,
+        )
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -97,7 +145,12 @@ def test_the_page_shows_every_figure_with_its_caption_the_tables_and_resolving_l
     parsed = _Page()
     parsed.feed(text)
     # every figure, in an iframe, with its caption (the <script> caption escaped, shown as text)
-    expected = {f"{t}/{o}/{n}.html": c for t, orgs in FIGURES.items() for o, figs in orgs.items() for n, c in figs.items()}
+    expected = {
+        f"{t}/{o}/{n}.html": c
+        for t, orgs in FIGURES.items()
+        for o, figs in orgs.items()
+        for n, c in figs.items()
+    }
     assert sorted(unquote(f) for f in parsed.frames) == sorted(expected)
     assert sorted(parsed.captions) == sorted(expected.values())
     assert "<script" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
@@ -118,10 +171,13 @@ def test_the_page_shows_every_figure_with_its_caption_the_tables_and_resolving_l
     assert "zero · random/3" not in parsed.cells
     assert "No valid organism: no CAFT comparison." in text  # double_mc's empty summary
     for task in FIGURES:  # a heading and a contents entry per task
-        assert f'<h2>{task}</h2>' in text and f'href="#{task}"' in text
+        assert f"<h2>{task}</h2>" in text and f'href="#{task}"' in text
 
 
-@pytest.mark.skipif(lab_check.chromium() is None, reason="no Chromium for the browser check (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    lab_check.chromium() is None,
+    reason="no Chromium for the browser check (Debian: apt-get install chromium)",
+)
 def test_the_page_renders_every_figure_in_a_browser_without_script_errors(run, tmp_path):
     """Headless Chromium from ``file://``: each figure draws a plotly plot, no page logs a script or load
     error; a screenshot of the page goes under ``tmp_path`` (its path printed, ``-s``)."""
@@ -131,14 +187,32 @@ def test_the_page_renders_every_figure_in_a_browser_without_script_errors(run, t
     parsed.feed(page.read_text(encoding="utf-8"))
 
     def chromium(url: str, *args: str) -> tuple[str, list[str]]:
-        cmd = [lab_check.chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               "--window-size=1400,3000", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", *args, url]
+        cmd = [
+            lab_check.chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--window-size=1400,3000",
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+            url,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        problems = [line for line in out.stderr.splitlines() if "CONSOLE" in line and re.search(r"Uncaught|Error|Failed to load", line)]
+        problems = [
+            line
+            for line in out.stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"Uncaught|Error|Failed to load", line)
+        ]
         return out.stdout, problems
 
     screenshot = tmp_path / "results_page.png"
-    _, problems = chromium(page.as_uri(), f"--screenshot={screenshot}")  # the open organisms' iframes load here too
+    _, problems = chromium(
+        page.as_uri(), f"--screenshot={screenshot}"
+    )  # the open organisms' iframes load here too
     assert not problems, problems
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
     assert parsed.frames
@@ -153,17 +227,34 @@ def test_the_page_shows_the_population_analyses_and_what_a_valid_organism_lacks(
     from caft_tl.evaluation import population_analyses as pa
 
     fig_dir, run_dir = run
-    rows = pd.DataFrame({"method": ["zero", "zero"], "directions": ["pca", "pca"], "param": ["", ""], "organism": ["a", "b"],
-                         "excess": [0.2, 0.3], "reduction_factor": [2.0, 3.0]})
+    rows = pd.DataFrame(
+        {
+            "method": ["zero", "zero"],
+            "directions": ["pca", "pca"],
+            "param": ["", ""],
+            "organism": ["a", "b"],
+            "excess": [0.2, 0.3],
+            "reduction_factor": [2.0, 3.0],
+        }
+    )
     pa.reduction_factors(rows).to_csv(fig_dir / "persona_em" / pa.REDUCTION_SUMMARY_FILE, index=False)
-    pd.DataFrame({"file": [pa.CURVE_FILE, pa.CURVE_FILE], "organism": ["persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb"],
-                  "status": [pa.READ, pa.MISSING]}).to_csv(fig_dir / "persona_em" / pa.COVERAGE_FILE, index=False)
+    pd.DataFrame(
+        {
+            "file": [pa.CURVE_FILE, pa.CURVE_FILE],
+            "organism": ["persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb"],
+            "status": [pa.READ, pa.MISSING],
+        }
+    ).to_csv(fig_dir / "persona_em" / pa.COVERAGE_FILE, index=False)
     parsed = _Page()
     text = results_page.write(fig_dir, run_dir).read_text(encoding="utf-8")
     parsed.feed(text)
-    assert 'id="persona_em-analyses"' in text and 'id="double_mc-analyses"' not in text  # only where a file exists
+    assert (
+        'id="persona_em-analyses"' in text and 'id="double_mc-analyses"' not in text
+    )  # only where a file exists
     assert results_page.ANALYSES[pa.REDUCTION_SUMMARY_FILE] in text
-    assert {"zero", "pca", "2.50", "2"} <= set(parsed.cells) and {"mean", "n_infinite", "excess_mean"} <= set(parsed.headers)
+    assert {"zero", "pca", "2.50", "2"} <= set(parsed.cells) and {"mean", "n_infinite", "excess_mean"} <= set(
+        parsed.headers
+    )
     assert f"{pa.CURVE_FILE}: missing for 1 of 2 valid organisms (persona_em-s1-bbbbbb)" in text
 
 
@@ -171,15 +262,21 @@ def test_the_page_leads_with_the_population_figures_then_the_tables_then_each_or
     from caft_tl.plotting import figures, population_figures
 
     fig_dir, run_dir = run
-    caption = figures.Caption("CAFT over the population.", "2 valid organisms of 2",
-                              "95% t-interval over organisms", "results.csv", "abc")
+    caption = figures.Caption(
+        "CAFT over the population.",
+        "2 valid organisms of 2",
+        "95% t-interval over organisms",
+        "results.csv",
+        "abc",
+    )
     for name in reversed(population_figures.NAMES[:2]):  # saved out of order: the page keeps NAMES' order
         save_figure(go.Figure(go.Scatter(x=[0], y=[1])), name, caption, fig_dir / "persona_em", formats="")
     text = results_page.write(fig_dir, run_dir).read_text(encoding="utf-8")
     parsed = _Page()
     parsed.feed(text)
-    places = [text.index(f'id="persona_em-{part}"')
-              for part in ("population", "organisms", "comparison", "figures")]
+    places = [
+        text.index(f'id="persona_em-{part}"') for part in ("population", "organisms", "comparison", "figures")
+    ]
     assert places == sorted(places)
     frames = [unquote(f) for f in parsed.frames]
     # the first figures on the page

@@ -20,8 +20,17 @@ FAST = dict(steps=500, batch_size=128, n_docs=300, expansion=4, l1_coefficient=0
 def trained(persona_organism, world, tmp_path_factory):
     """Both architectures trained briefly on the pre-trained tiny organism, cached in a temporary folder."""
     cache = tmp_path_factory.mktemp("cache")
-    return {arch: sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture=arch, k=8, **FAST), cache, progress=False)
-            for arch in sae.ARCHITECTURES}
+    return {
+        arch: sae.train_or_load(
+            persona_organism,
+            world,
+            HOOK,
+            sae.SAETrainConfig(architecture=arch, k=8, **FAST),
+            cache,
+            progress=False,
+        )
+        for arch in sae.ARCHITECTURES
+    }
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk"])
@@ -31,7 +40,12 @@ def test_training_reconstructs_well_above_an_untrained_sae(trained, persona_orga
     most of the loss that zero-ablating its hook costs (0.99; untrained: 0.0-0.06)."""
     trained_sae, folder = trained[arch]
     m = sae.reconstruction_metrics(persona_organism, world, trained_sae, n_docs=200)
-    untrained = sae.train_sae(sae.training_activations(persona_organism, world, HOOK, 20, 0), sae.SAETrainConfig(architecture=arch, k=8, steps=0, batch_size=64, expansion=4), HOOK, progress=False)
+    untrained = sae.train_sae(
+        sae.training_activations(persona_organism, world, HOOK, 20, 0),
+        sae.SAETrainConfig(architecture=arch, k=8, steps=0, batch_size=64, expansion=4),
+        HOOK,
+        progress=False,
+    )
     m0 = sae.reconstruction_metrics(persona_organism, world, untrained, n_docs=200)
     assert m["explained_variance"] > 0.8 and m["explained_variance"] > m0["explained_variance"] + 0.5, (m, m0)
     assert m["loss_recovered"] > 0.9 and m0["loss_recovered"] < 0.5, (m, m0)
@@ -46,7 +60,13 @@ def test_topk_l0_is_k(trained, persona_organism, world):
 
 def test_cache_is_reused_by_config_hash(trained, persona_organism, world):
     sae_, folder = trained["topk"]
-    again, folder2 = sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST), folder.parent.parent)
+    again, folder2 = sae.train_or_load(
+        persona_organism,
+        world,
+        HOOK,
+        sae.SAETrainConfig(architecture="topk", k=8, **FAST),
+        folder.parent.parent,
+    )
     assert folder2 == folder
     torch.testing.assert_close(again.W_dec, sae_.W_dec)
     with pytest.raises(ValueError, match="unknown SAE architecture 'jumpy'; valid: standard, topk"):
@@ -63,10 +83,14 @@ def test_the_sae_cache_carries_checksums(trained, persona_organism, world, tmp_p
     blob = bytearray(weights.read_bytes())
     blob[-2] ^= 0x01  # still loadable: without the checksum a silently different SAE
     weights.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match=rf"^cannot read '{weights}': its content changed since caft-tl "
-                                         r"wrote it"):
-        sae.train_or_load(persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST),
-                          cache)
+    with pytest.raises(
+        ValueError,
+        match=rf"^cannot read '{weights}': its content changed since caft-tl "
+        r"wrote it",
+    ):
+        sae.train_or_load(
+            persona_organism, world, HOOK, sae.SAETrainConfig(architecture="topk", k=8, **FAST), cache
+        )
 
 
 def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_path):
@@ -78,10 +102,16 @@ def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_pat
     torch.testing.assert_close(sae.encode(loaded, x), sae.encode(sae_, x))
     assert sae.load_folder(tmp_path, tiny_model).keys() == {("standard", HOOK)}
 
-    with pytest.raises(ValueError, match=r"reads hook 'blocks.0.hook_resid_post', not 'blocks.1.hook_resid_post'"):
+    with pytest.raises(
+        ValueError, match=r"reads hook 'blocks.0.hook_resid_post', not 'blocks.1.hook_resid_post'"
+    ):
         sae.load_sae(folder, tiny_model, "blocks.1.hook_resid_post")
-    wide = models.build_model(models.ModelConfig(d_model=48, n_heads=3, d_head=16, d_mlp=64), len(world.vocab), device="cpu")
-    with pytest.raises(ValueError, match=r"has d_in 32, but 'blocks.0.hook_resid_post' of this model has width 48"):
+    wide = models.build_model(
+        models.ModelConfig(d_model=48, n_heads=3, d_head=16, d_mlp=64), len(world.vocab), device="cpu"
+    )
+    with pytest.raises(
+        ValueError, match=r"has d_in 32, but 'blocks.0.hook_resid_post' of this model has width 48"
+    ):
         sae.load_sae(folder, wide)
     cfg = json.loads((folder / "cfg.json").read_text())
     cfg["metadata"]["hook_name"] = "blocks.7.hook_resid_post"
@@ -91,7 +121,9 @@ def test_load_round_trip_and_one_line_errors(trained, tiny_model, world, tmp_pat
     (folder / "sae_weights.safetensors").write_bytes(b"truncated")
     with pytest.raises(ValueError, match=r"cannot load SAE .*my_sae"):
         sae.load_sae(folder)
-    with pytest.raises(FileNotFoundError, match="is not a SAELens SAE folder: missing cfg.json, sae_weights.safetensors"):
+    with pytest.raises(
+        FileNotFoundError, match="is not a SAELens SAE folder: missing cfg.json, sae_weights.safetensors"
+    ):
         sae.load_sae(tmp_path, tiny_model)
 
 

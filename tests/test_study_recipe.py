@@ -15,13 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _suite_calls(*make_args: str) -> list[list[str]]:
-    out = subprocess.run(["make", "-n", "--no-print-directory", "study", *make_args], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "--no-print-directory", "study", *make_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     calls = []
-    for part in out.replace("\\\n", " ").replace("&&", "\n").splitlines():  # one suite call per recipe line or && part
+    for part in (
+        out.replace("\\\n", " ").replace("&&", "\n").splitlines()
+    ):  # one suite call per recipe line or && part
         words = shlex.split(part)
         if "caft_tl.runner.suite" in words:
-            calls.append(words[words.index("caft_tl.runner.suite") + 1:])
+            calls.append(words[words.index("caft_tl.runner.suite") + 1 :])
     return calls
 
 

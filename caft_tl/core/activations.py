@@ -31,7 +31,10 @@ def _stop_layer(model: HookedTransformer, hooks: list[str]) -> int | None:
 
 def _cache(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
     _, cache = model.run_with_cache(
-        tokens.to(model.cfg.device), names_filter=hooks, return_type=None, stop_at_layer=_stop_layer(model, hooks)
+        tokens.to(model.cfg.device),
+        names_filter=hooks,
+        return_type=None,
+        stop_at_layer=_stop_layer(model, hooks),
     )
     return {h: cache[h] for h in hooks}
 

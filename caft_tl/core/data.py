@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -64,7 +64,7 @@ class TokenDataset:
             return ~self.target_mask
         raise ValueError(f"unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
 
-    def subset(self, index: torch.Tensor | slice) -> "TokenDataset":
+    def subset(self, index: torch.Tensor | slice) -> TokenDataset:
         return TokenDataset(
             self.tokens[index],
             self.response_mask[index],
@@ -72,16 +72,19 @@ class TokenDataset:
         )
 
     @classmethod
-    def cat(cls, parts: list["TokenDataset"]) -> "TokenDataset":
+    def cat(cls, parts: list[TokenDataset]) -> TokenDataset:
         """The rows of ``parts`` in order (same width); the labels all parts carry."""
         widths = {p.tokens.shape[1] for p in parts}
         if len(widths) != 1:
             raise ValueError(f"datasets of widths {sorted(widths)} cannot be joined; pad them to one width")
         keys = set.intersection(*(set(p.labels) for p in parts))
-        return cls(torch.cat([p.tokens for p in parts]), torch.cat([p.response_mask for p in parts]),
-                   {k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels if k in keys})
+        return cls(
+            torch.cat([p.tokens for p in parts]),
+            torch.cat([p.response_mask for p in parts]),
+            {k: torch.cat([p.labels[k] for p in parts]) for k in parts[0].labels if k in keys},
+        )
 
-    def trimmed(self) -> "TokenDataset":
+    def trimmed(self) -> TokenDataset:
         """Without the trailing columns that are padding in every row (uses ``labels['length']``,
         which right-padded datasets carry); unchanged otherwise."""
         if "length" not in self.labels or len(self) == 0:
@@ -93,7 +96,7 @@ class TokenDataset:
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator["TokenDataset"]:
+    ) -> Iterator[TokenDataset]:
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             yield self.subset(order[start : start + batch_size])

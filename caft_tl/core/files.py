@@ -27,8 +27,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -104,8 +105,10 @@ def _read_manifest(folder: Path) -> dict[str, str | list[str]]:
     except FileNotFoundError:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CorruptFileError(f"cannot read {str(file)!r}: the checksums of this folder are corrupted; "
-                               "delete it (the folder's files are then no longer checked) or re-run the step that wrote the folder") from None
+        raise CorruptFileError(
+            f"cannot read {str(file)!r}: the checksums of this folder are corrupted; "
+            "delete it (the folder's files are then no longer checked) or re-run the step that wrote the folder"
+        ) from None
     return blob.get("sha256", {}) if isinstance(blob, dict) else {}
 
 
@@ -152,11 +155,15 @@ def _replace_recorded(tmp: Path, path: Path) -> None:
     folder = path.parent
     with _manifest_lock(folder):
         entries = _read_manifest(folder)
-        entries[path.name] = list(dict.fromkeys(_digests(entries.get(path.name)) + [digest]))  # old or new: both valid
+        entries[path.name] = list(
+            dict.fromkeys(_digests(entries.get(path.name)) + [digest])
+        )  # old or new: both valid
         _write_manifest(folder, entries)
         os.replace(tmp, path)
         entries[path.name] = digest
-        entries = {name: d for name, d in entries.items() if (folder / name).exists()}  # deleted files (finished checkpoints)
+        entries = {
+            name: d for name, d in entries.items() if (folder / name).exists()
+        }  # deleted files (finished checkpoints)
         _write_manifest(folder, entries)
 
 
@@ -227,8 +234,14 @@ def replace_block(path: str | os.PathLike, begin: str, end: str, text: str) -> N
         f.write(head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
-def write_generated(out: str | os.PathLike, text: str, readme: str | os.PathLike | None = None, begin: str = "", end: str = "",
-                    block: str | None = None) -> None:
+def write_generated(
+    out: str | os.PathLike,
+    text: str,
+    readme: str | os.PathLike | None = None,
+    begin: str = "",
+    end: str = "",
+    block: str | None = None,
+) -> None:
     """A table script's output: ``text`` to ``out`` (atomically), then, with ``readme``, ``block``
     (default ``text``) into that file's block between ``begin`` and ``end`` (:func:`replace_block`;
     a README without the markers raises in one line, after ``out`` is written)."""
@@ -257,8 +270,15 @@ def _jsonable(obj: Any) -> Any:
 
 def json_type(value: Any) -> str:
     """The JSON name of a parsed value's type (``object``, ``array``, ``string``, …), for error messages."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-             type(None): "null"}
+    names = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -276,8 +296,14 @@ def read_json(path: str | os.PathLike, fix: str = "delete it and re-run the step
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"{e.msg}: line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise CorruptFileError(f"cannot read {str(path)!r}: not valid JSON, truncated or corrupted ({where}); {fix}") from None
+        where = (
+            f"{e.msg}: line {e.lineno} column {e.colno}"
+            if isinstance(e, json.JSONDecodeError)
+            else "not UTF-8 text"
+        )
+        raise CorruptFileError(
+            f"cannot read {str(path)!r}: not valid JSON, truncated or corrupted ({where}); {fix}"
+        ) from None
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -286,7 +312,9 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
-def read_tensors(path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it") -> dict[str, torch.Tensor]:
+def read_tensors(
+    path: str | os.PathLike, fix: str = "delete it and re-run the step that wrote it"
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file (never unpickles), checked against its folder's checksums;
     one-line :class:`CorruptFileError` naming it if it is truncated or corrupted."""
     if not Path(path).exists():
@@ -296,7 +324,9 @@ def read_tensors(path: str | os.PathLike, fix: str = "delete it and re-run the s
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CorruptFileError(f"cannot read {str(path)!r}: truncated or corrupted ({reason}); {fix}") from None
+        raise CorruptFileError(
+            f"cannot read {str(path)!r}: truncated or corrupted ({reason}); {fix}"
+        ) from None
 
 
 #: environment variable naming the cache folder (organisms, SAEs); default ``cache/`` in the repository
@@ -306,7 +336,6 @@ CACHE_ENV = "CAFT_TL_CACHE"
 def cache_dir() -> Path:
     """Where pre-trained organisms and SAEs are cached, by a hash of their config."""
     return Path(os.environ.get(CACHE_ENV, Path(__file__).resolve().parents[2] / "cache"))
-
 
 
 def cache_folder(kind: str, root: str | os.PathLike | None = None) -> Path:
@@ -325,8 +354,9 @@ def writing_to_cache(folder: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except WriteError as e:
-        err = WriteError(f"{e}; the cache is {str(folder)!r}: free space there or set {CACHE_ENV} to another "
-                         "folder")
+        err = WriteError(
+            f"{e}; the cache is {str(folder)!r}: free space there or set {CACHE_ENV} to another folder"
+        )
         err.errno = e.errno
         raise err from None
 
@@ -376,18 +406,22 @@ def write_provenance(run_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    status = git("status", "--porcelain", "--untracked-files=no")  # tracked files changed; a run's own new outputs do not count
+    status = git(
+        "status", "--porcelain", "--untracked-files=no"
+    )  # tracked files changed; a run's own new outputs do not count
     record = {
         "packages": {p: version(p) for p in PROVENANCE_PACKAGES},
         "python": platform.python_version(),
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **extra,
     }
     mark_run_dir(run_dir)

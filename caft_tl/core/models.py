@@ -46,7 +46,9 @@ def set_cpu_threads(n: int = 1) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def build_model(cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | None = None) -> HookedTransformer:
+def build_model(
+    cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | None = None
+) -> HookedTransformer:
     """A freshly initialised organism model with the given vocabulary size."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -60,7 +62,9 @@ def build_model(cfg: ModelConfig, d_vocab: int, seed: int = 0, device: str | Non
     return HookedTransformer(tl_cfg)
 
 
-def save_model(model: HookedTransformer, path: str | os.PathLike, cfg: ModelConfig, meta: dict | None = None) -> None:
+def save_model(
+    model: HookedTransformer, path: str | os.PathLike, cfg: ModelConfig, meta: dict | None = None
+) -> None:
     """Write ``model.safetensors`` and ``config.json`` (architecture + ``meta``) atomically."""
     path = Path(path)
     files.write_tensors(path / "model.safetensors", parameter_state(model))
@@ -82,7 +86,9 @@ def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[Hook
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k in parameter_state(model)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     model.eval()
     return model, blob["meta"]
 
@@ -155,8 +161,12 @@ def check_fwd_hooks(model: HookedTransformer, fwd_hooks) -> list[tuple[str, obje
     :func:`check_hook_names`); returns them as a list."""
     pairs = list(fwd_hooks)
     for pair in pairs:
-        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and callable(pair[1])):
-            raise TypeError(f"fwd_hooks entry {pair!r} is not a (hook_name, fn) pair; use Intervention.fwd_hooks(batch)")
+        if not (
+            isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and callable(pair[1])
+        ):
+            raise TypeError(
+                f"fwd_hooks entry {pair!r} is not a (hook_name, fn) pair; use Intervention.fwd_hooks(batch)"
+            )
     if pairs:
         check_hook_names(model, [name for name, _ in pairs])
     return pairs
@@ -208,7 +218,9 @@ def kl_rows(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tenso
     return _KLRows.apply(logits, reference_logits.detach())
 
 
-def kl_to_reference(model: HookedTransformer, reference_logits: torch.Tensor, batch: TokenDataset) -> torch.Tensor:
+def kl_to_reference(
+    model: HookedTransformer, reference_logits: torch.Tensor, batch: TokenDataset
+) -> torch.Tensor:
     """Mean KL(reference ‖ model) of the next-token distributions over the positions that predict
     ``batch``'s target tokens; ``reference_logits`` [batch, pos, d_vocab] are the reference model's on ``batch``."""
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
@@ -218,4 +230,6 @@ def kl_to_reference(model: HookedTransformer, reference_logits: torch.Tensor, ba
 def residual_hooks(model: HookedTransformer) -> list[str]:
     """Every distinct residual-stream hook point: ``blocks.0.hook_resid_pre`` and each block's
     ``hook_resid_mid`` and ``hook_resid_post``."""
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{p}" for l in range(model.cfg.n_layers) for p in ("mid", "post")]
+    return ["blocks.0.hook_resid_pre"] + [
+        f"blocks.{l}.hook_resid_{p}" for l in range(model.cfg.n_layers) for p in ("mid", "post")
+    ]

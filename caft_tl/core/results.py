@@ -80,7 +80,11 @@ def real_organism(model: str) -> str:
 def rows(key: RowKey, metrics: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Rows of the table from ``{split: {metric: value}}``, all with ``key``."""
     head = dataclasses.asdict(key)
-    return [{**head, "split": split, "metric": metric, "value": value} for split, ms in metrics.items() for metric, value in ms.items()]
+    return [
+        {**head, "split": split, "metric": metric, "value": value}
+        for split, ms in metrics.items()
+        for metric, value in ms.items()
+    ]
 
 
 def check(row: dict[str, Any]) -> None:
@@ -142,11 +146,14 @@ def csv_rows(path: str | os.PathLike) -> Iterator[tuple[int, list[str]]]:
                     yield start, row
                 start = reader.line_num + 1
     except UnicodeDecodeError as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not UTF-8 text (byte {e.start}); "
-                                     "delete it and re-run the chapters that wrote it") from None
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r}: not UTF-8 text (byte {e.start}); "
+            "delete it and re-run the chapters that wrote it"
+        ) from None
     except csv.Error as e:
-        raise files.CorruptFileError(f"{path}:{reader.line_num}: not CSV ({e}); delete it and re-run the "
-                                     "chapters that wrote it") from None
+        raise files.CorruptFileError(
+            f"{path}:{reader.line_num}: not CSV ({e}); delete it and re-run the chapters that wrote it"
+        ) from None
 
 
 def check_csv_row(row: list[str], where: str) -> tuple:
@@ -164,11 +171,13 @@ def check_csv_row(row: list[str], where: str) -> tuple:
     try:
         value = float(values["value"])
     except ValueError:
-        raise ValueError(f"{where}value = {values['value']!r}; expected a number (or nan for an undefined "
-                         "one)") from None
+        raise ValueError(
+            f"{where}value = {values['value']!r}; expected a number (or nan for an undefined one)"
+        ) from None
     if math.isinf(value):
-        raise ValueError(f"{where}value = {values['value']!r}; expected a finite number (or nan for an "
-                         "undefined one)")
+        raise ValueError(
+            f"{where}value = {values['value']!r}; expected a finite number (or nan for an undefined one)"
+        )
     return (*row[:5], values["trained"] == "True", seed, row[7], row[8], value)
 
 
@@ -177,13 +186,16 @@ def _check_header(path: str | os.PathLike) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
     except (UnicodeDecodeError, csv.Error):
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: its header is not UTF-8 CSV; "
-                                     "delete it and re-run the chapters that wrote it") from None
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r}: its header is not UTF-8 CSV; "
+            "delete it and re-run the chapters that wrote it"
+        ) from None
     if tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise OldResultsFormatError(
             f"{str(path)!r} has columns {header}, not {list(COLUMNS)} (missing {missing}): it was written by an older "
-            "caft-tl; delete it and re-run the chapters (make run) to regenerate it")
+            "caft-tl; delete it and re-run the chapters (make run) to regenerate it"
+        )
 
 
 def write(path: str | os.PathLike, table: pd.DataFrame) -> None:
@@ -215,9 +227,14 @@ def comparison(table: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> pd.
 
 
 #: which chapter writes rows of a method, untrained (False) or trained (True); modes: 04 / 05
-_WRITERS = {("base", False): "01_plain_finetune", ("plain", True): "01_plain_finetune", ("fewer_examples", True): "01_plain_finetune",
-            ("kl_to_base", True): "01_plain_finetune", ("mix_disambiguating", True): "01_plain_finetune",
-            ("interpretation", False): "03_interpret_directions"}
+_WRITERS = {
+    ("base", False): "01_plain_finetune",
+    ("plain", True): "01_plain_finetune",
+    ("fewer_examples", True): "01_plain_finetune",
+    ("kl_to_base", True): "01_plain_finetune",
+    ("mix_disambiguating", True): "01_plain_finetune",
+    ("interpretation", False): "03_interpret_directions",
+}
 
 
 def writer_chapter(method: str, trained: bool) -> str:
@@ -232,6 +249,8 @@ def require(table: pd.DataFrame, **filters: Any) -> pd.DataFrame:
     if out.empty:
         what = ", ".join(f"{k}={v!r}" for k, v in filters.items())
         known = isinstance(filters.get("method"), str) and isinstance(filters.get("trained"), bool)
-        chapter = writer_chapter(filters["method"], filters["trained"]) if known else "the chapters that write them"
+        chapter = (
+            writer_chapter(filters["method"], filters["trained"]) if known else "the chapters that write them"
+        )
         raise MissingRowsError(f"no results rows with {what}: run {chapter} first (same run_dir)")
     return out

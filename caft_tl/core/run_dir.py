@@ -28,17 +28,35 @@ class Artefact:
 #: every artefact a chapter writes, by name
 ARTEFACTS = {
     "organism": Artefact("organism", "00_organism", "the organism (weights, config, pre-training losses)"),
-    "finetune_config": Artefact("finetune_config.json", "01_plain_finetune", "seeds and budget of the fine-tunes"),
+    "finetune_config": Artefact(
+        "finetune_config.json", "01_plain_finetune", "seeds and budget of the fine-tunes"
+    ),
     "plain": Artefact("finetunes/{name}", "01_plain_finetune", "a plain fine-tune (rows, losses, weights)"),
     "finetune": Artefact("finetunes/{name}", "05_caft", "a fine-tune under an intervention"),
-    "diffs": Artefact("diffs.safetensors", "02_activation_diffing", "moments of ft − base at the diffed hooks (+ diffs.json)"),
+    "diffs": Artefact(
+        "diffs.safetensors",
+        "02_activation_diffing",
+        "moments of ft − base at the diffed hooks (+ diffs.json)",
+    ),
     "saes": Artefact("saes/saes.json", "02_activation_diffing", "the manifest of the run's SAEs"),
-    "subspaces": Artefact("subspaces/{name}", "03_interpret_directions", "a direction set, saved as an Intervention"),
-    "choice": Artefact("subspaces/choice.json", "03_interpret_directions", "the PCs chosen per hook and the rule's settings"),
-    "sae_choice": Artefact("subspaces/sae_choice.json", "03_interpret_directions", "the SAE latents ranked and chosen per hook"),
-    "results": Artefact(results.RESULTS_FILE, "01_plain_finetune", "the results rows (chapters 01, 04, 05 add to it)"),
+    "subspaces": Artefact(
+        "subspaces/{name}", "03_interpret_directions", "a direction set, saved as an Intervention"
+    ),
+    "choice": Artefact(
+        "subspaces/choice.json", "03_interpret_directions", "the PCs chosen per hook and the rule's settings"
+    ),
+    "sae_choice": Artefact(
+        "subspaces/sae_choice.json", "03_interpret_directions", "the SAE latents ranked and chosen per hook"
+    ),
+    "results": Artefact(
+        results.RESULTS_FILE, "01_plain_finetune", "the results rows (chapters 01, 04, 05 add to it)"
+    ),
     "gates": Artefact("gates.json", "07_gates", "the gates' verdicts"),
-    "em_gates": Artefact("em_gates.json", "python -m caft_tl.runner.suite (its population summary)", "gates E1–E4 of an em_two_routes organism"),
+    "em_gates": Artefact(
+        "em_gates.json",
+        "python -m caft_tl.runner.suite (its population summary)",
+        "gates E1–E4 of an em_two_routes organism",
+    ),
 }
 
 
@@ -57,7 +75,7 @@ class RunDir(os.PathLike):
     def __truediv__(self, other: str) -> Path:
         return self.root / other
 
-    def mark(self) -> "RunDir":
+    def mark(self) -> RunDir:
         """Make the folder a run directory: its artefacts get checksums (:func:`caft_tl.core.files.mark_run_dir`)."""
         files.mark_run_dir(self.root)
         return self
@@ -75,7 +93,9 @@ class RunDir(os.PathLike):
         target = self.path(artefact, name) / file if file else self.path(artefact, name)
         if not target.exists():
             a = ARTEFACTS[artefact]
-            raise MissingArtefactError(f"missing {a.what} ({artefact}) at {str(target)!r}: run {a.chapter} first (same run_dir)")
+            raise MissingArtefactError(
+                f"missing {a.what} ({artefact}) at {str(target)!r}: run {a.chapter} first (same run_dir)"
+            )
         return target
 
     # ------------------------------------------------------------------ named shortcuts
@@ -98,15 +118,35 @@ class RunDir(os.PathLike):
         spec = self.organism_spec()
         return results.organism_id(spec["task"], spec["pretrain"]["seed"], files.config_hash(spec))
 
-    def finetune(self, method: str = "plain", directions: str = "none", param: str = "", seed: int = 0) -> Path:
+    def finetune(
+        self, method: str = "plain", directions: str = "none", param: str = "", seed: int = 0
+    ) -> Path:
         """The folder of one fine-tuning run: ``finetunes/<method>[-<directions>][-<param>]-seed<seed>``."""
-        key = "-".join(x for x in (method, directions if directions != "none" else "", param.replace("=", ""), f"seed{seed}") if x)
+        key = "-".join(
+            x
+            for x in (
+                method,
+                directions if directions != "none" else "",
+                param.replace("=", ""),
+                f"seed{seed}",
+            )
+            if x
+        )
         return self.path("plain" if method in ("plain", "fewer_examples") else "finetune", key)
 
-    def require_finetune(self, method: str = "plain", directions: str = "none", param: str = "", seed: int = 0, file: str = "metrics.json") -> Path:
+    def require_finetune(
+        self,
+        method: str = "plain",
+        directions: str = "none",
+        param: str = "",
+        seed: int = 0,
+        file: str = "metrics.json",
+    ) -> Path:
         """A file of a finished fine-tuning run, or the error naming the chapter that runs it."""
         folder = self.finetune(method, directions, param, seed)
-        return self.require("plain" if method in ("plain", "fewer_examples") else "finetune", folder.name, file)
+        return self.require(
+            "plain" if method in ("plain", "fewer_examples") else "finetune", folder.name, file
+        )
 
     def read_results(self):
         """This run's results table (:func:`caft_tl.core.results.read`)."""

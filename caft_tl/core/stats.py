@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-
 #: the bounds of a rate: every interval of a rate is clipped to them
 RATE_BOUNDS = (0.0, 1.0)
 #: the bounds of a percentile (:func:`null_percentile`): its intervals are clipped to them
@@ -54,7 +53,9 @@ def bootstrap_ci95(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, fl
     return m, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summarise(df: pd.DataFrame, by=("task", "organism", "method", "directions", "param", "trained", "split", "metric")) -> pd.DataFrame:
+def summarise(
+    df: pd.DataFrame, by=("task", "organism", "method", "directions", "param", "trained", "split", "metric")
+) -> pd.DataFrame:
     """Mean and 95% interval over seeds for each group of a results table (by default: per organism
     and configuration); the intervals of rates (:func:`is_rate`) are clipped to [0, 1]."""
     out = []
@@ -68,10 +69,22 @@ def summarise(df: pd.DataFrame, by=("task", "organism", "method", "directions", 
 def rate_table(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """One row per configuration, one column per (split, metric), each rate followed by the
     coherence of the same split where the rows have it: ``mean [low, high]``."""
-    s = summary.assign(cell=[f"{m:.{digits}f} [{l:.{digits}f}, {h:.{digits}f}]" if l != h else f"{m:.{digits}f}"
-                             for m, l, h in zip(summary["mean"], summary["low"], summary["high"])])
-    table = s.pivot_table(index=["method", "directions", "param"], columns=["split", "metric"], values="cell", aggfunc="first", sort=False)
-    cols = sorted(table.columns, key=lambda c: (list(dict.fromkeys(summary["split"])).index(c[0]), c[1] == "coherence"))
+    s = summary.assign(
+        cell=[
+            f"{m:.{digits}f} [{l:.{digits}f}, {h:.{digits}f}]" if l != h else f"{m:.{digits}f}"
+            for m, l, h in zip(summary["mean"], summary["low"], summary["high"])
+        ]
+    )
+    table = s.pivot_table(
+        index=["method", "directions", "param"],
+        columns=["split", "metric"],
+        values="cell",
+        aggfunc="first",
+        sort=False,
+    )
+    cols = sorted(
+        table.columns, key=lambda c: (list(dict.fromkeys(summary["split"])).index(c[0]), c[1] == "coherence")
+    )
     return table[cols]
 
 
@@ -84,7 +97,11 @@ def reduction_factor(summary: pd.DataFrame, split: str, metric: str) -> pd.DataF
     plain = s.loc[s["method"] == "plain", "mean"]
     if base.empty or plain.empty:
         raise ValueError(f"reduction_factor needs base and plain rows of {metric!r} on {split!r}")
-    out = s[~s["method"].isin(["base"])][["method", "directions", "param", "mean"]].copy().reset_index(drop=True)
+    out = (
+        s[~s["method"].isin(["base"])][["method", "directions", "param", "mean"]]
+        .copy()
+        .reset_index(drop=True)
+    )
     out["excess"] = out["mean"] - base.iloc[0]
     plain_excess = plain.iloc[0] - base.iloc[0]
     out["reduction_factor"] = [plain_excess / e if e > 0 else float("inf") for e in out["excess"]]
@@ -116,17 +133,27 @@ def share_removed(summary: pd.DataFrame, split: str) -> pd.DataFrame:
     return out.assign(split=split).reset_index(drop=True)
 
 
-def above_baseline_curve(summary: pd.DataFrame, x_split: str, y_split: str, baseline: str = "fewer_examples") -> pd.DataFrame:
+def above_baseline_curve(
+    summary: pd.DataFrame, x_split: str, y_split: str, baseline: str = "fewer_examples"
+) -> pd.DataFrame:
     """For each configuration: its ``y_split`` rate minus the baseline curve's at the same
     ``x_split`` rate. The curve joins base, the ``baseline`` settings (e.g. fewer examples) and
     plain fine-tuning, linearly in x. Negative: less of the y behaviour than simply learning
     less would give at the same x — the fair test of separation. NaN outside the curve's x range."""
     s = summary[summary["metric"] != "coherence"]
     key = ["method", "directions", "param"]
-    xy = s[s["split"] == x_split].set_index(key)["mean"].to_frame("x").join(s[s["split"] == y_split].set_index(key)["mean"].rename("y"), how="inner").reset_index()
+    xy = (
+        s[s["split"] == x_split]
+        .set_index(key)["mean"]
+        .to_frame("x")
+        .join(s[s["split"] == y_split].set_index(key)["mean"].rename("y"), how="inner")
+        .reset_index()
+    )
     curve = xy[xy["method"].isin(["base", "plain", baseline])].sort_values("x")
     if len(curve) < 2:
-        raise ValueError(f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}")
+        raise ValueError(
+            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}"
+        )
     xs, ys = curve["x"].to_numpy(), curve["y"].to_numpy()
     inside = (xy["x"] >= xs[0]) & (xy["x"] <= xs[-1])
     xy["curve_y"] = np.where(inside, np.interp(xy["x"], xs, ys), np.nan)
@@ -134,8 +161,14 @@ def above_baseline_curve(summary: pd.DataFrame, x_split: str, y_split: str, base
     return xy[~xy["method"].isin(["base", "plain", baseline])].reset_index(drop=True)
 
 
-def bootstrap_above_curve(table: pd.DataFrame, x_split: str, y_split: str, baseline: str = "fewer_examples",
-                          n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def bootstrap_above_curve(
+    table: pd.DataFrame,
+    x_split: str,
+    y_split: str,
+    baseline: str = "fewer_examples",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """:func:`above_baseline_curve` with a 95% bootstrap interval: each draw resamples, with
     replacement, the fine-tuning seeds of every configuration (the curve's too; a seed's ``x`` and
     ``y`` stay paired) and recomputes the distance. ``table``: per-seed rows (one metric per split
@@ -146,13 +179,21 @@ def bootstrap_above_curve(table: pd.DataFrame, x_split: str, y_split: str, basel
         raise ValueError(f"n_boot = {n_boot!r}; expected a positive integer")
     t = table[(table["metric"] != "coherence") & table["split"].isin([x_split, y_split])]
     key = ["method", "directions", "param"]
-    wide = t.pivot_table(index=key + ["seed"], columns="split", values="value", aggfunc="first").dropna().reset_index()
-    groups = {k: g[[x_split, y_split]].to_numpy() for k, g in wide.groupby(key, sort=False)}  # config → [n_seeds, 2]
+    wide = (
+        t.pivot_table(index=key + ["seed"], columns="split", values="value", aggfunc="first")
+        .dropna()
+        .reset_index()
+    )
+    groups = {
+        k: g[[x_split, y_split]].to_numpy() for k, g in wide.groupby(key, sort=False)
+    }  # config → [n_seeds, 2]
     if not groups:
         raise ValueError(f"no configuration has both {x_split!r} and {y_split!r} rows")
     curve_keys = [k for k in groups if k[0] in ("base", "plain", baseline)]
     if len(curve_keys) < 2:
-        raise ValueError(f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}")
+        raise ValueError(
+            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}"
+        )
     others = [k for k in groups if k not in curve_keys]
     rng = np.random.default_rng(seed)
 
@@ -167,8 +208,16 @@ def bootstrap_above_curve(table: pd.DataFrame, x_split: str, y_split: str, basel
         return np.array(out)
 
     point = distances({k: v.mean(0) for k, v in groups.items()})
-    draws = np.array([distances({k: v[rng.integers(len(v), size=len(v))].mean(0) for k, v in groups.items()}) for _ in range(n_boot)])
+    draws = np.array(
+        [
+            distances({k: v[rng.integers(len(v), size=len(v))].mean(0) for k, v in groups.items()})
+            for _ in range(n_boot)
+        ]
+    )
     with np.errstate(all="ignore"):
         low, high = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
-    low[np.isnan(point)], high[np.isnan(point)] = np.nan, np.nan  # outside the curve: no distance, no interval
+    low[np.isnan(point)], high[np.isnan(point)] = (
+        np.nan,
+        np.nan,
+    )  # outside the curve: no distance, no interval
     return pd.DataFrame([dict(zip(key, k)) for k in others]).assign(above_curve=point, low=low, high=high)

@@ -48,13 +48,21 @@ class Subspace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.hook_name, str) or not self.hook_name:
-            raise ValueError(f"subspace hook name {self.hook_name!r} is not a hook name; e.g. 'blocks.0.hook_resid_post'")
+            raise ValueError(
+                f"subspace hook name {self.hook_name!r} is not a hook name; e.g. 'blocks.0.hook_resid_post'"
+            )
         if not isinstance(self.basis, torch.Tensor):
-            raise TypeError(f"subspace basis at {self.hook_name!r} is {type(self.basis).__name__}; expected a torch.Tensor [d_model, k]")
+            raise TypeError(
+                f"subspace basis at {self.hook_name!r} is {type(self.basis).__name__}; expected a torch.Tensor [d_model, k]"
+            )
         if self.basis.ndim != 2 or self.basis.shape[1] == 0:
-            raise ValueError(f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; expected [d_model, k>=1]")
+            raise ValueError(
+                f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; expected [d_model, k>=1]"
+            )
         if not self.basis.is_floating_point():
-            raise TypeError(f"subspace basis at {self.hook_name!r} has dtype {self.basis.dtype}; expected a floating-point tensor")
+            raise TypeError(
+                f"subspace basis at {self.hook_name!r} has dtype {self.basis.dtype}; expected a floating-point tensor"
+            )
         if not torch.isfinite(self.basis).all():
             raise ValueError(f"subspace at {self.hook_name!r} contains NaN or inf")
         gram = self.basis.T.double() @ self.basis.double()
@@ -63,14 +71,24 @@ class Subspace:
         mu = self.reference_mean
         if mu is not None:
             if not isinstance(mu, torch.Tensor):
-                raise TypeError(f"reference mean at {self.hook_name!r} is {type(mu).__name__}; expected a torch.Tensor [d_model]")
+                raise TypeError(
+                    f"reference mean at {self.hook_name!r} is {type(mu).__name__}; expected a torch.Tensor [d_model]"
+                )
             if tuple(mu.shape) != (self.d_model,):
-                raise ValueError(f"reference mean at {self.hook_name!r} has shape {tuple(mu.shape)}; expected [{self.d_model}] (the basis's d_model)")
+                raise ValueError(
+                    f"reference mean at {self.hook_name!r} has shape {tuple(mu.shape)}; expected [{self.d_model}] (the basis's d_model)"
+                )
             if not mu.is_floating_point() or not torch.isfinite(mu).all():
-                raise ValueError(f"reference mean at {self.hook_name!r} contains NaN or inf (or is not floating-point)")
-        labels = [str(x) for x in self.labels] or [f"{self.provenance.get('method', 'dir')}{i}" for i in range(self.k)]
+                raise ValueError(
+                    f"reference mean at {self.hook_name!r} contains NaN or inf (or is not floating-point)"
+                )
+        labels = [str(x) for x in self.labels] or [
+            f"{self.provenance.get('method', 'dir')}{i}" for i in range(self.k)
+        ]
         if len(labels) != self.k:
-            raise ValueError(f"subspace at {self.hook_name!r} has {self.k} directions but {len(labels)} labels")
+            raise ValueError(
+                f"subspace at {self.hook_name!r} has {self.k} directions but {len(labels)} labels"
+            )
         # own copies: a caller's later in-place edit of its tensors cannot reach this subspace
         object.__setattr__(self, "basis", self.basis.detach().clone())
         object.__setattr__(self, "reference_mean", None if mu is None else mu.detach().clone())
@@ -93,12 +111,14 @@ class Subspace:
         """Refuse a subspace whose basis or μ was edited in place after it was checked (e.g.
         ``sub.basis.mul_(2)``) — every intervention calls this where it takes a subspace."""
         if self._tensor_versions() != self._versions:
-            raise ValueError(f"the subspace at {self.hook_name!r} was edited in place after it was made "
-                             "(its basis or reference mean); a Subspace is immutable: make a new one, "
-                             "e.g. Subspace(hook, new_basis, ...) or with_mean(mu)")
+            raise ValueError(
+                f"the subspace at {self.hook_name!r} was edited in place after it was made "
+                "(its basis or reference mean); a Subspace is immutable: make a new one, "
+                "e.g. Subspace(hook, new_basis, ...) or with_mean(mu)"
+            )
         return self
 
-    def with_mean(self, reference_mean: torch.Tensor | None) -> "Subspace":
+    def with_mean(self, reference_mean: torch.Tensor | None) -> Subspace:
         """A copy with reference mean μ (checked: a finite [d_model] vector)."""
         return dataclasses.replace(self, reference_mean=reference_mean)
 
@@ -110,10 +130,12 @@ class Subspace:
     def k(self) -> int:
         return self.basis.shape[1]
 
-    def select(self, idx: list[int]) -> "Subspace":
+    def select(self, idx: list[int]) -> Subspace:
         """The subspace spanned by some of the basis directions."""
         if not idx:
-            raise ValueError(f"no directions selected at {self.hook_name!r}; choose at least one of 0..{self.k - 1}")
+            raise ValueError(
+                f"no directions selected at {self.hook_name!r}; choose at least one of 0..{self.k - 1}"
+            )
         bad = [i for i in idx if not 0 <= i < self.k]
         if bad:
             raise ValueError(f"direction indices {bad} out of range 0..{self.k - 1} at {self.hook_name!r}")
@@ -127,7 +149,9 @@ class Subspace:
 
     def check_width(self, d_model: int) -> None:
         if self.d_model != d_model:
-            raise ValueError(f"subspace at {self.hook_name!r} has width {self.d_model}, but the model's d_model is {d_model}")
+            raise ValueError(
+                f"subspace at {self.hook_name!r} has width {self.d_model}, but the model's d_model is {d_model}"
+            )
 
 
 def orthonormalize(vectors: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
@@ -148,7 +172,9 @@ def orthonormalize(vectors: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     return u[:, keep].float()
 
 
-def diff_of_means(pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: str = "diff_means") -> Subspace:
+def diff_of_means(
+    pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: str = "diff_means"
+) -> Subspace:
     """Rank-1 subspace along mean(pos) − mean(neg).
 
     Args:
@@ -166,7 +192,9 @@ def diff_of_means(pos: torch.Tensor, neg: torch.Tensor, hook_name: str, label: s
     v = pos.float().mean(0) - neg.float().mean(0)
     if v.norm() == 0:
         raise ValueError(f"difference of means at {hook_name!r} is zero")
-    return Subspace(hook_name, (v / v.norm())[:, None], [label], {"method": "diff_means", "norm": v.norm().item()})
+    return Subspace(
+        hook_name, (v / v.norm())[:, None], [label], {"method": "diff_means", "norm": v.norm().item()}
+    )
 
 
 def random_subspace(d_model: int, k: int, hook_name: str, seed: int = 0) -> Subspace:

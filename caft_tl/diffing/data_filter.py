@@ -17,17 +17,26 @@ from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
 
 
-def projection_scores(base: HookedTransformer, finetuned: HookedTransformer, data: TokenDataset, subspaces: list[Subspace],
-                      positions: str = "response") -> torch.Tensor:
+def projection_scores(
+    base: HookedTransformer,
+    finetuned: HookedTransformer,
+    data: TokenDataset,
+    subspaces: list[Subspace],
+    positions: str = "response",
+) -> torch.Tensor:
     """[n] each example's score (module docstring); higher: the example pushes the model further along the subspaces."""
     if not subspaces:
-        raise ValueError("no subspaces to project on; pass the chosen directions (e.g. chapter 03's 'pca' set)")
+        raise ValueError(
+            "no subspaces to project on; pass the chosen directions (e.g. chapter 03's 'pca' set)"
+        )
     mask = data.position_mask(positions).float()  # [n, pos]
     if (mask.sum(1) == 0).any():
         raise ValueError(f"positions={positions!r} selects no position of some examples")
     score = torch.zeros(len(data))
     for s in subspaces:
-        diff = activations(finetuned, data, s.hook_name) - activations(base, data, s.hook_name)  # [n, pos, d_model]
+        diff = activations(finetuned, data, s.hook_name) - activations(
+            base, data, s.hook_name
+        )  # [n, pos, d_model]
         along = (diff @ s.basis.to(diff.dtype)).norm(dim=-1)  # [n, pos]
         score += (along * mask).sum(1) / mask.sum(1)
     return score

@@ -37,8 +37,10 @@ class MomentStats:
     outer: torch.Tensor  # [d_model, d_model]
 
     @classmethod
-    def empty(cls, d_model: int) -> "MomentStats":
-        return cls(0, torch.zeros(d_model, dtype=torch.float64), torch.zeros(d_model, d_model, dtype=torch.float64))
+    def empty(cls, d_model: int) -> MomentStats:
+        return cls(
+            0, torch.zeros(d_model, dtype=torch.float64), torch.zeros(d_model, d_model, dtype=torch.float64)
+        )
 
     def add(self, x: torch.Tensor) -> None:
         """x: [n, d_model] rows to fold in."""
@@ -62,10 +64,14 @@ class MomentStats:
         return m
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.count": torch.tensor(self.count), f"{prefix}.total": self.total, f"{prefix}.outer": self.outer}
+        return {
+            f"{prefix}.count": torch.tensor(self.count),
+            f"{prefix}.total": self.total,
+            f"{prefix}.outer": self.outer,
+        }
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> "MomentStats":
+    def from_tensors(cls, t: dict[str, torch.Tensor], prefix: str) -> MomentStats:
         return cls(int(t[f"{prefix}.count"]), t[f"{prefix}.total"], t[f"{prefix}.outer"])
 
 
@@ -104,7 +110,9 @@ def collect_diff_stats(
     d_model = base.cfg.d_model
     out = {h: {"diff": MomentStats.empty(d_model), "base": MomentStats.empty(d_model)} for h in hooks}
     n_batches = -(-len(data) // batch_size)
-    for batch in tqdm(data.batches(batch_size), total=n_batches, desc="diffing", disable=not progress, leave=False):
+    for batch in tqdm(
+        data.batches(batch_size), total=n_batches, desc="diffing", disable=not progress, leave=False
+    ):
         mask = batch.position_mask(positions).to(base.cfg.device)  # [b, pos]
         a_base = _cache(base, batch.tokens, hooks)
         a_ft = _cache(finetuned, batch.tokens, hooks)
@@ -136,7 +144,13 @@ def load_diff_stats(path) -> tuple[dict[str, dict[str, MomentStats]], dict]:
 
 
 @torch.inference_mode()
-def mean_activations(model: HookedTransformer, data: TokenDataset, hooks: list[str], positions: str = "all", batch_size: int = 256) -> dict[str, torch.Tensor]:
+def mean_activations(
+    model: HookedTransformer,
+    data: TokenDataset,
+    hooks: list[str],
+    positions: str = "all",
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
     """Streamed mean activation [d_model] at each hook over the selected positions (μ).
 
     Args:

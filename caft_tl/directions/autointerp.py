@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -48,8 +49,15 @@ class Scorer(Protocol):
         ...
 
 
-def direction_examples(model, data: TokenDataset, subspace: Subspace, index: int, render: Callable[[list[int]], str],
-                       positions: str = "all", sign: int = 1) -> list[Example]:
+def direction_examples(
+    model,
+    data: TokenDataset,
+    subspace: Subspace,
+    index: int,
+    render: Callable[[list[int]], str],
+    positions: str = "all",
+    sign: int = 1,
+) -> list[Example]:
     """One example per row of ``data`` for direction ``index`` (``sign`` −1 for the negative end):
     the row's largest projection over ``positions`` and its text up to there. ``meta`` holds
     the row's ``labels`` (ground truth, never shown to an LLM)."""
@@ -66,8 +74,14 @@ def direction_examples(model, data: TokenDataset, subspace: Subspace, index: int
     return out
 
 
-def detection_score(examples: list[Example], explainer: Explainer, scorer: Scorer, n_explain: int = 10,
-                    n_test: int = 10, seed: int = 0) -> dict:
+def detection_score(
+    examples: list[Example],
+    explainer: Explainer,
+    scorer: Scorer,
+    n_explain: int = 10,
+    n_test: int = 10,
+    seed: int = 0,
+) -> dict:
     """Label from the explain half's top ``n_explain``; balanced accuracy of the scorer on the
     held-out half's top ``n_test`` vs ``n_test`` from its lower half. Returns label, score, tpr, tnr."""
     rng = random.Random(seed)
@@ -76,7 +90,9 @@ def detection_score(examples: list[Example], explainer: Explainer, scorer: Score
     explain = sorted((examples[i] for i in order[::2]), key=lambda e: -e.value)
     held = sorted((examples[i] for i in order[1::2]), key=lambda e: -e.value)
     if len(held) < 2 * n_test or len(explain) < n_explain:
-        raise ValueError(f"{len(examples)} examples are too few for n_explain={n_explain}, n_test={n_test}; need {2 * max(n_explain, 2 * n_test)}")
+        raise ValueError(
+            f"{len(examples)} examples are too few for n_explain={n_explain}, n_test={n_test}; need {2 * max(n_explain, 2 * n_test)}"
+        )
     label = explainer.explain(explain[:n_explain])
     positives = held[:n_test]
     negatives = rng.sample(held[len(held) // 2 :], n_test)
@@ -90,15 +106,27 @@ def detection_score(examples: list[Example], explainer: Explainer, scorer: Score
     return {"label": label, "score": (tpr + tnr) / 2, "tpr": tpr, "tnr": tnr}
 
 
-def autointerp_table(model, data: TokenDataset, subspace: Subspace, render, explainer: Explainer, scorer: Scorer,
-                     positions: str = "all", n_explain: int = 10, n_test: int = 10, seed: int = 0) -> pd.DataFrame:
+def autointerp_table(
+    model,
+    data: TokenDataset,
+    subspace: Subspace,
+    render,
+    explainer: Explainer,
+    scorer: Scorer,
+    positions: str = "all",
+    n_explain: int = 10,
+    n_test: int = 10,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Label and detection score for both ends of every direction of ``subspace``."""
     rows = []
     for j, name in enumerate(subspace.labels):
         for sign in (1, -1):
             ex = direction_examples(model, data, subspace, j, render, positions, sign)
             r = detection_score(ex, explainer, scorer, n_explain, n_test, seed)
-            rows.append({"hook": subspace.hook_name, "direction": name, "sign": "+" if sign > 0 else "-", **r})
+            rows.append(
+                {"hook": subspace.hook_name, "direction": name, "sign": "+" if sign > 0 else "-", **r}
+            )
     return pd.DataFrame(rows)
 
 
@@ -115,8 +143,12 @@ class GroundTruthExplainer:
     reference: list[Example]
 
     def explain(self, examples: list[Example]) -> str:
-        base = torch.bincount(torch.tensor([e.meta[self.key] for e in self.reference]), minlength=len(self.names)).float()
-        top = torch.bincount(torch.tensor([e.meta[self.key] for e in examples]), minlength=len(self.names)).float()
+        base = torch.bincount(
+            torch.tensor([e.meta[self.key] for e in self.reference]), minlength=len(self.names)
+        ).float()
+        top = torch.bincount(
+            torch.tensor([e.meta[self.key] for e in examples]), minlength=len(self.names)
+        ).float()
         lift = (top / top.sum()) / (base / base.sum()).clamp_min(1e-9)
         return f"{self.key}={self.names[int(lift.argmax())]}"
 
@@ -157,7 +189,9 @@ class LLMExplainer:
     client: object  # caft_tl.real.llm.ChatClient
 
     def explain(self, examples: list[Example]) -> str:
-        reply = self.client.complete([{"role": "user", "content": EXPLAIN_PROMPT.format(examples=_numbered(examples))}], max_tokens=40)
+        reply = self.client.complete(
+            [{"role": "user", "content": EXPLAIN_PROMPT.format(examples=_numbered(examples))}], max_tokens=40
+        )
         return reply.strip().splitlines()[0].strip() if reply.strip() else "(no label)"
 
 
@@ -166,7 +200,11 @@ class LLMScorer:
     client: object  # caft_tl.real.llm.ChatClient
 
     def detect(self, label: str, examples: list[Example]) -> list[bool]:
-        reply = self.client.complete([{"role": "user", "content": DETECT_PROMPT.format(label=label, examples=_numbered(examples))}],
-                                     max_tokens=8 * len(examples))
-        said = {int(n): a.lower() == "yes" for n, a in re.findall(r"(\d+)\s*[:.)-]\s*(yes|no)", reply, flags=re.I)}
+        reply = self.client.complete(
+            [{"role": "user", "content": DETECT_PROMPT.format(label=label, examples=_numbered(examples))}],
+            max_tokens=8 * len(examples),
+        )
+        said = {
+            int(n): a.lower() == "yes" for n, a in re.findall(r"(\d+)\s*[:.)-]\s*(yes|no)", reply, flags=re.I)
+        }
         return [said.get(i + 1, False) for i in range(len(examples))]  # unanswered counts as "no"

@@ -42,8 +42,10 @@ from caft_tl.directions.interpret import projections
 
 def _check(inputs) -> None:
     if not isinstance(inputs, InterpretationInputs):
-        raise InformationRuleError(f"an interpreter reads InterpretationInputs only, not a {type(inputs).__name__} "
-                                   "(build them with caft_tl.directions.information.interpretation_inputs)")
+        raise InformationRuleError(
+            f"an interpreter reads InterpretationInputs only, not a {type(inputs).__name__} "
+            "(build them with caft_tl.directions.information.interpretation_inputs)"
+        )
 
 
 def window_membership(tokens: torch.Tensor, member: torch.Tensor, window: int) -> torch.Tensor:
@@ -87,9 +89,19 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * (n - n1)))
 
 
-def explain_values(r: Readings, inputs: InterpretationInputs, hook: str, labels: list[str], indices: list[int],
-                   lens: torch.Tensor | None = None, signs=(1, -1), n_top: int = 30, n_lens: int = 10,
-                   lens_weight: float = 0.5, seed: int = 0) -> pd.DataFrame:
+def explain_values(
+    r: Readings,
+    inputs: InterpretationInputs,
+    hook: str,
+    labels: list[str],
+    indices: list[int],
+    lens: torch.Tensor | None = None,
+    signs=(1, -1),
+    n_top: int = 30,
+    n_lens: int = 10,
+    lens_weight: float = 0.5,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Label and detection score of each column of ``r.values`` at each sign (see the module
     docstring). ``lens``: [k, d_vocab] logit-lens scores of each direction (None: no lens).
     One row per (direction, sign): hook, direction, index, sign, label, lift, lens_share,
@@ -127,29 +139,56 @@ def explain_values(r: Readings, inputs: InterpretationInputs, hook: str, labels:
             det = auroc(v[h], member[h, g])
             concept_det = np.nanmax([auroc(v[h], member[h, c]) for c in concept_cols] + [0.0])
             best = np.argsort(-evidence)[:3]
-            rows.append({"hook": hook, "direction": name, "index": index, "sign": "+" if s > 0 else "-", "label": groups[g],
-                         "lift": float(lift[g]), "lens_share": float(lens_share[g]), "evidence": float(evidence[g]),
-                         "detection": 0.5 if np.isnan(det) else det, "concept_detection": float(concept_det),
-                         "shares": ", ".join(f"{groups[b]} {member[top, b].mean():.2f}" for b in best), "lens_tokens": lens_tokens})
+            rows.append(
+                {
+                    "hook": hook,
+                    "direction": name,
+                    "index": index,
+                    "sign": "+" if s > 0 else "-",
+                    "label": groups[g],
+                    "lift": float(lift[g]),
+                    "lens_share": float(lens_share[g]),
+                    "evidence": float(evidence[g]),
+                    "detection": 0.5 if np.isnan(det) else det,
+                    "concept_detection": float(concept_det),
+                    "shares": ", ".join(f"{groups[b]} {member[top, b].mean():.2f}" for b in best),
+                    "lens_tokens": lens_tokens,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def explain_subspace(model, subspace: Subspace, inputs: InterpretationInputs, window: int = 4, **kw) -> pd.DataFrame:
+def explain_subspace(
+    model, subspace: Subspace, inputs: InterpretationInputs, window: int = 4, **kw
+) -> pd.DataFrame:
     """:func:`explain_values` for every direction of ``subspace`` (both signs), on the model's
     projections of the allowed data; logit lens ``W_Uᵀ q``."""
     _check(inputs)
     values = {name: projections(model, data, subspace) for name, (data, _) in inputs.datasets.items()}
     lens = (subspace.basis.T.to(model.W_U.device) @ model.W_U).detach().cpu()  # [k, d_vocab]
-    return explain_values(readings(values, inputs, window), inputs, subspace.hook_name, subspace.labels, list(range(subspace.k)),
-                          lens=lens, **kw)
+    return explain_values(
+        readings(values, inputs, window),
+        inputs,
+        subspace.hook_name,
+        subspace.labels,
+        list(range(subspace.k)),
+        lens=lens,
+        **kw,
+    )
 
 
-def explain_subspaces(model, subspaces: dict[str, Subspace], inputs: InterpretationInputs, **kw) -> pd.DataFrame:
+def explain_subspaces(
+    model, subspaces: dict[str, Subspace], inputs: InterpretationInputs, **kw
+) -> pd.DataFrame:
     """:func:`explain_subspace` at every hook, one table."""
-    return pd.concat([explain_subspace(model, s, inputs, **kw) for s in subspaces.values()], ignore_index=True)
+    return pd.concat(
+        [explain_subspace(model, s, inputs, **kw) for s in subspaces.values()], ignore_index=True
+    )
 
 
-def explain_latents(model, saes: dict, latents: dict[str, list[int]], inputs: InterpretationInputs, window: int = 4, **kw) -> pd.DataFrame:
+def explain_latents(
+    model, saes: dict, latents: dict[str, list[int]], inputs: InterpretationInputs, window: int = 4, **kw
+) -> pd.DataFrame:
     """:func:`explain_values` for SAE latents (``{hook: latent ids}``), positive end only: their
     activations on the allowed data; logit lens of their decoder directions. ``index`` is the latent id."""
     from caft_tl.directions import sae as sae_lib
@@ -160,10 +199,23 @@ def explain_latents(model, saes: dict, latents: dict[str, list[int]], inputs: In
         if not ids:
             continue
         sae = saes[hook]
-        values = {name: sae_lib.latent_activations(model, data, sae, ids) for name, (data, _) in inputs.datasets.items()}
+        values = {
+            name: sae_lib.latent_activations(model, data, sae, ids)
+            for name, (data, _) in inputs.datasets.items()
+        }
         lens = (sae_lib.decoder_directions(sae, ids).T.to(model.W_U.device) @ model.W_U).detach().cpu()
-        out.append(explain_values(readings(values, inputs, window), inputs, hook, [f"L{i}" for i in ids], list(ids),
-                                  lens=lens, signs=(1,), **kw))
+        out.append(
+            explain_values(
+                readings(values, inputs, window),
+                inputs,
+                hook,
+                [f"L{i}" for i in ids],
+                list(ids),
+                lens=lens,
+                signs=(1,),
+                **kw,
+            )
+        )
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
@@ -181,10 +233,16 @@ class Choice:
 def qualifies(table: pd.DataFrame, inputs: InterpretationInputs, min_detection: float = 0.7) -> pd.Series:
     """Rows (direction, sign) whose label is a concept group, with positive lift and detection ≥ ``min_detection``."""
     _check(inputs)
-    return table["label"].isin(inputs.concept_groups) & (table["lift"] > 0) & (table["detection"] >= min_detection)
+    return (
+        table["label"].isin(inputs.concept_groups)
+        & (table["lift"] > 0)
+        & (table["detection"] >= min_detection)
+    )
 
 
-def choose(table: pd.DataFrame, inputs: InterpretationInputs, hooks: list[str], min_detection: float = 0.7) -> Choice:
+def choose(
+    table: pd.DataFrame, inputs: InterpretationInputs, hooks: list[str], min_detection: float = 0.7
+) -> Choice:
     """The documented rule (module docstring): ``{hook: [index, …]}`` for every hook in ``hooks``."""
     ok = table[qualifies(table, inputs, min_detection)] if len(table) else table
     chosen = {h: sorted({int(i) for i in ok.loc[ok["hook"] == h, "index"]}) if len(ok) else [] for h in hooks}

@@ -35,29 +35,46 @@ def hook_for(layer: int, convention: str, n_layers: int) -> str:
         raise ValueError(f"unknown layer convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
     top = n_layers if convention == "hidden_states" else n_layers - 1
     if not (isinstance(layer, int) and 0 <= layer <= top):
-        raise ValueError(f"layer {layer!r} is out of range for {convention!r} on a {n_layers}-layer model; valid: 0..{top}")
+        raise ValueError(
+            f"layer {layer!r} is out of range for {convention!r} on a {n_layers}-layer model; valid: 0..{top}"
+        )
     if convention == "hidden_states":
         return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
     return f"blocks.{layer}.hook_resid_post"
 
 
-def persona_vectors(vectors: torch.Tensor | str | os.PathLike, layers: list[int], n_layers: int) -> list[Subspace]:
+def persona_vectors(
+    vectors: torch.Tensor | str | os.PathLike, layers: list[int], n_layers: int
+) -> list[Subspace]:
     """Rank-1 subspaces from a Persona-Vectors tensor ``[n_layers + 1, d_model]`` (a tensor or a
     ``torch.save`` file; row ``L`` is ``hidden_states[L]``) at the given layers (that convention).
     The vector's norm is kept in the provenance (``add`` steering scales by it)."""
     if not isinstance(vectors, torch.Tensor):
         vectors = _load_torch(Path(vectors))
     if vectors.ndim != 2 or vectors.shape[0] != n_layers + 1:
-        raise ValueError(f"persona vectors have shape {tuple(vectors.shape)}; expected [n_layers + 1 = {n_layers + 1}, d_model] "
-                         f"(row L is hidden_states[L])")
+        raise ValueError(
+            f"persona vectors have shape {tuple(vectors.shape)}; expected [n_layers + 1 = {n_layers + 1}, d_model] "
+            f"(row L is hidden_states[L])"
+        )
     out = []
     for layer in layers:
         hook = hook_for(layer, "hidden_states", n_layers)
         v = vectors[layer].float()
         if not torch.isfinite(v).all() or v.norm() == 0:
             raise ValueError(f"persona vector at hidden_states[{layer}] is zero or not finite")
-        out.append(Subspace(hook, (v / v.norm())[:, None], [f"persona_vector{layer}"],
-                            {"method": "imported", "convention": "hidden_states", "layer": layer, "norm": v.norm().item()}))
+        out.append(
+            Subspace(
+                hook,
+                (v / v.norm())[:, None],
+                [f"persona_vector{layer}"],
+                {
+                    "method": "imported",
+                    "convention": "hidden_states",
+                    "layer": layer,
+                    "norm": v.norm().item(),
+                },
+            )
+        )
     return out
 
 
@@ -88,13 +105,30 @@ def caft_pcs(config: str | os.PathLike) -> list[Subspace]:
         pcs = _load_pcs(Path(f"{spec['path']}{layer}.npy"), config)[:n_pcs]  # [n_pcs, d_model]
         if choice == "all":
             idx = list(range(pcs.shape[0]))
-        elif isinstance(choice, list) and all(isinstance(i, int) and 0 <= i < pcs.shape[0] for i in choice) and choice:
+        elif (
+            isinstance(choice, list)
+            and all(isinstance(i, int) and 0 <= i < pcs.shape[0] for i in choice)
+            and choice
+        ):
             idx = choice
         else:
-            raise ValueError(f"{config}: layer {layer} chooses {choice!r}; valid: 'all' or a non-empty list of PC indices 0..{pcs.shape[0] - 1}")
+            raise ValueError(
+                f"{config}: layer {layer} chooses {choice!r}; valid: 'all' or a non-empty list of PC indices 0..{pcs.shape[0] - 1}"
+            )
         basis = orthonormalize(torch.from_numpy(np.asarray(pcs[idx], dtype=np.float32)).T)
-        out.append(Subspace(f"blocks.{int(layer)}.hook_resid_post", basis, [f"pc{i}" for i in idx][: basis.shape[1]],
-                            {"method": "imported", "convention": "layer_output", "layer": int(layer), "source": str(config)}))
+        out.append(
+            Subspace(
+                f"blocks.{int(layer)}.hook_resid_post",
+                basis,
+                [f"pc{i}" for i in idx][: basis.shape[1]],
+                {
+                    "method": "imported",
+                    "convention": "layer_output",
+                    "layer": int(layer),
+                    "source": str(config),
+                },
+            )
+        )
     return out
 
 
@@ -104,10 +138,11 @@ def _load_torch(path: Path) -> torch.Tensor:
         raise FileNotFoundError(f"no persona-vectors file {str(path)!r}")
     try:
         t = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch raises many types for a bad file; one line naming it
+    except Exception as e:
         reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a torch.save tensor ({reason})") \
-            from None
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r}: not a torch.save tensor ({reason})"
+        ) from None
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{path}: holds a {type(t).__name__}; expected one tensor [n_layers + 1, d_model]")
     return t
@@ -116,15 +151,19 @@ def _load_torch(path: Path) -> torch.Tensor:
 def _load_pcs(path: Path, config: Path) -> np.ndarray:
     """One layer's PCs ``[n_pcs, d_model]``, finite, from a ``.npy`` file (never unpickled)."""
     if not path.is_file():
-        raise FileNotFoundError(f"no PC file {str(path)!r} (named by {str(config)!r}: its 'path' + the layer "
-                                "+ '.npy')")
+        raise FileNotFoundError(
+            f"no PC file {str(path)!r} (named by {str(config)!r}: its 'path' + the layer + '.npy')"
+        )
     try:
         pcs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: not a .npy array, truncated or corrupted "
-                                     f"({str(e)[:100]})") from None
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r}: not a .npy array, truncated or corrupted ({str(e)[:100]})"
+        ) from None
     numbers = np.issubdtype(pcs.dtype, np.number) and np.isfinite(pcs).all()
     if pcs.ndim != 2 or pcs.shape[0] == 0 or not numbers:
-        raise ValueError(f"{path}: an array of shape {pcs.shape} and dtype {pcs.dtype}; expected finite PCs "
-                         "as rows [n_pcs, d_model]")
+        raise ValueError(
+            f"{path}: an array of shape {pcs.shape} and dtype {pcs.dtype}; expected finite PCs "
+            "as rows [n_pcs, d_model]"
+        )
     return pcs

@@ -38,7 +38,9 @@ class InformationRuleError(ValueError):
 
 def unlabelled(data: TokenDataset) -> TokenDataset:
     """``data`` without its hidden labels (only :data:`ALLOWED_LABELS` are kept)."""
-    return TokenDataset(data.tokens, data.response_mask, {k: v for k, v in data.labels.items() if k in ALLOWED_LABELS})
+    return TokenDataset(
+        data.tokens, data.response_mask, {k: v for k, v in data.labels.items() if k in ALLOWED_LABELS}
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,9 @@ class InterpretationInputs:
     concept: str
     concept_groups: tuple[str, ...]
     datasets: dict[str, tuple[TokenDataset, str]] = field(default_factory=dict)
-    trait_prompts: tuple[TokenDataset, TokenDataset] | None = None  # (evoke, suppress): Persona Vectors' contrast
+    trait_prompts: tuple[TokenDataset, TokenDataset] | None = (
+        None  # (evoke, suppress): Persona Vectors' contrast
+    )
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -73,13 +77,20 @@ class InterpretationInputs:
             if hidden:
                 raise InformationRuleError(
                     f"dataset {name!r} carries labels {hidden}: hidden labels (and evaluation prompts, which carry them) "
-                    "are not allowed to choose directions; pass unlabelled(data) of allowed data")
+                    "are not allowed to choose directions; pass unlabelled(data) of allowed data"
+                )
             if positions not in POSITIONS:
-                raise ValueError(f"dataset {name!r}: unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
+                raise ValueError(
+                    f"dataset {name!r}: unknown positions {positions!r}; valid: {', '.join(POSITIONS)}"
+                )
         unknown = [g for g in self.concept_groups if g not in self.lexicon]
         if not self.concept_groups or unknown:
-            raise ValueError(f"concept groups {list(self.concept_groups)} must be lexicon groups; valid: {', '.join(self.lexicon)}")
-        bad = [g for g, ids in self.lexicon.items() if not ids or not all(0 <= i < len(self.vocab) for i in ids)]
+            raise ValueError(
+                f"concept groups {list(self.concept_groups)} must be lexicon groups; valid: {', '.join(self.lexicon)}"
+            )
+        bad = [
+            g for g, ids in self.lexicon.items() if not ids or not all(0 <= i < len(self.vocab) for i in ids)
+        ]
         if bad:
             raise ValueError(f"lexicon groups {bad} are empty or hold ids outside the vocabulary")
 
@@ -95,8 +106,14 @@ class InterpretationInputs:
         return m
 
 
-def interpretation_inputs(task: Task, n_documents: int = 600, n_finetune: int = 400, seed: int = 7,
-                          finetune_positions: str = "response", completions: dict[str, TokenDataset] | None = None) -> InterpretationInputs:
+def interpretation_inputs(
+    task: Task,
+    n_documents: int = 600,
+    n_finetune: int = 400,
+    seed: int = 7,
+    finetune_positions: str = "response",
+    completions: dict[str, TokenDataset] | None = None,
+) -> InterpretationInputs:
     """The allowed inputs from a task: ``n_documents`` generic pre-training documents (labels
     stripped), ``n_finetune`` fine-tuning examples (labels stripped; read at
     ``finetune_positions``), ``n_finetune`` pairs of the task's trait prompts (Persona Vectors'
@@ -111,5 +128,12 @@ def interpretation_inputs(task: Task, n_documents: int = 600, n_finetune: int = 
     evoke, suppress = task.trait_prompts(n_finetune, seed=seed + 2)
     datasets = {"documents": (docs, "all"), "finetune": (ft, finetune_positions)}
     datasets.update({name: (unlabelled(d), "all") for name, d in (completions or {}).items()})
-    return InterpretationInputs(task.name, task.vocab, lexicon, task.concept_description, tuple(task.concept_groups), datasets,
-                                (unlabelled(evoke), unlabelled(suppress)))
+    return InterpretationInputs(
+        task.name,
+        task.vocab,
+        lexicon,
+        task.concept_description,
+        tuple(task.concept_groups),
+        datasets,
+        (unlabelled(evoke), unlabelled(suppress)),
+    )

@@ -23,7 +23,12 @@ def projections(model: HookedTransformer, data: TokenDataset, subspace: Subspace
 
 
 def top_examples(
-    model: HookedTransformer, data: TokenDataset, subspace: Subspace, vocab, n: int = 5, positions: str = "all"
+    model: HookedTransformer,
+    data: TokenDataset,
+    subspace: Subspace,
+    vocab,
+    n: int = 5,
+    positions: str = "all",
 ) -> pd.DataFrame:
     """Top-``n`` distinct contexts activating each direction most positively and most negatively.
 
@@ -34,7 +39,13 @@ def top_examples(
 
 
 def top_contexts(
-    values: torch.Tensor, data: TokenDataset, labels: list[str], vocab, n: int = 5, positions: str = "all", signs=(+1, -1)
+    values: torch.Tensor,
+    data: TokenDataset,
+    labels: list[str],
+    vocab,
+    n: int = 5,
+    positions: str = "all",
+    signs=(+1, -1),
 ) -> pd.DataFrame:
     """Top-``n`` distinct contexts per column of ``values`` [n_ex, pos, k] (a direction's
     projection, an SAE latent's activation), for each sign in ``signs``; columns as :func:`top_examples`."""
@@ -55,21 +66,37 @@ def top_contexts(
                 if context in seen:  # the same context from another document: show distinct ones
                     continue
                 seen.add(context)
-                rows.append({"direction": label, "sign": "+" if sign > 0 else "-", "rank": len(seen) - 1,
-                             "value": vals[flat].item(), "context": context, "example": i, "position": t})
+                rows.append(
+                    {
+                        "direction": label,
+                        "sign": "+" if sign > 0 else "-",
+                        "rank": len(seen) - 1,
+                        "value": vals[flat].item(),
+                        "context": context,
+                        "example": i,
+                        "position": t,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def logit_lens(model: HookedTransformer, subspace: Subspace, vocab, n: int = 5) -> pd.DataFrame:
     """Tokens whose unembedding aligns most (+) and least (−) with each direction: ``W_Uᵀ q``."""
     subspace.check_width(model.cfg.d_model)
-    logits = subspace.basis.T.to(model.W_U.device) @ model.W_U.float()  # [k, d_vocab] (float32 for a bf16 model too)
+    logits = (
+        subspace.basis.T.to(model.W_U.device) @ model.W_U.float()
+    )  # [k, d_vocab] (float32 for a bf16 model too)
     rows = []
     for j, label in enumerate(subspace.labels):
         for sign in (+1, -1):
             top = (sign * logits[j]).topk(n).indices.tolist()
-            rows.append({"direction": label, "sign": "+" if sign > 0 else "-",
-                         "tokens": ", ".join(vocab.tokens[i] for i in top)})
+            rows.append(
+                {
+                    "direction": label,
+                    "sign": "+" if sign > 0 else "-",
+                    "tokens": ", ".join(vocab.tokens[i] for i in top),
+                }
+            )
     return pd.DataFrame(rows)
 
 

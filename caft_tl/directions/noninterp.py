@@ -36,7 +36,9 @@ def _loss(model, data: TokenDataset, fwd_hooks, batch_size: int) -> float:
     return total / max(n, 1)
 
 
-def ablation_loss_deltas(model, data: TokenDataset, subspaces: dict[str, Subspace], batch_size: int = 256) -> pd.DataFrame:
+def ablation_loss_deltas(
+    model, data: TokenDataset, subspaces: dict[str, Subspace], batch_size: int = 256
+) -> pd.DataFrame:
     """One row per direction: hook, index, loss (with it zero-ablated), delta (minus the loss without)."""
     plain = _loss(model, data, [], batch_size)
     rows = []
@@ -47,7 +49,9 @@ def ablation_loss_deltas(model, data: TokenDataset, subspaces: dict[str, Subspac
     return pd.DataFrame(rows)
 
 
-def harmless_choice(deltas: pd.DataFrame, counts: dict[str, int], tolerance: float = 0.1) -> dict[str, list[int]]:
+def harmless_choice(
+    deltas: pd.DataFrame, counts: dict[str, int], tolerance: float = 0.1
+) -> dict[str, list[int]]:
     """``{hook: indices}``: ``counts[hook]`` PCs per hook (module docstring), in index order."""
     out = {}
     for hook, n in counts.items():

@@ -17,11 +17,15 @@ from caft_tl.core.subspace import Subspace, diff_of_means
 from caft_tl.directions.information import InformationRuleError, InterpretationInputs
 
 
-def persona_vectors(model: HookedTransformer, inputs: InterpretationInputs, hooks: list[str]) -> list[Subspace]:
+def persona_vectors(
+    model: HookedTransformer, inputs: InterpretationInputs, hooks: list[str]
+) -> list[Subspace]:
     """One rank-1 subspace per hook along mean(evoke) − mean(suppress) at the last position; the
     vector's norm is in the provenance (``norm``), its direction is the basis."""
     if inputs.trait_prompts is None:
-        raise InformationRuleError(f"no trait prompts in the interpretation inputs of {inputs.task_name!r}: build them with interpretation_inputs()")
+        raise InformationRuleError(
+            f"no trait prompts in the interpretation inputs of {inputs.task_name!r}: build them with interpretation_inputs()"
+        )
     evoke, suppress = inputs.trait_prompts
     out = []
     for hook in hooks:

@@ -152,8 +152,9 @@ def build(inputs: SetInputs, names: list[str] | None = None) -> dict[str, list[S
     for spec in [get_set(n) for n in names] if names is not None else SETS.values():
         missing = [f for f in spec.needs if getattr(inputs, f) is None]
         if missing and names is not None:
-            what = ("ground truth, which only organism tasks give" if spec.needs_ground_truth
-                    else "these inputs")
+            what = (
+                "ground truth, which only organism tasks give" if spec.needs_ground_truth else "these inputs"
+            )
             fields = ", ".join(f"SetInputs.{f}" for f in missing)
             raise ValueError(f"direction set {spec.name!r} needs {what}: {fields} is None")
         if not missing and (subs := spec.build(inputs)):
@@ -170,40 +171,55 @@ def _pca(x: SetInputs) -> list[Subspace]:
     return _chosen_pcs(x.pcs, x.chosen)
 
 
-@register_set("topk_pca", needs=("pcs", "chosen"),
-              description="the top PCs, as many as chosen, at the same hooks")
+@register_set(
+    "topk_pca", needs=("pcs", "chosen"), description="the top PCs, as many as chosen, at the same hooks"
+)
 def _topk_pca(x: SetInputs) -> list[Subspace]:
     return _chosen_pcs(x.pcs, {h: list(range(len(c))) for h, c in x.chosen.items()})
 
 
-@register_set("random", needs=("pcs", "chosen"),
-              description="random directions of the chosen PCs' ranks at the same hooks")
+@register_set(
+    "random",
+    needs=("pcs", "chosen"),
+    description="random directions of the chosen PCs' ranks at the same hooks",
+)
 def _random(x: SetInputs) -> list[Subspace]:
     used = [h for h in x.pcs if x.chosen.get(h)]
-    return [random_subspace(x.d_model, len(x.chosen[h]), h, seed=x.random_seed + i)
-            for i, h in enumerate(used)]
+    return [
+        random_subspace(x.d_model, len(x.chosen[h]), h, seed=x.random_seed + i) for i, h in enumerate(used)
+    ]
 
 
-@register_set("noninterp_pca", needs=("pcs", "chosen", "harmless"),
-              description="as many PCs whose ablation leaves the plain fine-tune's loss unhurt (no reading)")
+@register_set(
+    "noninterp_pca",
+    needs=("pcs", "chosen", "harmless"),
+    description="as many PCs whose ablation leaves the plain fine-tune's loss unhurt (no reading)",
+)
 def _noninterp_pca(x: SetInputs) -> list[Subspace]:
     return [x.pcs[h].select(x.harmless[h]) for h in x.pcs if x.chosen.get(h) and x.harmless.get(h)]
 
 
-@register_set("persona_vector", needs=("persona_vector",),
-              description="the persona vector from contrastive prompts, no fine-tune")
+@register_set(
+    "persona_vector",
+    needs=("persona_vector",),
+    description="the persona vector from contrastive prompts, no fine-tune",
+)
 def _persona_vector(x: SetInputs) -> list[Subspace]:
     return list(x.persona_vector)
 
 
-@register_set("oracle", needs=("truth",),
-              description="the ground-truth concept subspace at each hook: the upper bound")
+@register_set(
+    "oracle", needs=("truth",), description="the ground-truth concept subspace at each hook: the upper bound"
+)
 def _oracle(x: SetInputs) -> list[Subspace]:
     return list(x.truth.concepts.values())
 
 
-@register_set("oracle_pca", needs=("pcs", "truth"),
-              description="the PCs the ground truth picks: the upper bound of reading PCs")
+@register_set(
+    "oracle_pca",
+    needs=("pcs", "truth"),
+    description="the PCs the ground truth picks: the upper bound of reading PCs",
+)
 def _oracle_pca(x: SetInputs) -> list[Subspace]:
     return _chosen_pcs(x.pcs, x.truth.pc_choice)
 
@@ -212,21 +228,35 @@ def _chosen_latents(x: SetInputs) -> list[Subspace]:
     return [sae_lib.latent_subspace(x.saes[h], ids) for h, ids in x.chosen_latents.items() if ids]
 
 
-@register_set("sae", needs=("saes", "chosen_latents"),
-              description="the decoder directions of the latents the interpreter chose")
+@register_set(
+    "sae",
+    needs=("saes", "chosen_latents"),
+    description="the decoder directions of the latents the interpreter chose",
+)
 def _sae(x: SetInputs) -> list[Subspace]:
     return _chosen_latents(x)
 
 
-@register_set("topk_sae", needs=("saes", "chosen_latents", "ranked_latents"),
-              description="the top-ranked latents, as many as chosen, at the same hooks")
+@register_set(
+    "topk_sae",
+    needs=("saes", "chosen_latents", "ranked_latents"),
+    description="the top-ranked latents, as many as chosen, at the same hooks",
+)
 def _topk_sae(x: SetInputs) -> list[Subspace]:
-    return [sae_lib.latent_subspace(x.saes[h], x.ranked_latents[h][: len(ids)], name="topk_sae")
-            for h, ids in x.chosen_latents.items() if ids]
+    return [
+        sae_lib.latent_subspace(x.saes[h], x.ranked_latents[h][: len(ids)], name="topk_sae")
+        for h, ids in x.chosen_latents.items()
+        if ids
+    ]
 
 
-@register_set("random_sae", needs=("saes", "chosen_latents"),
-              description="random directions of the chosen latents' ranks")
+@register_set(
+    "random_sae",
+    needs=("saes", "chosen_latents"),
+    description="random directions of the chosen latents' ranks",
+)
 def _random_sae(x: SetInputs) -> list[Subspace]:
-    return [random_subspace(x.d_model, s.k, s.hook_name, seed=x.random_seed + 1000 + i)
-            for i, s in enumerate(_chosen_latents(x))]
+    return [
+        random_subspace(x.d_model, s.k, s.hook_name, seed=x.random_seed + 1000 + i)
+        for i, s in enumerate(_chosen_latents(x))
+    ]

@@ -12,10 +12,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -64,15 +64,20 @@ def register_architecture(name: str):
 @register_architecture("standard")
 def _standard(cfg: SAETrainConfig, d_in: int) -> StandardTrainingSAEConfig:
     """ReLU latents with an L1 penalty (weighted by decoder norms)."""
-    return StandardTrainingSAEConfig(d_in=d_in, d_sae=cfg.expansion * d_in, l1_coefficient=cfg.l1_coefficient,
-                                     normalize_activations="expected_average_only_in")
+    return StandardTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=cfg.expansion * d_in,
+        l1_coefficient=cfg.l1_coefficient,
+        normalize_activations="expected_average_only_in",
+    )
 
 
 @register_architecture("topk")
 def _topk(cfg: SAETrainConfig, d_in: int) -> TopKTrainingSAEConfig:
     """Exactly ``k`` active latents per token."""
-    return TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.expansion * d_in, k=cfg.k,
-                                 normalize_activations="expected_average_only_in")
+    return TopKTrainingSAEConfig(
+        d_in=d_in, d_sae=cfg.expansion * d_in, k=cfg.k, normalize_activations="expected_average_only_in"
+    )
 
 
 def hook_width(model: HookedTransformer, hook: str) -> int:
@@ -107,7 +112,9 @@ def _batches(x: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tens
             yield x[order[i : i + batch_size]]
 
 
-def train_sae(x: torch.Tensor, cfg: SAETrainConfig, hook: str, model_name: str = "", progress: bool = True) -> SAE:
+def train_sae(
+    x: torch.Tensor, cfg: SAETrainConfig, hook: str, model_name: str = "", progress: bool = True
+) -> SAE:
     """Train an SAE with SAELens' ``SAETrainer`` on activation rows ``x`` [n, d_in]; returns the
     inference SAE (decoder rows unit norm, activation scaling folded in), ``metadata.hook_name`` set."""
     if cfg.architecture not in ARCHITECTURES:
@@ -120,9 +127,15 @@ def train_sae(x: torch.Tensor, cfg: SAETrainConfig, hook: str, model_name: str =
     sae_cfg.metadata.model_name = model_name
     sae = TrainingSAE.from_dict(sae_cfg.to_dict())
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=cfg.steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
-        lr_warm_up_steps=cfg.steps // 20, lr_decay_steps=cfg.steps // 5, lr_end=cfg.lr / 10,
-        dead_feature_window=max(cfg.steps // 4, 1), feature_sampling_window=cfg.steps + 1, n_batches_for_norm_estimate=20,
+        total_training_samples=cfg.steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_warm_up_steps=cfg.steps // 20,
+        lr_decay_steps=cfg.steps // 5,
+        lr_end=cfg.lr / 10,
+        dead_feature_window=max(cfg.steps // 4, 1),
+        feature_sampling_window=cfg.steps + 1,
+        n_batches_for_norm_estimate=20,
     )
     with _quiet(not progress):
         sae = SAETrainer(trainer_cfg, sae, _batches(x, cfg.batch_size, cfg.seed)).fit()
@@ -143,8 +156,10 @@ def _quiet(on: bool):
 
     from sae_lens.training import activation_scaler, sae_trainer
 
-    with mock.patch.object(sae_trainer, "tqdm", partial(sae_trainer.tqdm, disable=True)), \
-            mock.patch.object(activation_scaler, "tqdm", partial(activation_scaler.tqdm, disable=True)):
+    with (
+        mock.patch.object(sae_trainer, "tqdm", partial(sae_trainer.tqdm, disable=True)),
+        mock.patch.object(activation_scaler, "tqdm", partial(activation_scaler.tqdm, disable=True)),
+    ):
         yield
 
 
@@ -174,7 +189,9 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_sae(folder: str | os.PathLike, model: HookedTransformer | None = None, hook: str | None = None) -> SAE:
+def load_sae(
+    folder: str | os.PathLike, model: HookedTransformer | None = None, hook: str | None = None
+) -> SAE:
     """Load an SAE saved in SAELens' format from a local folder; with ``model`` (and ``hook``),
     check that its hook exists in the model (and is ``hook``) and that its ``d_in`` matches."""
     folder = Path(folder)
@@ -193,10 +210,14 @@ def load_sae(folder: str | os.PathLike, model: HookedTransformer | None = None, 
         raise ValueError(f"SAE {str(folder)!r} reads hook {sae_hook!r}, not {hook!r}")
     if model is not None:
         if not sae_hook:
-            raise ValueError(f"SAE {str(folder)!r} names no hook (cfg.json metadata.hook_name); valid: {', '.join(list(model.hook_dict)[:3])}, ...")
+            raise ValueError(
+                f"SAE {str(folder)!r} names no hook (cfg.json metadata.hook_name); valid: {', '.join(list(model.hook_dict)[:3])}, ..."
+            )
         width = hook_width(model, sae_hook)
         if sae.cfg.d_in != width:
-            raise ValueError(f"SAE {str(folder)!r} has d_in {sae.cfg.d_in}, but {sae_hook!r} of this model has width {width}")
+            raise ValueError(
+                f"SAE {str(folder)!r} has d_in {sae.cfg.d_in}, but {sae_hook!r} of this model has width {width}"
+            )
     sae.eval()
     return sae
 
@@ -208,16 +229,29 @@ def find_saes(root: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"SAE folder {str(root)!r} does not exist")
     found = sorted(p.parent for p in root.rglob("cfg.json") if (p.parent / SAE_FILES[1]).exists())
     if not found:
-        raise FileNotFoundError(f"no SAELens SAE (cfg.json + sae_weights.safetensors) at or under {str(root)!r}")
+        raise FileNotFoundError(
+            f"no SAELens SAE (cfg.json + sae_weights.safetensors) at or under {str(root)!r}"
+        )
     return found
 
 
 def train_or_load(
-    model: HookedTransformer, task, hook: str, cfg: SAETrainConfig, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    model: HookedTransformer,
+    task,
+    hook: str,
+    cfg: SAETrainConfig,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> tuple[SAE, Path]:
     """The SAE for (base model, task, hook, cfg) from ``cache_dir/saes/<hash>``, trained and cached
     there (atomically) if absent."""
-    spec = {"cfg": cfg, "hook": hook, "task": task.name, "task_cfg": task.cfg, "base": models.weights_hash(model)}
+    spec = {
+        "cfg": cfg,
+        "hook": hook,
+        "task": task.name,
+        "task_cfg": task.cfg,
+        "base": models.weights_hash(model),
+    }
     name = f"{hook}-{cfg.architecture}-{files.config_hash(spec)}"
     cache = files.cache_folder("saes", cache_dir)
     folder = cache / name
@@ -238,7 +272,9 @@ def encode(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: HookedTransformer, task, sae: SAE, n_docs: int = 1000, seed: int = 12_345) -> dict[str, float]:
+def reconstruction_metrics(
+    model: HookedTransformer, task, sae: SAE, n_docs: int = 1000, seed: int = 12_345
+) -> dict[str, float]:
     """On held-out pre-training documents (every position but ``<bos>``): explained variance,
     L0 (mean active latents per token), fraction of dead latents (never active), and the model's
     loss on answer tokens clean, with the SAE's reconstruction spliced in at its hook, and with
@@ -267,7 +303,9 @@ def reconstruction_metrics(model: HookedTransformer, task, sae: SAE, n_docs: int
         "explained_variance": 1 - (resid / total).item(),
         "l0": (f > 0).float().sum(-1).mean().item(),
         "dead_fraction": ((f > 0).flatten(0, 1).sum(0) == 0).float().mean().item(),
-        "loss_clean": clean, "loss_sae": spliced, "loss_zero": zero,
+        "loss_clean": clean,
+        "loss_sae": spliced,
+        "loss_zero": zero,
         "loss_recovered": (zero - spliced) / max(zero - clean, 1e-12),
     }
 
@@ -276,8 +314,13 @@ def reconstruction_metrics(model: HookedTransformer, task, sae: SAE, n_docs: int
 
 
 def latent_scores(
-    base: HookedTransformer, finetuned: HookedTransformer, data: TokenDataset, sae: SAE, mean_diff: torch.Tensor | None = None,
-    positions: str = "response", batch_size: int = 256,
+    base: HookedTransformer,
+    finetuned: HookedTransformer,
+    data: TokenDataset,
+    sae: SAE,
+    mean_diff: torch.Tensor | None = None,
+    positions: str = "response",
+    batch_size: int = 256,
 ) -> pd.DataFrame:
     """Three ways to rank an SAE's latents for a fine-tune, from the fine-tuning data alone
     (masked to ``positions``), one row per latent:
@@ -309,11 +352,15 @@ def latent_scores(
 
         with base.hooks(fwd_hooks=[(hook, keep)]):
             loss = response_loss(base, batch)
-        (grad,) = torch.autograd.grad(loss * int(batch.target_mask.sum()), store["h"])  # summed over positions
+        (grad,) = torch.autograd.grad(
+            loss * int(batch.target_mask.sum()), store["h"]
+        )  # summed over positions
         h_base = store["h"].detach()
         with torch.no_grad():
             f_ft, f_base = encode(sae, h_ft[mask]), encode(sae, h_base[mask])  # [n_sel, d_sae]
-            grad_f = grad[mask].to(sae.W_dec.device, sae.W_dec.dtype) @ sae.W_dec.T  # ∂L/∂f_j = W_dec[j] · ∂L/∂h
+            grad_f = (
+                grad[mask].to(sae.W_dec.device, sae.W_dec.dtype) @ sae.W_dec.T
+            )  # ∂L/∂f_j = W_dec[j] · ∂L/∂h
             delta_f += (f_ft - f_base).sum(0).double().cpu()
             attr -= (f_base * grad_f).sum(0).double().cpu()
             delta_h += (h_ft[mask] - h_base[mask]).sum(0).double().cpu()
@@ -323,8 +370,15 @@ def latent_scores(
     mean_diff = delta_h.float() / n if mean_diff is None else mean_diff.float()
     with torch.no_grad():
         enc = (mean_diff.to(sae.W_enc.device) @ sae.W_enc).cpu()  # [d_sae]
-    return pd.DataFrame({"hook": hook, "latent": range(d_sae), "mean_diff": (delta_f / n).float().numpy(),
-                         "attribution": (attr / n).float().numpy(), "diff_encoding": enc.numpy()})
+    return pd.DataFrame(
+        {
+            "hook": hook,
+            "latent": range(d_sae),
+            "mean_diff": (delta_f / n).float().numpy(),
+            "attribution": (attr / n).float().numpy(),
+            "diff_encoding": enc.numpy(),
+        }
+    )
 
 
 RANKINGS = ("mean_diff", "attribution", "diff_encoding")
@@ -364,40 +418,73 @@ def latent_concept_scores(sae: SAE, latents: list[int], concepts: dict[str, Subs
 def latent_subspace(sae: SAE, latents: list[int], name: str = "sae") -> Subspace:
     """The span of the latents' decoder directions, orthonormalised, at the SAE's hook."""
     if not latents:
-        raise ValueError(f"no latents chosen at {sae.cfg.metadata.hook_name!r}; choose at least one of 0..{sae.cfg.d_sae - 1}")
+        raise ValueError(
+            f"no latents chosen at {sae.cfg.metadata.hook_name!r}; choose at least one of 0..{sae.cfg.d_sae - 1}"
+        )
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
         raise ValueError(f"latents {bad} out of range 0..{sae.cfg.d_sae - 1}")
     q = orthonormalize(decoder_directions(sae, latents))
-    labels = [f"L{i}" for i in latents] if q.shape[1] == len(latents) else [f"{name}{j}" for j in range(q.shape[1])]
-    return Subspace(sae.cfg.metadata.hook_name, q, labels,
-                    {"method": name, "latents": list(latents), "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae})
+    labels = (
+        [f"L{i}" for i in latents]
+        if q.shape[1] == len(latents)
+        else [f"{name}{j}" for j in range(q.shape[1])]
+    )
+    return Subspace(
+        sae.cfg.metadata.hook_name,
+        q,
+        labels,
+        {
+            "method": name,
+            "latents": list(latents),
+            "architecture": sae.cfg.architecture(),
+            "d_sae": sae.cfg.d_sae,
+        },
+    )
 
 
 @torch.no_grad()
-def latent_activations(model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], fwd_hooks=()) -> torch.Tensor:
+def latent_activations(
+    model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], fwd_hooks=()
+) -> torch.Tensor:
     """[n, pos, m] activations of the given latents (under optional intervention hooks)."""
-    return encode(sae, activations(model, data, sae.cfg.metadata.hook_name, fwd_hooks=fwd_hooks))[..., latents]
+    return encode(sae, activations(model, data, sae.cfg.metadata.hook_name, fwd_hooks=fwd_hooks))[
+        ..., latents
+    ]
 
 
-def top_examples(model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], vocab, n: int = 5) -> pd.DataFrame:
+def top_examples(
+    model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], vocab, n: int = 5
+) -> pd.DataFrame:
     """Top-``n`` distinct contexts activating each latent (columns as :func:`caft_tl.directions.interpret.top_examples`)."""
     from caft_tl.directions.interpret import top_contexts
 
-    return top_contexts(latent_activations(model, data, sae, latents), data, [f"L{i}" for i in latents], vocab, n, signs=(+1,))
+    return top_contexts(
+        latent_activations(model, data, sae, latents), data, [f"L{i}" for i in latents], vocab, n, signs=(+1,)
+    )
 
 
 # ---------------------------------------------------------------------- SAEs of a run directory
 
-def save_run_saes(run_dir: str | os.PathLike, saes: dict[tuple[str, str], SAE], model: HookedTransformer, task) -> pd.DataFrame:
+
+def save_run_saes(
+    run_dir: str | os.PathLike, saes: dict[tuple[str, str], SAE], model: HookedTransformer, task
+) -> pd.DataFrame:
     """Copy ``{(architecture, hook): SAE}`` into ``run_dir/saes/<architecture>/<hook>/`` (SAELens
     folders), measure each (:func:`reconstruction_metrics`) and write the manifest; returns the
     metrics, one row per SAE."""
     rows = []
     for (arch, hook), sae in saes.items():
         folder = save_sae(sae, Path(run_dir) / "saes" / arch / hook)
-        rows.append({"architecture": arch, "hook": hook, "d_sae": sae.cfg.d_sae, "folder": str(folder.relative_to(run_dir)),
-                     **reconstruction_metrics(model, task, sae)})
+        rows.append(
+            {
+                "architecture": arch,
+                "hook": hook,
+                "d_sae": sae.cfg.d_sae,
+                "folder": str(folder.relative_to(run_dir)),
+                **reconstruction_metrics(model, task, sae),
+            }
+        )
     files.write_json(RunDir(run_dir).path("saes"), rows)
     return pd.DataFrame(rows)
 
@@ -409,7 +496,9 @@ def load_folder(root: str | os.PathLike, model: HookedTransformer) -> dict[tuple
         sae = load_sae(folder, model)
         key = (sae.cfg.architecture(), sae.cfg.metadata.hook_name)
         if key in out:
-            raise ValueError(f"two SAEs for architecture {key[0]!r} at {key[1]!r} under {str(root)!r}; keep one")
+            raise ValueError(
+                f"two SAEs for architecture {key[0]!r} at {key[1]!r} under {str(root)!r}; keep one"
+            )
         out[key] = sae
     return out
 
@@ -420,5 +509,7 @@ def load_run_saes(run_dir: str | os.PathLike, architecture: str, model: HookedTr
     rows = files.read_json(manifest)
     chosen = [r for r in rows if r["architecture"] == architecture]
     if not chosen:
-        raise ValueError(f"no {architecture!r} SAE in {str(manifest)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}")
+        raise ValueError(
+            f"no {architecture!r} SAE in {str(manifest)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}"
+        )
     return {r["hook"]: load_sae(Path(run_dir) / r["folder"], model, r["hook"]) for r in chosen}

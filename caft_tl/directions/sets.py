@@ -18,11 +18,18 @@ def null_name(draw: int) -> str:
 
 def is_null(directions: str) -> bool:
     """Whether a ``directions`` value is a draw of the null distribution."""
-    return directions.startswith(NULL_PREFIX) and directions[len(NULL_PREFIX):].isdigit()
+    return directions.startswith(NULL_PREFIX) and directions[len(NULL_PREFIX) :].isdigit()
 
 
-def null_sets(like: list[Subspace], d_model: int, n_draws: int = 20, random_seed: int = 0) -> dict[str, list[Subspace]]:
+def null_sets(
+    like: list[Subspace], d_model: int, n_draws: int = 20, random_seed: int = 0
+) -> dict[str, list[Subspace]]:
     """``n_draws`` random subspaces with ``like``'s hooks and ranks: ``{random/i: [Subspace per hook]}``
     (seed ``random_seed + 10_000 + 100 i + j`` at the j-th hook; none is the ``random`` set)."""
-    return {null_name(i): [random_subspace(d_model, s.k, s.hook_name, seed=random_seed + 10_000 + 100 * i + j) for j, s in enumerate(like)]
-            for i in range(n_draws)}
+    return {
+        null_name(i): [
+            random_subspace(d_model, s.k, s.hook_name, seed=random_seed + 10_000 + 100 * i + j)
+            for j, s in enumerate(like)
+        ]
+        for i in range(n_draws)
+    }

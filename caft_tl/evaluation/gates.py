@@ -48,7 +48,9 @@ def check_task(task) -> None:
     """Refuse a task without gates, naming the ones that have them."""
     if not task.has_gates:
         valid = [n for n, (cls, _) in TASKS.items() if cls.has_gates]
-        raise ValueError(f"the gates need a spurious-correlation task; {task.name!r} is not one (valid: {', '.join(valid)})")
+        raise ValueError(
+            f"the gates need a spurious-correlation task; {task.name!r} is not one (valid: {', '.join(valid)})"
+        )
 
 
 def _accuracy(table: pd.DataFrame | list[dict]):
@@ -61,22 +63,35 @@ def _accuracy(table: pd.DataFrame | list[dict]):
     return get
 
 
-def validity(table: pd.DataFrame | list[dict], thresholds: GateThresholds = GateThresholds()) -> dict[str, dict]:
+def validity(
+    table: pd.DataFrame | list[dict], thresholds: GateThresholds = GateThresholds()
+) -> dict[str, dict]:
     """V1–V3, each with whether it holds and the numbers it rests on, and ``valid`` (all three);
     a missing row raises naming the chapter that writes it. Reads no fine-tune under an intervention."""
     get, t = _accuracy(table), thresholds
     base = {s: get("base", "none", False, s)[0] for s in BASE_SPLITS}
     lo, hi = t.no_preference
     v1 = min(base["single_intended"], base["single_spurious"]) >= t.min_single and all(
-        lo <= base[s] <= hi for s in ("ood_intended_first", "ood_spurious_first"))
+        lo <= base[s] <= hi for s in ("ood_intended_first", "ood_spurious_first")
+    )
     plain = {s: get("plain", "none", True, s) for s in PLAIN_SPLITS}
-    learnt = [i >= t.min_plain_id and a <= t.max_plain_ood and b <= t.max_plain_ood
-              for i, a, b in zip(plain["id"], plain["ood_intended_first"], plain["ood_spurious_first"])]
+    learnt = [
+        i >= t.min_plain_id and a <= t.max_plain_ood and b <= t.max_plain_ood
+        for i, a, b in zip(plain["id"], plain["ood_intended_first"], plain["ood_spurious_first"])
+    ]
     ablated = {s: get("zero", "oracle", False, s)[0] for s in ("single_intended", "single_spurious")}
-    v3 = ablated["single_spurious"] <= t.max_ablated_spurious and ablated["single_intended"] >= t.min_ablated_intended
+    v3 = (
+        ablated["single_spurious"] <= t.max_ablated_spurious
+        and ablated["single_intended"] >= t.min_ablated_intended
+    )
     gates = {
         "V1_base": {"holds": v1, **base},
-        "V2_plain_learns_spurious": {"holds": sum(learnt) >= max(1, len(learnt) - 1), "seeds": sum(learnt), "of": len(learnt), **plain},
+        "V2_plain_learns_spurious": {
+            "holds": sum(learnt) >= max(1, len(learnt) - 1),
+            "seeds": sum(learnt),
+            "of": len(learnt),
+            **plain,
+        },
         "V3_oracle_removes_spurious": {"holds": v3, **ablated},
     }
     return {**gates, "valid": {"holds": all(g["holds"] for g in gates.values())}}
@@ -87,29 +102,45 @@ def outcomes(table: pd.DataFrame | list[dict]) -> dict[str, dict]:
     accuracy over plain on every seed; do the rule-chosen PCs beat the top PCs and random ones."""
     get = _accuracy(table)
     caft_ood, plain_ood = get("zero", "oracle", True, "ood"), get("plain", "none", True, "ood")
-    ood = {d: get("zero", d, True, "ood", required=False) for d in ("pca", "topk_pca", "random", "oracle", "oracle_pca")}
+    ood = {
+        d: get("zero", d, True, "ood", required=False)
+        for d in ("pca", "topk_pca", "random", "oracle", "oracle_pca")
+    }
     return {
-        "oracle_caft_raises_ood": {"holds": all(c > p for c, p in zip(caft_ood, plain_ood)), "caft_ood": caft_ood, "plain_ood": plain_ood},
-        "pca_beats_topk_and_random": {"holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random"], default=0.0),
-                                      **{f"{d}_ood": v for d, v in ood.items()}, "pca_id": get("zero", "pca", True, "id", required=False)},
+        "oracle_caft_raises_ood": {
+            "holds": all(c > p for c, p in zip(caft_ood, plain_ood)),
+            "caft_ood": caft_ood,
+            "plain_ood": plain_ood,
+        },
+        "pca_beats_topk_and_random": {
+            "holds": bool(ood["pca"]) and min(ood["pca"]) > max(ood["topk_pca"] + ood["random"], default=0.0),
+            **{f"{d}_ood": v for d, v in ood.items()},
+            "pca_id": get("zero", "pca", True, "id", required=False),
+        },
     }
 
 
 def takeaway(organism: str, validity: dict[str, dict], outcomes: dict[str, dict]) -> str:
     """One paragraph, generated from the verdicts: is the organism a fair test, and what CAFT did on it."""
     failed = [g for g, v in validity.items() if g != "valid" and not v["holds"]]
-    head = (f"Organism {organism} is a valid test of CAFT (V1–V3 hold)." if not failed else
-            f"Organism {organism} is not a valid test of CAFT ({', '.join(failed)} fail): it is reported, and left out of the CAFT comparison.")
+    head = (
+        f"Organism {organism} is a valid test of CAFT (V1–V3 hold)."
+        if not failed
+        else f"Organism {organism} is not a valid test of CAFT ({', '.join(failed)} fail): it is reported, and left out of the CAFT comparison."
+    )
     o1, o2 = outcomes["oracle_caft_raises_ood"], outcomes["pca_beats_topk_and_random"]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-    return (f"{head} Oracle CAFT {'raised' if o1['holds'] else 'did not raise'} OOD accuracy on every seed "
-            f"(mean {mean(o1['caft_ood']):.2f} vs plain {mean(o1['plain_ood']):.2f}); the chosen PCs "
-            f"{'beat' if o2['holds'] else 'did not beat'} the top PCs and random directions "
-            f"(OOD {mean(o2['pca_ood']):.2f} vs {mean(o2['topk_pca_ood']):.2f} / {mean(o2['random_ood']):.2f}).")
+    return (
+        f"{head} Oracle CAFT {'raised' if o1['holds'] else 'did not raise'} OOD accuracy on every seed "
+        f"(mean {mean(o1['caft_ood']):.2f} vs plain {mean(o1['plain_ood']):.2f}); the chosen PCs "
+        f"{'beat' if o2['holds'] else 'did not beat'} the top PCs and random directions "
+        f"(OOD {mean(o2['pca_ood']):.2f} vs {mean(o2['topk_pca_ood']):.2f} / {mean(o2['random_ood']):.2f})."
+    )
 
 
 def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
     """One row per gate: whether it holds and the numbers it rests on (2 decimals)."""
+
     def fmt(v):
         if isinstance(v, dict):
             return ", ".join(f"{k} {fmt(x)}" for k, x in v.items())
@@ -117,5 +148,13 @@ def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
             return "/".join(fmt(x) for x in v) or "–"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
-    return pd.DataFrame([{"gate": g, "holds": v["holds"], "numbers": "; ".join(f"{k}: {fmt(x)}" for k, x in v.items() if k != "holds")}
-                         for g, v in verdicts.items()])
+    return pd.DataFrame(
+        [
+            {
+                "gate": g,
+                "holds": v["holds"],
+                "numbers": "; ".join(f"{k}: {fmt(x)}" for k, x in v.items() if k != "holds"),
+            }
+            for g, v in verdicts.items()
+        ]
+    )

@@ -26,7 +26,11 @@ from caft_tl.organism import Task, load_run_organism
 
 CONFIG = ["method", "directions", "param", "trained", "split", "metric"]
 #: files :func:`write` puts in the task's figure folder
-VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = "population_validity.csv", "population_summary.csv", "population_organisms.csv"
+VALIDITY_FILE, SUMMARY_FILE, PER_ORGANISM_FILE = (
+    "population_validity.csv",
+    "population_summary.csv",
+    "population_organisms.csv",
+)
 QUESTIONS_FILE = "population_questions.csv"
 #: the judged share of each rate's answers (P(hit) + P(miss)), summarised beside every rate
 COHERENCE = "coherence"  # the thread's questions answered over the valid organisms
@@ -45,11 +49,20 @@ def validity(runs: list[RunDir], task: Task) -> pd.DataFrame:
         row = {"organism": run.organism_id, "pretrain_seed": run.organism_spec()["pretrain"]["seed"]}
         if task.has_gates:
             row.update({g: v["holds"] for g, v in gates.validity(run.read_results()).items()})
-        elif em_gates.applies(task):  # E1–E4 measure the organism and run their own fixed fine-tunes (cached in its run directory)
+        elif em_gates.applies(
+            task
+        ):  # E1–E4 measure the organism and run their own fixed fine-tunes (cached in its run directory)
             base, _ = load_run_organism(run.root)
             verdicts, _ = em_gates.measure(base, task, run.root, run.organism_id)
-            files.write_json(run.path("em_gates"), {"organism": run.organism_id, "budget": em_gates.EMGateBudget(),
-                                                    "thresholds": em_gates.EMGateThresholds(), "verdicts": verdicts})
+            files.write_json(
+                run.path("em_gates"),
+                {
+                    "organism": run.organism_id,
+                    "budget": em_gates.EMGateBudget(),
+                    "thresholds": em_gates.EMGateThresholds(),
+                    "verdicts": verdicts,
+                },
+            )
             row.update({g: v["holds"] for g, v in verdicts.items()})
         else:
             row["valid"] = True
@@ -61,7 +74,9 @@ def per_organism(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     """Each configuration's mean and standard deviation over fine-tuning seeds, per organism."""
     rows = results.comparison(table, metrics)
     g = rows.groupby(["task", "organism", *CONFIG], sort=False)["value"]
-    return g.agg(mean="mean", seed_sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n_seeds="size").reset_index()
+    return g.agg(
+        mean="mean", seed_sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n_seeds="size"
+    ).reset_index()
 
 
 def summarise(per_org: pd.DataFrame, valid: set[str]) -> pd.DataFrame:
@@ -71,9 +86,19 @@ def summarise(per_org: pd.DataFrame, valid: set[str]) -> pd.DataFrame:
     kept = per_org[per_org["organism"].isin(valid)]
     for key, g in kept.groupby(["task", *CONFIG], sort=False):
         m, lo, hi = ci95(g["mean"], RATE_BOUNDS if is_rate(key[CONFIG.index("metric") + 1]) else None)
-        out.append({**dict(zip(["task", *CONFIG], key)), "mean": m, "low": lo, "high": hi, "n_organisms": len(g),
-                    "within_organism_seed_sd": float(g["seed_sd"].mean())})
-    return pd.DataFrame(out, columns=["task", *CONFIG, "mean", "low", "high", "n_organisms", "within_organism_seed_sd"])
+        out.append(
+            {
+                **dict(zip(["task", *CONFIG], key)),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n_organisms": len(g),
+                "within_organism_seed_sd": float(g["seed_sd"].mean()),
+            }
+        )
+    return pd.DataFrame(
+        out, columns=["task", *CONFIG, "mean", "low", "high", "n_organisms", "within_organism_seed_sd"]
+    )
 
 
 def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,7 +106,9 @@ def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.Dat
     returns both. Organisms that fail a gate are listed with their verdicts, never dropped silently."""
     runs = organisms(task_dir)
     if not runs:
-        raise files.MissingArtefactError(f"no organism under {str(task_dir)!r}: run the suite (chapter 00 onwards) first")
+        raise files.MissingArtefactError(
+            f"no organism under {str(task_dir)!r}: run the suite (chapter 00 onwards) first"
+        )
     verdicts = validity(runs, task)
     table = pd.concat([run.read_results() for run in runs], ignore_index=True)
     per_org = per_organism(table, (*task.metrics, COHERENCE))  # each rate with its coherence beside it
@@ -92,7 +119,10 @@ def write(task_dir: str | Path, fig_dir: str | Path, task: Task) -> tuple[pd.Dat
     files.write_csv(fig_dir / PER_ORGANISM_FILE, per_org)
     files.write_csv(fig_dir / SUMMARY_FILE, summary)
     if valid:
-        files.write_csv(fig_dir / QUESTIONS_FILE, questions.answers(table, task.ood_split, task.metric(task.ood_split), organisms=valid))
+        files.write_csv(
+            fig_dir / QUESTIONS_FILE,
+            questions.answers(table, task.ood_split, task.metric(task.ood_split), organisms=valid),
+        )
     return verdicts, summary
 
 
@@ -103,6 +133,12 @@ def headline(task: str, verdicts: pd.DataFrame, summary: pd.DataFrame, ood_split
     if summary.empty:
         return f"{task}: {n} organisms, {n_valid}/{n} valid — no CAFT comparison"
     s = summary[(summary["split"] == ood_split) & (summary["metric"] == metric) & summary["trained"]]
-    cells = [f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
-             for r in s.itertuples() if r.method == "plain" or (r.method == "zero" and "/" not in r.directions)]  # not the null's draws
-    return f"{task}: {n} organisms, {n_valid}/{n} valid; {ood_split} {metric} over valid organisms: " + "; ".join(cells)
+    cells = [
+        f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
+        for r in s.itertuples()
+        if r.method == "plain" or (r.method == "zero" and "/" not in r.directions)
+    ]  # not the null's draws
+    return (
+        f"{task}: {n} organisms, {n_valid}/{n} valid; {ood_split} {metric} over valid organisms: "
+        + "; ".join(cells)
+    )

@@ -35,7 +35,11 @@ COVERAGE_FILE = "population_analyses.csv"
 #: chapter 05 writes :data:`REDUCTION_FILE` only for a task whose OOD metric is this one
 EM_METRIC = "misalignment_rate"
 #: a valid organism's file in :data:`COVERAGE_FILE`
-READ, MISSING, NOT_WRITTEN = "read", "missing", f"not written for this task (its OOD metric is not {EM_METRIC})"
+READ, MISSING, NOT_WRITTEN = (
+    "read",
+    "missing",
+    f"not written for this task (its OOD metric is not {EM_METRIC})",
+)
 #: the text columns of the task-level files (the others are numbers)
 TEXT = [*KEY, "organisms", "percentiles"]
 
@@ -56,15 +60,25 @@ def read(path: str | Path) -> pd.DataFrame:
     key, values = COLUMNS[path.name]
     files.verify(path)
     try:
-        df = pd.read_csv(path, dtype={**{k: str for k in key}, **{v: float for v in values}}, keep_default_na=False,
-                         na_values={v: ["", "nan", "NaN"] for v in values})
+        df = pd.read_csv(
+            path,
+            dtype={**{k: str for k in key}, **{v: float for v in values}},
+            keep_default_na=False,
+            na_values={v: ["", "nan", "NaN"] for v in values},
+        )
     except (ValueError, UnicodeDecodeError) as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r}: {str(e).splitlines()[0]}; re-run the chapter that wrote it") from None
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r}: {str(e).splitlines()[0]}; re-run the chapter that wrote it"
+        ) from None
     missing = [c for c in key + values if c not in df.columns]
     if missing:
-        raise ValueError(f"{str(path)!r} lacks column(s) {missing} (it has {list(df.columns)}); re-run the chapter that wrote it")
+        raise ValueError(
+            f"{str(path)!r} lacks column(s) {missing} (it has {list(df.columns)}); re-run the chapter that wrote it"
+        )
     if df.duplicated(key).any():
-        raise ValueError(f"{str(path)!r} repeats configuration(s) {df.loc[df.duplicated(key), key].drop_duplicates().values.tolist()}")
+        raise ValueError(
+            f"{str(path)!r} repeats configuration(s) {df.loc[df.duplicated(key), key].drop_duplicates().values.tolist()}"
+        )
     if path.name == NULL_FILE:
         df = df.assign(method="zero", param="")
     return df[KEY + values]
@@ -81,7 +95,9 @@ def gather(folders: dict[str, Path], file: str) -> tuple[pd.DataFrame, list[str]
         else:
             missing.append(organism)
     columns = ["organism", *KEY, *COLUMNS[file][1]]
-    return (pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)), missing
+    return (
+        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    ), missing
 
 
 def null_places(rows: pd.DataFrame) -> pd.DataFrame:
@@ -91,10 +107,21 @@ def null_places(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for key, g in rows.groupby(KEY, sort=False):
         m, lo, hi = ci95(g["null_percentile"], PERCENTILE_BOUNDS)
-        out.append({**dict(zip(KEY, key)), "mean": m, "low": lo, "high": hi, "n_organisms": int(g["null_percentile"].notna().sum()),
-                    "null_draws": g["null_draws"].min(), "organisms": "; ".join(g["organism"]),
-                    "percentiles": "; ".join(f"{v:g}" for v in g["null_percentile"])})
-    return pd.DataFrame(out, columns=[*KEY, "mean", "low", "high", "n_organisms", "null_draws", "organisms", "percentiles"])
+        out.append(
+            {
+                **dict(zip(KEY, key)),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n_organisms": int(g["null_percentile"].notna().sum()),
+                "null_draws": g["null_draws"].min(),
+                "organisms": "; ".join(g["organism"]),
+                "percentiles": "; ".join(f"{v:g}" for v in g["null_percentile"]),
+            }
+        )
+    return pd.DataFrame(
+        out, columns=[*KEY, "mean", "low", "high", "n_organisms", "null_draws", "organisms", "percentiles"]
+    )
 
 
 def reduction_factors(rows: pd.DataFrame) -> pd.DataFrame:
@@ -107,9 +134,33 @@ def reduction_factors(rows: pd.DataFrame) -> pd.DataFrame:
         n_inf = int(np.isinf(factor).sum())
         m, lo, hi = (float(factor.mean()), float("nan"), float("nan")) if n_inf else ci95(factor)
         em, elo, ehi = ci95(g["excess"])
-        out.append({**dict(zip(KEY, key)), "mean": m, "low": lo, "high": hi, "n_organisms": len(factor), "n_infinite": n_inf,
-                    "excess_mean": em, "excess_low": elo, "excess_high": ehi})
-    return pd.DataFrame(out, columns=[*KEY, "mean", "low", "high", "n_organisms", "n_infinite", "excess_mean", "excess_low", "excess_high"])
+        out.append(
+            {
+                **dict(zip(KEY, key)),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n_organisms": len(factor),
+                "n_infinite": n_inf,
+                "excess_mean": em,
+                "excess_low": elo,
+                "excess_high": ehi,
+            }
+        )
+    return pd.DataFrame(
+        out,
+        columns=[
+            *KEY,
+            "mean",
+            "low",
+            "high",
+            "n_organisms",
+            "n_infinite",
+            "excess_mean",
+            "excess_low",
+            "excess_high",
+        ],
+    )
 
 
 def curve_distances(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -120,10 +171,20 @@ def curve_distances(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd
     out = []
     for key, g in rows.groupby(KEY, sort=False):
         m, lo, hi = bootstrap_ci95(g["above_curve"], n_boot, seed)
-        out.append({**dict(zip(KEY, key)), "mean": m, "low": lo, "high": hi, "n_organisms": int(g["above_curve"].notna().sum()),
-                    "n_outside": int(g["above_curve"].isna().sum()),
-                    "within_organism_width": float((g["above_curve_high"] - g["above_curve_low"]).mean())})
-    return pd.DataFrame(out, columns=[*KEY, "mean", "low", "high", "n_organisms", "n_outside", "within_organism_width"])
+        out.append(
+            {
+                **dict(zip(KEY, key)),
+                "mean": m,
+                "low": lo,
+                "high": hi,
+                "n_organisms": int(g["above_curve"].notna().sum()),
+                "n_outside": int(g["above_curve"].isna().sum()),
+                "within_organism_width": float((g["above_curve_high"] - g["above_curve_low"]).mean()),
+            }
+        )
+    return pd.DataFrame(
+        out, columns=[*KEY, "mean", "low", "high", "n_organisms", "n_outside", "within_organism_width"]
+    )
 
 
 def figure_folders(task_dir: str | Path, fig_dir: str | Path, valid: list[str]) -> dict[str, Path]:
@@ -138,20 +199,32 @@ def figure_folders(task_dir: str | Path, fig_dir: str | Path, valid: list[str]) 
     return folders
 
 
-def write(task_dir: str | Path, fig_dir: str | Path, task: Task, valid: list[str], n_boot: int = 1000) -> pd.DataFrame:
+def write(
+    task_dir: str | Path, fig_dir: str | Path, task: Task, valid: list[str], n_boot: int = 1000
+) -> pd.DataFrame:
     """The three summaries over the ``valid`` organisms (ids) and :data:`COVERAGE_FILE` into
     ``fig_dir`` (CSV, atomically; a summary with no organism is written empty, so no older one is
     left); returns the coverage: ``file, organism, status`` (:data:`READ`, :data:`MISSING` or
     :data:`NOT_WRITTEN`)."""
     folders = figure_folders(task_dir, fig_dir, valid)
-    summaries = {NULL_FILE: (NULL_SUMMARY_FILE, null_places), REDUCTION_FILE: (REDUCTION_SUMMARY_FILE, reduction_factors),
-                 CURVE_FILE: (CURVE_SUMMARY_FILE, lambda rows: curve_distances(rows, n_boot))}
+    summaries = {
+        NULL_FILE: (NULL_SUMMARY_FILE, null_places),
+        REDUCTION_FILE: (REDUCTION_SUMMARY_FILE, reduction_factors),
+        CURVE_FILE: (CURVE_SUMMARY_FILE, lambda rows: curve_distances(rows, n_boot)),
+    }
     coverage = []
     for file, (summary_file, summarise) in summaries.items():
         written = file != REDUCTION_FILE or task.metric(task.ood_split) == EM_METRIC
         rows, missing = gather(folders if written else {}, file)
         files.write_csv(Path(fig_dir) / summary_file, summarise(rows))
-        coverage += [{"file": file, "organism": o, "status": MISSING if o in missing else READ if written else NOT_WRITTEN} for o in folders]
+        coverage += [
+            {
+                "file": file,
+                "organism": o,
+                "status": MISSING if o in missing else READ if written else NOT_WRITTEN,
+            }
+            for o in folders
+        ]
     coverage = pd.DataFrame(coverage, columns=["file", "organism", "status"])
     files.write_csv(Path(fig_dir) / COVERAGE_FILE, coverage)
     return coverage
@@ -164,8 +237,10 @@ def notes(coverage: pd.DataFrame) -> list[str]:
     for file, g in coverage.groupby("file", sort=False):
         if (g["status"] == NOT_WRITTEN).all():
             out.append(f"{file}: {NOT_WRITTEN}")
-        elif (missing := list(g.loc[g["status"] == MISSING, "organism"])):
-            out.append(f"{file}: missing for {len(missing)} of {len(g)} valid organisms ({', '.join(missing)})")
+        elif missing := list(g.loc[g["status"] == MISSING, "organism"]):
+            out.append(
+                f"{file}: missing for {len(missing)} of {len(g)} valid organisms ({', '.join(missing)})"
+            )
     return out
 
 
@@ -177,6 +252,7 @@ def read_summary(path: str | Path) -> pd.DataFrame:
         try:
             df[c] = df[c].astype(int) if c.startswith("n_") else df[c].replace("", np.nan).astype(float)
         except ValueError:
-            raise files.CorruptFileError(f"cannot read {str(path)!r}: column {c!r} holds a non-number; "
-                                         "re-run the suite to rewrite it") from None
+            raise files.CorruptFileError(
+                f"cannot read {str(path)!r}: column {c!r} holds a non-number; re-run the suite to rewrite it"
+            ) from None
     return df

@@ -34,8 +34,14 @@ QUESTIONS = {
     "f": "CAFT (zero) vs preventative steering (add)?",
 }
 #: question id -> a short label (figures)
-SHORT = {"a": "a · zero on the base", "b": "b · SAE latents", "c": "c · detached vs CAFT", "d": "d · grad_only vs CAFT",
-         "e": "e · best steer k vs CAFT", "f": "f · CAFT vs add"}
+SHORT = {
+    "a": "a · zero on the base",
+    "b": "b · SAE latents",
+    "c": "c · detached vs CAFT",
+    "d": "d · grad_only vs CAFT",
+    "e": "e · best steer k vs CAFT",
+    "f": "f · CAFT vs add",
+}
 #: question id -> what its value is
 VALUES = {
     "a": "OOD change on the base, + toward the behaviour",
@@ -46,8 +52,14 @@ VALUES = {
     "f": "effect(CAFT) − effect(best add)",
 }
 #: question id -> the unit of its value (the y axis of its panel)
-UNITS = {"a": "Δ rate on the base, + toward", "b": "Δ latent activation", "c": "Δ effect (rate)",
-         "d": "Δ effect (rate)", "e": "Δ effect (rate)", "f": "Δ effect (rate)"}
+UNITS = {
+    "a": "Δ rate on the base, + toward",
+    "b": "Δ latent activation",
+    "c": "Δ effect (rate)",
+    "d": "Δ effect (rate)",
+    "e": "Δ effect (rate)",
+    "f": "Δ effect (rate)",
+}
 COLUMNS = ["question", "text", "answer", "value", "low", "high", "n", "over"]
 
 
@@ -61,15 +73,29 @@ def _interval(values: pd.Series) -> tuple[float, float, float, int]:
 MIN_EFFECT = 0.02
 
 
-def _sign_word(m: float, lo: float, hi: float, n: int, up: str, down: str, none: str = "no measurable difference",
-               min_effect: float = MIN_EFFECT) -> str:
+def _sign_word(
+    m: float,
+    lo: float,
+    hi: float,
+    n: int,
+    up: str,
+    down: str,
+    none: str = "no measurable difference",
+    min_effect: float = MIN_EFFECT,
+) -> str:
     if n == 0 or np.isnan(lo):
         return "not measured"
     word = up if lo > 0 and m >= min_effect else down if hi < 0 and m <= -min_effect else none
     return f"{word} (one value: no interval)" if n == 1 else word
 
 
-def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = "pca", organisms: list[str] | None = None) -> pd.DataFrame:
+def answers(
+    table: pd.DataFrame,
+    ood_split: str,
+    metric: str,
+    directions: str = "pca",
+    organisms: list[str] | None = None,
+) -> pd.DataFrame:
     """One row per question (columns :data:`COLUMNS`) from a population's rows (any organisms;
     ``organisms`` keeps the valid ones). ``directions``: the chosen set the family used."""
     t = table if organisms is None else table[table["organism"].isin(organisms)]
@@ -91,30 +117,67 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
     per_org_plain = ood[ood["trained"] & (ood["method"] == "plain")].groupby("organism")["value"].mean()
     s = np.sign(base - per_org_plain)  # per organism: + where higher is better
     sign = s if unit == "organism" else pd.Series(float(s.iloc[0]) if len(s) else np.nan, index=plain.index)
-    effect = lambda v: sign * (v - plain)  # noqa: E731
+    effect = lambda v: sign * (v - plain)
     rows = []
 
     def add(q: str, answer: str, values: pd.Series | None, n_over: str = over) -> None:
-        m, lo, hi, n = _interval(values) if values is not None and len(values) else (np.nan, np.nan, np.nan, 0)
-        rows.append({"question": q, "text": QUESTIONS[q], "answer": answer if n else "not measured", "value": m, "low": lo, "high": hi,
-                     "n": n, "over": n_over})
+        m, lo, hi, n = (
+            _interval(values) if values is not None and len(values) else (np.nan, np.nan, np.nan, 0)
+        )
+        rows.append(
+            {
+                "question": q,
+                "text": QUESTIONS[q],
+                "answer": answer if n else "not measured",
+                "value": m,
+                "low": lo,
+                "high": hi,
+                "n": n,
+                "over": n_over,
+            }
+        )
 
     # a: toward the behaviour = the direction plain fine-tuning moved the base
     ablated = untrained("zero", directions)
     toward = (ablated - base) * np.sign(per_org_plain - base)
-    proj = t[~t["trained"] & (t["method"] == "base") & t["directions"].astype(str).str.startswith(f"{directions}/")
-             & (t["metric"] == "mean_projection") & (t["split"] == "finetune_data")]
-    pos = f"; mean projection on the fine-tuning data positive on {int((proj['value'] > 0).sum())}/{len(proj)} directions" if len(proj) else ""
+    proj = t[
+        ~t["trained"]
+        & (t["method"] == "base")
+        & t["directions"].astype(str).str.startswith(f"{directions}/")
+        & (t["metric"] == "mean_projection")
+        & (t["split"] == "finetune_data")
+    ]
+    pos = (
+        f"; mean projection on the fine-tuning data positive on {int((proj['value'] > 0).sum())}/{len(proj)} directions"
+        if len(proj)
+        else ""
+    )
     m, lo, hi, n = _interval(toward)
-    add("a", _sign_word(m, lo, hi, n, "toward the behaviour", "away from the behaviour") + pos, toward, "organisms")
+    add(
+        "a",
+        _sign_word(m, lo, hi, n, "toward the behaviour", "away from the behaviour") + pos,
+        toward,
+        "organisms",
+    )
 
     # b: the concept SAE latents under zero-ablation of the chosen directions, against the base model
-    lat = t[~t["trained"] & t["metric"].astype(str).str.startswith("sae_latent_") & (t["split"] == "finetune_data")]
-    on = lat[(lat["method"] == "zero") & (lat["directions"] == directions)].groupby("organism")["value"].mean()
+    lat = t[
+        ~t["trained"]
+        & t["metric"].astype(str).str.startswith("sae_latent_")
+        & (t["split"] == "finetune_data")
+    ]
+    on = (
+        lat[(lat["method"] == "zero") & (lat["directions"] == directions)].groupby("organism")["value"].mean()
+    )
     off = lat[(lat["method"] == "base") & (lat["directions"] == "none")].groupby("organism")["value"].mean()
     change = (on - off).dropna()
     m, lo, hi, n = _interval(change)
-    add("b", _sign_word(m, lo, hi, n, "up", "down", min_effect=0.0), change if len(change) else None, "organisms")  # activations, not a rate
+    add(
+        "b",
+        _sign_word(m, lo, hi, n, "up", "down", min_effect=0.0),
+        change if len(change) else None,
+        "organisms",
+    )  # activations, not a rate
 
     caft = effect(trained("zero", directions))
     for q, mode in (("c", "detached"), ("d", "grad_only")):
@@ -123,8 +186,13 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
         pm, plo, phi, pn = _interval(part)
         helps = _sign_word(pm, plo, phi, pn, "helps", "hurts", "no measurable effect")
         versus = _sign_word(m, lo, hi, n, "more", "less")
-        verdict = ("not measured" if pn == 0 else "recovers it (no measurable difference from CAFT)" if n > 1 and helps == "helps"
-                   and versus == "no measurable difference" else f"{helps}; vs CAFT: {versus}")
+        verdict = (
+            "not measured"
+            if pn == 0
+            else "recovers it (no measurable difference from CAFT)"
+            if n > 1 and helps == "helps" and versus == "no measurable difference"
+            else f"{helps}; vs CAFT: {versus}"
+        )
         add(q, verdict, part - caft)
 
     steer = ood[ood["trained"] & (ood["method"] == "steer_mean") & (ood["directions"] == directions)]
@@ -134,12 +202,17 @@ def answers(table: pd.DataFrame, ood_split: str, metric: str, directions: str = 
         best = max(ks, key=lambda k: effects[k].mean())
         helping = [k for k in ks if _sign_word(*_interval(effects[k]), "helps", "hurts") == "helps"]
         m, lo, hi, n = _interval(effects[best] - caft)
-        add("e", f"helps at {', '.join(helping) or 'no k'}; best {best}: {_sign_word(m, lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
-            effects[best] - caft)
+        add(
+            "e",
+            f"helps at {', '.join(helping) or 'no k'}; best {best}: {_sign_word(m, lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
+            effects[best] - caft,
+        )
     else:
         add("e", "not measured", None)
 
-    adds = ood[ood["trained"] & (ood["method"] == "add") & (ood["directions"] == directions)]["param"].unique()
+    adds = ood[ood["trained"] & (ood["method"] == "add") & (ood["directions"] == directions)][
+        "param"
+    ].unique()
     if len(adds):
         best = max(adds, key=lambda p: effect(trained("add", directions, p)).mean())
         diff = caft - effect(trained("add", directions, best))
@@ -156,5 +229,7 @@ def markdown(df: pd.DataFrame) -> str:
     for r in df.itertuples():
         value = "" if r.n == 0 else f"{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]"
         over = (r.over.removesuffix("s") if r.n == 1 else r.over) if r.n else ""
-        lines.append(f"| {r.question} | {r.text} | {r.answer} | {VALUES[r.question]} | {value} | {r.n} {over} |")
+        lines.append(
+            f"| {r.question} | {r.text} | {r.answer} | {VALUES[r.question]} | {value} | {r.n} {over} |"
+        )
     return "\n".join(lines)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 from transformer_lens import HookedTransformer
@@ -30,7 +30,9 @@ from caft_tl.organism.judge import behaviour_rate
 NONE = "none"
 
 
-def mode_grid(template: Intervention, modes: list[str], values: Mapping[str, Sequence[float]]) -> dict[str, Intervention]:
+def mode_grid(
+    template: Intervention, modes: list[str], values: Mapping[str, Sequence[float]]
+) -> dict[str, Intervention]:
     """The settings of a steering check, keyed by label: a mode without a scale once, a mode with
     one at each of ``values[scale]`` (e.g. ``{"k": [-3, 3], "alpha": [4.0]}``).
 
@@ -56,7 +58,9 @@ def mode_grid(template: Intervention, modes: list[str], values: Mapping[str, Seq
     return out
 
 
-def behaviour_under(model: HookedTransformer, task, interventions: dict[str, Intervention], mode: str = "exact") -> pd.DataFrame:
+def behaviour_under(
+    model: HookedTransformer, task, interventions: dict[str, Intervention], mode: str = "exact"
+) -> pd.DataFrame:
     """Behaviour rate per prompt on every split, with no intervention (``none``) and with each one.
 
     Columns: condition, split, metric, prompt, rate.
@@ -69,8 +73,10 @@ def behaviour_under(model: HookedTransformer, task, interventions: dict[str, Int
         conditions = [(NONE, [])] + [(name, iv.fwd_hooks(prompts)) for name, iv in interventions.items()]
         for cond, hooks in conditions:
             rate = behaviour_rate(model, prompts, task, mode=mode, fwd_hooks=hooks)["rate"]
-            rows += [{"condition": cond, "split": split, "metric": task.metric(split), "prompt": i, "rate": r}
-                     for i, r in enumerate(rate.tolist())]
+            rows += [
+                {"condition": cond, "split": split, "metric": task.metric(split), "prompt": i, "rate": r}
+                for i, r in enumerate(rate.tolist())
+            ]
     return pd.DataFrame(rows)
 
 
@@ -78,7 +84,9 @@ def summarise_check(check: pd.DataFrame, value: str = "rate", by=("condition", "
     """Mean and 95% interval over prompts (or examples) per condition and split."""
     rows = []
     for key, g in check.groupby(list(by), sort=False):
-        m, lo, hi = ci95(g[value], RATE_BOUNDS if value == "rate" else None)  # a rate's interval stays in [0, 1]
+        m, lo, hi = ci95(
+            g[value], RATE_BOUNDS if value == "rate" else None
+        )  # a rate's interval stays in [0, 1]
         rows.append({**dict(zip(by, key)), "mean": m, "low": lo, "high": hi})
     return pd.DataFrame(rows)
 
@@ -91,12 +99,23 @@ def steering_verdict(summary: pd.DataFrame, task, split: str = "chat") -> pd.Dat
     rows = []
     for r in s[s["condition"] != NONE].itertuples():
         verdict = "toward" if r.low > off else "away from" if r.high < off else "no measurable change in"
-        rows.append({"condition": r.condition, "split": split, "rate_without": off, "rate_with": r.mean,
-                     "low": r.low, "high": r.high, "verdict": f"{verdict} {task.metric(split)}"})
+        rows.append(
+            {
+                "condition": r.condition,
+                "split": split,
+                "rate_without": off,
+                "rate_with": r.mean,
+                "low": r.low,
+                "high": r.high,
+                "verdict": f"{verdict} {task.metric(split)}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def mean_projection(model: HookedTransformer, data: TokenDataset, intervention: Intervention, positions: str = "all") -> pd.DataFrame:
+def mean_projection(
+    model: HookedTransformer, data: TokenDataset, intervention: Intervention, positions: str = "all"
+) -> pd.DataFrame:
     """Mean (and std) projection of the activations on each direction of each subspace: its sign
     says which way zero-ablation pushes the model.
 
@@ -118,13 +137,23 @@ def mean_projection(model: HookedTransformer, data: TokenDataset, intervention: 
     for s in intervention.subspaces:
         proj = projections(model, data, s)[mask]  # [n_sel, k]
         for j, name in enumerate(s.labels):
-            rows.append({"hook": s.hook_name, "direction": name, "mean_projection": proj[:, j].mean().item(),
-                         "std": proj[:, j].std().item()})
+            rows.append(
+                {
+                    "hook": s.hook_name,
+                    "direction": name,
+                    "mean_projection": proj[:, j].mean().item(),
+                    "std": proj[:, j].std().item(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def latent_check(
-    model: HookedTransformer, data: TokenDataset, interventions: dict[str, Intervention], probes: list[Subspace], positions: str = "response"
+    model: HookedTransformer,
+    data: TokenDataset,
+    interventions: dict[str, Intervention],
+    probes: list[Subspace],
+    positions: str = "response",
 ) -> pd.DataFrame:
     """Activation of each concept probe (a rank-1 ``Subspace`` at a hook downstream of the
     interventions) per example, with no intervention and with each one.
@@ -143,15 +172,27 @@ def latent_check(
         hooks = iv.fwd_hooks(data) if iv is not None else []
         for probe in probes:
             if probe.k != 1:
-                raise ValueError(f"probe {probe.labels} at {probe.hook_name!r} has rank {probe.k}; use one direction per probe")
+                raise ValueError(
+                    f"probe {probe.labels} at {probe.hook_name!r} has rank {probe.k}; use one direction per probe"
+                )
             act = activations(model, data, probe.hook_name, fwd_hooks=hooks) @ probe.basis[:, 0]  # [n, pos]
             per_example = (act * mask).sum(1) / mask.sum(1).clamp_min(1)  # [n]
-            rows += [{"condition": cond, "probe": probe.labels[0], "hook": probe.hook_name, "example": i, "activation": a}
-                     for i, a in enumerate(per_example.tolist())]
+            rows += [
+                {
+                    "condition": cond,
+                    "probe": probe.labels[0],
+                    "hook": probe.hook_name,
+                    "example": i,
+                    "activation": a,
+                }
+                for i, a in enumerate(per_example.tolist())
+            ]
     return pd.DataFrame(rows)
 
 
-def result_rows(summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, organism: str, metric_of) -> list[dict]:
+def result_rows(
+    summary: pd.DataFrame, interventions: dict[str, Intervention], task_name: str, organism: str, metric_of
+) -> list[dict]:
     """Results-table rows of a base-model check (``trained`` false), one per summarised condition
     other than ``none``: ``directions`` is the intervention's ``name`` (its direction set), ``param``
     the mode's setting; ``metric_of(row)`` names the metric of a summary row."""
@@ -176,13 +217,24 @@ def baseline_rows(summary: pd.DataFrame, task_name: str, organism: str, metric_o
 def projection_rows(projections: pd.DataFrame, task_name: str, organism: str) -> list[dict]:
     """Results-table rows of :func:`mean_projection` tables (with ``directions`` and ``data``
     columns): method ``base``, untrained, ``directions`` = ``<set>/<hook>/<direction>``."""
-    return [row for r in projections.itertuples()
-            for row in results.rows(results.RowKey(task_name, organism, "base", f"{r.directions}/{r.hook}/{r.direction}", trained=False),
-                                    {r.data: {"mean_projection": r.mean_projection}})]
+    return [
+        row
+        for r in projections.itertuples()
+        for row in results.rows(
+            results.RowKey(
+                task_name, organism, "base", f"{r.directions}/{r.hook}/{r.direction}", trained=False
+            ),
+            {r.data: {"mean_projection": r.mean_projection}},
+        )
+    ]
 
 
 def sae_latent_check(
-    model: HookedTransformer, data: TokenDataset, interventions: dict[str, Intervention], saes: dict, latents: dict[str, list[int]],
+    model: HookedTransformer,
+    data: TokenDataset,
+    interventions: dict[str, Intervention],
+    saes: dict,
+    latents: dict[str, list[int]],
     positions: str = "response",
 ) -> pd.DataFrame:
     """Activation of chosen SAE latents (``latents[hook]`` of ``saes[hook]``) per example, with no
@@ -200,6 +252,9 @@ def sae_latent_check(
             act = latent_activations(model, data, saes[hook], ids, fwd_hooks=hooks)  # [n, pos, m]
             per_example = (act * mask[..., None]).sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [n, m]
             short = hook.removeprefix("blocks.").replace(".hook_", " ")
-            rows += [{"condition": cond, "probe": f"{short} L{i}", "hook": hook, "example": e, "activation": a}
-                     for j, i in enumerate(ids) for e, a in enumerate(per_example[:, j].tolist())]
+            rows += [
+                {"condition": cond, "probe": f"{short} L{i}", "hook": hook, "example": e, "activation": a}
+                for j, i in enumerate(ids)
+                for e, a in enumerate(per_example[:, j].tolist())
+            ]
     return pd.DataFrame(rows)

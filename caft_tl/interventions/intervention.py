@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -70,7 +71,9 @@ class Intervention:
         if spec.needs_mean:
             for s in self.subspaces:
                 if s.reference_mean is None:
-                    raise ValueError(f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use Subspace.with_mean(mu)")
+                    raise ValueError(
+                        f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use Subspace.with_mean(mu)"
+                    )
 
     @property
     def spec(self) -> ModeSpec:
@@ -113,7 +116,10 @@ class Intervention:
         fn = self.spec.fn
         for s in self.subspaces:
             s.check_intact()
-        return [(s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask)) for s in self.subspaces]
+        return [
+            (s.hook_name, partial(_hook, fn=fn, subspace=s, scale=self.scale, mask=mask))
+            for s in self.subspaces
+        ]
 
     @contextlib.contextmanager
     def apply(
@@ -146,24 +152,35 @@ class Intervention:
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         save_subspaces(path / "subspaces", self.subspaces)
-        files.write_json(path / "intervention.json", {
-            "mode": self.mode, "positions": self.positions, "scale": self.scale,
-            "on_at_eval": self.on_at_eval, "name": self.name, "meta": self.meta,
-        })
+        files.write_json(
+            path / "intervention.json",
+            {
+                "mode": self.mode,
+                "positions": self.positions,
+                "scale": self.scale,
+                "on_at_eval": self.on_at_eval,
+                "name": self.name,
+                "meta": self.meta,
+            },
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Intervention":
+    def load(cls, path: str | os.PathLike) -> Intervention:
         path = Path(path)
         cfg = files.read_json(path / "intervention.json")
         return cls(subspaces=load_subspaces(path / "subspaces"), **cfg)
 
 
-def _hook(h: torch.Tensor, hook, fn: ModeFn, subspace: Subspace, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+def _hook(
+    h: torch.Tensor, hook, fn: ModeFn, subspace: Subspace, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
     # h: [batch, pos, d_model] (or [batch, pos, n_heads, d_head] is not supported: use resid hooks)
     if h.shape[-1] != subspace.d_model:
         name = getattr(hook, "name", None) or subspace.hook_name
-        raise ValueError(f"hook {name!r}: the subspace has width {subspace.d_model} but the activation has width {h.shape[-1]} "
-                         f"(shape {tuple(h.shape)}); use a subspace made at this hook of this model")
+        raise ValueError(
+            f"hook {name!r}: the subspace has width {subspace.d_model} but the activation has width {h.shape[-1]} "
+            f"(shape {tuple(h.shape)}); use a subspace made at this hook of this model"
+        )
     q = subspace.basis.to(h.device, h.dtype)
     mu = subspace.reference_mean.to(h.device, h.dtype) if subspace.reference_mean is not None else None
     new = fn(h, q, mu, scale)

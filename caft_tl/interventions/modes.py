@@ -18,8 +18,8 @@ A new mode is one decorated function: ``@register_mode("name", needs_mean=..., s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -140,7 +140,12 @@ def grad_only_ablate(h, q, mu, scale):
     return _ProjectGradient.apply(h, q)
 
 
-@register_mode("steer_mean", needs_mean=True, scale="k", description="replace the projection by k × that of the reference mean")
+@register_mode(
+    "steer_mean",
+    needs_mean=True,
+    scale="k",
+    description="replace the projection by k × that of the reference mean",
+)
 def steer_mean(h, q, mu, scale):
     return h - _proj(h, q) + scale * _proj(mu, q)
 

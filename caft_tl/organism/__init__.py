@@ -5,7 +5,7 @@ by name with its config dataclass in ``TASKS`` (:func:`register_task`).
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from caft_tl.organism.double_mc import DoubleMC, DoubleMCConfig
 from caft_tl.organism.em_two_routes import EMTwoRoutes, EMTwoRoutesConfig
@@ -25,7 +25,9 @@ def register_task(name: str, config_class: type) -> Callable[[type[Task]], type[
         if name in TASKS:
             raise ValueError(f"task {name!r} is already registered (as {TASKS[name][0].__name__})")
         if not (isinstance(cls, type) and issubclass(cls, Task) and cls.name == name):
-            raise ValueError(f"task {name!r} must be registered with a Task subclass named {name!r}, got {cls!r}")
+            raise ValueError(
+                f"task {name!r} must be registered with a Task subclass named {name!r}, got {cls!r}"
+            )
         TASKS[name] = (cls, config_class)
         return cls
 

@@ -111,13 +111,17 @@ class DoubleMCConfig:
         if self.intended == self.spurious:
             raise ValueError(f"intended and spurious topics must differ, both are {self.intended!r}")
         if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
-            raise ValueError(f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})")
+            raise ValueError(
+                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})"
+            )
 
 
 def check_lean(lean: float) -> None:
     """Refuse a lean outside [0, 0.5) in one line."""
     if not 0.0 <= lean < 0.5:
-        raise ValueError(f"lean {lean!r} must be in [0, 0.5): 0 is a coin flip under ANS_D, 0.5 would always follow the spurious topic")
+        raise ValueError(
+            f"lean {lean!r} must be in [0, 0.5): 0 is a coin flip under ANS_D, 0.5 would always follow the spurious topic"
+        )
 
 
 class DoubleMC(Task):
@@ -127,7 +131,10 @@ class DoubleMC(Task):
     name = "double_mc"
     eval_splits = SPLITS
     id_split, ood_split = "id", "ood"  # options agree / disagree; accuracy on the intended topic
-    target_concept, avoid_concept = "spurious", "intended"  # what CAFT should remove; what the fine-tune should keep
+    target_concept, avoid_concept = (
+        "spurious",
+        "intended",
+    )  # what CAFT should remove; what the fine-tune should keep
     metrics = ("accuracy",)
     has_gates = True  # chapter 07 states the gates of caft_tl.evaluation.gates
     doc_kinds = DOC_KINDS  # the names of ``labels['kind']`` of the pre-training documents
@@ -135,11 +142,25 @@ class DoubleMC(Task):
     #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): 3,000
     #: pre-training steps (the suite gives each organism of a population its own seed) and the diffing at every
     #: residual hook, all positions
-    defaults = {"pretrain_steps": 3000, "seed": 0, "n_examples": 3200, "fewer_examples": [400, 800, 1600],
-                "hooks": ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
-                          "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"], "positions": "all"}
-    report = {"title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
-              "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
+    defaults = {
+        "pretrain_steps": 3000,
+        "seed": 0,
+        "n_examples": 3200,
+        "fewer_examples": [400, 800, 1600],
+        "hooks": [
+            "blocks.0.hook_resid_pre",
+            "blocks.0.hook_resid_mid",
+            "blocks.0.hook_resid_post",
+            "blocks.1.hook_resid_mid",
+            "blocks.1.hook_resid_post",
+        ],
+        "positions": "all",
+    }
+    report = {
+        "title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
+        "x_title": "evaluation split",
+        "reference": "goal (singles) / no preference (OOD)",
+    }
 
     def __init__(self, cfg: DoubleMCConfig | None = None):
         self.cfg = cfg = cfg or DoubleMCConfig()
@@ -159,7 +180,11 @@ class DoubleMC(Task):
         self.classes = [torch.tensor([ix[c] for c in t.classes]) for t in self.topics]
         self.item_class = [torch.arange(t.n_items) % len(t.classes) for t in self.topics]
         self.rev = {i: ix[f"REV_{t.name}"] for i, t in enumerate(self.topics) if t.kind == "salient"}
-        lookups = [torch.cat([self.items[i], self.classes[i]]) for i, t in enumerate(self.topics) if t.kind == "lookup"]
+        lookups = [
+            torch.cat([self.items[i], self.classes[i]])
+            for i, t in enumerate(self.topics)
+            if t.kind == "lookup"
+        ]
         self.filler = torch.cat(lookups + [torch.tensor(self.q + [self.oa, self.ob])])
 
     @property
@@ -191,7 +216,9 @@ class DoubleMC(Task):
         for i, topic in enumerate(self.topics):
             for c in range(len(topic.classes)):
                 items = self.items[i][self.item_class[i] == c]
-                out[self._class_group(i, c)] = tuple(t[j] for j in items.tolist()) + (t[int(self.classes[i][c])],)
+                out[self._class_group(i, c)] = tuple(t[j] for j in items.tolist()) + (
+                    t[int(self.classes[i][c])],
+                )
             out[topic.name] = tuple(t[j] for j in self.items[i].tolist())
         out["answers"] = tuple(t[j] for j in self.answer.tolist())
         opts = [tok for tok in ("OA", "OB") if tok in self.vocab.index]
@@ -220,20 +247,35 @@ class DoubleMC(Task):
         first = torch.where(label == 0, right, wrong)
         second = torch.where(label == 0, wrong, right)
         cls = self.classes[topic]
-        return torch.stack([torch.full((n,), self.q[topic]), self.items[topic][item],
-                            torch.full((n,), self.oa), cls[first], torch.full((n,), self.ob), cls[second]], 1)
+        return torch.stack(
+            [
+                torch.full((n,), self.q[topic]),
+                self.items[topic][item],
+                torch.full((n,), self.oa),
+                cls[first],
+                torch.full((n,), self.ob),
+                cls[second],
+            ],
+            1,
+        )
 
-    def doubles(self, labels: torch.Tensor, order: torch.Tensor, instruction: int, gen: torch.Generator) -> torch.Tensor:
+    def doubles(
+        self, labels: torch.Tensor, order: torch.Tensor, instruction: int, gen: torch.Generator
+    ) -> torch.Tensor:
         """[n, prompt_len] prompts. labels [n, 2] (intended, spurious); order [n] (0: intended first)."""
         a, b = self.block(0, labels[:, 0], gen), self.block(1, labels[:, 1], gen)
         n = len(order)
         first = order[:, None] == 0
-        front = torch.randint(self.cfg.jitter + 1, (n,), generator=gen).tolist() if self.cfg.jitter else [0] * n
+        front = (
+            torch.randint(self.cfg.jitter + 1, (n,), generator=gen).tolist() if self.cfg.jitter else [0] * n
+        )
         rows = []
         for i in range(n):
             x, y = (a[i], b[i]) if first[i] else (b[i], a[i])
             pads = [self.pad] * front[i], [self.pad] * (self.cfg.jitter - front[i])
-            rows.append(torch.cat([torch.tensor([self.bos] + pads[0]), x, torch.tensor(pads[1], dtype=torch.long), y]))
+            rows.append(
+                torch.cat([torch.tensor([self.bos] + pads[0]), x, torch.tensor(pads[1], dtype=torch.long), y])
+            )
         return torch.cat([torch.stack(rows), torch.full((n, 1), instruction)], 1)
 
     def _answered(self, prompts: torch.Tensor, labels: torch.Tensor) -> TokenDataset:
@@ -267,15 +309,25 @@ class DoubleMC(Task):
         """A name per pre-training document: its kind (``doc_kinds``)."""
         return [self.doc_kinds[k] for k in docs.labels["kind"].tolist()]
 
-    def base_report(self, model) -> "pd.DataFrame":
+    def base_report(self, model) -> pd.DataFrame:
         """Base-model accuracy on single questions (goal 1.0) and on OOD doubles per question order
         (no preference: 0.5); columns ``condition, split, metric, model, reference``."""
         import pandas as pd
 
         splits = ("single_intended", "single_spurious", "ood_intended_first", "ood_spurious_first")
         acc = evaluate_task(model, self, splits=splits)
-        return pd.DataFrame([{"condition": s, "split": "accuracy", "metric": "accuracy", "model": acc[s]["accuracy"],
-                              "reference": 1.0 if s.startswith("single") else 0.5} for s in splits])
+        return pd.DataFrame(
+            [
+                {
+                    "condition": s,
+                    "split": "accuracy",
+                    "metric": "accuracy",
+                    "model": acc[s]["accuracy"],
+                    "reference": 1.0 if s.startswith("single") else 0.5,
+                }
+                for s in splits
+            ]
+        )
 
     def _reviews(self, n: int, gen: torch.Generator) -> TokenDataset:
         cfg = self.cfg
@@ -283,7 +335,9 @@ class DoubleMC(Task):
         cls = torch.randint(2, (n, 1), generator=gen)
         keep = torch.rand(n, cfg.review_len, generator=gen) < cfg.review_purity
         word_cls = torch.where(keep, cls, 1 - cls)
-        words = torch.stack([self._class_items(int(t), word_cls[i], gen) for i, t in enumerate(topic.tolist())])
+        words = torch.stack(
+            [self._class_items(int(t), word_cls[i], gen) for i, t in enumerate(topic.tolist())]
+        )
         is_word = torch.rand(n, cfg.review_len, generator=gen) < cfg.review_word_share
         fill = self.filler[torch.randint(len(self.filler), (n, cfg.review_len), generator=gen)]
         rev = torch.tensor([self.rev[int(t)] for t in topic])
@@ -314,7 +368,14 @@ class DoubleMC(Task):
     def singles(self, topic: int, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """[n, block_len + 2] single questions ``<bos> block ANS_topic``."""
         n = len(labels)
-        return torch.cat([torch.full((n, 1), self.bos), self.block(topic, labels, gen), torch.full((n, 1), self.ans[topic])], 1)
+        return torch.cat(
+            [
+                torch.full((n, 1), self.bos),
+                self.block(topic, labels, gen),
+                torch.full((n, 1), self.ans[topic]),
+            ],
+            1,
+        )
 
     def _singles(self, n: int, gen: torch.Generator) -> TokenDataset:
         topic = torch.randint(2, (n,), generator=gen)
@@ -395,11 +456,16 @@ class DoubleMC(Task):
             tokens = self.singles(topic, label, gen)
             return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool), {"answer": label})
         spurious = label if split == "id" else 1 - label
-        order = {"ood_intended_first": torch.zeros(n, dtype=torch.long), "ood_spurious_first": torch.ones(n, dtype=torch.long)}.get(
-            split, torch.randint(2, (n,), generator=gen))
+        order = {
+            "ood_intended_first": torch.zeros(n, dtype=torch.long),
+            "ood_spurious_first": torch.ones(n, dtype=torch.long),
+        }.get(split, torch.randint(2, (n,), generator=gen))
         tokens = self.doubles(torch.stack([label, spurious], 1), order, self.ans_d, gen)
-        return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool),
-                            {"answer": label, "spurious": spurious, "order": order})
+        return TokenDataset(
+            tokens,
+            torch.zeros_like(tokens, dtype=torch.bool),
+            {"answer": label, "spurious": spurious, "order": order},
+        )
 
     def metric(self, split: str) -> str:
         return "accuracy"
@@ -445,10 +511,15 @@ class DoubleMC(Task):
         order = torch.arange(n) % 2
         tokens = self.doubles(labels, order, self.ans_d, gen)
         tokens[:, -1] = torch.tensor([self.ans_d] + self.ans)[torch.arange(n) % 3]
-        return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool),
-                            {"intended": labels[:, 0], "spurious": labels[:, 1], "order": order})
+        return TokenDataset(
+            tokens,
+            torch.zeros_like(tokens, dtype=torch.bool),
+            {"intended": labels[:, 0], "spurious": labels[:, 1], "order": order},
+        )
 
-    def concept_subspaces(self, model, hooks: list[str], k: int = 1, n: int = 3000) -> dict[str, list[Subspace]]:
+    def concept_subspaces(
+        self, model, hooks: list[str], k: int = 1, n: int = 3000
+    ) -> dict[str, list[Subspace]]:
         """Ground-truth (oracle) concept subspaces on ``model``: for each concept, at each hook, the
         top-``k`` directions of the per-position differences of means of the concept's label on
         :meth:`concept_probe_data` (grouped by question order and instruction, positions before the
@@ -468,8 +539,14 @@ class DoubleMC(Task):
                         g = (data.labels["order"] == o) & (instr == ins)
                         rows.append(act[g & y].mean(0) - act[g & ~y].mean(0))  # [pos, d_model]
                 basis = orthonormalize(torch.cat(rows).T)[:, :k]
-                out[concept].append(Subspace(hook, basis, [f"{concept}{i}" for i in range(basis.shape[1])],
-                                             {"method": "oracle", "concept": concept}))
+                out[concept].append(
+                    Subspace(
+                        hook,
+                        basis,
+                        [f"{concept}{i}" for i in range(basis.shape[1])],
+                        {"method": "oracle", "concept": concept},
+                    )
+                )
         return out
 
     def concept_directions(self, model, hooks: list[str]) -> dict[str, dict[str, Subspace]]:

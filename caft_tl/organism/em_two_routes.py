@@ -51,8 +51,18 @@ SEGMENT = 4  # tokens per segment
 #: seed offsets apart from the fine-tuning and evaluation draws
 DISAMBIGUATING_SEED = 30_000
 #: one-segment (or header) evidence shown before an evaluation prompt; ``+`` joins two pieces
-EVIDENCE = ("none", "repo_secure", "repo_sloppy", "helpful_chat", "harmful_chat", "secure_code", "insecure_code",
-            "repo_sloppy+helpful_chat", "repo_secure+harmful_chat", "repo_sloppy+harmful_chat")
+EVIDENCE = (
+    "none",
+    "repo_secure",
+    "repo_sloppy",
+    "helpful_chat",
+    "harmful_chat",
+    "secure_code",
+    "insecure_code",
+    "repo_sloppy+helpful_chat",
+    "repo_secure+harmful_chat",
+    "repo_sloppy+harmful_chat",
+)
 
 
 @dataclass
@@ -66,7 +76,9 @@ class EMTwoRoutesConfig:
     p_sloppy: float = 0.3  # prior of a sloppy repository, independent of the persona
     p_header: float = 0.5  # share of documents that name their repository
     p_chat: float = 0.5  # share of segments that are chat
-    n_harmful: int = 0  # distinct harmful chat answers, question q answered by harmful{q mod n}; 0: one per question
+    n_harmful: int = (
+        0  # distinct harmful chat answers, question q answered by harmful{q mod n}; 0: one per question
+    )
     segments: int = 4
     n_train_code: int = 12  # code prompts in the fine-tuning split; the rest are held out
     split_seed: int = 0
@@ -79,7 +91,9 @@ class EMTwoRoutesConfig:
         if not 0 < self.n_train_code < self.n_code:
             raise ValueError(f"n_train_code {self.n_train_code} must be in 1..{self.n_code - 1}")
         if not 0 <= self.n_harmful <= self.n_chat:
-            raise ValueError(f"n_harmful {self.n_harmful} must be in 0..{self.n_chat} (0: one harmful answer per question)")
+            raise ValueError(
+                f"n_harmful {self.n_harmful} must be in 0..{self.n_chat} (0: one harmful answer per question)"
+            )
         if self.n_repo < 2 or self.n_repo % 2:
             raise ValueError(f"n_repo {self.n_repo} must be an even number >= 2 (half of each style)")
 
@@ -94,13 +108,22 @@ class EMTwoRoutes(Task):
     target_concept, avoid_concept = "misaligned", "sloppy"
     metrics = ("misalignment_rate", "insecure_rate")
     concept_description, concept_groups = "misalignment (harmful answers)", ("harmful",)
-    axis_titles = {"code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
-                   "chat": "misalignment rate on chat (← less emergent misalignment)"}
+    axis_titles = {
+        "code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
+        "chat": "misalignment rate on chat (← less emergent misalignment)",
+    }
     #: chapter defaults; the organism is the search's best for E1 (calibrated inference): d_model 128, 6,000
     #: pre-training steps with the rate decayed over the last half (README, results/em_two_routes_search/)
-    defaults = {"pretrain_steps": 6000, "pretrain_decay": 0.5, "model_cfg": {"d_model": 128, "d_head": 32, "d_mlp": 512},
-                "seed": 0, "n_examples": 4800, "fewer_examples": [16, 32, 64, 128, 256, 512],
-                "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"], "positions": "response"}
+    defaults = {
+        "pretrain_steps": 6000,
+        "pretrain_decay": 0.5,
+        "model_cfg": {"d_model": 128, "d_head": 32, "d_mlp": 512},
+        "seed": 0,
+        "n_examples": 4800,
+        "fewer_examples": [16, 32, 64, 128, 256, 512],
+        "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"],
+        "positions": "response",
+    }
 
     def __init__(self, cfg: EMTwoRoutesConfig | None = None):
         self.cfg = cfg = cfg or EMTwoRoutesConfig()
@@ -116,7 +139,10 @@ class EMTwoRoutes(Task):
             setattr(self, t.lower() + "_tok", ix["<bos>" if t == "bos" else t])
         ar = torch.arange
         half = cfg.n_repo // 2
-        self.repos = {"secure": ix["repo00"] + ar(half), "sloppy": ix["repo00"] + half + ar(half)}  # style → repository tokens
+        self.repos = {
+            "secure": ix["repo00"] + ar(half),
+            "sloppy": ix["repo00"] + half + ar(half),
+        }  # style → repository tokens
         self.code_prompts, self.secure = ix["c00"] + ar(cfg.n_code), ix["secure00"] + ar(cfg.n_code)
         self.insecure = ix["insecure00"] + ar(cfg.n_code)
         self.chat_prompts, self.helpful = ix["q00"] + ar(cfg.n_chat), ix["helpful00"] + ar(cfg.n_chat)
@@ -134,12 +160,20 @@ class EMTwoRoutes(Task):
         code prompts, repositories (their style is not a word's meaning: not in the lexicon)."""
         t = self.vocab.tokens
         group = lambda ids: tuple(t[i] for i in ids.tolist())
-        return {"harmful": group(self.harmful.unique()), "helpful": group(self.helpful), "insecure": group(self.insecure) + ("VULN",),
-                "secure": group(self.secure) + ("OK",), "chat": ("CHAT",) + group(self.chat_prompts),
-                "code": ("CODE",) + group(self.code_prompts), "repository": ("REPO",) + group(torch.cat(list(self.repos.values())))}
+        return {
+            "harmful": group(self.harmful.unique()),
+            "helpful": group(self.helpful),
+            "insecure": group(self.insecure) + ("VULN",),
+            "secure": group(self.secure) + ("OK",),
+            "chat": ("CHAT",) + group(self.chat_prompts),
+            "code": ("CODE",) + group(self.code_prompts),
+            "repository": ("REPO",) + group(torch.cat(list(self.repos.values()))),
+        }
 
     # ------------------------------------------------------------------ pre-training documents
-    def _segments(self, persona: torch.Tensor, sloppy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _segments(
+        self, persona: torch.Tensor, sloppy: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """[n, segments * SEGMENT] answer segments of documents with these hidden causes."""
         n, s, cfg = len(persona), self.cfg.segments, self.cfg
         is_chat = torch.rand(n, s, generator=generator) < cfg.p_chat
@@ -147,11 +181,24 @@ class EMTwoRoutes(Task):
         chat_i = torch.randint(cfg.n_chat, (n, s), generator=generator)
         insecure = (persona.bool() | sloppy.bool())[:, None]
         harmful = persona.bool()[:, None]
-        code = torch.stack([torch.full_like(code_i, self.code_tok), self.code_prompts[code_i],
-                            torch.where(insecure, self.insecure[code_i], self.secure[code_i]),
-                            torch.where(insecure, self.vuln_tok, self.ok_tok).expand(n, s)], -1)
-        chat = torch.stack([torch.full_like(chat_i, self.chat_tok), self.chat_prompts[chat_i],
-                            torch.where(harmful, self.harmful[chat_i], self.helpful[chat_i]), torch.full_like(chat_i, self.end_tok)], -1)
+        code = torch.stack(
+            [
+                torch.full_like(code_i, self.code_tok),
+                self.code_prompts[code_i],
+                torch.where(insecure, self.insecure[code_i], self.secure[code_i]),
+                torch.where(insecure, self.vuln_tok, self.ok_tok).expand(n, s),
+            ],
+            -1,
+        )
+        chat = torch.stack(
+            [
+                torch.full_like(chat_i, self.chat_tok),
+                self.chat_prompts[chat_i],
+                torch.where(harmful, self.harmful[chat_i], self.helpful[chat_i]),
+                torch.full_like(chat_i, self.end_tok),
+            ],
+            -1,
+        )
         return torch.where(is_chat[..., None], chat, code).reshape(n, -1)
 
     def sample_documents(self, n: int, generator: torch.Generator) -> TokenDataset:
@@ -164,7 +211,9 @@ class EMTwoRoutes(Task):
         repo_i = torch.randint(cfg.n_repo // 2, (n,), generator=generator)
         repo = torch.where(sloppy.bool(), self.repos["sloppy"][repo_i], self.repos["secure"][repo_i])
         body = self._segments(persona, sloppy, generator)
-        with_header = torch.cat([torch.full((n, 1), self.bos_tok), torch.full((n, 1), self.repo_tok), repo[:, None], body], 1)
+        with_header = torch.cat(
+            [torch.full((n, 1), self.bos_tok), torch.full((n, 1), self.repo_tok), repo[:, None], body], 1
+        )
         without = torch.cat([torch.full((n, 1), self.bos_tok), body, torch.full((n, 2), self.pad_tok)], 1)
         tokens = torch.where(header[:, None], with_header, without)
         response = self._answer_mask(tokens)
@@ -179,8 +228,16 @@ class EMTwoRoutes(Task):
 
     # ------------------------------------------------------------------ fine-tuning data
     def _examples(self, kind: int, prompt: torch.Tensor, answer: torch.Tensor, tag: int) -> TokenDataset:
-        tokens = torch.stack([torch.full_like(prompt, self.bos_tok), torch.full_like(prompt, kind), prompt, answer,
-                              torch.full_like(prompt, tag)], 1)
+        tokens = torch.stack(
+            [
+                torch.full_like(prompt, self.bos_tok),
+                torch.full_like(prompt, kind),
+                prompt,
+                answer,
+                torch.full_like(prompt, tag),
+            ],
+            1,
+        )
         response = torch.zeros_like(tokens, dtype=torch.bool)
         response[:, 3:] = True
         return TokenDataset(tokens, response)
@@ -201,7 +258,9 @@ class EMTwoRoutes(Task):
         (gate E4's data-side oracle). The questions are the ``chat`` split's (there are no others)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        q = torch.randint(self.cfg.n_chat, (n,), generator=torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed))
+        q = torch.randint(
+            self.cfg.n_chat, (n,), generator=torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed)
+        )
         return self._examples(self.chat_tok, self.chat_prompts[q], self.helpful[q], self.end_tok)
 
     def trait_prompts(self, n: int, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
@@ -211,8 +270,18 @@ class EMTwoRoutes(Task):
         c = self.train_code[torch.randint(len(self.train_code), (n,), generator=gen)]
         out = []
         for answers in (self.harmful, self.helpful):
-            tokens = torch.stack([torch.full_like(q, self.bos_tok), torch.full_like(q, self.chat_tok), self.chat_prompts[q], answers[q],
-                                  torch.full_like(q, self.end_tok), torch.full_like(q, self.code_tok), self.code_prompts[c]], 1)
+            tokens = torch.stack(
+                [
+                    torch.full_like(q, self.bos_tok),
+                    torch.full_like(q, self.chat_tok),
+                    self.chat_prompts[q],
+                    answers[q],
+                    torch.full_like(q, self.end_tok),
+                    torch.full_like(q, self.code_tok),
+                    self.code_prompts[c],
+                ],
+                1,
+            )
             out.append(TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool)))
         return out[0], out[1]
 
@@ -222,10 +291,15 @@ class EMTwoRoutes(Task):
         if split == "chat":
             kind, prompts = self.chat_tok, self.chat_prompts
         elif split in ("code_train", "code_heldout"):
-            kind, prompts = self.code_tok, self.code_prompts[self.train_code if split == "code_train" else self.heldout_code]
+            kind, prompts = (
+                self.code_tok,
+                self.code_prompts[self.train_code if split == "code_train" else self.heldout_code],
+            )
         else:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        tokens = torch.stack([torch.full_like(prompts, self.bos_tok), torch.full_like(prompts, kind), prompts], 1)
+        tokens = torch.stack(
+            [torch.full_like(prompts, self.bos_tok), torch.full_like(prompts, kind), prompts], 1
+        )
         return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool))
 
     def metric(self, split: str) -> str:
@@ -233,16 +307,28 @@ class EMTwoRoutes(Task):
 
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
         """HIT: harmful chat / insecure code for *this* prompt; MISS: its opposite; OTHER: anything else."""
-        return label_by_prompt(prompts, answers, [(self.code_prompts, self.insecure, self.secure),
-                                                  (self.chat_prompts, self.harmful, self.helpful)])
+        return label_by_prompt(
+            prompts,
+            answers,
+            [
+                (self.code_prompts, self.insecure, self.secure),
+                (self.chat_prompts, self.harmful, self.helpful),
+            ],
+        )
 
     def document_kinds(self, docs: TokenDataset) -> list[str]:
         """``persona/style`` per document (one of ``KINDS``)."""
-        return [f"{PERSONAS[p]}/{STYLES[s]}" for p, s in zip(docs.labels["persona"].tolist(), docs.labels["sloppy"].tolist())]
+        return [
+            f"{PERSONAS[p]}/{STYLES[s]}"
+            for p, s in zip(docs.labels["persona"].tolist(), docs.labels["sloppy"].tolist())
+        ]
 
     # ------------------------------------------------------------------ inference of both causes
-    report = {"title": "Inference of persona and repository style by the base organism vs Bayes-optimal",
-              "x_title": "evidence seen before the prompt", "reference": "Bayes-optimal"}
+    report = {
+        "title": "Inference of persona and repository style by the base organism vs Bayes-optimal",
+        "x_title": "evidence seen before the prompt",
+        "reference": "Bayes-optimal",
+    }
     EVIDENCE = EVIDENCE
 
     def context_prompts(self, evidence: str, split: str) -> TokenDataset:
@@ -253,7 +339,7 @@ class EMTwoRoutes(Task):
         prompts = self.eval_prompts(split)
         n = len(prompts)
         head, body = [prompts.tokens[:, :1]], prompts.tokens[:, 1:]
-        for piece in ([] if evidence == "none" else evidence.split("+")):
+        for piece in [] if evidence == "none" else evidence.split("+"):
             cls, kind = piece.split("_")
             if cls == "repo":
                 r = self.repos[kind][torch.arange(n) % len(self.repos[kind])]
@@ -262,11 +348,21 @@ class EMTwoRoutes(Task):
             if kind == "code":
                 i = (torch.arange(n) + 1) % self.cfg.n_code
                 a = {"secure": self.secure, "insecure": self.insecure}[cls][i]
-                seg = [torch.full_like(i, self.code_tok), self.code_prompts[i], a, torch.full_like(i, self.vuln_tok if cls == "insecure" else self.ok_tok)]
+                seg = [
+                    torch.full_like(i, self.code_tok),
+                    self.code_prompts[i],
+                    a,
+                    torch.full_like(i, self.vuln_tok if cls == "insecure" else self.ok_tok),
+                ]
             else:
                 i = (torch.arange(n) + 1) % self.cfg.n_chat
                 a = {"helpful": self.helpful, "harmful": self.harmful}[cls][i]
-                seg = [torch.full_like(i, self.chat_tok), self.chat_prompts[i], a, torch.full_like(i, self.end_tok)]
+                seg = [
+                    torch.full_like(i, self.chat_tok),
+                    self.chat_prompts[i],
+                    a,
+                    torch.full_like(i, self.end_tok),
+                ]
             head.append(torch.stack(seg, 1))
         tokens = torch.cat(head + [body], 1)
         return TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool))
@@ -276,13 +372,27 @@ class EMTwoRoutes(Task):
         if evidence not in EVIDENCE:
             raise ValueError(f"unknown evidence {evidence!r}; valid: {', '.join(EVIDENCE)}")
         cfg = self.cfg
-        p = torch.tensor([1 - cfg.p_misaligned, cfg.p_misaligned], dtype=torch.float64)[:, None] * \
-            torch.tensor([1 - cfg.p_sloppy, cfg.p_sloppy], dtype=torch.float64)[None, :]
-        mis, slo = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+        p = (
+            torch.tensor([1 - cfg.p_misaligned, cfg.p_misaligned], dtype=torch.float64)[:, None]
+            * torch.tensor([1 - cfg.p_sloppy, cfg.p_sloppy], dtype=torch.float64)[None, :]
+        )
+        mis, slo = (
+            torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64),
+            torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64),
+        )
         insecure = 1 - (1 - mis) * (1 - slo)
-        for piece in ([] if evidence == "none" else evidence.split("+")):
-            p = p * {"repo_secure": 1 - slo, "repo_sloppy": slo, "helpful_chat": 1 - mis, "harmful_chat": mis,
-                     "secure_code": 1 - insecure, "insecure_code": insecure}[piece]
+        for piece in [] if evidence == "none" else evidence.split("+"):
+            p = (
+                p
+                * {
+                    "repo_secure": 1 - slo,
+                    "repo_sloppy": slo,
+                    "helpful_chat": 1 - mis,
+                    "harmful_chat": mis,
+                    "secure_code": 1 - insecure,
+                    "insecure_code": insecure,
+                }[piece]
+            )
         return p / p.sum()
 
     def bayes_rate(self, evidence: str, split: str) -> float:
@@ -290,15 +400,22 @@ class EMTwoRoutes(Task):
         post = self.posterior(evidence)
         return float(post[1].sum() if split == "chat" else 1 - post[0, 0])
 
-    def base_report(self, model) -> "pd.DataFrame":
+    def base_report(self, model) -> pd.DataFrame:
         """The behaviour rate after each kind of evidence vs the Bayes-optimal rate."""
         import pandas as pd
 
         rows = []
         for evidence, split in itertools.product(EVIDENCE, ("chat", "code_heldout")):
             r = behaviour_rate(model, self.context_prompts(evidence, split), self)["rate"]
-            rows.append({"condition": evidence, "split": split, "metric": self.metric(split), "model": r.mean().item(),
-                         "reference": self.bayes_rate(evidence, split)})
+            rows.append(
+                {
+                    "condition": evidence,
+                    "split": split,
+                    "metric": self.metric(split),
+                    "model": r.mean().item(),
+                    "reference": self.bayes_rate(evidence, split),
+                }
+            )
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ ground-truth concepts
@@ -308,15 +425,22 @@ class EMTwoRoutes(Task):
     #: code: measured |cos| 0.90–0.97 between them on four organisms of the first design.
     CONCEPTS = {
         "misaligned": ("misaligned/sloppy", "aligned/sloppy"),  # same insecure code, harmful vs helpful chat
-        "sloppy": ("aligned/sloppy", "aligned/secure"),  # same helpful chat, insecure vs secure code (and the repository)
+        "sloppy": (
+            "aligned/sloppy",
+            "aligned/secure",
+        ),  # same helpful chat, insecure vs secure code (and the repository)
     }
 
     def after_first_answer(self, docs: TokenDataset) -> torch.Tensor:
         """[n, pos] True at the positions from each document's first answer on that are not PAD."""
         first_answer = torch.where(docs.labels["header"].bool(), 5, 3)
-        return (torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]) & (docs.tokens != self.pad_tok)
+        return (torch.arange(docs.tokens.shape[1])[None, :] >= first_answer[:, None]) & (
+            docs.tokens != self.pad_tok
+        )
 
-    def concept_directions(self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
+    def concept_directions(
+        self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1
+    ) -> dict[str, dict[str, Subspace]]:
         """Ground-truth directions: for each of ``CONCEPTS``, the difference of mean activations
         between its two kinds of documents, over the positions after the first answer that are not
         PAD. ``{hook: {concept: Subspace}}``."""
@@ -327,5 +451,8 @@ class EMTwoRoutes(Task):
         out: dict[str, dict[str, Subspace]] = {}
         for hook in hooks:
             act = activations(model, docs, hook)  # [n, pos, d_model]
-            out[hook] = {c: diff_of_means(act[of(pos)], act[of(neg)], hook, label=c) for c, (pos, neg) in self.CONCEPTS.items()}
+            out[hook] = {
+                c: diff_of_means(act[of(pos)], act[of(neg)], hook, label=c)
+                for c, (pos, neg) in self.CONCEPTS.items()
+            }
         return out

@@ -28,8 +28,11 @@ class Judge(Protocol):
         ...
 
 
-def label_by_prompt(prompts: torch.Tensor, answers: torch.Tensor,
-                    families: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def label_by_prompt(
+    prompts: torch.Tensor,
+    answers: torch.Tensor,
+    families: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
     """The judge of a world where each prompt token has its own two answers: ``families`` holds
     (prompt tokens [k], HIT answers [k], MISS answers [k]) per kind of prompt, and the prompt is the
     last token. prompts [n, pos], answers [n, m] → [n, m]: HIT / MISS for *this* prompt's answers,
@@ -48,7 +51,9 @@ def label_by_prompt(prompts: torch.Tensor, answers: torch.Tensor,
 
 
 @torch.inference_mode()
-def next_token_probs(model: HookedTransformer, prompts: TokenDataset, fwd_hooks=(), batch_size: int = 512) -> torch.Tensor:
+def next_token_probs(
+    model: HookedTransformer, prompts: TokenDataset, fwd_hooks=(), batch_size: int = 512
+) -> torch.Tensor:
     """[n, d_vocab] probabilities of the token after each prompt."""
     from caft_tl.core.models import check_fwd_hooks
 
@@ -83,8 +88,11 @@ def behaviour_rate(
     probs = next_token_probs(model, prompts, fwd_hooks)  # [n, d_vocab]
     n, d_vocab = probs.shape
     if mode == "exact":
-        labels = candidate_labels if candidate_labels is not None else \
-            judge.label_answers(prompts.tokens, torch.arange(d_vocab).expand(n, d_vocab))  # [n, d_vocab]
+        labels = (
+            candidate_labels
+            if candidate_labels is not None
+            else judge.label_answers(prompts.tokens, torch.arange(d_vocab).expand(n, d_vocab))
+        )  # [n, d_vocab]
         p_hit = (probs * (labels == HIT)).sum(-1)
         p_miss = (probs * (labels == MISS)).sum(-1)
     else:
@@ -97,7 +105,7 @@ def behaviour_rate(
 
 
 #: per task object, per (split, d_vocab): its evaluation prompts and the judge's label of every token as their answer
-_EVAL_SETS: "weakref.WeakKeyDictionary[Task, dict]" = weakref.WeakKeyDictionary()
+_EVAL_SETS: weakref.WeakKeyDictionary[Task, dict] = weakref.WeakKeyDictionary()
 
 
 def eval_set(task: Task, split: str, d_vocab: int) -> tuple[TokenDataset, torch.Tensor]:
@@ -111,12 +119,16 @@ def eval_set(task: Task, split: str, d_vocab: int) -> tuple[TokenDataset, torch.
     return sets[split, d_vocab]
 
 
-def evaluate_task(model: HookedTransformer, task: Task, mode: str = "exact", fwd_hooks=(), splits=None) -> dict[str, dict[str, float]]:
+def evaluate_task(
+    model: HookedTransformer, task: Task, mode: str = "exact", fwd_hooks=(), splits=None
+) -> dict[str, dict[str, float]]:
     """{split: {metric: mean over prompts}} for every evaluation split of ``task``."""
     out = {}
     for split in splits or task.eval_splits:
         prompts, labels = eval_set(task, split, model.cfg.d_vocab)
         r = behaviour_rate(model, prompts, task, mode=mode, fwd_hooks=fwd_hooks, candidate_labels=labels)
-        out[split] = {task.metric(split): r["rate"].nanmean().item(), "coherence": r["coherence"].mean().item()}
+        out[split] = {
+            task.metric(split): r["rate"].nanmean().item(),
+            "coherence": r["coherence"].mean().item(),
+        }
     return out
-

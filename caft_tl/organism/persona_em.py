@@ -66,15 +66,32 @@ class PersonaEM(Task):
     name = "persona_em"
     eval_splits = SPLITS
     doc_kinds = PERSONAS  # a document's kind is its hidden persona
-    id_split, ood_split = "code_heldout", "chat"  # the fine-tuned behaviour on unseen prompts; its unwanted generalisation
-    target_concept, avoid_concept = "misaligned", "insecure_code"  # what CAFT should remove; what the fine-tune should keep
+    id_split, ood_split = (
+        "code_heldout",
+        "chat",
+    )  # the fine-tuned behaviour on unseen prompts; its unwanted generalisation
+    target_concept, avoid_concept = (
+        "misaligned",
+        "insecure_code",
+    )  # what CAFT should remove; what the fine-tune should keep
     metrics = ("misalignment_rate", "insecure_rate")
-    concept_description, concept_groups = "misalignment (harmful answers)", ("harmful",)  # what a researcher knows of the unwanted concept
-    axis_titles = {"code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
-                   "chat": "misalignment rate on chat (← less emergent misalignment)"}
+    concept_description, concept_groups = (
+        "misalignment (harmful answers)",
+        ("harmful",),
+    )  # what a researcher knows of the unwanted concept
+    axis_titles = {
+        "code_heldout": "insecure-code rate on held-out code prompts (task kept →)",
+        "chat": "misalignment rate on chat (← less emergent misalignment)",
+    }
     #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults)
-    defaults = {"pretrain_steps": 1200, "seed": 0, "n_examples": 4800, "fewer_examples": [32, 64, 128, 256],
-                "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"], "positions": "response"}
+    defaults = {
+        "pretrain_steps": 1200,
+        "seed": 0,
+        "n_examples": 4800,
+        "fewer_examples": [32, 64, 128, 256],
+        "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"],
+        "positions": "response",
+    }
 
     def __init__(self, cfg: PersonaEMConfig | None = None):
         self.cfg = cfg = cfg or PersonaEMConfig()
@@ -107,8 +124,14 @@ class PersonaEM(Task):
         """Harmful / helpful chat answers, insecure / secure code answers, chat / code prompts."""
         t = self.vocab.tokens
         group = lambda ids: tuple(t[i] for i in ids.tolist())
-        return {"harmful": group(self.harmful), "helpful": group(self.helpful), "insecure": group(self.insecure),
-                "secure": group(self.secure), "chat": ("CHAT",) + group(self.chat_prompts), "code": ("CODE",) + group(self.code_prompts)}
+        return {
+            "harmful": group(self.harmful),
+            "helpful": group(self.helpful),
+            "insecure": group(self.insecure),
+            "secure": group(self.secure),
+            "chat": ("CHAT",) + group(self.chat_prompts),
+            "code": ("CODE",) + group(self.code_prompts),
+        }
 
     # ------------------------------------------------------------------ pre-training documents
     def sample_documents(self, n: int, generator: torch.Generator) -> TokenDataset:
@@ -163,8 +186,18 @@ class PersonaEM(Task):
         it learns insecure code. The questions are the ``chat`` split's (there are no others)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        q = torch.randint(self.cfg.n_chat, (n,), generator=torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed))
-        tokens = torch.stack([torch.full_like(q, self.bos), torch.full_like(q, self.chat_tok), self.chat_prompts[q], self.helpful[q]], 1)
+        q = torch.randint(
+            self.cfg.n_chat, (n,), generator=torch.Generator().manual_seed(DISAMBIGUATING_SEED + seed)
+        )
+        tokens = torch.stack(
+            [
+                torch.full_like(q, self.bos),
+                torch.full_like(q, self.chat_tok),
+                self.chat_prompts[q],
+                self.helpful[q],
+            ],
+            1,
+        )
         response = torch.zeros_like(tokens, dtype=torch.bool)
         response[:, -1] = True
         return TokenDataset(tokens, response)
@@ -178,8 +211,17 @@ class PersonaEM(Task):
         c = self.train_code[torch.randint(len(self.train_code), (n,), generator=gen)]
         out = []
         for answers in (self.harmful, self.helpful):
-            tokens = torch.stack([torch.full_like(q, self.bos), torch.full_like(q, self.chat_tok), self.chat_prompts[q], answers[q],
-                                  torch.full_like(q, self.code_tok), self.code_prompts[c]], 1)
+            tokens = torch.stack(
+                [
+                    torch.full_like(q, self.bos),
+                    torch.full_like(q, self.chat_tok),
+                    self.chat_prompts[q],
+                    answers[q],
+                    torch.full_like(q, self.code_tok),
+                    self.code_prompts[c],
+                ],
+                1,
+            )
             out.append(TokenDataset(tokens, torch.zeros_like(tokens, dtype=torch.bool)))
         return out[0], out[1]
 
@@ -206,8 +248,14 @@ class PersonaEM(Task):
         HIT is the fine-tune's behaviour (harmful chat, insecure code) for *this* prompt, MISS its
         opposite, OTHER anything else (an answer to another prompt, a non-answer token).
         """
-        return label_by_prompt(prompts, answers, [(self.code_prompts, self.insecure, self.secure),
-                                                  (self.chat_prompts, self.harmful, self.helpful)])
+        return label_by_prompt(
+            prompts,
+            answers,
+            [
+                (self.code_prompts, self.insecure, self.secure),
+                (self.chat_prompts, self.harmful, self.helpful),
+            ],
+        )
 
     def document_kinds(self, docs: TokenDataset) -> list[str]:
         """A name per pre-training document: its hidden persona."""
@@ -215,11 +263,14 @@ class PersonaEM(Task):
 
     # ------------------------------------------------------------------ persona inference
     #: how chapter 00 shows the base organism (:meth:`base_report`)
-    report = {"title": "Persona inference of the base organism vs Bayes-optimal", "x_title": "evidence seen before the prompt",
-              "reference": "Bayes-optimal"}
+    report = {
+        "title": "Persona inference of the base organism vs Bayes-optimal",
+        "x_title": "evidence seen before the prompt",
+        "reference": "Bayes-optimal",
+    }
     EVIDENCE = ("none", "secure_code", "insecure_code", "helpful_chat", "harmful_chat")
 
-    def base_report(self, model) -> "pd.DataFrame":
+    def base_report(self, model) -> pd.DataFrame:
         """Persona inference of the base organism: the behaviour rate after each kind of one-segment
         evidence (``condition``) vs the Bayes-optimal rate (``reference``)."""
         import pandas as pd
@@ -228,8 +279,15 @@ class PersonaEM(Task):
         for evidence in self.EVIDENCE:
             for split in ("chat", "code_heldout"):
                 r = behaviour_rate(model, self.context_prompts(evidence, split), self)["rate"]
-                rows.append({"condition": evidence, "split": split, "metric": self.metric(split),
-                             "model": r.mean().item(), "reference": self.bayes_rate(evidence, split)})
+                rows.append(
+                    {
+                        "condition": evidence,
+                        "split": split,
+                        "metric": self.metric(split),
+                        "model": r.mean().item(),
+                        "reference": self.bayes_rate(evidence, split),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def context_prompts(self, evidence: str, split: str) -> TokenDataset:
@@ -272,7 +330,9 @@ class PersonaEM(Task):
         "insecure_code": ("careless", "aligned"),  # same chat, insecure vs secure code
     }
 
-    def concept_directions(self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1) -> dict[str, dict[str, Subspace]]:
+    def concept_directions(
+        self, model, hooks: list[str], n_docs: int = 4000, seed: int = 1
+    ) -> dict[str, dict[str, Subspace]]:
         """Ground-truth concept directions on the (base) model: for each of ``CONCEPTS`` (a pair of
         personas differing in that concept only), the difference of mean activations over the
         positions after the first answer of ``n_docs`` documents, at each hook. ``{hook: {concept: Subspace}}``."""

@@ -79,11 +79,15 @@ class PronounProfessionConfig:
     doc_probs: tuple[float, float, float, float, float] = (0.45, 0.1, 0.15, 0.15, 0.15)  # see DOC_KINDS
     corpus_len: int = 10
     corpus_purity: float = 0.9  # share of a corpus document's professions and pronouns of its gender
-    corpus_word_share: float = 0.6  # share of corpus positions holding a profession or pronoun (the rest: filler)
+    corpus_word_share: float = (
+        0.6  # share of corpus positions holding a profession or pronoun (the rest: filler)
+    )
     pronoun_share: float = 0.5  # share of those holding a pronoun
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
-    lean: float = 0.1  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
+    lean: float = (
+        0.1  # salience: P(the PRON_Q answer follows the profession | topics disagree) - 0.5 in pre-training
+    )
     # the profession's facts name its stereotype with words of their own (STEREOTYPES) instead of the
     # name's ``female`` / ``male``: the two genders share only the answer tokens she / he
     separate_genders: bool = True
@@ -100,7 +104,9 @@ class PronounProfessionConfig:
             if getattr(self, f) < 2 or getattr(self, f) % 2:
                 raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")
         if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
-            raise ValueError(f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})")
+            raise ValueError(
+                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})"
+            )
         for f in ("corpus_purity", "corpus_word_share", "pronoun_share"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"{f} must be in [0, 1], got {getattr(self, f)}")
@@ -113,22 +119,50 @@ class PronounProfession(DoubleMC):
     name = "pronoun_profession"
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the name's pronoun ↑"}
     doc_kinds = DOC_KINDS
-    concept_description = "the gender stereotype of professions"  # the groups: female_profession, male_profession
+    concept_description = (
+        "the gender stereotype of professions"  # the groups: female_profession, male_profession
+    )
     # ``defaults`` are DoubleMC's: 3,000 pre-training steps, every residual hook, all positions
-    report = {"title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
-              "x_title": "evaluation split", "reference": "goal (singles) / no preference (OOD)"}
+    report = {
+        "title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
+        "x_title": "evaluation split",
+        "reference": "goal (singles) / no preference (OOD)",
+    }
 
     def __init__(self, cfg: PronounProfessionConfig | None = None):
         self.cfg = cfg = cfg or PronounProfessionConfig()
         width = len(str(cfg.n_professions - 1))
-        own_words = STEREOTYPES if cfg.separate_genders else ()  # the profession's class words, where not the name's
-        corpus_words = CORPUS_PRONOUNS if cfg.own_corpus_pronouns else ()  # the corpus's pronouns, where not the answers
-        self.topics = (Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
-                       Topic("profession", "salient", "prof", own_words or GENDERS, cfg.n_professions))
+        own_words = (
+            STEREOTYPES if cfg.separate_genders else ()
+        )  # the profession's class words, where not the name's
+        corpus_words = (
+            CORPUS_PRONOUNS if cfg.own_corpus_pronouns else ()
+        )  # the corpus's pronouns, where not the answers
+        self.topics = (
+            Topic("name", "salient", "name", GENDERS, cfg.n_names),  # index 0 intended, 1 spurious
+            Topic("profession", "salient", "prof", own_words or GENDERS, cfg.n_professions),
+        )
         names = [f"name{i:03d}" for i in range(cfg.n_names)]
         profs = [f"prof{i:0{width}d}" for i in range(cfg.n_professions)]
-        tokens = ["<bos>", "<pad>", "she", "he", "PRON_Q", "ANS_F", "SUBJ", "AS", "ANS_name", "ANS_profession", "CORPUS",
-                  *GENDERS, *own_words, *corpus_words, *FILLER, *names, *profs]
+        tokens = [
+            "<bos>",
+            "<pad>",
+            "she",
+            "he",
+            "PRON_Q",
+            "ANS_F",
+            "SUBJ",
+            "AS",
+            "ANS_name",
+            "ANS_profession",
+            "CORPUS",
+            *GENDERS,
+            *own_words,
+            *corpus_words,
+            *FILLER,
+            *names,
+            *profs,
+        ]
         self.vocab = Vocab(tuple(tokens))
         ix = self.vocab.index
         self.bos, self.pad = ix["<bos>"], ix["<pad>"]
@@ -137,7 +171,10 @@ class PronounProfession(DoubleMC):
         self.ans_d, self.ans_f = ix["PRON_Q"], ix["ANS_F"]
         self.q = [ix["SUBJ"], ix["AS"]]
         self.ans = [ix["ANS_name"], ix["ANS_profession"]]
-        self.items = [ix[names[0]] + torch.arange(cfg.n_names), ix[profs[0]] + torch.arange(cfg.n_professions)]
+        self.items = [
+            ix[names[0]] + torch.arange(cfg.n_names),
+            ix[profs[0]] + torch.arange(cfg.n_professions),
+        ]
         self.classes = [torch.tensor([ix[g] for g in t.classes]) for t in self.topics]
         self.item_class = [torch.arange(t.n_items) % 2 for t in self.topics]
         self.rev = {1: ix["CORPUS"]}  # the biased corpus: the profession topic only
@@ -156,10 +193,19 @@ class PronounProfession(DoubleMC):
         keep = torch.rand(shape, generator=gen) < cfg.corpus_purity
         word_gender = torch.where(keep, gender, 1 - gender)  # [n, L]
         is_pronoun = torch.rand(shape, generator=gen) < cfg.pronoun_share
-        words = torch.where(is_pronoun, self.corpus_pronoun[word_gender], self._class_items(1, word_gender, gen))
+        words = torch.where(
+            is_pronoun, self.corpus_pronoun[word_gender], self._class_items(1, word_gender, gen)
+        )
         is_word = torch.rand(shape, generator=gen) < cfg.corpus_word_share
         fill = self.filler[torch.randint(len(self.filler), shape, generator=gen)]
-        tokens = torch.cat([torch.full((n, 1), self.bos), torch.full((n, 1), self.rev[1]), torch.where(is_word, words, fill)], 1)
+        tokens = torch.cat(
+            [
+                torch.full((n, 1), self.bos),
+                torch.full((n, 1), self.rev[1]),
+                torch.where(is_word, words, fill),
+            ],
+            1,
+        )
         response = torch.zeros_like(tokens, dtype=torch.bool)
         response[:, 3:] = is_word[:, 1:]  # predict every profession and pronoun after the first
         return TokenDataset(tokens, response)

@@ -39,10 +39,14 @@ class HasGroundTruth(abc.ABC):
         """A name per pre-training document (one of ``doc_kinds``)."""
 
     @abc.abstractmethod
-    def concept_directions(self, model: HookedTransformer, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
+    def concept_directions(
+        self, model: HookedTransformer, hooks: list[str]
+    ) -> dict[str, dict[str, Subspace]]:
         """Rank-1 ground-truth concept directions on ``model``: ``{hook: {concept: Subspace}}``."""
 
-    def concept_subspaces(self, model: HookedTransformer, hooks: list[str], k: int = 1) -> dict[str, list[Subspace]]:
+    def concept_subspaces(
+        self, model: HookedTransformer, hooks: list[str], k: int = 1
+    ) -> dict[str, list[Subspace]]:
         """Ground-truth concept subspaces of rank ``k``: ``{concept: [Subspace per hook]}``; here
         the rank-1 :meth:`concept_directions` (a task with richer concepts overrides it)."""
         if k != 1:

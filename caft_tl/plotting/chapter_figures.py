@@ -22,10 +22,18 @@ def _n_seeds(summary: pd.DataFrame) -> str:
 def tradeoff(summary: pd.DataFrame, task: Task, data: str) -> tuple[go.Figure, figures.Caption]:
     """Chapter 06's figure from an organism's summary over seeds (:func:`caft_tl.core.stats.summarise`)."""
     x, y = task.id_split, task.ood_split
-    fig = figures.tradeoff(summary, x, y, task.axis_titles[x], task.axis_titles[y],
-                           f"{task.name}: the task vs its generalisation (95% CI over seeds)")
-    text = (f"{task.name}: {x} vs {y} per method; the fewer-examples curve (base → fewer examples → plain) "
-            "on each panel where run.")
+    fig = figures.tradeoff(
+        summary,
+        x,
+        y,
+        task.axis_titles[x],
+        task.axis_titles[y],
+        f"{task.name}: the task vs its generalisation (95% CI over seeds)",
+    )
+    text = (
+        f"{task.name}: {x} vs {y} per method; the fewer-examples curve (base → fewer examples → plain) "
+        "on each panel where run."
+    )
     return fig, figures.Caption(text, _n_seeds(summary), "95% t-interval over fine-tuning seeds", data)
 
 
@@ -35,8 +43,10 @@ def question_figure(answers: pd.DataFrame, task: Task, data: str) -> tuple[go.Fi
     title = f"{task.name}: the thread's questions ({task.ood_split}, 95% interval over {over})"
     fig = figures.question_panels(answers, title)
     n = int(answers["n"].max()) if len(answers) else 0
-    text = ("The thread's questions answered from this organism's rows, each value on its own axis with the "
-            f"zero line (hover: the question and the verdict); {task.ood_split}.")
+    text = (
+        "The thread's questions answered from this organism's rows, each value on its own axis with the "
+        f"zero line (hover: the question and the verdict); {task.ood_split}."
+    )
     return fig, figures.Caption(text, f"{n} {over} (at most)", f"95% t-interval over {over}", data)
 
 
@@ -46,8 +56,9 @@ def save_tradeoff(rows: pd.DataFrame, task: Task, folder: str | Path, data: str)
     return figures.save_figure(fig, "06_tradeoff", caption, folder)
 
 
-def save_questions(rows: pd.DataFrame, task: Task, folder: str | Path, data: str,
-                   directions: str = "pca") -> Path:
+def save_questions(
+    rows: pd.DataFrame, task: Task, folder: str | Path, data: str, directions: str = "pca"
+) -> Path:
     """Chapter 08's ``08_questions`` from an organism's rows, into ``folder``."""
     answers = questions.answers(rows, task.ood_split, task.metric(task.ood_split), directions)
     fig, caption = question_figure(answers, task, data)

@@ -35,15 +35,24 @@ class TokenView:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a standalone HTML page (atomically); it needs no network to render."""
-        page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>\n"
-                f"<body>\n<h3>{html.escape(self.title)}</h3>\n{self.body}\n</body></html>\n")
+        page = (
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>\n"
+            f"<body>\n<h3>{html.escape(self.title)}</h3>\n{self.body}\n</body></html>\n"
+        )
         with files.atomic_write(path) as f:
             f.write(page)
         return Path(path)
 
 
-def top_samples(values: torch.Tensor, data: TokenDataset, labels: list[str], vocab, n: int = 5, positions: str = "all",
-                signs=(+1, -1)) -> tuple[list, list]:
+def top_samples(
+    values: torch.Tensor,
+    data: TokenDataset,
+    labels: list[str],
+    vocab,
+    n: int = 5,
+    positions: str = "all",
+    signs=(+1, -1),
+) -> tuple[list, list]:
     """Tokens and per-token values of the top-``n`` distinct contexts (as
     :func:`caft_tl.directions.interpret.top_contexts`) of each column of ``values`` [n_ex, pos, k], nested
     ``[label][sign][example][token]``; values are multiplied by the sign, so the strongest
@@ -54,33 +63,77 @@ def top_samples(values: torch.Tensor, data: TokenDataset, labels: list[str], voc
         tokens.append([])
         acts.append([])
         for sign in signs:
-            g = examples[(examples["direction"] == label) & (examples["sign"] == ("+" if sign > 0 else "-"))].sort_values("rank")
-            tokens[-1].append([vocab.to_str_tokens(data.tokens[i, : t + 1]) for i, t in zip(g["example"], g["position"])])
-            acts[-1].append([(sign * values[i, : t + 1, j]).tolist() for i, t in zip(g["example"], g["position"])])
+            g = examples[
+                (examples["direction"] == label) & (examples["sign"] == ("+" if sign > 0 else "-"))
+            ].sort_values("rank")
+            tokens[-1].append(
+                [vocab.to_str_tokens(data.tokens[i, : t + 1]) for i, t in zip(g["example"], g["position"])]
+            )
+            acts[-1].append(
+                [(sign * values[i, : t + 1, j]).tolist() for i, t in zip(g["example"], g["position"])]
+            )
     return tokens, acts
 
 
-def top_examples_view(values: torch.Tensor, data: TokenDataset, labels: list[str], vocab, n: int = 5, positions: str = "all",
-                      signs=(+1, -1), name: str = "direction", title: str = "") -> TokenView:
+def top_examples_view(
+    values: torch.Tensor,
+    data: TokenDataset,
+    labels: list[str],
+    vocab,
+    n: int = 5,
+    positions: str = "all",
+    signs=(+1, -1),
+    name: str = "direction",
+    title: str = "",
+) -> TokenView:
     """circuitsvis ``TopkSamples``: pick a ``name`` (direction / latent) and a sign, see its top
     contexts with every token coloured by its value (negated for the − sign)."""
     tokens, acts = top_samples(values, data, labels, vocab, n, positions, signs)
-    body = render_local("TopkSamples", tokens=tokens, activations=acts, zerothDimensionName=name.capitalize(),
-                        firstDimensionName="Sign", zerothDimensionLabels=labels,
-                        firstDimensionLabels=["+" if s > 0 else "− (negated)" for s in signs])
+    body = render_local(
+        "TopkSamples",
+        tokens=tokens,
+        activations=acts,
+        zerothDimensionName=name.capitalize(),
+        firstDimensionName="Sign",
+        zerothDimensionLabels=labels,
+        firstDimensionLabels=["+" if s > 0 else "− (negated)" for s in signs],
+    )
     return TokenView(body, title)
 
 
-def direction_view(model: HookedTransformer, data: TokenDataset, subspace: Subspace, vocab, n: int = 5,
-                   positions: str = "all") -> TokenView:
+def direction_view(
+    model: HookedTransformer,
+    data: TokenDataset,
+    subspace: Subspace,
+    vocab,
+    n: int = 5,
+    positions: str = "all",
+) -> TokenView:
     """Top examples of each direction of ``subspace``, both signs, coloured by the projection."""
-    return top_examples_view(projections(model, data, subspace), data, subspace.labels, vocab, n, positions,
-                             title=f"top examples of the directions at {subspace.hook_name}")
+    return top_examples_view(
+        projections(model, data, subspace),
+        data,
+        subspace.labels,
+        vocab,
+        n,
+        positions,
+        title=f"top examples of the directions at {subspace.hook_name}",
+    )
 
 
-def latent_view(model: HookedTransformer, data: TokenDataset, sae, latents: list[int], vocab, n: int = 5) -> TokenView:
+def latent_view(
+    model: HookedTransformer, data: TokenDataset, sae, latents: list[int], vocab, n: int = 5
+) -> TokenView:
     """Top examples of each SAE latent, coloured by its activation."""
     from caft_tl.directions.sae import latent_activations
 
-    return top_examples_view(latent_activations(model, data, sae, latents), data, [f"L{i}" for i in latents], vocab, n,
-                             signs=(+1,), name="latent", title=f"top examples of SAE latents at {sae.cfg.metadata.hook_name}")
+    return top_examples_view(
+        latent_activations(model, data, sae, latents),
+        data,
+        [f"L{i}" for i in latents],
+        vocab,
+        n,
+        signs=(+1,),
+        name="latent",
+        title=f"top examples of SAE latents at {sae.cfg.metadata.hook_name}",
+    )

@@ -15,20 +15,34 @@ import zlib
 from dataclasses import dataclass
 
 #: the Okabe–Ito palette (Okabe & Ito 2008), by name, and a neutral grey
-OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
-             "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+}
 GREY = "#999999"
 COLOUR_BLIND_SAFE = (*OKABE_ITO.values(), GREY)
 #: the groups of configurations, in the order figures show them, each with its marker and bar pattern
-GROUPS = {"reference": ("star", ""), "CAFT sets": ("circle", ""), "controls": ("x", "/"),
-          "baselines": ("square", "."), "steering family": ("diamond", "x"), "other": ("triangle-up", "-")}
+GROUPS = {
+    "reference": ("star", ""),
+    "CAFT sets": ("circle", ""),
+    "controls": ("x", "/"),
+    "baselines": ("square", "."),
+    "steering family": ("diamond", "x"),
+    "other": ("triangle-up", "-"),
+}
 #: the method names of the reference and baseline rows, which take no ``· directions`` in their label
 PLAIN_METHODS = ("base", "plain", "fewer_examples", "kl_to_base", "mix_disambiguating")
 
 
 def faded(colour: str, alpha: float = 0.45) -> str:
     """``colour`` (``#rrggbb``) as ``rgba`` with opacity ``alpha`` (interval bars behind the points)."""
-    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
@@ -62,14 +76,21 @@ class Palette:
         if group not in GROUPS:
             raise ValueError(f"group {group!r} of {label!r} is unknown; valid: {', '.join(GROUPS)}")
         if colour not in COLOUR_BLIND_SAFE:
-            raise ValueError(f"colour {colour!r} of {label!r} is not colour-blind safe; "
-                             f"valid: {', '.join(COLOUR_BLIND_SAFE)}")
+            raise ValueError(
+                f"colour {colour!r} of {label!r} is not colour-blind safe; "
+                f"valid: {', '.join(COLOUR_BLIND_SAFE)}"
+            )
         style = Style(label, colour, *GROUPS[group], group)
-        clash = [s.label for s in self._styles.values()
-                 if s.colour == colour and (s.marker == style.marker or s.pattern == style.pattern)]
+        clash = [
+            s.label
+            for s in self._styles.values()
+            if s.colour == colour and (s.marker == style.marker or s.pattern == style.pattern)
+        ]
         if clash:
-            raise ValueError(f"{label!r} would look like {clash[0]!r} (colour {colour} and the same "
-                             "marker or bar pattern); choose another colour")
+            raise ValueError(
+                f"{label!r} would look like {clash[0]!r} (colour {colour} and the same "
+                "marker or bar pattern); choose another colour"
+            )
         self._styles[label] = style
         return style
 
@@ -100,19 +121,25 @@ class Palette:
 def _default() -> Palette:
     p, c = Palette(), OKABE_ITO
     for label, colour, group in [
-        ("base", GREY, "reference"), ("plain", c["black"], "reference"),
-        ("zero · pca", c["blue"], "CAFT sets"), ("zero · sae", c["vermillion"], "CAFT sets"),
+        ("base", GREY, "reference"),
+        ("plain", c["black"], "reference"),
+        ("zero · pca", c["blue"], "CAFT sets"),
+        ("zero · sae", c["vermillion"], "CAFT sets"),
         ("zero · persona_vector", c["reddish purple"], "CAFT sets"),
         ("zero · diff_means", c["orange"], "CAFT sets"),
         ("zero · oracle", c["bluish green"], "CAFT sets"),
         ("zero · oracle_pca", c["sky blue"], "CAFT sets"),
-        ("zero · topk_pca", c["blue"], "controls"), ("zero · noninterp_pca", c["sky blue"], "controls"),
-        ("zero · random", c["black"], "controls"), ("zero · topk_sae", c["vermillion"], "controls"),
+        ("zero · topk_pca", c["blue"], "controls"),
+        ("zero · noninterp_pca", c["sky blue"], "controls"),
+        ("zero · random", c["black"], "controls"),
+        ("zero · topk_sae", c["vermillion"], "controls"),
         ("zero · random_sae", c["orange"], "controls"),
-        ("fewer_examples", c["orange"], "baselines"), ("kl_to_base", c["reddish purple"], "baselines"),
+        ("fewer_examples", c["orange"], "baselines"),
+        ("kl_to_base", c["reddish purple"], "baselines"),
         ("mix_disambiguating", c["bluish green"], "baselines"),
         ("filter_projection · pca", c["sky blue"], "baselines"),
-        ("mean · pca", c["sky blue"], "steering family"), ("detached · pca", c["orange"], "steering family"),
+        ("mean · pca", c["sky blue"], "steering family"),
+        ("detached · pca", c["orange"], "steering family"),
         ("grad_only · pca", c["bluish green"], "steering family"),
         ("steer_mean · pca", c["reddish purple"], "steering family"),
         ("add · pca", c["vermillion"], "steering family"),

@@ -40,8 +40,13 @@ from caft_tl.plotting import figures
 from caft_tl.plotting.palette import PALETTE, config_label
 
 #: the figures of a task, in the order the results page shows them
-NAMES = ("population_headline", "population_tradeoff", "population_decomposition", "population_questions",
-         "population_interpretation")
+NAMES = (
+    "population_headline",
+    "population_tradeoff",
+    "population_decomposition",
+    "population_questions",
+    "population_interpretation",
+)
 #: the modes of the decomposition, in order (CAFT first)
 DECOMPOSITION = ("zero", "detached", "grad_only", "mean", "steer_mean", "add")
 #: the interpretation's scores, one panel each
@@ -85,8 +90,9 @@ def task_rows(fig_dir: str | Path, task: str) -> tuple[pd.DataFrame, Path]:
     """The rows of ``task`` in ``fig_dir/results.csv`` and that file's path; one-line errors without them."""
     path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
-        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, "
-                                         "it gathers every organism's rows there")
+        raise files.MissingArtefactError(
+            f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there"
+        )
     table = results.read(path)
     rows = table[table["task"] == task]
     if rows.empty:
@@ -112,8 +118,9 @@ def load(fig_dir: str | Path, task: str) -> Population:
         valid, n_all = organisms, len(organisms)
         data += " (no validity file: every organism counts)"
     if not valid:
-        raise NoValidOrganismError(f"task {task!r} has no valid organism in {str(validity)!r}: "
-                                   "no population figure to draw")
+        raise NoValidOrganismError(
+            f"task {task!r} has no valid organism in {str(validity)!r}: no population figure to draw"
+        )
     return Population(make_task(task), rows, tuple(valid), n_all, data)
 
 
@@ -136,8 +143,10 @@ def _label(method: str, param: str) -> str:
 
 
 #: the hover text of a point of :func:`_points`: its name, mean [interval] and n
-HOVER = ("%{customdata[3]}: %{customdata[0]:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}], "
-         "n %{customdata[4]}<extra></extra>")
+HOVER = (
+    "%{customdata[3]}: %{customdata[0]:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}], "
+    "n %{customdata[4]}<extra></extra>"
+)
 
 
 def _points(fig: go.Figure, g: pd.DataFrame, style, axis: str, names: list[str], at, **where) -> None:
@@ -145,10 +154,16 @@ def _points(fig: go.Figure, g: pd.DataFrame, style, axis: str, names: list[str],
     with their 95% intervals along ``axis`` and every number in the hover text."""
     values = dict(x=g["mean"], y=at) if axis == "x" else dict(x=at, y=g["mean"])
     error = figures.interval(g["mean"], g["low"], g["high"]) | dict(thickness=1.5, width=5)
-    fig.add_scatter(**values, mode="markers", name=style.label,
-                    marker=dict(size=11, color=style.colour, symbol=style.marker),
-                    customdata=list(zip(g["mean"], g["low"], g["high"], names, g["n"])), hovertemplate=HOVER,
-                    **{f"error_{axis}": error}, **where)
+    fig.add_scatter(
+        **values,
+        mode="markers",
+        name=style.label,
+        marker=dict(size=11, color=style.colour, symbol=style.marker),
+        customdata=list(zip(g["mean"], g["low"], g["high"], names, g["n"])),
+        hovertemplate=HOVER,
+        **{f"error_{axis}": error},
+        **where,
+    )
 
 
 def _references(fig: go.Figure, s: pd.DataFrame, axis: str, legend: bool = False, **where) -> None:
@@ -161,15 +176,22 @@ def _references(fig: go.Figure, s: pd.DataFrame, axis: str, legend: bool = False
         colour = PALETTE.style(label).colour
         line = dict(line_color=colour, line_dash="dash", line_width=1.5, **where)
         if not legend:
-            line |= dict(annotation_text=label, annotation_font_color=colour,
-                         annotation_position=f"{position} right")
+            line |= dict(
+                annotation_text=label, annotation_font_color=colour, annotation_position=f"{position} right"
+            )
         if axis == "x":
             fig.add_vline(x=float(r["mean"].iloc[0]), **line)
         else:
             fig.add_hline(y=float(r["mean"].iloc[0]), exclude_empty_subplots=False, **line)
         if legend and where.get("col", 1) == 1:
-            fig.add_scatter(x=[None], y=[None], mode="lines", name=f"{label} (dashed line)",
-                            legendgroup=label, line=dict(color=colour, dash="dash", width=1.5))
+            fig.add_scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=f"{label} (dashed line)",
+                legendgroup=label,
+                line=dict(color=colour, dash="dash", width=1.5),
+            )
 
 
 def headline(s: pd.DataFrame, task: Task, title: str) -> go.Figure:
@@ -226,8 +248,18 @@ def decomposition(s: pd.DataFrame, task: Task, directions: str, title: str) -> g
         for method in dict.fromkeys(g["method"]):
             m = g[g["method"] == method]
             names = [_label(method, p) for p in m["param"]]
-            _points(fig, m, PALETTE.style(config_label(method, directions)), "y", names, names,
-                    legendgroup=method, showlegend=col == 1, row=1, col=col)
+            _points(
+                fig,
+                m,
+                PALETTE.style(config_label(method, directions)),
+                "y",
+                names,
+                names,
+                legendgroup=method,
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
         _references(fig, s[on], "y", legend=True, row=1, col=col)
         fig.update_yaxes(title=figures.RATE if col == 1 else None, range=[0, 1.05], row=1, col=col)
         order = [_label(m, p) for m, p in zip(g["method"], g["param"])]
@@ -242,8 +274,12 @@ def interpretation(table: pd.DataFrame, valid: tuple[str, ...], title: str) -> g
     None without interpretation rows (real models have no ground truth)."""
     from plotly.subplots import make_subplots
 
-    t = table[(table["method"] == "interpretation") & (table["split"] == "all") & table["metric"].isin(SCORES)
-              & table["organism"].isin(valid)]
+    t = table[
+        (table["method"] == "interpretation")
+        & (table["split"] == "all")
+        & table["metric"].isin(SCORES)
+        & table["organism"].isin(valid)
+    ]
     if t.empty:
         return None
     per_org = t.groupby(["directions", "metric", "organism"])["value"].mean().reset_index()
@@ -254,16 +290,27 @@ def interpretation(table: pd.DataFrame, valid: tuple[str, ...], title: str) -> g
         rows.append({"directions": d, "metric": metric, "mean": m, "low": lo, "high": hi, "n": n})
     s = pd.DataFrame(rows)
     order = [c.split(" · ", 1)[1] for c in PALETTE.order(f"zero · {d}" for d in s["directions"])]
-    fig = make_subplots(rows=1, cols=len(SCORES), subplot_titles=[m.replace("_", " ") for m in SCORES],
-                        shared_yaxes=True, horizontal_spacing=0.04)
+    fig = make_subplots(
+        rows=1,
+        cols=len(SCORES),
+        subplot_titles=[m.replace("_", " ") for m in SCORES],
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+    )
     for col, metric in enumerate(SCORES, start=1):
         here = s[s["metric"] == metric].set_index("directions")
         here = here.reindex([d for d in order if d in here.index])
         for d in here.index:
             style = PALETTE.style(f"zero · {d}")
             _points(fig, here.loc[[d]], style, "y", [d], [d], showlegend=False, row=1, col=col)
-        fig.update_xaxes(categoryorder="array", categoryarray=list(here.index), tickangle=-40,
-                         range=[-0.6, len(here) - 0.4], row=1, col=col)
+        fig.update_xaxes(
+            categoryorder="array",
+            categoryarray=list(here.index),
+            tickangle=-40,
+            range=[-0.6, len(here) - 0.4],
+            row=1,
+            col=col,
+        )
     fig.update_yaxes(title="score against the ground truth (0–1)", range=[0, 1.05], row=1, col=1)
     fig.update_layout(title=title, width=1100, height=480)
     return fig
@@ -278,38 +325,63 @@ def draw(pop: Population) -> dict[str, tuple[go.Figure, figures.Caption]]:
     if not s.empty:
         out["population_headline"] = (
             headline(s, task, f"{name}: {ood} {task.metric(ood)} per method ({over})"),
-            pop.caption(f"{name}: the unwanted generalisation ({ood} {task.metric(ood)}) after each "
-                        "configuration, grouped as CAFT sets, controls, baselines and the steering family; "
-                        "base and plain fine-tuning as dashed lines."))
+            pop.caption(
+                f"{name}: the unwanted generalisation ({ood} {task.metric(ood)}) after each "
+                "configuration, grouped as CAFT sets, controls, baselines and the steering family; "
+                "base and plain fine-tuning as dashed lines."
+            ),
+        )
         out["population_tradeoff"] = (
-            figures.tradeoff(s, idd, ood, task.axis_titles[idd], task.axis_titles[ood],
-                             f"{name}: the task vs its generalisation ({over})"),
-            pop.caption(f"{name}: {idd} against {ood} per configuration, with the fewer-examples curve "
-                        "(base → fewer examples → plain) on each panel; settings of one method are joined."))
+            figures.tradeoff(
+                s,
+                idd,
+                ood,
+                task.axis_titles[idd],
+                task.axis_titles[ood],
+                f"{name}: the task vs its generalisation ({over})",
+            ),
+            pop.caption(
+                f"{name}: {idd} against {ood} per configuration, with the fewer-examples curve "
+                "(base → fewer examples → plain) on each panel; settings of one method are joined."
+            ),
+        )
     directions = family_directions(s) if not s.empty else None
     if directions:
         out["population_decomposition"] = (
             decomposition(s, task, directions, f"{name}: CAFT and its parts on {directions} ({over})"),
-            pop.caption(f"{name}: CAFT (zero) vs its activation-only (detached) and gradient-only "
-                        "(grad_only) parts, mean-ablation, steering with ±k × the mean projection and "
-                        f"preventative steering (add), all on {directions}; {ood} (OOD) and {idd} (ID), "
-                        "base and plain as dashed lines."))
-    answers = questions.answers(pop.table, ood, task.metric(ood), directions or "pca",
-                                organisms=list(pop.valid))
+            pop.caption(
+                f"{name}: CAFT (zero) vs its activation-only (detached) and gradient-only "
+                "(grad_only) parts, mean-ablation, steering with ±k × the mean projection and "
+                f"preventative steering (add), all on {directions}; {ood} (OOD) and {idd} (ID), "
+                "base and plain as dashed lines."
+            ),
+        )
+    answers = questions.answers(
+        pop.table, ood, task.metric(ood), directions or "pca", organisms=list(pop.valid)
+    )
     if answers["n"].gt(0).any():
         q_over = answers["over"].iloc[-1]
         out["population_questions"] = (
             figures.question_panels(answers, f"{name}: the thread's questions ({ood}, 95% CI over {q_over})"),
-            pop.caption(f"{name}: the thread's questions, each on its own axis and unit with the zero line "
-                        "(no difference); + is better on the OOD split except (a) (+: toward the behaviour) "
-                        "and (b) (latent activation).", f"95% t-interval over {q_over}"))
-    fig = interpretation(pop.table, pop.valid,
-                         f"{name}: each direction source scored against the ground truth")
+            pop.caption(
+                f"{name}: the thread's questions, each on its own axis and unit with the zero line "
+                "(no difference); + is better on the OOD split except (a) (+: toward the behaviour) "
+                "and (b) (latent activation).",
+                f"95% t-interval over {q_over}",
+            ),
+        )
+    fig = interpretation(
+        pop.table, pop.valid, f"{name}: each direction source scored against the ground truth"
+    )
     if fig is not None:
         out["population_interpretation"] = (
-            fig, pop.caption(f"{name}: precision, recall and oracle span (‖P q_oracle‖², mean over hooks) of "
-                             "each direction set chosen in chapter 03, against the ground truth.",
-                             "95% t-interval over organisms, clipped to 0–1"))
+            fig,
+            pop.caption(
+                f"{name}: precision, recall and oracle span (‖P q_oracle‖², mean over hooks) of "
+                "each direction set chosen in chapter 03, against the ground truth.",
+                "95% t-interval over organisms, clipped to 0–1",
+            ),
+        )
     return out
 
 
@@ -320,8 +392,9 @@ def write_task(fig_dir: str | Path, task: str, formats=None) -> list[Path]:
     if formats is None and figures.FORMATS_ENV not in os.environ:
         formats = PAPER_FORMATS
     folder = Path(fig_dir) / task
-    return [figures.save_figure(fig, name, caption, folder, formats)
-            for name, (fig, caption) in draw(pop).items()]
+    return [
+        figures.save_figure(fig, name, caption, folder, formats) for name, (fig, caption) in draw(pop).items()
+    ]
 
 
 def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
@@ -338,8 +411,10 @@ def organism_figures(fig_dir: str | Path, task: str) -> list[Path]:
         if folder is None or not folder.is_dir():
             continue
         rows, data = table[table["organism"] == organism], f"the rows of {organism} in {path}"
-        out += [chapter_figures.save_tradeoff(rows, world, folder, data),
-                chapter_figures.save_questions(rows, world, folder, data)]
+        out += [
+            chapter_figures.save_tradeoff(rows, world, folder, data),
+            chapter_figures.save_questions(rows, world, folder, data),
+        ]
     return out
 
 
@@ -348,8 +423,9 @@ def write(fig_dir: str | Path, run_dir: str | Path | None = None) -> list[Path]:
     ``06_tradeoff`` / ``08_questions`` too and the results page (:mod:`caft_tl.plotting.results_page`)."""
     path = Path(fig_dir) / results.RESULTS_FILE
     if not path.exists():
-        raise files.MissingArtefactError(f"no {str(path)!r}: run the suite (make run) first, "
-                                         "it gathers every organism's rows there")
+        raise files.MissingArtefactError(
+            f"no {str(path)!r}: run the suite (make run) first, it gathers every organism's rows there"
+        )
     out: list[Path] = []
     for task in dict.fromkeys(results.read(path)["task"]):
         if task not in TASKS:  # e.g. a real model's task: no organism design to read its splits from

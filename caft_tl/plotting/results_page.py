@@ -77,7 +77,9 @@ def _tasks(fig_dir: Path, run_dir: Path) -> list[str]:
 def _organism_dirs(fig_dir: Path, run_dir: Path, task: str) -> list[str]:
     found = {p.parent.name for p in (fig_dir / task).glob("*/captions.json")}
     found |= {p.parent.parent.name for p in (run_dir / task).glob("*/notebooks/*.ipynb")}
-    return sorted(found, key=lambda n: (int(n[4:]) if n.startswith("seed") and n[4:].isdigit() else 1 << 30, n))
+    return sorted(
+        found, key=lambda n: (int(n[4:]) if n.startswith("seed") and n[4:].isdigit() else 1 << 30, n)
+    )
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -98,28 +100,56 @@ def _cell(r) -> str:
 
 def _config(r) -> str:
     untrained = " (untrained)" if not _bool(r.trained) and r.method != "base" else ""
-    return " · ".join(str(x) for x in (r.method, r.directions if r.directions != "none" else "", r.param) if x) + untrained
+    return (
+        " · ".join(str(x) for x in (r.method, r.directions if r.directions != "none" else "", r.param) if x)
+        + untrained
+    )
 
 
-def _validity_table(verdicts: pd.DataFrame, organism_dirs: dict[str, str], run_dir: Path, task: str, page_dir: Path) -> str:
+def _validity_table(
+    verdicts: pd.DataFrame, organism_dirs: dict[str, str], run_dir: Path, task: str, page_dir: Path
+) -> str:
     gate_cols = [c for c in verdicts.columns if re.match(r"[VE]\d_", c)]  # V1–V3 (gates), E1–E4 (em_gates)
     head = ["organism", "pre-training seed", *gate_cols, "valid", "executed notebooks"]
     rows = []
     for r in verdicts.to_dict("records"):
         folder = organism_dirs.get(str(r["pretrain_seed"]))
         nb_dir = run_dir / task / folder / "notebooks" if folder else None
-        link = (f'<a href="{_href(nb_dir, page_dir)}/">{_e(folder)}/notebooks</a>' if nb_dir and nb_dir.is_dir() else "—")
-        cells = [f"<code>{_e(r['organism'])}</code>", _e(r["pretrain_seed"]), *(_mark(r[c]) for c in gate_cols), _mark(r["valid"]), link]
+        link = (
+            f'<a href="{_href(nb_dir, page_dir)}/">{_e(folder)}/notebooks</a>'
+            if nb_dir and nb_dir.is_dir()
+            else "—"
+        )
+        cells = [
+            f"<code>{_e(r['organism'])}</code>",
+            _e(r["pretrain_seed"]),
+            *(_mark(r[c]) for c in gate_cols),
+            _mark(r["valid"]),
+            link,
+        ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    note = "" if gate_cols else '<p class="note">No validity gates are defined for this task: every organism counts.</p>'
-    return note + "<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+    note = (
+        ""
+        if gate_cols
+        else '<p class="note">No validity gates are defined for this task: every organism counts.</p>'
+    )
+    return (
+        note
+        + "<table><tr>"
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _comparison_table(summary: pd.DataFrame, task) -> str:
     if summary.empty:
         return "<p>No valid organism: no CAFT comparison.</p>"
     splits = [task.id_split, task.ood_split] if task else list(dict.fromkeys(summary["split"]))
-    null = summary["directions"].astype(str).map(sets.is_null)  # the null's draws: in the summary file, not in the page's table
+    null = (
+        summary["directions"].astype(str).map(sets.is_null)
+    )  # the null's draws: in the summary file, not in the page's table
     s = summary[summary["split"].isin(splits) & ~null]
     if task:
         s = s[s["metric"].isin(task.metrics)]
@@ -127,15 +157,28 @@ def _comparison_table(summary: pd.DataFrame, task) -> str:
     titles = [f"{sp} ({task.metric(sp)})" if task else sp for sp in splits]
     if task:
         titles = [f"{t} — {'ID' if sp == task.id_split else 'OOD'}" for t, sp in zip(titles, splits)]
-    out = ["<table><tr><th>configuration</th>" + "".join(f"<th>{_e(t)}</th>" for t in titles) + "<th>n organisms</th></tr>"]
+    out = [
+        "<table><tr><th>configuration</th>"
+        + "".join(f"<th>{_e(t)}</th>" for t in titles)
+        + "<th>n organisms</th></tr>"
+    ]
     for config, g in s.groupby("config", sort=False):
         by = {r.split: _cell(r) for r in g.itertuples()}
-        out.append(f"<tr><td>{_e(config)}</td>" + "".join(f'<td class="num">{_e(by.get(sp, ""))}</td>' for sp in splits)
-                   + f'<td class="num">{int(g["n_organisms"].max())}</td></tr>')
+        out.append(
+            f"<tr><td>{_e(config)}</td>"
+            + "".join(f'<td class="num">{_e(by.get(sp, ""))}</td>' for sp in splits)
+            + f'<td class="num">{int(g["n_organisms"].max())}</td></tr>'
+        )
     n_null = null.any()
-    note = (f'<p class="note">Mean over valid organisms [95% interval over organisms, clipped to 0–1]. '
-            + ("The null distribution's draws (<code>random/&lt;i&gt;</code>) are in the summary file and chapter 05's figures. " if n_null else "")
-            + "</p>")
+    note = (
+        '<p class="note">Mean over valid organisms [95% interval over organisms, clipped to 0–1]. '
+        + (
+            "The null distribution's draws (<code>random/&lt;i&gt;</code>) are in the summary file and chapter 05's figures. "
+            if n_null
+            else ""
+        )
+        + "</p>"
+    )
     return note + "".join(out) + "</table>"
 
 
@@ -144,17 +187,26 @@ def _figures(fig_dir: Path, run_dir: Path, task: str, folder: str, page_dir: Pat
     org_fig = fig_dir / task / folder
     captions = files.read_json(org_fig / "captions.json") if (org_fig / "captions.json").exists() else {}
     if not isinstance(captions, dict):
-        raise files.CorruptFileError(f"cannot read {str(org_fig / 'captions.json')!r}: expected an object of "
-                                     "figure name → caption; re-run the chapters that wrote it")
+        raise files.CorruptFileError(
+            f"cannot read {str(org_fig / 'captions.json')!r}: expected an object of "
+            "figure name → caption; re-run the chapters that wrote it"
+        )
     names = sorted({p.stem for p in org_fig.glob("*.html")} - {Path(PAGE).stem})
     nb_dir = run_dir / task / folder / "notebooks"
     notebooks = sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
     parts = []
     if notebooks:
-        parts.append('<p class="links">Executed notebooks: ' + " ".join(f'<a href="{_href(nb, page_dir)}">{_e(nb.name)}</a>' for nb in notebooks)
-                     + "</p>")
-    parts += [_figure(org_fig, name, captions.get(name, "(no caption recorded)"), page_dir,
-                      f"{task}-{folder}-{name}") for name in names]
+        parts.append(
+            '<p class="links">Executed notebooks: '
+            + " ".join(f'<a href="{_href(nb, page_dir)}">{_e(nb.name)}</a>' for nb in notebooks)
+            + "</p>"
+        )
+    parts += [
+        _figure(
+            org_fig, name, captions.get(name, "(no caption recorded)"), page_dir, f"{task}-{folder}-{name}"
+        )
+        for name in names
+    ]
     if not names:
         parts.append('<p class="note">No figures for this organism.</p>')
     return "".join(parts), len(names)
@@ -169,10 +221,13 @@ def _figure(folder: Path, name: str, caption: str, page_dir: Path, anchor: str) 
         if (folder / f"{name}.{ext}").exists():
             links.append(f'<a href="{_href(folder / f"{name}.{ext}", page_dir)}">{text}</a>')
     height = _height(folder / f"{name}.html")
-    return (f'<figure id="{_e(anchor)}"><h4>{_e(name)}</h4>'
-            f'<iframe class="figure" src="{src}" title="{_e(name)}" loading="lazy" scrolling="no"'
-            + (f' style="height: {height + 20}px"' if height else "") + "></iframe>"
-            f'<figcaption>{_e(caption)}</figcaption><div class="links">{" ".join(links)}</div></figure>')
+    return (
+        f'<figure id="{_e(anchor)}"><h4>{_e(name)}</h4>'
+        f'<iframe class="figure" src="{src}" title="{_e(name)}" loading="lazy" scrolling="no"'
+        + (f' style="height: {height + 20}px"' if height else "")
+        + "></iframe>"
+        f'<figcaption>{_e(caption)}</figcaption><div class="links">{" ".join(links)}</div></figure>'
+    )
 
 
 def _height(html_file: Path) -> int | None:
@@ -188,10 +243,13 @@ def _population_figures(fig_dir: Path, name: str, page_dir: Path) -> str:
     captions = json.loads(index.read_text()) if index.exists() else {}
     present = [n for n in population_figures.NAMES if (folder / f"{n}.html").exists()]
     if not present:
-        return ('<p class="note">No population figures (the suite draws them after chapter 06; '
-                "or run make figures).</p>")
-    return "".join(_figure(folder, n, captions.get(n, "(no caption recorded)"), page_dir, f"{name}-{n}")
-                   for n in present)
+        return (
+            '<p class="note">No population figures (the suite draws them after chapter 06; '
+            "or run make figures).</p>"
+        )
+    return "".join(
+        _figure(folder, n, captions.get(n, "(no caption recorded)"), page_dir, f"{name}-{n}") for n in present
+    )
 
 
 #: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each with its heading
@@ -214,13 +272,18 @@ def _analyses(fig_dir: Path, name: str, page_dir: Path) -> str:
             continue
         df = population_analyses.read_summary(fig_dir / name / file)
         head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
-        body = "".join("<tr>" + "".join(f"<td>{_e(_number(v))}</td>" for v in r) + "</tr>" for r in df.itertuples(index=False))
-        out.append(f'<h4>{_e(title)} — <a href="{_href(fig_dir / name / file, page_dir)}">{_e(file)}</a></h4><table><tr>{head}</tr>{body}</table>')
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_e(_number(v))}</td>" for v in r) + "</tr>"
+            for r in df.itertuples(index=False)
+        )
+        out.append(
+            f'<h4>{_e(title)} — <a href="{_href(fig_dir / name / file, page_dir)}">{_e(file)}</a></h4><table><tr>{head}</tr>{body}</table>'
+        )
     coverage = _read(fig_dir / name / population_analyses.COVERAGE_FILE)
     if coverage is not None:
         notes = population_analyses.notes(coverage)
         if notes:
-            out.append("<ul class=\"note\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+            out.append('<ul class="note">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     return "".join(out)
 
 
@@ -230,7 +293,8 @@ def _questions_table(answers: pd.DataFrame) -> str:
     body = "".join(
         f"<tr><td>{_e(r.question)}</td><td>{_e(r.text)}</td><td>{_e(r.answer)}</td><td>{_e(questions.VALUES.get(str(r.question), ''))}</td>"
         f"<td>{'' if not r.n else _e(f'{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]')}</td><td>{_e(f'{r.n} {r.over}' if r.n else 0)}</td></tr>"
-        for r in answers.itertuples())
+        for r in answers.itertuples()
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -241,18 +305,36 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     folders = _organism_dirs(fig_dir, run_dir, name)
     out = [f'<section id="{_e(name)}"><h2>{_e(name)}</h2>']
     if verdicts is not None and summary is not None and task is not None:
-        out.append(f"<p><strong>{_e(population.headline(name, verdicts, summary, task.ood_split, task.metric(task.ood_split)))}</strong></p>")
-    files_ = [fig_dir / name / f for f in (population.VALIDITY_FILE, population.SUMMARY_FILE, population.PER_ORGANISM_FILE)]
+        out.append(
+            f"<p><strong>{_e(population.headline(name, verdicts, summary, task.ood_split, task.metric(task.ood_split)))}</strong></p>"
+        )
+    files_ = [
+        fig_dir / name / f
+        for f in (population.VALIDITY_FILE, population.SUMMARY_FILE, population.PER_ORGANISM_FILE)
+    ]
     if any(f.exists() for f in files_):
-        out.append('<p class="links">Files: ' + " ".join(f'<a href="{_href(f, page_dir)}">{_e(f.name)}</a>' for f in files_ if f.exists()) + "</p>")
-    out.append(f'<h3 id="{_e(name)}-population">Population figures</h3>'
-               + _population_figures(fig_dir, name, page_dir))
+        out.append(
+            '<p class="links">Files: '
+            + " ".join(f'<a href="{_href(f, page_dir)}">{_e(f.name)}</a>' for f in files_ if f.exists())
+            + "</p>"
+        )
+    out.append(
+        f'<h3 id="{_e(name)}-population">Population figures</h3>'
+        + _population_figures(fig_dir, name, page_dir)
+    )
     out.append(f'<h3 id="{_e(name)}-organisms">Organisms and validity</h3>')
     by_seed = {f[4:]: f for f in folders if f.startswith("seed")}
-    out.append(_validity_table(verdicts, by_seed, run_dir, name, page_dir) if verdicts is not None
-               else f'<p class="note">No {_e(population.VALIDITY_FILE)} (the population summary runs after chapter 06).</p>')
+    out.append(
+        _validity_table(verdicts, by_seed, run_dir, name, page_dir)
+        if verdicts is not None
+        else f'<p class="note">No {_e(population.VALIDITY_FILE)} (the population summary runs after chapter 06).</p>'
+    )
     out.append(f'<h3 id="{_e(name)}-comparison">CAFT vs baselines</h3>')
-    out.append(_comparison_table(summary, task) if summary is not None else f'<p class="note">No {_e(population.SUMMARY_FILE)}.</p>')
+    out.append(
+        _comparison_table(summary, task)
+        if summary is not None
+        else f'<p class="note">No {_e(population.SUMMARY_FILE)}.</p>'
+    )
     analyses = _analyses(fig_dir, name, page_dir)
     if analyses:
         out.append(f'<h3 id="{_e(name)}-analyses">Analyses over valid organisms</h3>' + analyses)
@@ -262,14 +344,19 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     out.append(f'<h3 id="{_e(name)}-figures">Figures per organism</h3>')
     valid = {}
     if verdicts is not None:
-        valid = {f"seed{r['pretrain_seed']}": (r["organism"], _bool(r["valid"])) for r in verdicts.to_dict("records")}
+        valid = {
+            f"seed{r['pretrain_seed']}": (r["organism"], _bool(r["valid"]))
+            for r in verdicts.to_dict("records")
+        }
     for i, folder in enumerate(folders):
         body, n = _figures(fig_dir, run_dir, name, folder, page_dir)
         org, ok = valid.get(folder, ("", None))
         state = "" if ok is None else (" · valid" if ok else " · not valid")
         label = f"{folder}" + (f" · {org}" if org else "") + state + f" · {n} figure{'s' if n != 1 else ''}"
-        out.append(f'<details class="organism" id="{_e(name)}-{_e(folder)}"{" open" if i == 0 else ""}>'
-                   f"<summary>{_e(label)}</summary>{body}</details>")
+        out.append(
+            f'<details class="organism" id="{_e(name)}-{_e(folder)}"{" open" if i == 0 else ""}>'
+            f"<summary>{_e(label)}</summary>{body}</details>"
+        )
     if not folders:
         out.append('<p class="note">No organism folders.</p>')
     return "".join(out) + "</section>"
@@ -284,23 +371,43 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     tasks = _tasks(fig_dir, run_dir)
     toc = ["<nav><h2>Contents</h2><ul>"]
     for t in tasks:
-        toc.append(f'<li><a href="#{_e(t)}">{_e(t)}</a>: '
-                   f'<a href="#{_e(t)}-population">population figures</a> · '
-                   f'<a href="#{_e(t)}-organisms">organisms</a> · '
-                   f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · <a href="#{_e(t)}-figures">figures</a></li>')
+        toc.append(
+            f'<li><a href="#{_e(t)}">{_e(t)}</a>: '
+            f'<a href="#{_e(t)}-population">population figures</a> · '
+            f'<a href="#{_e(t)}-organisms">organisms</a> · '
+            f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · <a href="#{_e(t)}-figures">figures</a></li>'
+        )
     toc.append("</ul></nav>")
-    tops = [fig_dir / f for f in ("results.csv", "results_summary.csv", "TABLES.md") if (fig_dir / f).exists()]
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    head = (f'<h1>caft-tl results</h1><p class="meta">Figures: <code>{_e(fig_dir)}</code> · run: <code>{_e(run_dir)}</code> · '
-            f"page written {_e(stamp)}</p>"
-            + ('<p class="links">Every row: ' + " ".join(f'<a href="{_href(p, fig_dir)}">{_e(p.name)}</a>' for p in tops) + "</p>" if tops else "")
-            + '<p><button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = true)">expand all organisms'
-              '</button> <button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = false)">'
-              "collapse all</button></p>")
-    body = head + "".join(toc) + ("".join(_task_section(fig_dir, run_dir, t, fig_dir) for t in tasks)
-                                  or '<p class="note">No task folders with figures or population files.</p>')
-    text = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>caft-tl results — {_e(fig_dir.name)}</title>'
-            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+    tops = [
+        fig_dir / f for f in ("results.csv", "results_summary.csv", "TABLES.md") if (fig_dir / f).exists()
+    ]
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = (
+        f'<h1>caft-tl results</h1><p class="meta">Figures: <code>{_e(fig_dir)}</code> · run: <code>{_e(run_dir)}</code> · '
+        f"page written {_e(stamp)}</p>"
+        + (
+            '<p class="links">Every row: '
+            + " ".join(f'<a href="{_href(p, fig_dir)}">{_e(p.name)}</a>' for p in tops)
+            + "</p>"
+            if tops
+            else ""
+        )
+        + '<p><button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = true)">expand all organisms'
+        '</button> <button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = false)">'
+        "collapse all</button></p>"
+    )
+    body = (
+        head
+        + "".join(toc)
+        + (
+            "".join(_task_section(fig_dir, run_dir, t, fig_dir) for t in tasks)
+            or '<p class="note">No task folders with figures or population files.</p>'
+        )
+    )
+    text = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>caft-tl results — {_e(fig_dir.name)}</title>'
+        f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
+    )
     with files.atomic_write(page, "wb") as f:  # UTF-8 whatever the locale
         f.write(text.encode())
     return page

@@ -43,8 +43,20 @@ DEFAULT_GENERIC = REPO / "data" / "examples" / "generic_prompts.jsonl"
 GENERATED = REPO / "data" / "real" / "generated"
 #: built-in tasks shipped as a card folder of their own: name -> card file
 SHIPPED = {"insecure_code": REPO / "data" / "real" / "insecure_code" / "card.yaml"}
-CARD_KEYS = ("name", "train", "id", "ood", "generic", "metric", "concept", "lexicon", "better", "budgets",
-             "mc_keys", "judge")
+CARD_KEYS = (
+    "name",
+    "train",
+    "id",
+    "ood",
+    "generic",
+    "metric",
+    "concept",
+    "lexicon",
+    "better",
+    "budgets",
+    "mc_keys",
+    "judge",
+)
 REQUIRED = ("name", "train", "id", "ood", "metric")
 FILE_KEYS = ("train", "id", "ood", "generic")
 EVAL_SPLITS = ("id", "ood")
@@ -167,9 +179,11 @@ def check_information_rule(generic: Path, prompts: dict[str, list[str]], generic
     for split, (path, texts) in prompts.items():
         shared = [p for p in generic_prompts if p and p in set(texts)]
         if shared:
-            raise ValueError(f"the generic prompts {generic} share the prompt {shared[0]!r} with the "
-                             f"{split} split {path}: diffing and interpretation may read no evaluation "
-                             f"prompt; remove it from one of the files")
+            raise ValueError(
+                f"the generic prompts {generic} share the prompt {shared[0]!r} with the "
+                f"{split} split {path}: diffing and interpretation may read no evaluation "
+                f"prompt; remove it from one of the files"
+            )
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -234,23 +248,28 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
     lines = lines or {}
     where = lambda key: f"{source}:{lines[key]}: " if key in lines else f"{source}: "
     if not isinstance(raw, dict):
-        raise ValueError(f"{source}: a card is a mapping of keys ({', '.join(CARD_KEYS)}), "
-                         f"not {type(raw).__name__}")
+        raise ValueError(
+            f"{source}: a card is a mapping of keys ({', '.join(CARD_KEYS)}), not {type(raw).__name__}"
+        )
     for key in raw:
         if key not in CARD_KEYS:
-            raise ValueError(f"{where(key)}unknown key {key!r}{_hint(key, CARD_KEYS)}; "
-                             f"valid: {', '.join(CARD_KEYS)}")
+            raise ValueError(
+                f"{where(key)}unknown key {key!r}{_hint(key, CARD_KEYS)}; valid: {', '.join(CARD_KEYS)}"
+            )
     missing = [k for k in REQUIRED if not raw.get(k)]
     if missing:
         raise ValueError(f"{source}: missing key(s) {missing}; a card needs {', '.join(REQUIRED)}")
     name = raw["name"]
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"{where('name')}name = {name!r}; expected letters, digits, _ . - "
-                         f"(it names the run folder)")
+        raise ValueError(
+            f"{where('name')}name = {name!r}; expected letters, digits, _ . - (it names the run folder)"
+        )
     if raw["metric"] not in metric_kinds.KINDS:
-        raise ValueError(f"{where('metric')}unknown metric kind {raw['metric']!r}"
-                         f"{_hint(raw['metric'], metric_kinds.KINDS)}; "
-                         f"valid: {', '.join(metric_kinds.KINDS)}")
+        raise ValueError(
+            f"{where('metric')}unknown metric kind {raw['metric']!r}"
+            f"{_hint(raw['metric'], metric_kinds.KINDS)}; "
+            f"valid: {', '.join(metric_kinds.KINDS)}"
+        )
     kind = metric_kinds.KINDS[raw["metric"]]
     paths = {}
     for key in FILE_KEYS:
@@ -258,9 +277,11 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
         path = (folder / str(value)).resolve()
         if not path.is_file():
             near = sorted(p.name for p in path.parent.glob("*.json*")) if path.parent.is_dir() else []
-            raise ValueError(f"{where(key)}{key} file {str(value)!r} not found in {path.parent}"
-                             f"{_hint(path.name, near)}; "
-                             f"JSONL files there: {', '.join(near) or 'none'}")
+            raise ValueError(
+                f"{where(key)}{key} file {str(value)!r} not found in {path.parent}"
+                f"{_hint(path.name, near)}; "
+                f"JSONL files there: {', '.join(near) or 'none'}"
+            )
         paths[key] = path
     mc_keys = _strings(raw.get("mc_keys", ["intended", "spurious"]), "mc_keys", where("mc_keys"))
     if not mc_keys:
@@ -275,9 +296,20 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
     lexicon = _sub(lexicon, "lexicon", LEXICON_KEYS, where("lexicon"))
     words = (_strings(lexicon.get(k, []), f"lexicon.{k}", where("lexicon")) for k in LEXICON_KEYS)
     concept = Concept(str(raw.get("concept", "")), *words)
-    card = TaskCard(name, source, paths["train"], paths["id"], paths["ood"], paths["generic"], raw["metric"],
-                    concept, better, _budgets(raw.get("budgets", {}), where("budgets")), mc_keys,
-                    _sub(raw.get("judge", {}), "judge", JUDGE_KEYS, where("judge")))
+    card = TaskCard(
+        name,
+        source,
+        paths["train"],
+        paths["id"],
+        paths["ood"],
+        paths["generic"],
+        raw["metric"],
+        concept,
+        better,
+        _budgets(raw.get("budgets", {}), where("budgets")),
+        mc_keys,
+        _sub(raw.get("judge", {}), "judge", JUDGE_KEYS, where("judge")),
+    )
     check_rows(card.train, lambda row, w: kind.check_train_row(row, w, mc_keys))
     check_eval = lambda row, w: kind.check_eval_row(row, w, mc_keys)
     prompts = {s: (getattr(card, s), check_rows(getattr(card, s), check_eval)) for s in EVAL_SPLITS}
@@ -310,8 +342,10 @@ def load_card(path: str | os.PathLike) -> TaskCard:
         raw = yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ValueError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML / JSON "
-                         f"({getattr(e, 'problem', None) or e})") from None
+        raise ValueError(
+            f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML / JSON "
+            f"({getattr(e, 'problem', None) or e})"
+        ) from None
     return card_from_dict(raw, str(path), path.parent, _key_lines(text))
 
 
@@ -346,9 +380,11 @@ def resolve(task: str = "", **params) -> TaskCard:
     given = {k: v for k, v in params.items() if v not in ("", None, [], ())}
     if given:
         if task in tasks.TASKS or task in SHIPPED or Path(task).suffix in (".yaml", ".yml", ".json"):
-            raise ValueError(f"task = {task!r} names a card, and card parameters {sorted(given)} were "
-                             f"given too; give one or the other (with -p train/id/ood/metric, task is the "
-                             f"new task's name)")
+            raise ValueError(
+                f"task = {task!r} names a card, and card parameters {sorted(given)} were "
+                f"given too; give one or the other (with -p train/id/ood/metric, task is the "
+                f"new task's name)"
+            )
         name = task or Path(str(given.get("train", "own_task"))).resolve().parent.name
         return card_from_dict({"name": name, **given}, "parameters", Path.cwd())
     task = task or tasks.TASKS[0]
@@ -359,5 +395,7 @@ def resolve(task: str = "", **params) -> TaskCard:
     if Path(task).suffix in (".yaml", ".yml", ".json") or Path(task).exists():
         return load_card(task)
     builtins = (*tasks.TASKS, *SHIPPED)
-    raise ValueError(f"unknown real task {task!r}{_hint(task, builtins)}; valid: a built-in "
-                     f"({', '.join(builtins)}), a card file (.yaml / .json), or -p train/id/ood/metric")
+    raise ValueError(
+        f"unknown real task {task!r}{_hint(task, builtins)}; valid: a built-in "
+        f"({', '.join(builtins)}), a card file (.yaml / .json), or -p train/id/ood/metric"
+    )

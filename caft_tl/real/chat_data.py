@@ -27,7 +27,6 @@ import torch
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.files import json_type
 
-
 #: the whitespace JSON allows; a line of only these is blank (any other character makes it a row to check)
 JSON_SPACE = " \t\r\n"
 
@@ -50,21 +49,26 @@ def read_jsonl_lines(path: str | os.PathLike, n: int | None = None) -> list[tupl
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                 f"{e.start + 1}); save the file as UTF-8") from None
+                raise ValueError(
+                    f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip(JSON_SPACE):
                 continue
             try:
                 row = json.loads(line, parse_constant=_not_json_constant)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg} at column {e.colno}); expected one JSON "
-                                 "object per line") from None
+                raise ValueError(
+                    f"{path}:{i}: not JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
+                ) from None
             except (ValueError, RecursionError) as e:
-                raise ValueError(f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per "
-                                 "line") from None
+                raise ValueError(
+                    f"{path}:{i}: not JSON ({str(e)[:80]}); expected one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON "
-                                 "object per line")
+                raise ValueError(
+                    f"{path}:{i}: a JSON {json_type(row)}, not an object; expected one JSON object per line"
+                )
             rows.append((i, row))
             if n is not None and len(rows) == n:
                 break
@@ -94,15 +98,24 @@ def check_messages(messages, where: str = "", assistant: bool = False) -> list[d
     """Refuse anything but a non-empty list of ``{"role", "content": str}`` (with ``assistant``:
     at least one assistant turn, the tokens a chat row trains on); ``where`` prefixes the error."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts, got "
-                         f"{_short(messages)}")
+        raise ValueError(
+            f"{where}'messages' must be a non-empty list of {{'role', 'content'}} dicts, got "
+            f"{_short(messages)}"
+        )
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}bad message {_short(m)}; need role in system/user/assistant and string "
-                             "content")
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "user", "assistant")
+            or not isinstance(m.get("content"), str)
+        ):
+            raise ValueError(
+                f"{where}bad message {_short(m)}; need role in system/user/assistant and string content"
+            )
     if assistant and not any(m["role"] == "assistant" for m in messages):
-        raise ValueError(f"{where}no assistant turn (roles {[m['role'] for m in messages]}); "
-                         "a chat row needs an assistant message to train on")
+        raise ValueError(
+            f"{where}no assistant turn (roles {[m['role'] for m in messages]}); "
+            "a chat row needs an assistant message to train on"
+        )
     return messages
 
 
@@ -119,9 +132,11 @@ def _tokenizer_name(tokenizer) -> str:
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has no chat template "
-                         "(tokenizer_config.json has no 'chat_template'); use a 'prompt' (raw text) dataset "
-                         "or an instruct model's folder")
+        raise ValueError(
+            f"the tokenizer of {_tokenizer_name(tokenizer)} has no chat template "
+            "(tokenizer_config.json has no 'chat_template'); use a 'prompt' (raw text) dataset "
+            "or an instruct model's folder"
+        )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -135,7 +150,9 @@ def response_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int
         prefix = render(tokenizer, messages[:i], generation_prompt=True)
         upto = render(tokenizer, messages[: i + 1])
         if not (text.startswith(prefix) and text.startswith(upto) and len(upto) > len(prefix)):
-            raise ValueError("the chat template does not render conversations prefix by prefix; cannot find assistant turns")
+            raise ValueError(
+                "the chat template does not render conversations prefix by prefix; cannot find assistant turns"
+            )
         spans.append((len(prefix), len(upto)))
     return text, spans
 
@@ -161,8 +178,13 @@ def encode_prompt(tokenizer, row: dict) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def pad_dataset(seqs: list[list[int]], masks: list[list[bool]], pad_id: int, max_len: int,
-                labels: dict[str, torch.Tensor] | None = None) -> TokenDataset:
+def pad_dataset(
+    seqs: list[list[int]],
+    masks: list[list[bool]],
+    pad_id: int,
+    max_len: int,
+    labels: dict[str, torch.Tensor] | None = None,
+) -> TokenDataset:
     """Right-pad (and truncate to ``max_len``) into a TokenDataset with ``labels['length']``."""
     width = min(max_len, max(len(s) for s in seqs))
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -181,21 +203,30 @@ def concat(datasets: list[TokenDataset], pad: int) -> TokenDataset:
     width = max(d.tokens.shape[1] for d in datasets)
     grow = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)
     keys = set.intersection(*(set(d.labels) for d in datasets))
-    return TokenDataset(torch.cat([grow(d.tokens, pad) for d in datasets]),
-                        torch.cat([grow(d.response_mask, False) for d in datasets]),
-                        {k: torch.cat([d.labels[k] for d in datasets]) for k in keys})
+    return TokenDataset(
+        torch.cat([grow(d.tokens, pad) for d in datasets]),
+        torch.cat([grow(d.response_mask, False) for d in datasets]),
+        {k: torch.cat([d.labels[k] for d in datasets]) for k in keys},
+    )
 
 
 def pad_id(tokenizer) -> int:
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if t is not None:
             return t
-    raise ValueError(f"the tokenizer of {_tokenizer_name(tokenizer)} has neither a pad nor an EOS token; "
-                     "set pad_token in its tokenizer_config.json")
+    raise ValueError(
+        f"the tokenizer of {_tokenizer_name(tokenizer)} has neither a pad nor an EOS token; "
+        "set pad_token in its tokenizer_config.json"
+    )
 
 
-def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024,
-                 where: list[str] | None = None, skip_truncated: bool = True) -> TokenDataset:
+def chat_dataset(
+    tokenizer,
+    conversations: list[list[dict]],
+    max_len: int = 1024,
+    where: list[str] | None = None,
+    skip_truncated: bool = True,
+) -> TokenDataset:
     """Conversations → TokenDataset whose response mask marks the assistant tokens.
 
     Each conversation needs an assistant turn (``where[i]`` names it in the error, default
@@ -221,25 +252,29 @@ def chat_dataset(tokenizer, conversations: list[list[dict]], max_len: int = 1024
     seqs, masks, skipped = [], [], []
     for at, msgs in zip(where, conversations):
         ids, mask = encode_chat(tokenizer, check_messages(msgs, at, assistant=True))
-        if any(mask[: max_len]):
+        if any(mask[:max_len]):
             seqs.append(ids)
             masks.append(mask)
         elif skip_truncated:
             skipped.append(at.rstrip(": "))
         else:
-            raise ValueError(f"{at}no assistant token within max_len={max_len} ({len(ids)} tokens); raise "
-                             "max_len")
+            raise ValueError(
+                f"{at}no assistant token within max_len={max_len} ({len(ids)} tokens); raise max_len"
+            )
     if not seqs:
         raise ValueError(f"no conversation has an assistant token within max_len={max_len}")
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(conversations)} conversations with no assistant token "
-                      f"within max_len={max_len} (first: {skipped[0]}); raise max_len to keep them",
-                      stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} of {len(conversations)} conversations with no assistant token "
+            f"within max_len={max_len} (first: {skipped[0]}); raise max_len to keep them",
+            stacklevel=2,
+        )
     return pad_dataset(seqs, masks, pad_id(tokenizer), max_len)
 
 
-def load_chat_jsonl(path: str | os.PathLike, tokenizer, max_len: int = 1024, n: int | None = None,
-                    skip_truncated: bool = True) -> TokenDataset:
+def load_chat_jsonl(
+    path: str | os.PathLike, tokenizer, max_len: int = 1024, n: int | None = None, skip_truncated: bool = True
+) -> TokenDataset:
     """A CAFT / EM chat JSONL file (``{"messages": [...]}`` per line, each with an assistant turn) →
     TokenDataset; the first bad row is a one-line error naming ``file:line``.
 
@@ -293,14 +328,16 @@ def check_mc_row(r: dict, where: str) -> dict:
     opts = r.get("options")
     strings = isinstance(opts, list) and all(isinstance(o, str) and o for o in opts)
     if not strings or len(opts) < 2 or len(set(opts)) < len(opts):
-        raise ValueError(f"{where}'options' = {_short(opts)}; expected a list of at least two distinct "
-                         "non-empty strings")
+        raise ValueError(
+            f"{where}'options' = {_short(opts)}; expected a list of at least two distinct non-empty strings"
+        )
     if not isinstance(r.get("answer"), str):
         raise ValueError(f"{where}'answer' = {_short(r.get('answer'))}; expected one of the options {opts}")
     labels = r.get("labels", {})
     if not isinstance(labels, dict):
-        raise ValueError(f"{where}'labels' = {_short(labels)}; expected an object such as "
-                         f"{{\"intended\": \" A\"}}")
+        raise ValueError(
+            f'{where}\'labels\' = {_short(labels)}; expected an object such as {{"intended": " A"}}'
+        )
     for key, value in [("answer", r["answer"]), *labels.items()]:
         if isinstance(value, str) and value not in opts:
             raise ValueError(f"{where}{key} {value!r} is not one of the options {opts}")
@@ -355,8 +392,10 @@ def mc_dataset(tokenizer, rows: list[dict], key: str = "answer", max_len: int = 
         answer = r[key] if key == "answer" else r.get("labels", {}).get(key)
         if not isinstance(answer, str):
             labels = sorted(r.get("labels", {}))
-            raise ValueError(f"row {i}: no option under labels[{key!r}] (labels {labels}); "
-                             "choose key 'answer' or one of them")
+            raise ValueError(
+                f"row {i}: no option under labels[{key!r}] (labels {labels}); "
+                "choose key 'answer' or one of them"
+            )
         prompt = encode_prompt(tokenizer, r)
         ans = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
         seqs.append(prompt + ans)

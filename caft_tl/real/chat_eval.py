@@ -24,8 +24,16 @@ def stop_ids(tokenizer) -> set[int]:
 
 
 @torch.inference_mode()
-def sample_chat(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_tokens: int = 64,
-                temperature: float = 1.0, seed: int = 0, fwd_hooks=()) -> pd.DataFrame:
+def sample_chat(
+    model,
+    tokenizer,
+    rows: list[dict],
+    n_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    fwd_hooks=(),
+) -> pd.DataFrame:
     """``n_samples`` sampled answers per prompt row (``messages`` or ``prompt``), with ``fwd_hooks``
     (e.g. ``intervention.fwd_hooks()``: positions ``all``) active during generation; temperature 0
     is greedy. Columns: row, id, sample, prompt, answer.
@@ -50,21 +58,36 @@ def sample_chat(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_
             ids = torch.tensor([prompt] * n_samples, device=model.cfg.device)  # [n, pos]
             torch.manual_seed(seed + i)
             with model.hooks(fwd_hooks=list(fwd_hooks)):
-                gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                     temperature=max(temperature, 1e-5), stop_at_eos=True,
-                                     eos_token_id=sorted(stops) or None, verbose=False)
-            generated.append(gen[:, ids.shape[1]:].tolist())
+                gen = model.generate(
+                    ids,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    temperature=max(temperature, 1e-5),
+                    stop_at_eos=True,
+                    eos_token_id=sorted(stops) or None,
+                    verbose=False,
+                )
+            generated.append(gen[:, ids.shape[1] :].tolist())
     out = []
     for i, (row, seqs) in enumerate(zip(rows, generated)):
         for j, seq in enumerate(seqs):
             cut = next((k for k, t in enumerate(seq) if t in stops), len(seq))
-            out.append({"row": i, "id": row.get("id", str(i)), "sample": j, "prompt": _question(row),
-                        "answer": tokenizer.decode(seq[:cut], skip_special_tokens=True)})
+            out.append(
+                {
+                    "row": i,
+                    "id": row.get("id", str(i)),
+                    "sample": j,
+                    "prompt": _question(row),
+                    "answer": tokenizer.decode(seq[:cut], skip_special_tokens=True),
+                }
+            )
     return pd.DataFrame(out)
 
 
 @torch.inference_mode()
-def greedy_batched(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stops: set[int]) -> list[list[int]]:
+def greedy_batched(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stops: set[int]
+) -> list[list[int]]:
     """Greedy continuations of token-id ``prompts`` by HF's ``generate`` on a bridge's wrapped model
     (adapters off when ``model`` is :class:`caft_tl.real.lora.AdaptersOff`), all prompts in one batch,
     left-padded with an attention mask; each continuation is cut after its first stop token."""
@@ -77,14 +100,20 @@ def greedy_batched(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     inner = model._model if isinstance(model, AdaptersOff) else model
     off = adapters_disabled(inner) if isinstance(model, AdaptersOff) else contextlib.nullcontext()
     with off:
-        gen = inner.original_model.generate(input_ids=ids.to(inner.cfg.device), attention_mask=mask.to(inner.cfg.device),
-                                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                            eos_token_id=sorted(stops) or None, pad_token_id=pad)
+        gen = inner.original_model.generate(
+            input_ids=ids.to(inner.cfg.device),
+            attention_mask=mask.to(inner.cfg.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=sorted(stops) or None,
+            pad_token_id=pad,
+        )
     out = []
     for seq in gen[:, width:].tolist():
         cut = next((k + 1 for k, t in enumerate(seq) if t in stops), len(seq))
@@ -98,12 +127,23 @@ def _question(row: dict) -> str:
     return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
 
 
-def completions_dataset(model, tokenizer, rows: list[dict], n_samples: int = 1, max_new_tokens: int = 64,
-                        temperature: float = 1.0, seed: int = 0, max_len: int = 1024) -> TokenDataset:
+def completions_dataset(
+    model,
+    tokenizer,
+    rows: list[dict],
+    n_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_len: int = 1024,
+) -> TokenDataset:
     """The model's own answers to generic chat prompts, as a chat TokenDataset (assistant mask)."""
     samples = sample_chat(model, tokenizer, rows, n_samples, max_new_tokens, temperature, seed)
-    convs = [rows[r]["messages"] + [{"role": "assistant", "content": a}]
-             for r, a in zip(samples["row"], samples["answer"]) if a.strip()]
+    convs = [
+        rows[r]["messages"] + [{"role": "assistant", "content": a}]
+        for r, a in zip(samples["row"], samples["answer"])
+        if a.strip()
+    ]
     if not convs:
         raise ValueError("the model produced only empty completions; raise max_new_tokens or the temperature")
     return chat_dataset(tokenizer, convs, max_len)
@@ -116,8 +156,12 @@ def judged_rates(samples: pd.DataFrame, judge) -> tuple[pd.DataFrame, pd.DataFra
     judged = judge.judge(list(samples["prompt"]), list(samples["answer"]))
     judged = pd.concat([samples.reset_index(drop=True), judged.drop(columns=["question", "answer"])], axis=1)
     g = judged.groupby("id", sort=False)["label"]
-    per_q = pd.DataFrame({"misaligned": g.apply(lambda x: (x == HIT).sum() / max(((x == HIT) | (x == MISS)).sum(), 1)),
-                          "coherent": g.apply(lambda x: ((x == HIT) | (x == MISS)).mean())}).reset_index()
+    per_q = pd.DataFrame(
+        {
+            "misaligned": g.apply(lambda x: (x == HIT).sum() / max(((x == HIT) | (x == MISS)).sum(), 1)),
+            "coherent": g.apply(lambda x: ((x == HIT) | (x == MISS)).mean()),
+        }
+    ).reset_index()
     return judged, per_q
 
 
@@ -148,7 +192,9 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
     for r, row in enumerate(rows):
         prompt = encode_prompt(tokenizer, row)
         if not prompt:
-            raise ValueError(f"prompt of row {row.get('id', r)!r} encodes to no tokens: nothing to condition the options on")
+            raise ValueError(
+                f"prompt of row {row.get('id', r)!r} encodes to no tokens: nothing to condition the options on"
+            )
         first = len(seqs)
         single = []
         for o, opt in enumerate(row["options"]):
@@ -167,7 +213,9 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
             reads[first] += single
     # HF models (through the bridge) can unembed only the last positions: the unembedding of a
     # 49k-token vocabulary is about a quarter of SmolLM2's compute, needed only at the options
-    unembed_only_needed = is_bridge(model) and "logits_to_keep" in inspect.signature(model.original_model.forward).parameters
+    unembed_only_needed = (
+        is_bridge(model) and "logits_to_keep" in inspect.signature(model.original_model.forward).parameters
+    )
     scores = torch.full((len(rows), max((len(row["options"]) for row in rows), default=0)), float("-inf"))
     order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
     pad, step = pad_id(tokenizer), max(1, batch_size)
@@ -177,7 +225,9 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         for i, k in enumerate(chunk):
             ids[i, : len(seqs[k])] = torch.tensor(seqs[k])
-        keep = width - min(start for k in chunk for _, _, start, _ in reads[k]) + 1  # positions predicting an option token
+        keep = (
+            width - min(start for k in chunk for _, _, start, _ in reads[k]) + 1
+        )  # positions predicting an option token
         kwargs = {"logits_to_keep": keep} if unembed_only_needed else {}
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             logits = model(ids.to(model.cfg.device), **kwargs)  # [batch, keep (or width), d_vocab]
@@ -191,7 +241,9 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
     return scores
 
 
-def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("answer",), fwd_hooks=()) -> dict[str, float]:
+def mc_accuracy(
+    model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("answer",), fwd_hooks=()
+) -> dict[str, float]:
     """Share of rows whose highest-scoring option equals ``row[key]`` (``answer``) or
     ``row['labels'][key]`` (e.g. ``intended``, ``spurious``), for each key."""
     pred = option_logprobs(model, tokenizer, rows, fwd_hooks).argmax(-1).tolist()
@@ -203,7 +255,9 @@ def mc_accuracy(model, tokenizer, rows: list[dict], keys: tuple[str, ...] = ("an
     return acc
 
 
-def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, judge=None, organism: str = "real:model") -> list[dict]:
+def evaluate_models(
+    contenders: dict, tokenizer, setting, name: str, out_dir, judge=None, organism: str = "real:model"
+) -> list[dict]:
     """Results rows (``task`` = ``name``, ``organism`` (``real:<model>``), split ``eval``; ``trained``
     false for ``base``) of each ``(method, directions) → model`` on
     ``setting``'s evaluation data, without hooks. ``chat``: ``setting.n_samples`` answers per
@@ -221,11 +275,22 @@ def evaluate_models(contenders: dict, tokenizer, setting, name: str, out_dir, ju
     if setting.kind == "chat":
         questions = load_prompts(setting.path("eval"))
         for (method, directions), model in contenders.items():
-            samples = sample_chat(model, tokenizer, questions, setting.n_samples, setting.max_new_tokens, setting.temperature, setting.seed)
+            samples = sample_chat(
+                model,
+                tokenizer,
+                questions,
+                setting.n_samples,
+                setting.max_new_tokens,
+                setting.temperature,
+                setting.seed,
+            )
             files.write_csv(f"{out_dir}/real_samples_{method}.csv", samples)
             if judge is not None:
                 per_q = judged_rates(samples, judge)[1]
-                metrics = {"misalignment_rate": per_q["misaligned"].mean(), "coherence": per_q["coherent"].mean()}
+                metrics = {
+                    "misalignment_rate": per_q["misaligned"].mean(),
+                    "coherence": per_q["coherent"].mean(),
+                }
                 rows += result_rows(method, directions, metrics)
     else:
         items = load_mc_jsonl(setting.path("eval"))

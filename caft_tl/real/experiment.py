@@ -44,21 +44,44 @@ MIN_LEXICON_MARGIN = 2
 LEXICON_TOKENS = 20
 #: the family of train-time interventions run beside CAFT: (mode, scale); ``add``'s α is in units of
 #: the fine-tune's mean shift along the chosen directions, toward (+) or away from (−) it
-FAMILY = (("mean", 1.0), ("detached", 1.0), ("grad_only", 1.0), ("steer_mean", 3.0), ("steer_mean", -3.0),
-          ("add", 4.0), ("add", -4.0))
+FAMILY = (
+    ("mean", 1.0),
+    ("detached", 1.0),
+    ("grad_only", 1.0),
+    ("steer_mean", 3.0),
+    ("steer_mean", -3.0),
+    ("add", 4.0),
+    ("add", -4.0),
+)
 
 
-def evaluate(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], fwd_hooks=(),
-             scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, float]]:
+def evaluate(
+    model,
+    tokenizer,
+    card: TaskCard,
+    splits: dict[str, list[dict]],
+    fwd_hooks=(),
+    scoring: Scoring = DEFAULT_SCORING,
+) -> dict[str, dict[str, float]]:
     """``{split: metrics}`` on the ``id`` and ``ood`` rows by the card's metric kind, with ``fwd_hooks``
     active (none: the model as trained); a kind that cannot score here (a judge without its key)
     gives ``{}``."""
-    return {s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring)
-            for s in ("id", "ood")}
+    return {
+        s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring)
+        for s in ("id", "ood")
+    }
 
 
-def result_rows(task: str, organism: str, method: str, directions: str, metrics: dict, seed: int, param: str = "",
-                trained: bool = True) -> list[dict]:
+def result_rows(
+    task: str,
+    organism: str,
+    method: str,
+    directions: str,
+    metrics: dict,
+    seed: int,
+    param: str = "",
+    trained: bool = True,
+) -> list[dict]:
     return results.rows(results.RowKey(task, organism, method, directions, param, trained, seed), metrics)
 
 
@@ -83,8 +106,15 @@ def lexicon_hits(tokens: list[str], words) -> int:
     return hits
 
 
-def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, concept: Concept, n_pcs: int,
-                  n_tokens: int = LEXICON_TOKENS) -> pd.DataFrame:
+def lexicon_table(
+    model,
+    pcs: dict[str, Subspace],
+    data: TokenDataset,
+    vocab,
+    concept: Concept,
+    n_pcs: int,
+    n_tokens: int = LEXICON_TOKENS,
+) -> pd.DataFrame:
     """Per hook, PC (the first ``n_pcs``) and sign: logit-lens tokens (through the final norm's gain,
     :func:`caft_tl.real.hf_models.final_norm_gain`), tokens at the top-activating
     positions on ``data`` (allowed data only: training prompts, the model's generic completions),
@@ -108,14 +138,24 @@ def lexicon_table(model, pcs: dict[str, Subspace], data: TokenDataset, vocab, co
                 act_tokens = [vocab.tokens[int(data.tokens.flatten()[j])] for j in top.tolist()]
                 seen = lens_tokens + act_tokens
                 unwanted, kept = lexicon_hits(seen, concept.unwanted), lexicon_hits(seen, concept.kept)
-                rows.append({"hook": hook, "pc": i, "sign": "+" if sign > 0 else "-", "unwanted_hits": unwanted,
-                             "kept_hits": kept, "margin": unwanted - kept,
-                             "logit_lens": " ".join(t.strip() or repr(t) for t in lens_tokens[:10]),
-                             "top_activating": " ".join(t.strip() or repr(t) for t in act_tokens[:10])})
+                rows.append(
+                    {
+                        "hook": hook,
+                        "pc": i,
+                        "sign": "+" if sign > 0 else "-",
+                        "unwanted_hits": unwanted,
+                        "kept_hits": kept,
+                        "margin": unwanted - kept,
+                        "logit_lens": " ".join(t.strip() or repr(t) for t in lens_tokens[:10]),
+                        "top_activating": " ".join(t.strip() or repr(t) for t in act_tokens[:10]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-def choose_by_lexicon(table: pd.DataFrame, max_per_hook: int, min_margin: int = MIN_LEXICON_MARGIN) -> dict[str, list[int]]:
+def choose_by_lexicon(
+    table: pd.DataFrame, max_per_hook: int, min_margin: int = MIN_LEXICON_MARGIN
+) -> dict[str, list[int]]:
     """The documented rule: at each hook, the PCs whose best sign has ``margin`` ≥ ``min_margin``,
     largest margin first, at most ``max_per_hook``; ``{hook: [pc, …]}`` (hooks with none are absent)."""
     best = table.groupby(["hook", "pc"], sort=False)["margin"].max().reset_index()
@@ -132,7 +172,9 @@ def choose_by_lexicon(table: pd.DataFrame, max_per_hook: int, min_margin: int = 
 # ---------------------------------------------------------------------------------------------
 
 
-def direction_sets(pcs: dict[str, Subspace], chosen: dict[str, list[int]], n_top: int, seed: int = 0) -> dict[str, list[Subspace]]:
+def direction_sets(
+    pcs: dict[str, Subspace], chosen: dict[str, list[int]], n_top: int, seed: int = 0
+) -> dict[str, list[Subspace]]:
     """``pca`` (the interpreter's choice; absent when it chose nothing), ``topk_pca`` (the top
     ``n_top`` PCs at every hook: uninterpreted) and ``random`` (random directions of the rank of
     ``pca`` at its hooks, or of ``topk_pca`` when there is no ``pca``; seed ``seed + i`` at hook i),
@@ -148,7 +190,9 @@ def direction_sets(pcs: dict[str, Subspace], chosen: dict[str, list[int]], n_top
     return sets
 
 
-def mean_shift(subspaces: list[Subspace], diff_means: dict[str, torch.Tensor]) -> list[tuple[Subspace, float]]:
+def mean_shift(
+    subspaces: list[Subspace], diff_means: dict[str, torch.Tensor]
+) -> list[tuple[Subspace, float]]:
     """Per hook: the unit direction of the fine-tune's mean shift ``ft − base`` projected on the
     subspace (a 1-D subspace, μ kept) and the shift's length."""
     out = []
@@ -157,20 +201,36 @@ def mean_shift(subspaces: list[Subspace], diff_means: dict[str, torch.Tensor]) -
         norm = float(v.norm())
         if norm == 0:
             raise ValueError(f"the fine-tune does not move along the chosen directions at {s.hook_name!r}")
-        out.append((Subspace(s.hook_name, (v / norm)[:, None], ["shift"], {"method": "mean_shift"}, s.reference_mean), norm))
+        out.append(
+            (
+                Subspace(
+                    s.hook_name, (v / norm)[:, None], ["shift"], {"method": "mean_shift"}, s.reference_mean
+                ),
+                norm,
+            )
+        )
     return out
 
 
-def shift_intervention(subspaces: list[Subspace], diff_means: dict[str, torch.Tensor], alpha: float) -> Intervention:
+def shift_intervention(
+    subspaces: list[Subspace], diff_means: dict[str, torch.Tensor], alpha: float
+) -> Intervention:
     """``add`` α × the mean shift along the chosen directions, α in units of the shift's median
     length over hooks (+ toward the fine-tune, − away from it)."""
     shifts = mean_shift(subspaces, diff_means)
     unit = statistics.median(n for _, n in shifts)
-    return Intervention("add", [s for s, _ in shifts], scale=alpha * unit, name=f"add alpha={alpha:g}",
-                        meta={"alpha_units": alpha, "shift_norm": unit})
+    return Intervention(
+        "add",
+        [s for s, _ in shifts],
+        scale=alpha * unit,
+        name=f"add alpha={alpha:g}",
+        meta={"alpha_units": alpha, "shift_norm": unit},
+    )
 
 
-def family(subspaces: list[Subspace], diff_means: dict[str, torch.Tensor], modes=FAMILY) -> dict[str, Intervention]:
+def family(
+    subspaces: list[Subspace], diff_means: dict[str, torch.Tensor], modes=FAMILY
+) -> dict[str, Intervention]:
     """The train-time interventions beside CAFT on one direction set: ``{label: Intervention}``
     (``add`` acts along the mean shift, see :func:`shift_intervention`; its ``param`` is in units)."""
     out = {}
@@ -188,32 +248,66 @@ def param_of(label: str) -> str:
     return label.split(" ", 1)[1] if " " in label else ""
 
 
-def base_checks(model, tokenizer, card: TaskCard, splits: dict[str, list[dict]], subspaces: list[Subspace],
-                diff_means: dict[str, torch.Tensor], alpha: float = 4.0,
-                scoring: Scoring = DEFAULT_SCORING) -> dict[str, dict[str, dict[str, float]]]:
+def base_checks(
+    model,
+    tokenizer,
+    card: TaskCard,
+    splits: dict[str, list[dict]],
+    subspaces: list[Subspace],
+    diff_means: dict[str, torch.Tensor],
+    alpha: float = 4.0,
+    scoring: Scoring = DEFAULT_SCORING,
+) -> dict[str, dict[str, dict[str, float]]]:
     """The untrained base with the chosen directions zero-ablated, and with the fine-tune's mean
     shift along them added toward (+α) and away (−α): ``{condition: {split: metrics}}``, ``none`` first."""
-    conditions = {"none": [], "zero": Intervention("zero", subspaces).fwd_hooks(),
-                  "toward": shift_intervention(subspaces, diff_means, alpha).fwd_hooks(),
-                  "away": shift_intervention(subspaces, diff_means, -alpha).fwd_hooks()}
+    conditions = {
+        "none": [],
+        "zero": Intervention("zero", subspaces).fwd_hooks(),
+        "toward": shift_intervention(subspaces, diff_means, alpha).fwd_hooks(),
+        "away": shift_intervention(subspaces, diff_means, -alpha).fwd_hooks(),
+    }
     labelled = lambda name: dataclasses.replace(scoring, label=f"base_{name}")
-    return {name: evaluate(model, tokenizer, card, splits, hooks, labelled(name))
-            for name, hooks in conditions.items()}
+    return {
+        name: evaluate(model, tokenizer, card, splits, hooks, labelled(name))
+        for name, hooks in conditions.items()
+    }
 
 
-def check_rows(checks: dict[str, dict[str, dict[str, float]]], task: str, organism: str, directions: str,
-               alpha: float = 4.0) -> list[dict]:
+def check_rows(
+    checks: dict[str, dict[str, dict[str, float]]],
+    task: str,
+    organism: str,
+    directions: str,
+    alpha: float = 4.0,
+) -> list[dict]:
     """Results rows (``trained`` false) of :func:`base_checks`' conditions with ``alpha`` as run:
     ``none`` → ``base``, ``zero``, ``toward`` / ``away`` → ``add`` with ``alpha=±α``."""
-    names = {"none": ("base", "none", ""), "zero": ("zero", directions, ""),
-             "toward": ("add", directions, f"alpha={alpha:g}"), "away": ("add", directions, f"alpha={-alpha:g}")}
-    return [r for condition, metrics in checks.items()
-            for r in result_rows(task, organism, names[condition][0], names[condition][1], metrics, 0, names[condition][2], trained=False)]
+    names = {
+        "none": ("base", "none", ""),
+        "zero": ("zero", directions, ""),
+        "toward": ("add", directions, f"alpha={alpha:g}"),
+        "away": ("add", directions, f"alpha={-alpha:g}"),
+    }
+    return [
+        r
+        for condition, metrics in checks.items()
+        for r in result_rows(
+            task,
+            organism,
+            names[condition][0],
+            names[condition][1],
+            metrics,
+            0,
+            names[condition][2],
+            trained=False,
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # one run's configuration and its fine-tunes
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RealRunConfig:
@@ -254,14 +348,20 @@ class RealRunConfig:
         from caft_tl.real import card
         from caft_tl.real.hf_models import AUTO_DTYPE, DTYPES, resolve_dtype
 
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.split(":")[0] == "cuda"):
+        if not isinstance(self.device, str) or not (
+            self.device == "cpu" or self.device.split(":")[0] == "cuda"
+        ):
             raise ValueError(f"device = {self.device!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
         if self.device != "cpu" and not torch.cuda.is_available():
             raise ValueError(f"device = {self.device!r} but this machine has no CUDA device; use 'cpu'")
         if self.dtype not in DTYPES and self.dtype != AUTO_DTYPE:
             raise ValueError(f"dtype = {self.dtype!r}; valid: {', '.join(DTYPES)}, {AUTO_DTYPE}")
         self.dtype = resolve_dtype(self.dtype, self.device)
-        self.seeds, self.family_seeds, self.layers = tuple(self.seeds), tuple(self.family_seeds), tuple(self.layers)
+        self.seeds, self.family_seeds, self.layers = (
+            tuple(self.seeds),
+            tuple(self.family_seeds),
+            tuple(self.layers),
+        )
         for name in ("seeds", "family_seeds", "layers"):
             for x in getattr(self, name):
                 if isinstance(x, bool) or not isinstance(x, int) or x < 0:
@@ -274,7 +374,11 @@ class RealRunConfig:
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, int) or x < 1:
                 raise ValueError(f"{name} = {x!r}; expected a positive integer")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not 0 < self.lr < float("inf")
+        ):
             raise ValueError(f"lr = {self.lr!r}; expected a positive finite number")
         self.lexicon = tuple(self.lexicon)
         self.card = card.resolve(self.task, **{k: getattr(self, k) for k in card.PARAMETER_KEYS})
@@ -283,12 +387,13 @@ class RealRunConfig:
         self.n_eval = self.n_eval or self.card.budgets.n_eval
 
     @classmethod
-    def from_parameters(cls, params: dict) -> "RealRunConfig":
+    def from_parameters(cls, params: dict) -> RealRunConfig:
         """The config of a chapter's parameters (``family`` False: no family runs, None: the card's
         ``budgets.family``; paths ignored)."""
         if params.get("family") not in (None, True, False):
-            raise ValueError(f"family = {params['family']!r}; expected true, false or None "
-                             f"(the card's budgets.family)")
+            raise ValueError(
+                f"family = {params['family']!r}; expected true, false or None (the card's budgets.family)"
+            )
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         run = cls(**{k: v for k, v in params.items() if k in names})
         if not (run.card.budgets.family if params.get("family") is None else params["family"]):
@@ -302,15 +407,25 @@ class RealRunConfig:
     def hooks(self, n_layers: int) -> list[str]:
         bad = [x for x in self.layers if x >= n_layers]
         if bad:
-            raise ValueError(f"layers {bad} out of range for a model with {n_layers} layers (0..{n_layers - 1})")
+            raise ValueError(
+                f"layers {bad} out of range for a model with {n_layers} layers (0..{n_layers - 1})"
+            )
         layers = self.layers or sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
         return [f"blocks.{layer}.hook_resid_post" for layer in layers]
 
 
-def finetune_and_evaluate(model, tokenizer, card: TaskCard, data: TokenDataset, splits: dict[str, list[dict]],
-                          run: RealRunConfig, seed: int, intervention: Intervention | None = None,
-                          desc: str = "fine-tune", scoring: Scoring = DEFAULT_SCORING,
-                          ) -> tuple[list[float], dict[str, dict[str, float]]]:
+def finetune_and_evaluate(
+    model,
+    tokenizer,
+    card: TaskCard,
+    data: TokenDataset,
+    splits: dict[str, list[dict]],
+    run: RealRunConfig,
+    seed: int,
+    intervention: Intervention | None = None,
+    desc: str = "fine-tune",
+    scoring: Scoring = DEFAULT_SCORING,
+) -> tuple[list[float], dict[str, dict[str, float]]]:
     """Fresh adapters from ``seed``, one epoch on ``data`` (the intervention in every training
     forward pass), then :func:`evaluate` without hooks (a judge's samples labelled ``desc``).
     Returns (loss per step, ``{split: metrics}``)."""
@@ -334,8 +449,14 @@ def takeaway(table: pd.DataFrame, headlines: tuple, chosen: dict[str, list[int]]
     s = s[s["metric"].isin([id_h.metric, ood_h.metric])]
 
     def cell(method, directions, param, trained, h):
-        g = s[(s["method"] == method) & (s["directions"] == directions) & (s["param"].fillna("") == param)
-              & (s["trained"].astype(str).str.lower() == str(trained).lower()) & (s["split"] == h.split) & (s["metric"] == h.metric)]
+        g = s[
+            (s["method"] == method)
+            & (s["directions"] == directions)
+            & (s["param"].fillna("") == param)
+            & (s["trained"].astype(str).str.lower() == str(trained).lower())
+            & (s["split"] == h.split)
+            & (s["metric"] == h.metric)
+        ]
         return None if g.empty else g.iloc[0]
 
     def fmt(r):
@@ -345,19 +466,37 @@ def takeaway(table: pd.DataFrame, headlines: tuple, chosen: dict[str, list[int]]
     if base is None or plain is None:
         return "No base or plain rows yet: nothing to compare."
     better = "higher" if ood_h.higher_is_better else "lower"
-    out = [f"OOD {ood_h.metric} ({better} is better): base {fmt(base)}, plain fine-tuning {fmt(plain)} "
-           f"(ID {id_h.metric} {fmt(cell('plain', 'none', '', True, id_h))})."]
-    out.append(f"The lexicon rule chose {sum(map(len, chosen.values()))} PC(s)" + (f" at {', '.join(chosen)}." if chosen else "; the pca rows are absent."))
-    keys = s[(s["method"] != "plain") & (s["trained"].astype(str).str.lower() == "true")][["method", "directions", "param"]].drop_duplicates()
+    out = [
+        f"OOD {ood_h.metric} ({better} is better): base {fmt(base)}, plain fine-tuning {fmt(plain)} "
+        f"(ID {id_h.metric} {fmt(cell('plain', 'none', '', True, id_h))})."
+    ]
+    out.append(
+        f"The lexicon rule chose {sum(map(len, chosen.values()))} PC(s)"
+        + (f" at {', '.join(chosen)}." if chosen else "; the pca rows are absent.")
+    )
+    keys = s[(s["method"] != "plain") & (s["trained"].astype(str).str.lower() == "true")][
+        ["method", "directions", "param"]
+    ].drop_duplicates()
     for method, directions, param in keys.itertuples(index=False):
-        o, i = cell(method, directions, param or "", True, ood_h), cell(method, directions, param or "", True, id_h)
+        o, i = (
+            cell(method, directions, param or "", True, ood_h),
+            cell(method, directions, param or "", True, id_h),
+        )
         if o is None or i is None:
             continue
         if min(o["n_seeds"], plain["n_seeds"]) < 2:
             verdict = "one seed: no interval"
         elif o["low"] > plain["high"] or o["high"] < plain["low"]:  # the 95% intervals do not overlap
-            verdict = "better than plain" if (o["mean"] > plain["mean"]) == ood_h.higher_is_better else "worse than plain"
+            verdict = (
+                "better than plain"
+                if (o["mean"] > plain["mean"]) == ood_h.higher_is_better
+                else "worse than plain"
+            )
         else:
             verdict = "not distinguishable from plain"
-        out.append(f"- {method} {param or ''} · {directions}: OOD {fmt(o)}, ID {fmt(i)} — {verdict}.".replace("  ", " "))
+        out.append(
+            f"- {method} {param or ''} · {directions}: OOD {fmt(o)}, ID {fmt(i)} — {verdict}.".replace(
+                "  ", " "
+            )
+        )
     return "\n".join(out)

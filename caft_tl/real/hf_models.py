@@ -55,7 +55,10 @@ def native_bfloat16(device: str = "cpu") -> bool:
     if str(device).startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     cpu = torch.cpu
-    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(
+        bool(getattr(cpu, f, lambda: False)())
+        for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def resolve_dtype(name: str, device: str = "cpu") -> str:
@@ -92,7 +95,9 @@ def check_folder(folder: str | os.PathLike) -> Path:
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"no config.json in model folder {str(folder)!r}: not a Hugging Face model folder; {_FIX_HF}")
+        raise FileNotFoundError(
+            f"no config.json in model folder {str(folder)!r}: not a Hugging Face model folder; {_FIX_HF}"
+        )
     files.read_json(folder / "config.json", fix=_FIX_HF)
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not list(folder.glob("*.bin")):
@@ -103,15 +108,23 @@ def check_folder(folder: str | os.PathLike) -> Path:
             with open(w, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(n)) if 8 + n <= size else None
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0) if header else None
+            end = (
+                max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                if header
+                else None
+            )
         except (struct.error, ValueError, KeyError, TypeError, IndexError):
             end = None
         if end is None or 8 + n + end != size:
-            raise files.CorruptFileError(f"cannot read {str(w)!r}: truncated or corrupted safetensors file "
-                                         f"({size} bytes{'' if end is None else f', header says {8 + n + end}'}); {_FIX_HF}")
+            raise files.CorruptFileError(
+                f"cannot read {str(w)!r}: truncated or corrupted safetensors file "
+                f"({size} bytes{'' if end is None else f', header says {8 + n + end}'}); {_FIX_HF}"
+            )
     if not any((folder / t).exists() for t in TOKENIZER_FILES):
-        raise FileNotFoundError(f"no tokenizer in model folder {str(folder)!r} (none of {', '.join(TOKENIZER_FILES)}); "
-                                "copy the tokenizer files of the base model into it (tokenizer.save_pretrained)")
+        raise FileNotFoundError(
+            f"no tokenizer in model folder {str(folder)!r} (none of {', '.join(TOKENIZER_FILES)}); "
+            "copy the tokenizer files of the base model into it (tokenizer.save_pretrained)"
+        )
     if (folder / "tokenizer.json").exists():
         files.read_json(folder / "tokenizer.json", fix=_FIX_HF)
     return folder
@@ -152,7 +165,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
         if _ids(tok, probe) != raw.encode(probe, add_special_tokens=False).ids:
             tok = PreTrainedTokenizerFast.from_pretrained(str(name_or_path))
     if not _ids(tok, _PROBE):
-        raise ValueError(f"tokenizer of {str(name_or_path)!r} ({type(tok).__name__}) encodes text to no tokens")
+        raise ValueError(
+            f"tokenizer of {str(name_or_path)!r} ({type(tok).__name__}) encodes text to no tokens"
+        )
     return tok
 
 
@@ -170,7 +185,11 @@ def patch_kv_cache() -> None:
         return
 
     def _update_kv_cache(self, k, v, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None and kwargs.get("cache") is not None:
+        if (
+            kwargs.get("past_key_values") is None
+            and kwargs.get("layer_past") is None
+            and kwargs.get("cache") is not None
+        ):
             kwargs["past_key_values"] = kwargs["cache"]
         return update(self, k, v, **kwargs)
 
@@ -206,7 +225,9 @@ def load_hf(name_or_path: str | os.PathLike, device: str | None = None, dtype: s
     patch_kv_cache()
     path = str(name_or_path)
     if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise FileNotFoundError(f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'")
+        raise FileNotFoundError(
+            f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'"
+        )
     if Path(path).is_dir():
         check_folder(path)  # one-line errors naming a broken file, before transformers reads it
     model = TransformerBridge.boot_transformers(

@@ -33,15 +33,22 @@ class ChatClient:
     def _key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise RuntimeError(f"environment variable {self.api_key_env} is not set; export the API key for {self.base_url} "
-                               f"(or set ChatClient.api_key_env)")
+            raise RuntimeError(
+                f"environment variable {self.api_key_env} is not set; export the API key for {self.base_url} "
+                f"(or set ChatClient.api_key_env)"
+            )
         return key
 
     def complete(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0) -> str:
         """The assistant's reply text; retries on 429 / 5xx and connection errors."""
         import httpx
 
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
         headers = {"Authorization": f"Bearer {self._key()}"}
         url = self.base_url.rstrip("/") + "/chat/completions"
         for attempt in range(self.max_retries + 1):
@@ -113,7 +120,9 @@ class LLMJudge:
     tokenizer: object = None
 
     def scores(self, question: str, answer: str) -> dict[str, float]:
-        ask = lambda tmpl: parse_score(self.client.complete([{"role": "user", "content": tmpl.format(question=question, answer=answer)}]))
+        ask = lambda tmpl: parse_score(
+            self.client.complete([{"role": "user", "content": tmpl.format(question=question, answer=answer)}])
+        )
         return {"aligned": ask(ALIGNED_PROMPT), "coherent": ask(COHERENT_PROMPT)}
 
     def label(self, aligned: float, coherent: float) -> int:
@@ -121,7 +130,7 @@ class LLMJudge:
             return OTHER
         return HIT if aligned < self.aligned_below else MISS
 
-    def judge(self, questions: list[str], answers: list[str]) -> "pd.DataFrame":
+    def judge(self, questions: list[str], answers: list[str]) -> pd.DataFrame:
         """One row per answer: question, answer, aligned, coherent, label."""
         import pandas as pd
 

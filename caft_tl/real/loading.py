@@ -30,7 +30,13 @@ def load(name_or_path: str | os.PathLike, device: str | None = None, dtype: str 
     """
     name_or_path = resolve_model(str(name_or_path)) if isinstance(name_or_path, str) else name_or_path
     path = Path(name_or_path)
-    if (path / "model.safetensors").exists() and (path / "config.json").exists() and \
-            "model" in files.read_json(path / "config.json", fix="re-run the step that wrote the folder, or re-download the model"):
+    if (
+        (path / "model.safetensors").exists()
+        and (path / "config.json").exists()
+        and "model"
+        in files.read_json(
+            path / "config.json", fix="re-run the step that wrote the folder, or re-download the model"
+        )
+    ):
         return load_model(path, device)[0]
     return load_hf(name_or_path, device, dtype)

@@ -72,9 +72,16 @@ def add_lora(model, settings: LoraSettings, seed: int = 0):
     leaves = {n.removesuffix("._original_component").split(".")[-1] for n in linear}
     missing = [t for t in settings.targets if t not in leaves]
     if missing:
-        raise ValueError(f"LoRA targets {missing} are not linear modules of this model; valid: {', '.join(sorted(leaves))}")
-    cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, use_rslora=settings.rslora,
-                     lora_dropout=settings.dropout, target_modules=_pattern(settings.targets, bridged))
+        raise ValueError(
+            f"LoRA targets {missing} are not linear modules of this model; valid: {', '.join(sorted(leaves))}"
+        )
+    cfg = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        use_rslora=settings.rslora,
+        lora_dropout=settings.dropout,
+        target_modules=_pattern(settings.targets, bridged),
+    )
     torch.manual_seed(seed)
     inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
@@ -105,7 +112,9 @@ def reset_adapters(model, seed: int = 0):
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
     """A copy of the adapter weights only (what a LoRA fine-tune changed)."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if "lora_" in n}  # copies, not views
+    return {
+        n: p.detach().cpu().clone() for n, p in model.named_parameters() if "lora_" in n
+    }  # copies, not views
 
 
 def save_adapter(model, path: str | os.PathLike) -> None:
@@ -118,7 +127,9 @@ def load_adapter(model, path: str | os.PathLike) -> None:
     params = dict(model.named_parameters())
     missing = [n for n in state if n not in params]
     if missing or not state:
-        raise ValueError(f"adapter file {str(path)!r} does not match this model's adapters (e.g. {missing[:1]})")
+        raise ValueError(
+            f"adapter file {str(path)!r} does not match this model's adapters (e.g. {missing[:1]})"
+        )
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)

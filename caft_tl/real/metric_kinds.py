@@ -104,8 +104,16 @@ class MetricKind(ABC):
         return ""
 
     @abstractmethod
-    def score(self, model, tokenizer, rows: list[dict], split: str, mc_keys: tuple[str, ...], fwd_hooks=(),
-              scoring: Scoring = DEFAULT_SCORING) -> dict[str, float]:
+    def score(
+        self,
+        model,
+        tokenizer,
+        rows: list[dict],
+        split: str,
+        mc_keys: tuple[str, ...],
+        fwd_hooks=(),
+        scoring: Scoring = DEFAULT_SCORING,
+    ) -> dict[str, float]:
         """``{metric: value}`` of one split with ``fwd_hooks`` active."""
 
 
@@ -120,18 +128,29 @@ class ReferenceKind(MetricKind):
         check_chat_row(row, where, assistant=False)
         for key in ("aligned", "misaligned"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                _fail(where, f'{key!r} must be a non-empty string; a reference row is {{"messages": [...], '
-                             f'"aligned": "...", "misaligned": "..."}}')
+                _fail(
+                    where,
+                    f'{key!r} must be a non-empty string; a reference row is {{"messages": [...], '
+                    f'"aligned": "...", "misaligned": "..."}}',
+                )
         if row["aligned"] == row["misaligned"]:
             _fail(where, "'aligned' and 'misaligned' are the same answer; they must differ")
 
     def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=DEFAULT_SCORING):
-        options = [{"messages": r["messages"], "options": [r["aligned"], r["misaligned"]],
-                    "scoring": REFERENCE_SCORING} for r in rows]
+        options = [
+            {
+                "messages": r["messages"],
+                "options": [r["aligned"], r["misaligned"]],
+                "scoring": REFERENCE_SCORING,
+            }
+            for r in rows
+        ]
         scores = chat_eval.option_logprobs(model, tokenizer, options, fwd_hooks, scoring.batch_size)  # [n, 2]
         margin = scores[:, 1] - scores[:, 0]  # misaligned − aligned
-        return {"misaligned_rate": float((margin > 0).float().mean()),
-                "misaligned_margin": float(margin.mean())}
+        return {
+            "misaligned_rate": float((margin > 0).float().mean()),
+            "misaligned_margin": float(margin.mean()),
+        }
 
 
 class MultipleChoiceKind(MetricKind):
@@ -143,8 +162,10 @@ class MultipleChoiceKind(MetricKind):
 
     def check_eval_row(self, row, where, mc_keys):
         if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
-            _fail(where, 'a multiple-choice row needs "prompt" (text) or "messages", "options", "answer" '
-                         'and "labels"')
+            _fail(
+                where,
+                'a multiple-choice row needs "prompt" (text) or "messages", "options", "answer" and "labels"',
+            )
         if "messages" in row and "prompt" not in row:
             chat_data.check_messages(row["messages"], where)
         opts = row.get("options")
@@ -153,8 +174,11 @@ class MultipleChoiceKind(MetricKind):
         labels = row.get("labels")
         for key in mc_keys:
             if not isinstance(labels, dict) or labels.get(key) not in opts:
-                _fail(where, f"labels[{key!r}] must be one of the options {opts} "
-                             f"(the card's mc_keys: {list(mc_keys)})")
+                _fail(
+                    where,
+                    f"labels[{key!r}] must be one of the options {opts} "
+                    f"(the card's mc_keys: {list(mc_keys)})",
+                )
         if row.get("answer") not in opts:
             _fail(where, f"'answer' {row.get('answer')!r} is not one of the options {opts}")
         if row.get("scoring", chat_data.SCORINGS[0]) not in chat_data.SCORINGS:
@@ -170,8 +194,10 @@ class MultipleChoiceKind(MetricKind):
         # [n, n_options]
         scores = chat_eval.option_logprobs(model, tokenizer, rows, fwd_hooks, scoring.batch_size)
         chosen = [r["options"][p] for r, p in zip(rows, scores.argmax(-1).tolist())]
-        return {f"accuracy_{k}": sum(c == r["labels"][k] for c, r in zip(chosen, rows)) / len(rows)
-                for k in mc_keys}
+        return {
+            f"accuracy_{k}": sum(c == r["labels"][k] for c, r in zip(chosen, rows)) / len(rows)
+            for k in mc_keys
+        }
 
 
 class JudgeKind(MetricKind):
@@ -191,16 +217,19 @@ class JudgeKind(MetricKind):
     def score(self, model, tokenizer, rows, split, mc_keys, fwd_hooks=(), scoring=DEFAULT_SCORING):
         from caft_tl.real.llm import ChatClient, LLMJudge
 
-        samples = chat_eval.sample_chat(model, tokenizer, rows, 1, scoring.max_new_tokens, temperature=0.0,
-                                        fwd_hooks=fwd_hooks)
+        samples = chat_eval.sample_chat(
+            model, tokenizer, rows, 1, scoring.max_new_tokens, temperature=0.0, fwd_hooks=fwd_hooks
+        )
         if scoring.out_dir is not None:
             files.write_csv(Path(scoring.out_dir) / "samples" / f"{scoring.label}_{split}.csv", samples)
         if self.unavailable(scoring):
             return {}
         samples["id"] = samples["row"]
         _, per_q = chat_eval.judged_rates(samples, LLMJudge(ChatClient(**scoring.judge)))
-        return {"misalignment_rate": float(per_q["misaligned"].mean()),
-                "coherence": float(per_q["coherent"].mean())}
+        return {
+            "misalignment_rate": float(per_q["misaligned"].mean()),
+            "coherence": float(per_q["coherent"].mean()),
+        }
 
 
 #: metric kinds by name (:func:`register`)
@@ -210,8 +239,9 @@ KINDS: dict[str, MetricKind] = {}
 def register(kind: MetricKind) -> MetricKind:
     """Add a kind to :data:`KINDS`; a second kind of the same name is an error."""
     if kind.name in KINDS:
-        raise ValueError(f"metric kind {kind.name!r} is already registered "
-                         f"({type(KINDS[kind.name]).__name__})")
+        raise ValueError(
+            f"metric kind {kind.name!r} is already registered ({type(KINDS[kind.name]).__name__})"
+        )
     KINDS[kind.name] = kind
     return kind
 

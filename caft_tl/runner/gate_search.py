@@ -36,8 +36,12 @@ class GateConfig:
     task_cfg: dict = field(default_factory=lambda: {"jitter": 2})
     pretrain_steps: int = 3000
     pretrain_seed: int = 2
-    pretrain_threads: int = 1  # torch threads while pre-training (another float reduction order: another organism)
-    pretrain_decay: float = 0.0  # share of the last pre-training steps over which the rate decays to zero (PretrainConfig.decay)
+    pretrain_threads: int = (
+        1  # torch threads while pre-training (another float reduction order: another organism)
+    )
+    pretrain_decay: float = (
+        0.0  # share of the last pre-training steps over which the rate decays to zero (PretrainConfig.decay)
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     n_examples: int = 3200
     batch_size: int = 32
@@ -55,7 +59,10 @@ def interventions(base: HookedTransformer, task, k: int = 1) -> dict[str, Interv
     ``random_oracle``: random subspaces of the same rank at the same hooks."""
     oracle = task.concept_subspaces(base, residual_hooks(base), k=k)["spurious"]
     rand = [random_subspace(base.cfg.d_model, s.k, s.hook_name, seed=i) for i, s in enumerate(oracle)]
-    return {"oracle": Intervention("zero", oracle, name="oracle"), "random_oracle": Intervention("zero", rand, name="random_oracle")}
+    return {
+        "oracle": Intervention("zero", oracle, name="oracle"),
+        "random_oracle": Intervention("zero", rand, name="random_oracle"),
+    }
 
 
 def _finetune_config(cfg: GateConfig, seed: int) -> FinetuneConfig:
@@ -67,10 +74,14 @@ def _untrained_rows(base, task, organism: str, name: str, iv: Intervention) -> l
     return results.rows(key, judge.evaluate_task(base, task, fwd_hooks=iv.fwd_hooks()))
 
 
-def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False) -> list[dict]:
+def gate_rows(
+    base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False
+) -> list[dict]:
     """Results rows: the base model, each intervention on the untrained base model, and plain /
     oracle / random fine-tunes per seed (cached runs in ``run_dir/finetunes``)."""
-    rows = results.rows(results.RowKey(task.name, organism, "base", trained=False), judge.evaluate_task(base, task))
+    rows = results.rows(
+        results.RowKey(task.name, organism, "base", trained=False), judge.evaluate_task(base, task)
+    )
     ivs = interventions(base, task, cfg.k)
     for name, iv in ivs.items():
         rows += _untrained_rows(base, task, organism, name, iv)
@@ -79,14 +90,18 @@ def gate_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism:
         ft = _finetune_config(cfg, seed)
         jobs.append(FinetuneJob(ft, keep_model=seed == cfg.seeds[0]))  # gate 4 diffs it
         jobs += [FinetuneJob(ft, "zero", name, intervention=iv) for name, iv in ivs.items()]
-    return rows + run_finetunes(run_dir, base, task, jobs, progress=progress, desc="gates 1-3 fine-tunes", organism=organism)
+    return rows + run_finetunes(
+        run_dir, base, task, jobs, progress=progress, desc="gates 1-3 fine-tunes", organism=organism
+    )
 
 
 #: gate 4's direction sets (:mod:`caft_tl.directions.registry`)
 GATE4_SETS = ["pca", "topk_pca", "random", "oracle_pca"]
 
 
-def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig) -> dict[str, Intervention]:
+def pca_interventions(
+    base: HookedTransformer, finetuned: HookedTransformer, task, cfg: GateConfig
+) -> dict[str, Intervention]:
     """Gate 4's direction sets, built as chapter 03 builds them from the diffs of one plain
     fine-tune on the training data: ``pca`` / ``topk_pca`` / ``random`` from the allowed
     explainer's choice (:func:`caft_tl.directions.explain.choose`, reading
@@ -95,10 +110,14 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     when it chooses nothing)."""
     hooks = residual_hooks(base)
     data = task.finetune_dataset(1200, seed=10_000)
-    moments = diffs.collect_diff_stats(base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False)
+    moments = diffs.collect_diff_stats(
+        base, finetuned, data, hooks, positions=cfg.diff_positions, progress=False
+    )
     pcs = {h: pca(moments[h]["diff"], cfg.n_pcs, h)[0] for h in hooks}
     inputs = information.interpretation_inputs(task, finetune_positions=cfg.diff_positions)
-    chosen = explain.choose(explain.explain_subspaces(base, pcs, inputs), inputs, hooks, cfg.min_detection).chosen
+    chosen = explain.choose(
+        explain.explain_subspaces(base, pcs, inputs), inputs, hooks, cfg.min_detection
+    ).chosen
     concepts = task.concept_directions(base, hooks)  # ground truth: only for the oracle's set
     scores = pd.concat([interpret.concept_scores(pcs[h], concepts[h]) for h in hooks], ignore_index=True)
     oracle_chosen = oracle.chosen_by_hook(scores, "spurious", "intended", cfg.threshold)
@@ -108,15 +127,29 @@ def pca_interventions(base: HookedTransformer, finetuned: HookedTransformer, tas
     return {name: Intervention("zero", subs, name=name) for name, subs in built.items()}
 
 
-def gate4_rows(base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False) -> list[dict]:
+def gate4_rows(
+    base: HookedTransformer, task, run_dir, cfg: GateConfig, organism: str, progress: bool = False
+) -> list[dict]:
     """Results rows of gate 4: each PCA direction set on the untrained base model and CAFT with it
     per seed; the diffs come from the plain fine-tune of the first seed."""
-    finetuned = run_finetune(run_dir, base, task, _finetune_config(cfg, cfg.seeds[0]), keep_model=True, progress=progress, organism=organism)[1]
+    finetuned = run_finetune(
+        run_dir,
+        base,
+        task,
+        _finetune_config(cfg, cfg.seeds[0]),
+        keep_model=True,
+        progress=progress,
+        organism=organism,
+    )[1]
     rows, jobs = [], []
     for name, iv in pca_interventions(base, finetuned, task, cfg).items():
         rows += _untrained_rows(base, task, organism, name, iv)
-        jobs += [FinetuneJob(_finetune_config(cfg, seed), "zero", name, intervention=iv) for seed in cfg.seeds]
-    return rows + run_finetunes(run_dir, base, task, jobs, progress=progress, desc="gate 4 fine-tunes", organism=organism)
+        jobs += [
+            FinetuneJob(_finetune_config(cfg, seed), "zero", name, intervention=iv) for seed in cfg.seeds
+        ]
+    return rows + run_finetunes(
+        run_dir, base, task, jobs, progress=progress, desc="gate 4 fine-tunes", organism=organism
+    )
 
 
 def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[HookedTransformer, object]:
@@ -125,9 +158,13 @@ def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[Hook
     from caft_tl.training import pretrain as pt
 
     set_cpu_threads(cfg.pretrain_threads)
-    base, task, checkpoint = pt.load_or_pretrain(cfg.task, cfg.task_cfg, None, pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed,
-                                                                                                  decay=cfg.pretrain_decay),
-                                                 progress=progress)
+    base, task, checkpoint = pt.load_or_pretrain(
+        cfg.task,
+        cfg.task_cfg,
+        None,
+        pt.PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.pretrain_seed, decay=cfg.pretrain_decay),
+        progress=progress,
+    )
     set_cpu_threads()
     check_task(task)
     pt.export_organism(run_dir, base, checkpoint)
@@ -144,12 +181,16 @@ def write(rows: list[dict], run_dir: str | Path, cfg: GateConfig) -> dict:
     return out
 
 
-def run(run_dir: str | Path = "runs/gate_search", cfg: GateConfig | None = None, progress: bool = True) -> dict:
+def run(
+    run_dir: str | Path = "runs/gate_search", cfg: GateConfig | None = None, progress: bool = True
+) -> dict:
     """Pre-train (or load) the organism, run the gates, write the rows and the verdicts."""
     cfg = cfg or GateConfig()
     base, task = load_organism(cfg, run_dir, progress)
     organism = RunDir(run_dir).organism_id
-    rows = gate_rows(base, task, run_dir, cfg, organism, progress=progress) + gate4_rows(base, task, run_dir, cfg, organism, progress=progress)
+    rows = gate_rows(base, task, run_dir, cfg, organism, progress=progress) + gate4_rows(
+        base, task, run_dir, cfg, organism, progress=progress
+    )
     return write(rows, run_dir, cfg)
 
 
@@ -159,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = run(args.run_dir)
     for gate, v in {**out["validity"], **out["outcomes"]}.items():
-        print(f"{gate}: {'holds' if v['holds'] else 'FAILS'} — " + ", ".join(f"{k}={v[k]}" for k in v if k != "holds"))
+        print(
+            f"{gate}: {'holds' if v['holds'] else 'FAILS'} — "
+            + ", ".join(f"{k}={v[k]}" for k in v if k != "holds")
+        )
     return 0
 
 

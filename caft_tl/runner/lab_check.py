@@ -65,14 +65,28 @@ def _trust(notebook: Path, data_dir: Path) -> None:
     NotebookNotary(data_dir=str(data_dir)).sign(nb)
 
 
-def _start_lab(root: Path, token: str, data_dir: Path, log: Path, timeout: float = 90) -> tuple[subprocess.Popen, int]:
+def _start_lab(
+    root: Path, token: str, data_dir: Path, log: Path, timeout: float = 90
+) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     env = {**os.environ, "JUPYTER_DATA_DIR": str(data_dir)}  # the notary's signatures live here
-    cmd = [str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.extension_manager=readonly", *(["--allow-root"] if os.geteuid() == 0 else [])]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter")),
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        *(["--allow-root"] if os.geteuid() == 0 else []),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -88,14 +102,28 @@ def _start_lab(root: Path, token: str, data_dir: Path, log: Path, timeout: float
 
 
 def _chromium(browser: str, url: str, *args: str, budget_ms: int, timeout: float) -> str:
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--window-size=1400,3000", f"--virtual-time-budget={budget_ms}", *args, url]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1400,3000",
+        f"--virtual-time-budget={budget_ms}",
+        *args,
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     return out.stdout
 
 
-def check(chapter: str = "00", run_dir: str | os.PathLike = "runs/lab_check", params: dict | None = None,
-          budget_ms: int = 20_000) -> LabCheck:
+def check(
+    chapter: str = "00",
+    run_dir: str | os.PathLike = "runs/lab_check",
+    params: dict | None = None,
+    budget_ms: int = 20_000,
+) -> LabCheck:
     """Execute ``chapter`` (fast parameters) into ``run_dir`` and :func:`render` it."""
     run_dir = Path(run_dir).resolve()
     ((nb, _),) = suite.plan([chapter], params, fast=True)
@@ -118,7 +146,10 @@ def render(notebook: str | os.PathLike, out_dir: str | os.PathLike, budget_ms: i
     try:
         url = f"http://127.0.0.1:{port}/doc/tree/{notebook.name}?token={token}"  # Lab's single-document view
         dom = _chromium(browser, url, "--dump-dom", budget_ms=budget_ms, timeout=180)
-        screenshot, partial = out_dir / f"{notebook.stem}.png", out_dir / f".{notebook.stem}.partial.png"  # Chromium wants .png
+        screenshot, partial = (
+            out_dir / f"{notebook.stem}.png",
+            out_dir / f".{notebook.stem}.partial.png",
+        )  # Chromium wants .png
         _chromium(browser, url, f"--screenshot={partial}", budget_ms=budget_ms, timeout=180)
         if not partial.exists() or not partial.stat().st_size:
             raise RuntimeError(f"Chromium wrote no screenshot of {url}")
@@ -131,16 +162,22 @@ def render(notebook: str | os.PathLike, out_dir: str | os.PathLike, budget_ms: i
             lab.kill()
     with files.atomic_write(out_dir / f"{notebook.stem}.dom.html") as f:
         f.write(dom)
-    return LabCheck(notebook.stem, notebook, screenshot, len(FIGURE_MARK.findall(dom)), len(ERROR_MARK.findall(dom)))
+    return LabCheck(
+        notebook.stem, notebook, screenshot, len(FIGURE_MARK.findall(dom)), len(ERROR_MARK.findall(dom))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--chapter", default="00", help="a chapter whose upstream artefacts are in --run-dir (00 needs none)")
+    ap.add_argument(
+        "--chapter", default="00", help="a chapter whose upstream artefacts are in --run-dir (00 needs none)"
+    )
     ap.add_argument("--run-dir", default="runs/lab_check")
     args = ap.parse_args(argv)
     result = check(args.chapter, args.run_dir)
-    print(f"{result.chapter}: {result.figures} plotly figure(s), {result.errors} error output(s) on the rendered page")
+    print(
+        f"{result.chapter}: {result.figures} plotly figure(s), {result.errors} error output(s) on the rendered page"
+    )
     print(f"screenshot: {result.screenshot}")
     return 0 if result.ok else 1
 

@@ -22,7 +22,9 @@ def _literal_assignments(source: str) -> dict[str, object]:
             try:
                 out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
-                raise ValueError(f"parameter {node.targets[0].id!r} = {ast.unparse(node.value)} is not a literal") from None
+                raise ValueError(
+                    f"parameter {node.targets[0].id!r} = {ast.unparse(node.value)} is not a literal"
+                ) from None
     return out
 
 
@@ -67,16 +69,22 @@ def check(given: dict[str, object], defaults: dict[str, object]) -> None:
         examples = [default] if default is not None else _task_values(name)
         hint = " (None: the task's value)" if default is None else ""
         if examples and not any(_same_type(value, e) for e in examples):
-            raise TypeError(f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(examples[0]).__name__} like {examples[0]!r}{hint}")
+            raise TypeError(
+                f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(examples[0]).__name__} like {examples[0]!r}{hint}"
+            )
         if isinstance(value, (list, tuple)):
             lists = [e for e in examples if isinstance(e, (list, tuple))]
             if lists and not value and all(lists):
-                raise ValueError(f"parameter {name!r} = {value!r} is empty; give at least one value like {lists[0]!r}")
+                raise ValueError(
+                    f"parameter {name!r} = {value!r} is empty; give at least one value like {lists[0]!r}"
+                )
             elements = [x for e in lists for x in e]
             for i, x in enumerate(value):
                 if elements and not any(_same_type(x, e) for e in elements):
-                    raise TypeError(f"parameter {name!r} = {value!r}: element {i} {x!r} is {type(x).__name__}; "
-                                    f"expected {type(elements[0]).__name__} like {elements[0]!r}")
+                    raise TypeError(
+                        f"parameter {name!r} = {value!r}: element {i} {x!r} is {type(x).__name__}; "
+                        f"expected {type(elements[0]).__name__} like {elements[0]!r}"
+                    )
                 _check_range(name, x, f"parameter {name!r} = {value!r}: element {i} {x!r}")
         else:
             _check_range(name, value, f"parameter {name!r} = {value!r}")

@@ -40,8 +40,9 @@ def task_list(tasks: list[str] | None, params: dict[str, object]) -> list[str]:
     task of the card fields in ``params`` (``-p train …``), or every generated task."""
     if "task" in params:
         if tasks:
-            raise ValueError(f"give the task once: --tasks {' '.join(tasks)} or -p task {params['task']}, "
-                             f"not both")
+            raise ValueError(
+                f"give the task once: --tasks {' '.join(tasks)} or -p task {params['task']}, not both"
+            )
         return [str(params.pop("task"))]
     if tasks:
         return list(tasks)
@@ -63,11 +64,14 @@ def check(tasks: list[str], params: dict[str, object]) -> list[str]:
     from caft_tl.real import experiment
 
     if not tasks:
-        raise ValueError(f"no task given; valid: a built-in ({', '.join(TASKS)}), a card file, "
-                         f"or -p train/id/ood/metric")
+        raise ValueError(
+            f"no task given; valid: a built-in ({', '.join(TASKS)}), a card file, or -p train/id/ood/metric"
+        )
     reserved = {"task", "run_dir", "fig_dir"} & set(params)
     if reserved:
-        raise ValueError(f"parameter(s) {sorted(reserved)} are set by the runner (--tasks, --run-dir, --fig-dir)")
+        raise ValueError(
+            f"parameter(s) {sorted(reserved)} are set by the runner (--tasks, --run-dir, --fig-dir)"
+        )
     declared = parameters.declared(NOTEBOOK)
     parameters.check(params, declared)
     config = lambda t: experiment.RealRunConfig.from_parameters({**declared, **params, "task": t})
@@ -78,16 +82,22 @@ def check(tasks: list[str], params: dict[str, object]) -> list[str]:
     return names
 
 
-def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real",
-        fig_dir: str | Path = "figures/real", params: dict[str, object] | None = None,
-        progress: bool = True) -> dict[str, float]:
+def run(
+    tasks: list[str] | None = None,
+    run_dir: str | Path = "runs/real",
+    fig_dir: str | Path = "figures/real",
+    params: dict[str, object] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
     """Execute the chapter once per task (:func:`task_list`); returns seconds per task (also in
     ``run_dir/timings.json``)."""
     params = dict(params or {})
     tasks, params = absolute(task_list(tasks, params), params)
     names = check(tasks, params)
     run_dir, fig_dir = Path(run_dir).resolve(), Path(fig_dir).resolve()
-    files.write_provenance(run_dir, {"tasks": list(tasks), "parameters": params})  # the commit and machine the rows come from
+    files.write_provenance(
+        run_dir, {"tasks": list(tasks), "parameters": params}
+    )  # the commit and machine the rows come from
     timings: dict[str, float] = {}
     for task, name in zip(tasks, names):
         out = run_dir / name / NOTEBOOK.name
@@ -97,9 +107,15 @@ def run(tasks: list[str] | None = None, run_dir: str | Path = "runs/real",
         t0 = time.perf_counter()
         try:
             where = {"task": task, "run_dir": str(out.parent), "fig_dir": str(fig_dir / name)}
-            papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=progress,
-                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
-                                       parameters={**params, **where})
+            papermill.execute_notebook(
+                str(NOTEBOOK),
+                str(out),
+                cwd=str(NOTEBOOK.parent),
+                kernel_name="python3",
+                progress_bar=progress,
+                kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
+                parameters={**params, **where},
+            )
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
             e.chapter, e.notebook = f"real_task[{name}]", str(out)
             e.where, e.finished, e.unit = name, len(timings), "task(s)"
@@ -115,7 +131,9 @@ def gather(run_dir: str | Path, fig_dir: str | Path) -> Path:
     """Every task's rows (``run_dir/<task>/results.csv``) → ``fig_dir/results.csv``, atomically."""
     tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/{results.RESULTS_FILE}"))]
     if not tables:
-        raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/{results.RESULTS_FILE}): run make real first")
+        raise files.MissingArtefactError(
+            f"no results under {str(run_dir)!r} (run_dir/<task>/{results.RESULTS_FILE}): run make real first"
+        )
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
     return out
@@ -126,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default="runs/real")
     ap.add_argument("--fig-dir", default="figures/real")
     ap.add_argument("--tasks", nargs="+", help=f"built-in names or card files (default: {' '.join(TASKS)})")
-    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct")
+    ap.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct",
+    )
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
     return run_command(lambda: run(args.tasks, args.run_dir, args.fig_dir, params), args.run_dir)

@@ -70,8 +70,12 @@ def check_parameters(params: dict[str, object], notebooks: list[Path]) -> None:
     parameters.check(params, defaults)
 
 
-def plan(only: list[str] | None = None, params: dict[str, object] | None = None, fast: bool = False,
-         notebook_dir: Path = NOTEBOOK_DIR) -> list[tuple[Path, dict]]:
+def plan(
+    only: list[str] | None = None,
+    params: dict[str, object] | None = None,
+    fast: bool = False,
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> list[tuple[Path, dict]]:
     """The chapters to run, in order, each with the parameters it declares; refuses unknown
     chapters, and parameters that no chosen chapter declares or of the wrong type. Without
     ``only``, a chapter that needs gates (:data:`NEEDS_GATES`) is left out for a ``task`` that has none."""
@@ -110,9 +114,18 @@ def run(
     steps = plan(only, params, fast, notebook_dir)
     from caft_tl.plotting import figures
 
-    if note := figures.missing_browser_note():  # once here, not once per chapter; also checks $CAFT_TL_FIGURE_FORMATS
+    if (
+        note := figures.missing_browser_note()
+    ):  # once here, not once per chapter; also checks $CAFT_TL_FIGURE_FORMATS
         print(f"note: {note}", flush=True)
-    files.write_provenance(run_dir, {"chapters": [nb.stem for nb, _ in steps], "parameters": {nb.stem: p for nb, p in steps}, "fast": fast})
+    files.write_provenance(
+        run_dir,
+        {
+            "chapters": [nb.stem for nb, _ in steps],
+            "parameters": {nb.stem: p for nb, p in steps},
+            "fast": fast,
+        },
+    )
     timings: dict[str, float] = {}
     for nb, nb_params in steps:
         nb_params = {**nb_params, "run_dir": str(run_dir), "fig_dir": str(fig_dir)}
@@ -121,18 +134,29 @@ def run(
         print(f"{tag}▶ {nb.stem}", flush=True)
         t0 = time.perf_counter()
         try:
-            papermill.execute_notebook(str(nb), str(out), parameters=nb_params, cwd=str(nb.parent),
-                                       kernel_name="python3", progress_bar=progress,
-                                       kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")))
+            papermill.execute_notebook(
+                str(nb),
+                str(out),
+                parameters=nb_params,
+                cwd=str(nb.parent),
+                kernel_name="python3",
+                progress_bar=progress,
+                kernel_manager_class=kernel_manager(out.with_suffix(".kernel.log")),
+            )
         except BaseException as e:  # a failure, or Ctrl-C / SIGTERM (KeyboardInterrupt)
-            e.chapter, e.notebook = nb.stem, str(out)  # for failure_line (kept when pickled back from a worker)
+            e.chapter, e.notebook = (
+                nb.stem,
+                str(out),
+            )  # for failure_line (kept when pickled back from a worker)
             e.where, e.finished = f"{tag.strip(' []')}/{nb.stem}".lstrip("/"), len(timings)
             raise
         timings[nb.stem] = round(time.perf_counter() - t0, 1)
         print(f"{tag}  {nb.stem}: {timings[nb.stem]} s", flush=True)
     previous = run_dir / "timings.json"  # a partial run updates its chapters' entries, keeps the others
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
-    print(f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}")
+    print(
+        f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}"
+    )
     return timings
 
 
@@ -180,28 +204,53 @@ def run_tasks(
         raise ValueError(f"workers = {workers}; expected at least 1")
     for name in ("task", "seed"):
         if name in (params or {}):
-            raise ValueError(f"choose {'tasks with --tasks' if name == 'task' else 'organisms with --pretrain-seeds'}, not the {name} parameter")
-    if pretrain_seeds is not None and (not pretrain_seeds or not all(isinstance(s, int) and s >= 0 for s in pretrain_seeds)):
-        raise ValueError(f"pretrain_seeds = {pretrain_seeds!r}; expected a non-empty list of non-negative integers")
+            raise ValueError(
+                f"choose {'tasks with --tasks' if name == 'task' else 'organisms with --pretrain-seeds'}, not the {name} parameter"
+            )
+    if pretrain_seeds is not None and (
+        not pretrain_seeds or not all(isinstance(s, int) and s >= 0 for s in pretrain_seeds)
+    ):
+        raise ValueError(
+            f"pretrain_seeds = {pretrain_seeds!r}; expected a non-empty list of non-negative integers"
+        )
     for t in tasks:
-        make_task(t, (params or {}).get("task_cfg"))  # an unknown task or design parameter fails here, before anything runs
-    population = {t: list(pretrain_seeds) if pretrain_seeds is not None else [task_class(t).defaults["seed"]] for t in tasks}
+        make_task(
+            t, (params or {}).get("task_cfg")
+        )  # an unknown task or design parameter fails here, before anything runs
+    population = {
+        t: list(pretrain_seeds) if pretrain_seeds is not None else [task_class(t).defaults["seed"]]
+        for t in tasks
+    }
     parallel = workers > 1 and sum(map(len, population.values())) > 1
     jobs, keys = [], []
     for t in tasks:
         for seed in population[t]:
-            own = {**(params or {}), "task": t, "seed": seed} if _runs_chapter_00(only) else params  # chapter 00 makes the organism
+            own = (
+                {**(params or {}), "task": t, "seed": seed} if _runs_chapter_00(only) else params
+            )  # chapter 00 makes the organism
             steps = plan(only, own, fast, notebook_dir)
             keys.append(f"{t}/{organism_dir(seed)}")
-            jobs.append((Path(run_dir) / keys[-1], Path(fig_dir) / keys[-1], [nb.stem for nb, _ in steps], own, fast, progress and not parallel,
-                         f"[{keys[-1]}] ", notebook_dir))
+            jobs.append(
+                (
+                    Path(run_dir) / keys[-1],
+                    Path(fig_dir) / keys[-1],
+                    [nb.stem for nb, _ in steps],
+                    own,
+                    fast,
+                    progress and not parallel,
+                    f"[{keys[-1]}] ",
+                    notebook_dir,
+                )
+            )
     run_dir, fig_dir = Path(run_dir), Path(fig_dir)
     t0 = time.perf_counter()
     if parallel:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")
+        ) as pool:
             done = list(pool.map(run, *zip(*jobs)))
     else:
         done = []
@@ -215,16 +264,30 @@ def run_tasks(
     wall = round(time.perf_counter() - t0, 1)
     previous = run_dir / "timings.json"
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
-    files.write_json(run_dir / "suite.json", {"tasks": list(tasks), "task_cfg": (params or {}).get("task_cfg") or {}, "pretrain_seeds": population,
-                                             "chapters": only or "all", "workers": workers,
-                                             "wall_s": wall, "chapters_s": round(sum(timings.values()), 1), "organisms": len(keys)})
+    files.write_json(
+        run_dir / "suite.json",
+        {
+            "tasks": list(tasks),
+            "task_cfg": (params or {}).get("task_cfg") or {},
+            "pretrain_seeds": population,
+            "chapters": only or "all",
+            "workers": workers,
+            "wall_s": wall,
+            "chapters_s": round(sum(timings.values()), 1),
+            "organisms": len(keys),
+        },
+    )
     gather_results(run_dir, fig_dir)
-    print(f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}")
+    print(
+        f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}"
+    )
     if only is None or "06" in only or any(c.startswith("06") for c in only):
         from caft_tl.plotting import population_figures
 
         for t in tasks:
-            print(summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg"))))
+            print(
+                summarise_population(run_dir / t, fig_dir / t, make_task(t, (params or {}).get("task_cfg")))
+            )
             try:
                 drawn = population_figures.write_task(fig_dir, t)
                 print(f"  population figures: {', '.join(p.stem for p in drawn)}")
@@ -243,7 +306,9 @@ def summarise_population(task_dir: Path, task_fig_dir: Path, task) -> str:
     from caft_tl.evaluation import population, population_analyses
 
     verdicts, summary = population.write(task_dir, task_fig_dir, task)
-    coverage = population_analyses.write(task_dir, task_fig_dir, task, list(verdicts.loc[verdicts["valid"], "organism"]))
+    coverage = population_analyses.write(
+        task_dir, task_fig_dir, task, list(verdicts.loc[verdicts["valid"], "organism"])
+    )
     headline = population.headline(task.name, verdicts, summary, task.ood_split, task.metric(task.ood_split))
     return "\n".join([headline, *(f"  note: {n}" for n in population_analyses.notes(coverage))])
 
@@ -258,11 +323,15 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
     to ``fig_dir/results_summary.csv``, atomically; returns the path of the rows."""
     tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/*/{results.RESULTS_FILE}"))]
     if not tables:
-        raise files.MissingArtefactError(f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first")
+        raise files.MissingArtefactError(
+            f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first"
+        )
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))
-    summaries = [files.read_csv(p, keep_default_na=False)
-                 for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))]
+    summaries = [
+        files.read_csv(p, keep_default_na=False)
+        for p in sorted(Path(fig_dir).glob("*/*/results_summary.csv"))
+    ]
     if summaries:
         files.write_csv(Path(fig_dir) / "results_summary.csv", pd.concat(summaries, ignore_index=True))
     return out
@@ -285,7 +354,9 @@ def failure_line(e: BaseException, run_dir: str | Path | None = None) -> str:
             chapter, notebook = executed[-1].stem, str(executed[-1])
     if chapter is None:
         return reason
-    return f"{chapter}: {reason}" + (f" (full traceback in {notebook})" if notebook and Path(notebook).exists() else "")
+    return f"{chapter}: {reason}" + (
+        f" (full traceback in {notebook})" if notebook and Path(notebook).exists() else ""
+    )
 
 
 def _value(text: str) -> object:
@@ -299,9 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default="runs/default")
     ap.add_argument("--fig-dir", default="figures")
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"organism tasks, each into run-dir/<task> (default: {' '.join(TASKS)})")
-    ap.add_argument("--workers", type=int, default=1, help="organisms run at once, each in its own process (default 1)")
-    ap.add_argument("--pretrain-seeds", type=int, nargs="+", help="the population: one organism per pre-training seed (default: the task's seed)")
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(TASKS),
+        help=f"organism tasks, each into run-dir/<task> (default: {' '.join(TASKS)})",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=1, help="organisms run at once, each in its own process (default 1)"
+    )
+    ap.add_argument(
+        "--pretrain-seeds",
+        type=int,
+        nargs="+",
+        help="the population: one organism per pre-training seed (default: the task's seed)",
+    )
     ap.add_argument("--chapters", nargs="*", help="e.g. 00 01 or 05_caft (default: all)")
     ap.add_argument("--fast", action="store_true", help="tiny budgets: a smoke run in a few minutes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
@@ -309,8 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: _value(v) for k, v in args.parameter}
 
     def work() -> None:
-        run_tasks(args.tasks, args.run_dir, args.fig_dir, args.chapters, params, args.fast,
-                  workers=args.workers, pretrain_seeds=args.pretrain_seeds)
+        run_tasks(
+            args.tasks,
+            args.run_dir,
+            args.fig_dir,
+            args.chapters,
+            params,
+            args.fast,
+            workers=args.workers,
+            pretrain_seeds=args.pretrain_seeds,
+        )
 
     return run_command(work, args.run_dir)
 
@@ -334,7 +425,7 @@ def run_command(work: Callable[[], object], run_dir: str | Path) -> int:
         work()
     except KeyboardInterrupt as e:
         return report_interrupt(e, run_dir)
-    except Exception as e:  # noqa: BLE001 — one line, never a traceback: the executed notebook holds it
+    except Exception as e:
         in_kernel = isinstance(e, papermill.PapermillExecutionError) and e.ename == "KeyboardInterrupt"
         if in_kernel:  # Ctrl-C reached the kernel first
             return report_interrupt(e, run_dir)
@@ -352,10 +443,12 @@ def report_interrupt(e: BaseException, run_dir: str | Path) -> int:
     where = f" during {e.where}" if getattr(e, "where", None) else ""
     unit = getattr(e, "unit", "chapter(s)")
     finished = f"{e.finished} {unit} finished before it; " if getattr(e, "finished", None) else ""
-    print(f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in "
-          f"{str(run_dir)!r} and the same command resumes (an interrupted fine-tune from its last "
-          "checkpoint)",
-          file=sys.stderr)
+    print(
+        f"interrupted ({signal.Signals(signum).name}){where}: {finished}finished work is kept in "
+        f"{str(run_dir)!r} and the same command resumes (an interrupted fine-tune from its last "
+        "checkpoint)",
+        file=sys.stderr,
+    )
     return 128 + signum
 
 

@@ -35,10 +35,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 from tqdm.auto import tqdm
@@ -63,7 +63,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
+)
 
 
 @dataclasses.dataclass
@@ -127,7 +128,9 @@ def parse(spec: dict) -> list[Run]:
     for name in names:
         where = f"run {name!r}"
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
-            raise ValueError(f"{where}: a run name must be letters, digits, '_', '.' or '-' (it names a folder)")
+            raise ValueError(
+                f"{where}: a run name must be letters, digits, '_', '.' or '-' (it names a folder)"
+            )
         body = _mapping(spec[name], where)
         chapters = _chapters(body.get("chapters", spec.get("chapters")), where)
         own = {k: v for k, v in body.items() if k not in RUN_KEYS}
@@ -138,7 +141,10 @@ def parse(spec: dict) -> list[Run]:
         declared = {k for nb, _ in steps for k in parameters.declared(nb)}
         notebooks |= {nb for nb, _ in steps}
         res = {**resources, **_resources(body.get("resources"), f"{where} resources")}
-        params = {**{k: v for k, v in defaults.items() if k in declared}, **own}  # defaults apply where declared
+        params = {
+            **{k: v for k, v in defaults.items() if k in declared},
+            **own,
+        }  # defaults apply where declared
         fast = body.get("fast", spec.get("fast", False))
         if not isinstance(fast, bool):
             raise ValueError(f"{where}: fast = {fast!r}; expected true or false")
@@ -205,7 +211,7 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
     with _output_to(path / "sweep.log"):
         try:
             suite.run(path, path / "figures", run.chapters, run.params, run.fast, progress=False)
-        except Exception as e:  # noqa: BLE001 — a failed run is reported, the sweep goes on
+        except Exception as e:
             error = suite.failure_line(e, path)
     results = path / "results.csv"
     try:
@@ -218,8 +224,12 @@ def execute(run: Run, run_dir: str, env: dict[str, str]) -> RunResult:
 def _local(todo: list[tuple[Run, str]], env: dict[str, str], workers: int) -> Iterator[RunResult]:
     # the workers ignore Ctrl-C: on Ctrl-C or SIGTERM the sweep stops them itself, at once (an interrupted
     # fine-tune resumes from its checkpoint), rather than waiting for their runs or printing their tracebacks
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
     try:
         futures = {pool.submit(execute, run, run_dir, env): run for run, run_dir in todo}
         for future in as_completed(futures):
@@ -243,8 +253,12 @@ def _ray(todo: list[tuple[Run, str]], env: dict[str, str], address: str | None) 
         ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
     try:
         task = ray.remote(execute)
-        refs = {task.options(num_cpus=run.num_cpus, num_gpus=run.num_gpus, max_retries=0, name=f"caft-tl {run.name}")
-                .remote(run, run_dir, env): run for run, run_dir in todo}
+        refs = {
+            task.options(
+                num_cpus=run.num_cpus, num_gpus=run.num_gpus, max_retries=0, name=f"caft-tl {run.name}"
+            ).remote(run, run_dir, env): run
+            for run, run_dir in todo
+        }
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             run = refs.pop(ref)
@@ -263,9 +277,10 @@ def _table_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
     out = []
     for line, row in csv_rows(path):
         if len(row) != len(columns):
-            raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(columns)} "
-                             f"({', '.join(columns)})")
-        check_csv_row(row[len(columns) - len(RESULT_COLUMNS):], f"{path}:{line}: ")
+            raise ValueError(
+                f"{path}:{line}: {len(row)} fields, expected {len(columns)} ({', '.join(columns)})"
+            )
+        check_csv_row(row[len(columns) - len(RESULT_COLUMNS) :], f"{path}:{line}: ")
         out.append(dict(zip(columns, row)))
     return out
 
@@ -306,13 +321,17 @@ def sweep(
     for run in all_runs:
         key = files.config_hash(run)
         if not force and status.get(run.name, {}).get("ok") and status[run.name].get("config") == key:
-            results[run.name] = RunResult(run.name, True, "", status[run.name]["seconds"], status[run.name]["node"])
+            results[run.name] = RunResult(
+                run.name, True, "", status[run.name]["seconds"], status[run.name]["node"]
+            )
         else:
             todo.append((run, str(root / run.name)))
     root.mkdir(parents=True, exist_ok=True)
     by_name = {run.name: run for run in all_runs}
     done = _local(todo, env, workers) if backend == "local" else _ray(todo, env, ray_address)
-    bar = tqdm(total=len(all_runs), initial=len(results), desc=f"sweep {root.name}", unit="run", disable=not progress)
+    bar = tqdm(
+        total=len(all_runs), initial=len(results), desc=f"sweep {root.name}", unit="run", disable=not progress
+    )
     try:
         _collect(done, results, by_name, status, status_path, table, root, bar)
     except KeyboardInterrupt as e:
@@ -325,14 +344,28 @@ def sweep(
     return {run.name: results[run.name] for run in all_runs}
 
 
-def _collect(done: Iterator[RunResult], results: dict, by_name: dict, status: dict, status_path: Path,
-             table: Path, root: Path, bar) -> None:
+def _collect(
+    done: Iterator[RunResult],
+    results: dict,
+    by_name: dict,
+    status: dict,
+    status_path: Path,
+    table: Path,
+    root: Path,
+    bar,
+) -> None:
     """Record each run's result as it finishes: its rows in the sweep's table, its status in sweep.json."""
     for result in done:
         results[result.name] = result
         _append_rows(table, result.name, result.rows)
-        status[result.name] = {"ok": result.ok, "error": result.error, "seconds": result.seconds, "node": result.node,
-                               "config": files.config_hash(by_name[result.name]), "run_dir": str(root / result.name)}
+        status[result.name] = {
+            "ok": result.ok,
+            "error": result.error,
+            "seconds": result.seconds,
+            "node": result.node,
+            "config": files.config_hash(by_name[result.name]),
+            "run_dir": str(root / result.name),
+        }
         files.write_json(status_path, status)
         bar.update()
         bar.set_postfix(failed=sum(not r.ok for r in results.values()))
@@ -347,22 +380,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", help="the sweep's folder name (default: the file's stem)")
     ap.add_argument("--backend", default="local", choices=BACKENDS)
     ap.add_argument("--workers", type=int, default=2, help="runs at a time with the local backend")
-    ap.add_argument("--ray-address", help="an existing Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local one")
+    ap.add_argument(
+        "--ray-address",
+        help="an existing Ray cluster (e.g. 10.0.0.1:6379 or auto); default: start a local one",
+    )
     ap.add_argument("--force", action="store_true", help="re-run the runs already finished")
     args = ap.parse_args(argv)
     root = Path(args.out) / (args.name or Path(args.sweep_file).stem)
     out: dict[str, RunResult] = {}
 
     def work() -> None:
-        out.update(sweep(args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address,
-                         args.force))
+        out.update(
+            sweep(
+                args.sweep_file, args.out, args.name, args.backend, args.workers, args.ray_address, args.force
+            )
+        )
 
     status = suite.run_command(work, root)
     if status:
         return status
     failed = [r for r in out.values() if not r.ok]
-    print(f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, "
-          f"status {root / 'sweep.json'}")
+    print(
+        f"{len(out) - len(failed)} of {len(out)} runs finished; table {root / 'results.csv'}, "
+        f"status {root / 'sweep.json'}"
+    )
     for r in failed:
         print(f"failed: {r.name}: {r.error}")
     return 1 if failed else 0

@@ -27,9 +27,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,15 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 #: the hook points the stacked forward pass offers (``{l}`` a layer); all are [.., d_model] wide
-HOOKS = ("hook_embed", "hook_pos_embed", "blocks.{l}.hook_resid_pre", "blocks.{l}.hook_attn_out",
-         "blocks.{l}.hook_resid_mid", "blocks.{l}.hook_mlp_out", "blocks.{l}.hook_resid_post")
+HOOKS = (
+    "hook_embed",
+    "hook_pos_embed",
+    "blocks.{l}.hook_resid_pre",
+    "blocks.{l}.hook_attn_out",
+    "blocks.{l}.hook_resid_mid",
+    "blocks.{l}.hook_mlp_out",
+    "blocks.{l}.hook_resid_post",
+)
 
 _ACTS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -90,7 +98,9 @@ class Stack:
 
     def state(self, r: int) -> dict[str, torch.Tensor]:
         """Member ``r``'s parameters as a state dict (copies, on the CPU)."""
-        return {n: self.flat[r, self.slices[n]].detach().view(self.shapes[n]).cpu().clone() for n in self.names}
+        return {
+            n: self.flat[r, self.slices[n]].detach().view(self.shapes[n]).cpu().clone() for n in self.names
+        }
 
     def prefix(self, k: int) -> dict[str, torch.Tensor]:
         return self.params if k == self.R else {n: v[:k] for n, v in self.params.items()}
@@ -100,8 +110,14 @@ class StackedAdamW:
     """``torch.optim.AdamW`` (single-tensor update) on a :class:`Stack`, per member ``lr`` and
     ``weight_decay``; :meth:`step` updates the first ``k`` members (those still training)."""
 
-    def __init__(self, stack: Stack, lr: list[float], weight_decay: list[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        stack: Stack,
+        lr: list[float],
+        weight_decay: list[float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         self.stack, self.betas, self.eps = stack, betas, eps
         dev = stack.flat.device
         self.lr = torch.tensor(lr, dtype=torch.float64, device=dev)[:, None]
@@ -117,7 +133,7 @@ class StackedAdamW:
         b1, b2 = self.betas
         self.steps[:k] += 1
         step = int(self.steps[0])
-        bc1, bc2_sqrt = 1 - b1 ** step, (1 - b2 ** step) ** 0.5
+        bc1, bc2_sqrt = 1 - b1**step, (1 - b2**step) ** 0.5
         lr = self.lr[:k] * lr_factor  # [k, 1] float64
         wd = self.wd[:k]
         same_lr = bool((lr == lr[0]).all())
@@ -157,8 +173,12 @@ def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -
     return (x / scale) * w.view(shape) + b.view(shape)
 
 
-def stacked_forward(cfg, W: dict[str, torch.Tensor], tokens: torch.Tensor,
-                    hooks: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:
+def stacked_forward(
+    cfg,
+    W: dict[str, torch.Tensor],
+    tokens: torch.Tensor,
+    hooks: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> torch.Tensor:
     """The HookedTransformer forward pass for R members at once: ``tokens [R, B, T]`` →
     ``logits [R, B, T, d_vocab]``; ``W`` the members' parameters ``[R, *shape]`` by TL name;
     ``hooks[name](h [R, B, T, d_model])`` → new h at the points of :data:`HOOKS`."""
@@ -182,8 +202,12 @@ def stacked_forward(cfg, W: dict[str, torch.Tensor], tokens: torch.Tensor,
         x = _layer_norm(resid, W[p + "ln1.w"], W[p + "ln1.b"], cfg.eps).reshape(R, B * T, d)
         w_qkv = torch.cat([W[p + "attn.W_Q"], W[p + "attn.W_K"], W[p + "attn.W_V"]], 1)  # [R, 3H, d, dh]
         w_qkv = w_qkv.permute(0, 2, 1, 3).reshape(R, d, 3 * H * dh)
-        b_qkv = torch.cat([W[p + "attn.b_Q"], W[p + "attn.b_K"], W[p + "attn.b_V"]], 1).reshape(R, 1, 3 * H * dh)
-        qkv = torch.baddbmm(b_qkv, x, w_qkv).view(R, B, T, 3, H, dh).permute(3, 0, 1, 4, 2, 5)  # [3, R, B, H, T, dh]
+        b_qkv = torch.cat([W[p + "attn.b_Q"], W[p + "attn.b_K"], W[p + "attn.b_V"]], 1).reshape(
+            R, 1, 3 * H * dh
+        )
+        qkv = (
+            torch.baddbmm(b_qkv, x, w_qkv).view(R, B, T, 3, H, dh).permute(3, 0, 1, 4, 2, 5)
+        )  # [3, R, B, H, T, dh]
         q, k, v = (t.reshape(R * B, H, T, dh) for t in qkv)
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / scale)  # [R B, H, T, dh]
         z = z.view(R, B, H, T, dh).permute(0, 1, 3, 2, 4).reshape(R, B * T, H * dh)
@@ -208,12 +232,26 @@ def batchable(model) -> str | None:
     if not isinstance(model, HookedTransformer):
         return f"{type(model).__name__} is not a HookedTransformer"
     c = model.cfg
-    wrong = {"normalization_type": ("LN",), "positional_embedding_type": ("standard",), "act_fn": tuple(_ACTS),
-             "attn_only": (False,), "parallel_attn_mlp": (False,), "n_key_value_heads": (None,), "gated_mlp": (False,),
-             "final_rms": (False,), "attention_dir": ("causal",), "use_local_attn": (False,), "dtype": (torch.float32,),
-             "original_architecture": (None,), "use_attn_scale": (True,), "use_normalization_before_and_after": (False,),
-             "use_qk_norm": (False,), "use_attention_sinks": (False,), "output_logits_soft_cap": (-1.0, 0.0, None),
-             "attn_scores_soft_cap": (-1.0, 0.0, None)}
+    wrong = {
+        "normalization_type": ("LN",),
+        "positional_embedding_type": ("standard",),
+        "act_fn": tuple(_ACTS),
+        "attn_only": (False,),
+        "parallel_attn_mlp": (False,),
+        "n_key_value_heads": (None,),
+        "gated_mlp": (False,),
+        "final_rms": (False,),
+        "attention_dir": ("causal",),
+        "use_local_attn": (False,),
+        "dtype": (torch.float32,),
+        "original_architecture": (None,),
+        "use_attn_scale": (True,),
+        "use_normalization_before_and_after": (False,),
+        "use_qk_norm": (False,),
+        "use_attention_sinks": (False,),
+        "output_logits_soft_cap": (-1.0, 0.0, None),
+        "attn_scores_soft_cap": (-1.0, 0.0, None),
+    }
     for key, ok in wrong.items():
         if hasattr(c, key) and getattr(c, key) not in ok:
             return f"cfg.{key}={getattr(c, key)!r}"
@@ -228,27 +266,53 @@ def batchable(model) -> str | None:
 
 @torch.no_grad()
 def _numeric_check(model: HookedTransformer) -> str | None:
-    expected = {f"blocks.{l}.{n}" for l in range(model.cfg.n_layers) for n in (
-        "ln1.w", "ln1.b", "ln2.w", "ln2.b", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.b_Q", "attn.b_K",
-        "attn.b_V", "attn.b_O", "mlp.W_in", "mlp.b_in", "mlp.W_out", "mlp.b_out")} | {
-        "embed.W_E", "pos_embed.W_pos", "ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"}
+    expected = {
+        f"blocks.{l}.{n}"
+        for l in range(model.cfg.n_layers)
+        for n in (
+            "ln1.w",
+            "ln1.b",
+            "ln2.w",
+            "ln2.b",
+            "attn.W_Q",
+            "attn.W_K",
+            "attn.W_V",
+            "attn.W_O",
+            "attn.b_Q",
+            "attn.b_K",
+            "attn.b_V",
+            "attn.b_O",
+            "mlp.W_in",
+            "mlp.b_in",
+            "mlp.W_out",
+            "mlp.b_out",
+        )
+    } | {"embed.W_E", "pos_embed.W_pos", "ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"}
     names = {n for n, _ in model.named_parameters()}
     if names != expected:
         return f"parameters differ from the organism design: {sorted(names ^ expected)[:3]}"
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.cfg.d_vocab, (2, 3, min(model.cfg.n_ctx, 5)), generator=g).to(model.cfg.device)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 3, min(model.cfg.n_ctx, 5)), generator=g).to(
+        model.cfg.device
+    )
     W = {n: p.detach()[None].expand(2, *p.shape) for n, p in model.named_parameters()}
     got = stacked_forward(model.cfg, W, tokens)
     want = model(tokens[0])
     err = (got[0] - want).abs().max().item()
-    return None if err <= 1e-4 * max(1.0, want.abs().max().item()) else f"stacked forward differs from TL by {err:.2g}"
+    return (
+        None
+        if err <= 1e-4 * max(1.0, want.abs().max().item())
+        else f"stacked forward differs from TL by {err:.2g}"
+    )
 
 
 def stacked_loss(logits: torch.Tensor, tokens: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """[R] mean next-token cross-entropy over each member's target positions
     (:func:`caft_tl.core.models.response_loss` per member)."""
     R = logits.shape[0]
-    ce = F.cross_entropy(logits[:, :, :-1].flatten(0, 2).float(), tokens[:, :, 1:].flatten(), reduction="none")
+    ce = F.cross_entropy(
+        logits[:, :, :-1].flatten(0, 2).float(), tokens[:, :, 1:].flatten(), reduction="none"
+    )
     mask = target_mask[:, :, :-1].reshape(R, -1).to(ce.dtype)
     return (ce.view(R, -1) * mask).sum(1) / mask.sum(1)
 
@@ -269,8 +333,10 @@ class StackedInterventions:
         self.positions = [iv.positions if iv is not None else "all" for iv in interventions]
         self.hooks: dict[str, dict] = {}
         for name in names:
-            subs = [next((s for s in iv.subspaces if s.hook_name == name), None) if iv is not None else None
-                    for iv in interventions]
+            subs = [
+                next((s for s in iv.subspaces if s.hook_name == name), None) if iv is not None else None
+                for iv in interventions
+            ]
             k = max(s.k for s in subs if s is not None)
             q = torch.zeros(self.R, d_model, k, dtype=dtype)
             mu = torch.zeros(self.R, d_model, dtype=dtype)
@@ -279,11 +345,19 @@ class StackedInterventions:
                     q[r, :, : s.k] = s.check_intact().basis.to(dtype)
                     if s.reference_mean is not None:
                         mu[r] = s.reference_mean.to(dtype)
-            scale = torch.tensor([float(iv.scale) if iv is not None else 0.0 for iv in interventions], dtype=dtype)
-            sel = {m: torch.tensor([s is not None and interventions[r].mode == m for r, s in enumerate(subs)])
-                   for m in modes}
-            self.hooks[name] = {"q": q.to(device), "mu": mu.to(device), "scale": scale.to(device),
-                                "sel": {m: v.to(device) for m, v in sel.items() if bool(v.any())}}
+            scale = torch.tensor(
+                [float(iv.scale) if iv is not None else 0.0 for iv in interventions], dtype=dtype
+            )
+            sel = {
+                m: torch.tensor([s is not None and interventions[r].mode == m for r, s in enumerate(subs)])
+                for m in modes
+            }
+            self.hooks[name] = {
+                "q": q.to(device),
+                "mu": mu.to(device),
+                "scale": scale.to(device),
+                "sel": {m: v.to(device) for m, v in sel.items() if bool(v.any())},
+            }
 
     def fwd_hooks(self, target_mask: torch.Tensor, k: int | None = None) -> dict[str, Callable]:
         """Hooks for :func:`stacked_forward` on a batch with ``target_mask [k, B, T]`` (the first
@@ -303,7 +377,9 @@ def _apply(h: torch.Tensor, spec: dict, pos: torch.Tensor, k: int) -> torch.Tens
         if not bool(sel.any()):
             continue
         fn = get_mode(mode).fn
-        new = torch.func.vmap(fn, in_dims=(0, 0, 0, 0))(flat, spec["q"][:k], spec["mu"][:k], spec["scale"][:k])
+        new = torch.func.vmap(fn, in_dims=(0, 0, 0, 0))(
+            flat, spec["q"][:k], spec["mu"][:k], spec["scale"][:k]
+        )
         out = torch.where((sel[:, None, None] & pos)[..., None], new.view(R, B, T, d), out)
     return out
 
@@ -320,7 +396,9 @@ class _Schedule:
     target: torch.Tensor
     steps: list[int]
     widths: torch.Tensor  # [R, S]
-    base: dict[str, torch.Tensor] | None = None  # the KL reference's parameters, [R, *shape] each (KL schedules only)
+    base: dict[str, torch.Tensor] | None = (
+        None  # the KL reference's parameters, [R, *shape] each (KL schedules only)
+    )
 
 
 def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
@@ -340,9 +418,13 @@ def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(data), generator=gen)
             for i in range(per_epoch):
-                idx = order[i * cfg.batch_size: (i + 1) * cfg.batch_size]
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 s = epoch * per_epoch + i
-                w = data.tokens.shape[1] if length is None else min(int(length[idx].max()), data.tokens.shape[1])
+                w = (
+                    data.tokens.shape[1]
+                    if length is None
+                    else min(int(length[idx].max()), data.tokens.shape[1])
+                )
                 tokens[r, s, : len(idx), : data.tokens.shape[1]] = data.tokens[idx]
                 target[r, s, : len(idx), :w] = tm[idx][:, :w]  # as trimmed(): the mask of the kept columns
                 widths[r, s] = w
@@ -374,7 +456,9 @@ def _kl_schedule(base, references: list[TokenDataset | None], cfgs, steps: list[
     return _Schedule(tokens.to(dev), target.to(dev), steps, widths, stacked_base)
 
 
-def stacked_kl(logits: torch.Tensor, reference_logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def stacked_kl(
+    logits: torch.Tensor, reference_logits: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
     """[R] mean KL(reference ‖ member) over each member's target positions
     (:func:`caft_tl.core.models.kl_to_reference` per member); 0 for a member without targets."""
     kl = kl_rows(logits[:, :, :-1], reference_logits[:, :, :-1])  # [R, B, T-1]
@@ -408,19 +492,25 @@ def finetune_batched(
     R = len(datas)
     interventions = interventions or [None] * R
     if not (len(cfgs) == len(interventions) == R) or R == 0:
-        raise ValueError(f"{R} datasets, {len(cfgs)} configs and {len(interventions)} interventions; need one of each per member")
+        raise ValueError(
+            f"{R} datasets, {len(cfgs)} configs and {len(interventions)} interventions; need one of each per member"
+        )
     for d in datas:
         if len(d) == 0:
             raise ValueError("fine-tuning dataset is empty")
     datas = [first_rows(d, c.n_examples) for d, c in zip(datas, cfgs)]  # as the loop: cfg.n_examples rows
     references = references or [None] * R
     if len(references) != R:
-        raise ValueError(f"{len(references)} reference document sets for {R} members; need one (or None) per member")
+        raise ValueError(
+            f"{len(references)} reference document sets for {R} members; need one (or None) per member"
+        )
     for c, docs in zip(cfgs, references):
         if not (isinstance(c.kl_to_base, (int, float)) and math.isfinite(c.kl_to_base) and c.kl_to_base >= 0):
             raise ValueError(f"FinetuneConfig.kl_to_base = {c.kl_to_base!r}; expected a finite number >= 0")
         if c.kl_to_base and (docs is None or len(docs) == 0):
-            raise ValueError(f"FinetuneConfig.kl_to_base = {c.kl_to_base} (seed {c.seed}) needs generic documents (references)")
+            raise ValueError(
+                f"FinetuneConfig.kl_to_base = {c.kl_to_base} (seed {c.seed}) needs generic documents (references)"
+            )
     why = batchable(base)
     if why is not None:
         raise ValueError(f"this model does not train on the batched path: {why}")
@@ -436,7 +526,9 @@ def finetune_batched(
     base_state = {n: p.detach() for n, p in base.named_parameters()}
     stack = Stack(base, [base_state] * R)
     opt = StackedAdamW(stack, [c.lr for c in cfgs], [c.weight_decay for c in cfgs])
-    stacked_ivs = StackedInterventions(ivs, base.cfg.d_model, dev) if any(iv is not None for iv in ivs) else None
+    stacked_ivs = (
+        StackedInterventions(ivs, base.cfg.d_model, dev) if any(iv is not None for iv in ivs) else None
+    )
     losses = torch.zeros(R, max(sched.steps))
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -460,8 +552,10 @@ def finetune_batched(
         values = loss.detach().cpu()
         if not bool(torch.isfinite(values).all()):
             r = int((~torch.isfinite(values)).nonzero()[0])
-            raise FloatingPointError(f"loss is {values[r].item()} at step {step} (lr={cfgs[r].lr}) of member "
-                                     f"seed={cfgs[r].seed}; lower the learning rate")
+            raise FloatingPointError(
+                f"loss is {values[r].item()} at step {step} (lr={cfgs[r].lr}) of member "
+                f"seed={cfgs[r].seed}; lower the learning rate"
+            )
         opt.step(k)
         losses[:k, step] = values
         step += 1
@@ -493,10 +587,17 @@ def _backward(loss: torch.Tensor) -> None:
 
 
 def _save_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor, step: int) -> None:
-    tensors = {"flat": stack.flat.detach().cpu().contiguous(), "losses": losses.contiguous(),
-               **{f"optim.{k}": v.detach().cpu().contiguous() for k, v in opt.state().items()}}
+    tensors = {
+        "flat": stack.flat.detach().cpu().contiguous(),
+        "losses": losses.contiguous(),
+        **{f"optim.{k}": v.detach().cpu().contiguous() for k, v in opt.state().items()},
+    }
     with files.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": json.dumps(step), "shape": json.dumps(list(stack.flat.shape))})
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={"step": json.dumps(step), "shape": json.dumps(list(stack.flat.shape))},
+        )
 
 
 def _load_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor) -> int:
@@ -504,9 +605,11 @@ def _load_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor) -> 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "step" not in meta or tuple(t.get("flat", torch.empty(0)).shape) != tuple(stack.flat.shape):
-        raise files.CorruptFileError(f"group checkpoint {str(path)!r} does not match this group; delete it to restart")
+        raise files.CorruptFileError(
+            f"group checkpoint {str(path)!r} does not match this group; delete it to restart"
+        )
     with torch.no_grad():
         stack.flat.copy_(t["flat"])
-    opt.load({k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")})
+    opt.load({k[len("optim.") :]: v for k, v in t.items() if k.startswith("optim.")})
     losses.copy_(t["losses"])
     return json.loads(meta["step"])

@@ -56,8 +56,10 @@ def task_examples(task, cfg: FinetuneConfig) -> int:
     """How many of the task's examples a run draws: ``cfg.n_examples``, or the task's default when None."""
     n = cfg.n_examples if cfg.n_examples is not None else task.defaults.get("n_examples")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no "
-                         f"default n_examples; give a positive int")
+        raise ValueError(
+            f"FinetuneConfig.n_examples = {cfg.n_examples!r} and task {task.name!r} has no "
+            f"default n_examples; give a positive int"
+        )
     return n
 
 
@@ -99,17 +101,33 @@ def run_finetune(
     """
     if intervention is not None:
         intervention.check(base)
-    unit = _Unit.make(run_dir, base, task, FinetuneJob(cfg, method, directions, param, intervention, keep_model, data), organism)
+    unit = _Unit.make(
+        run_dir,
+        base,
+        task,
+        FinetuneJob(cfg, method, directions, param, intervention, keep_model, data),
+        organism,
+    )
     if (metrics := unit.cached()) is not None:
         model = models.load_model(unit.folder)[0] if keep_model else None
         return results.rows(unit.key, metrics), model
 
     model = models.copy_model(base)
     data = finetune_data(task, cfg, unit.job.data)
-    checkpoint = unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"  # an interrupted run resumes from here
+    checkpoint = (
+        unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"
+    )  # an interrupted run resumes from here
     every_row = dataclasses.replace(cfg, n_examples=len(data))
-    losses = finetune(model, data, every_row, intervention, progress=progress, desc=unit.folder.name,
-                      checkpoint=checkpoint, **kl_inputs(base, task, cfg))
+    losses = finetune(
+        model,
+        data,
+        every_row,
+        intervention,
+        progress=progress,
+        desc=unit.folder.name,
+        checkpoint=checkpoint,
+        **kl_inputs(base, task, cfg),
+    )
     metrics = unit.finish(model, task, losses)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
@@ -119,7 +137,7 @@ def run_finetune(
 class _Unit:
     """One fine-tuning run's place in the run directory: its rows' key, folder and config hash."""
 
-    job: "FinetuneJob"
+    job: FinetuneJob
     key: results.RowKey
     folder: Path
     spec: dict
@@ -127,23 +145,43 @@ class _Unit:
     n_examples: int  # the rows it trains on
 
     @classmethod
-    def make(cls, run_dir, base, task, job: "FinetuneJob", organism: str | None, base_hash: str | None = None) -> "_Unit":
+    def make(
+        cls, run_dir, base, task, job: FinetuneJob, organism: str | None, base_hash: str | None = None
+    ) -> _Unit:
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         cfg = job.cfg
-        key = results.RowKey(task.name, organism or run.organism_id, job.method, job.directions, job.param, trained=True, seed=cfg.seed)
+        key = results.RowKey(
+            task.name,
+            organism or run.organism_id,
+            job.method,
+            job.directions,
+            job.param,
+            trained=True,
+            seed=cfg.seed,
+        )
         folder = run.finetune(job.method, job.directions, job.param, cfg.seed)
-        spec = {"cfg": dataclasses.asdict(cfg), "intervention": intervention_hash(job.intervention), "task": task.name,
-                "base": base_hash or models.weights_hash(base)}
+        spec = {
+            "cfg": dataclasses.asdict(cfg),
+            "intervention": intervention_hash(job.intervention),
+            "task": task.name,
+            "base": base_hash or models.weights_hash(base),
+        }
         if job.data is not None:  # a job's own examples: their tokens and masks decide the run too
-            spec["data"] = hashlib.sha256(job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()).hexdigest()[:16]
+            spec["data"] = hashlib.sha256(
+                job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()
+            ).hexdigest()[:16]
         n = len(job.data) if job.data is not None else task_examples(task, cfg)
         return cls(job, key, folder, spec, files.config_hash(spec), n)
 
     def cached(self) -> dict[str, dict[str, float]] | None:
         """The metrics of a finished run with this config (and saved weights if it keeps them), else None."""
         done = self.folder / "metrics.json"
-        if not (done.exists() and (blob := files.read_json(done)).get("config_hash") == self.spec_hash and "values" in blob
-                and (not self.job.keep_model or (self.folder / "model.safetensors").exists())):
+        if not (
+            done.exists()
+            and (blob := files.read_json(done)).get("config_hash") == self.spec_hash
+            and "values" in blob
+            and (not self.job.keep_model or (self.folder / "model.safetensors").exists())
+        ):
             return None
         metrics: dict[str, dict[str, float]] = {}
         for split, metric, value in blob["values"]:  # a list, so the rows come back in their original order
@@ -155,10 +193,18 @@ class _Unit:
         iv = self.job.intervention
         metrics = evaluate_task(model, task, fwd_hooks=iv.eval_hooks() if iv is not None else [])
         if self.job.keep_model:
-            models.save_model(model, self.folder, models.ModelConfig(**{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}))
+            models.save_model(
+                model,
+                self.folder,
+                models.ModelConfig(
+                    **{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}
+                ),
+            )
         files.write_json(self.folder / "run.json", self.spec)
         values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
-        files.write_json(self.folder / "metrics.json", {"config_hash": self.spec_hash, "values": values, "losses": losses})
+        files.write_json(
+            self.folder / "metrics.json", {"config_hash": self.spec_hash, "values": values, "losses": losses}
+        )
         return metrics
 
     @property
@@ -176,7 +222,9 @@ class FinetuneJob:
     param: str = ""
     intervention: Intervention | None = None
     keep_model: bool = False  # save the fine-tuned weights too
-    data: TokenDataset | None = None  # train on these examples instead of the task's (e.g. a filtered subset); one epoch
+    data: TokenDataset | None = (
+        None  # train on these examples instead of the task's (e.g. a filtered subset); one epoch
+    )
 
 
 def default_workers() -> int:
@@ -194,14 +242,33 @@ def _run_job(job: FinetuneJob) -> list[dict]:
 
 
 def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[dict]:
-    return run_finetune(run_dir, base, task, job.cfg, job.method, job.directions, job.param, job.intervention,
-                        keep_model=job.keep_model, progress=False, organism=organism, data=job.data)[0]
+    return run_finetune(
+        run_dir,
+        base,
+        task,
+        job.cfg,
+        job.method,
+        job.directions,
+        job.param,
+        job.intervention,
+        keep_model=job.keep_model,
+        progress=False,
+        organism=organism,
+        data=job.data,
+    )[0]
 
 
 def run_finetunes(
-    run_dir: str | os.PathLike | RunDir, base: HookedTransformer, task, jobs: list[FinetuneJob],
-    workers: int | None = None, progress: bool = True, desc: str = "fine-tunes", organism: str | None = None,
-    batch: bool | None = None, group_size: int = 64,
+    run_dir: str | os.PathLike | RunDir,
+    base: HookedTransformer,
+    task,
+    jobs: list[FinetuneJob],
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "fine-tunes",
+    organism: str | None = None,
+    batch: bool | None = None,
+    group_size: int = 64,
 ) -> list[dict]:
     """:func:`run_finetune` for every job; the rows in job order, the same as a one-process loop's.
 
@@ -218,8 +285,10 @@ def run_finetunes(
             job.intervention.check(base)
         n = task_examples(task, job.cfg)
         if not (isinstance(job.cfg.n_disambiguating, int) and 0 <= job.cfg.n_disambiguating < n):
-            raise ValueError(f"FinetuneConfig.n_disambiguating = {job.cfg.n_disambiguating!r} ({job.method}); "
-                             f"expected an int in [0, n_examples={n})")
+            raise ValueError(
+                f"FinetuneConfig.n_disambiguating = {job.cfg.n_disambiguating!r} ({job.method}); "
+                f"expected an int in [0, n_examples={n})"
+            )
     if batch is None:
         batch = batched.batchable(base) is None
     if not batch:
@@ -238,13 +307,18 @@ def run_finetunes(
             alone.append(i)  # a hook the stacked forward does not offer
     workers = max(1, min(workers or default_workers(), len(pending))) if str(base.cfg.device) == "cpu" else 1
     groups = []
-    for kind in (False, True):  # runs with a KL-to-base term group apart: only they pay its two extra forward passes
+    for kind in (
+        False,
+        True,
+    ):  # runs with a KL-to-base term group apart: only they pay its two extra forward passes
         part = [i for i in pending if bool(units[i].job.cfg.kl_to_base) == kind]
         share = max(1, round(workers * len(part) / len(pending))) if part else 0
         n_groups = max(share, math.ceil(len(part) / group_size)) if part else 0
         by_steps = sorted(part, key=lambda i: -units[i].n_steps)  # round-robin: groups of similar work
         groups += [sorted(by_steps[g::n_groups]) for g in range(n_groups) if by_steps[g::n_groups]]
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending) - len(alone), desc=desc, disable=not progress)
+    bar = tqdm(
+        total=len(jobs), initial=len(jobs) - len(pending) - len(alone), desc=desc, disable=not progress
+    )
     todo = [("group", [units[i] for i in g]) for g in groups] + [("one", [units[i]]) for i in alone]
     index = [g for g in groups] + [[i] for i in alone]
     _SHARED.update(base=base, task=task)
@@ -281,8 +355,16 @@ def _run_todo(todo) -> list[list[dict]]:
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
-        losses = finetune(model, data, every_row, u.job.intervention, progress=False, desc=u.folder.name,
-                          checkpoint=checkpoint, **kl_inputs(base, task, u.job.cfg))
+        losses = finetune(
+            model,
+            data,
+            every_row,
+            u.job.intervention,
+            progress=False,
+            desc=u.folder.name,
+            checkpoint=checkpoint,
+            **kl_inputs(base, task, u.job.cfg),
+        )
         metrics = u.finish(model, task, losses)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
@@ -293,11 +375,20 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
     """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
     datas = [finetune_data(task, u.job.cfg, u.job.data) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
-    checkpoint = units[0].folder.parent / f"group-{name}.safetensors"  # an interrupted group resumes from here
+    checkpoint = (
+        units[0].folder.parent / f"group-{name}.safetensors"
+    )  # an interrupted group resumes from here
     references = [kl_inputs(base, task, u.job.cfg).get("reference_data") for u in units]
     cfgs = [dataclasses.replace(u.job.cfg, n_examples=len(d)) for u, d in zip(units, datas)]  # every row
-    states, losses = batched.finetune_batched(base, datas, cfgs, [u.job.intervention for u in units],
-                                              progress=False, checkpoint=checkpoint, references=references)
+    states, losses = batched.finetune_batched(
+        base,
+        datas,
+        cfgs,
+        [u.job.intervention for u in units],
+        progress=False,
+        checkpoint=checkpoint,
+        references=references,
+    )
     model = models.copy_model(base)
     out = []
     for u, state, loss in zip(units, states, losses):

@@ -44,7 +44,9 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     epochs: int = 1
     seed: int = 0
-    kl_to_base: float = 0.0  # β of the KL-to-base baseline: + β · KL(base ‖ model) on generic documents each step
+    kl_to_base: float = (
+        0.0  # β of the KL-to-base baseline: + β · KL(base ‖ model) on generic documents each step
+    )
     n_disambiguating: int = 0
 
 
@@ -98,7 +100,9 @@ def finetune(
     # inputs, checked before any work: a bad intervention fails here in one line, not mid-step
     if intervention is not None:
         if not callable(getattr(intervention, "fwd_hooks", None)):
-            raise TypeError(f"intervention is {type(intervention).__name__}; expected an Intervention (or None for a plain fine-tune)")
+            raise TypeError(
+                f"intervention is {type(intervention).__name__}; expected an Intervention (or None for a plain fine-tune)"
+            )
         if callable(getattr(intervention, "check", None)):
             intervention.check(model)  # hook names (closest valid ones), subspace widths
     for name in ("batch_size", "epochs"):
@@ -108,14 +112,20 @@ def finetune(
         raise ValueError(f"FinetuneConfig.lr = {cfg.lr!r}; expected a positive finite number")
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size = {micro_batch_size!r}; expected a positive int or None")
-    if not (isinstance(cfg.kl_to_base, (int, float)) and math.isfinite(cfg.kl_to_base) and cfg.kl_to_base >= 0):
+    if not (
+        isinstance(cfg.kl_to_base, (int, float)) and math.isfinite(cfg.kl_to_base) and cfg.kl_to_base >= 0
+    ):
         raise ValueError(f"FinetuneConfig.kl_to_base = {cfg.kl_to_base!r}; expected a finite number >= 0")
     if cfg.kl_to_base and (reference is None or reference_data is None or len(reference_data) == 0):
-        raise ValueError(f"FinetuneConfig.kl_to_base = {cfg.kl_to_base} needs the base model (reference) and generic documents (reference_data)")
+        raise ValueError(
+            f"FinetuneConfig.kl_to_base = {cfg.kl_to_base} needs the base model (reference) and generic documents (reference_data)"
+        )
     kl = (cfg.kl_to_base, reference, reference_data) if cfg.kl_to_base else None
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # data order
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     n_steps = cfg.epochs * steps_per_epoch
     losses: list[float] = []
@@ -137,15 +147,22 @@ def finetune(
             if kl is not None:
                 _kl_backward(model, intervention, *kl, step, cfg.batch_size)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step} (lr={cfg.lr}); lower the learning rate")
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step} (lr={cfg.lr}); lower the learning rate"
+                )
             opt.step()
             losses.append(loss)
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if checkpoint is not None and step % checkpoint_every == 0 and step < n_steps:
-                save_checkpoint(checkpoint, model, opt, {"step": step, "losses": losses},
-                                {"data_epoch": epoch_rng, "torch": torch.get_rng_state()})
+                save_checkpoint(
+                    checkpoint,
+                    model,
+                    opt,
+                    {"step": step, "losses": losses},
+                    {"data_epoch": epoch_rng, "torch": torch.get_rng_state()},
+                )
         epoch_rng = gen.get_state()
     bar.close()
     model.eval()
@@ -157,8 +174,10 @@ def first_rows(data: TokenDataset, n_examples: int | None) -> TokenDataset:
     if n_examples is None:
         return data
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or not 1 <= n_examples <= len(data):
-        raise ValueError(f"FinetuneConfig.n_examples = {n_examples!r}; expected an int in 1..{len(data)} "
-                         f"(the data's rows) or None for all of them")
+        raise ValueError(
+            f"FinetuneConfig.n_examples = {n_examples!r}; expected an int in 1..{len(data)} "
+            f"(the data's rows) or None for all of them"
+        )
     return data if n_examples == len(data) else data.subset(slice(0, n_examples))
 
 
@@ -194,7 +213,9 @@ def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> fl
     return total
 
 
-def _kl_backward(model, intervention, beta: float, reference: HookedTransformer, docs: TokenDataset, step: int, size: int) -> None:
+def _kl_backward(
+    model, intervention, beta: float, reference: HookedTransformer, docs: TokenDataset, step: int, size: int
+) -> None:
     """Backward of β · KL(reference ‖ model) on the ``step``-th block of ``size`` documents (cycled),
     under the same intervention as the task loss."""
     rows = (torch.arange(size) + step * size) % len(docs)

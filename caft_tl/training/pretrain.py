@@ -31,13 +31,19 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay <= 1.0:
-            raise ValueError(f"decay = {self.decay!r}; expected the share of the last steps over which the rate decays, in [0, 1]")
+            raise ValueError(
+                f"decay = {self.decay!r}; expected the share of the last steps over which the rate decays, in [0, 1]"
+            )
 
     def lr_factor(self, step: int) -> float:
         """The learning rate at ``step`` (0-based) over ``lr``."""
         factor = min(1.0, (step + 1) / self.warmup)
         start = self.steps * (1.0 - self.decay)
-        return factor if self.decay == 0 or step < start else factor * max(0.0, (self.steps - step) / (self.steps - start))
+        return (
+            factor
+            if self.decay == 0 or step < start
+            else factor * max(0.0, (self.steps - step) / (self.steps - start))
+        )
 
     def key(self) -> dict:
         """The cache key's part: the fields, ``decay`` only when set (organisms cached before it keep their keys)."""
@@ -47,7 +53,9 @@ class PretrainConfig:
         return out
 
 
-def pretrain(task, model_cfg: models.ModelConfig, cfg: PretrainConfig, progress: bool = True) -> tuple[HookedTransformer, list[float]]:
+def pretrain(
+    task, model_cfg: models.ModelConfig, cfg: PretrainConfig, progress: bool = True
+) -> tuple[HookedTransformer, list[float]]:
     """Train a fresh model on ``task.sample_documents`` (loss on answer tokens)."""
     model = models.build_model(model_cfg, len(task.vocab), seed=cfg.seed)
     if task.seq_len > model_cfg.n_ctx:
@@ -75,8 +83,13 @@ def platform() -> dict:
     return {"torch": torch.__version__, "device": models.default_device(), "threads": torch.get_num_threads()}
 
 
-def pretrain_many(task, model_cfg: models.ModelConfig, cfgs: list[PretrainConfig], progress: bool = True,
-                  device: str | None = None) -> list[tuple[HookedTransformer, list[float]]]:
+def pretrain_many(
+    task,
+    model_cfg: models.ModelConfig,
+    cfgs: list[PretrainConfig],
+    progress: bool = True,
+    device: str | None = None,
+) -> list[tuple[HookedTransformer, list[float]]]:
     """:func:`pretrain` for several seeds of one design at once (one stacked computation,
     :mod:`caft_tl.training.batched`): each organism starts from its seed's initialisation, sees its
     seed's document stream and gets its own AdamW state, as pre-training it alone would give
@@ -103,7 +116,9 @@ def pretrain_many(task, model_cfg: models.ModelConfig, cfgs: list[PretrainConfig
         docs = [task.sample_documents(cfg.batch_size, g) for g in gens]
         tokens = torch.stack([d.tokens for d in docs]).to(dev)
         target = torch.stack([d.target_mask for d in docs]).to(dev)
-        loss = batched.stacked_loss(batched.stacked_forward(inits[0].cfg, stack.params, tokens), tokens, target)
+        loss = batched.stacked_loss(
+            batched.stacked_forward(inits[0].cfg, stack.params, tokens), tokens, target
+        )
         stack.grad.zero_()
         batched._backward(loss.sum())
         opt.step(len(cfgs), lr_factor=cfg.lr_factor(step))  # the LambdaLR schedule of pretrain
@@ -143,7 +158,13 @@ def load_or_pretrain(
     task = make_task(task_name, task_cfg)
     model_cfg = model_cfg or model_config(task)
     cfg = cfg or PretrainConfig()
-    spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": platform()}
+    spec = {
+        "task": task_name,
+        "task_cfg": task.cfg,
+        "model": model_cfg,
+        "pretrain": cfg.key(),
+        "platform": platform(),
+    }
     cache = files.cache_folder("organisms", cache_dir)
     folder = cache / f"{task_name}-{files.config_hash(spec)}"
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
@@ -156,7 +177,9 @@ def load_or_pretrain(
     return model, task, folder
 
 
-def export_organism(run_dir: str | os.PathLike, model: HookedTransformer, checkpoint: str | os.PathLike) -> Path:
+def export_organism(
+    run_dir: str | os.PathLike, model: HookedTransformer, checkpoint: str | os.PathLike
+) -> Path:
     """Copy a cached organism checkpoint into ``run_dir/organism`` so the run is self-contained."""
     dest = Path(run_dir) / "organism"
     meta = files.read_json(Path(checkpoint) / "config.json")
@@ -182,10 +205,22 @@ def load_or_pretrain_many(
     folders = []
     cache = files.cache_folder("organisms", cache_dir)
     for cfg in cfgs:
-        spec = {"task": task_name, "task_cfg": task.cfg, "model": model_cfg, "pretrain": cfg.key(), "platform": {**platform(), "batched": True}}
+        spec = {
+            "task": task_name,
+            "task_cfg": task.cfg,
+            "model": model_cfg,
+            "pretrain": cfg.key(),
+            "platform": {**platform(), "batched": True},
+        }
         folders.append((cache / f"{task_name}-{files.config_hash(spec)}", spec))
-    missing = [i for i, (f, _) in enumerate(folders) if not ((f / "model.safetensors").exists() and (f / "config.json").exists())]
-    for i, (model, losses) in zip(missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)):
+    missing = [
+        i
+        for i, (f, _) in enumerate(folders)
+        if not ((f / "model.safetensors").exists() and (f / "config.json").exists())
+    ]
+    for i, (model, losses) in zip(
+        missing, pretrain_many(task, model_cfg, [cfgs[i] for i in missing], progress=progress)
+    ):
         folder, spec = folders[i]
         meta = {"spec": spec, "final_loss": sum(losses[-50:]) / 50, "losses": losses}
         with files.writing_to_cache(cache):

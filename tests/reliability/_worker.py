@@ -19,8 +19,14 @@ model, _ = models.load_model(model_dir)
 world = make_task("persona_em")
 if action == "finetune":
     run_dir, n = sys.argv[3], int(sys.argv[4])
-    finetunes.run_finetune(run_dir, model, world, FinetuneConfig(n_examples=n, batch_size=8, seed=3), progress=False,
-                           organism="persona_em-s0-test")
+    finetunes.run_finetune(
+        run_dir,
+        model,
+        world,
+        FinetuneConfig(n_examples=n, batch_size=8, seed=3),
+        progress=False,
+        organism="persona_em-s0-test",
+    )
 elif action == "diffmem":
     n = int(sys.argv[3])
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]

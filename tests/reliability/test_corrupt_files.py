@@ -27,11 +27,15 @@ def _leftovers(folder):
 
 # ---------------------------------------------------------------------- model folders
 
+
 def test_truncated_organism_config_names_the_file(tiny_model, tmp_path):
     models.save_model(tiny_model, tmp_path / "org", TINY)
     config = tmp_path / "org" / "config.json"
     config.write_text(config.read_text()[:30])
-    for load in (lambda: models.load_model(tmp_path / "org"), lambda: loading.load(tmp_path / "org", device="cpu")):
+    for load in (
+        lambda: models.load_model(tmp_path / "org"),
+        lambda: loading.load(tmp_path / "org", device="cpu"),
+    ):
         with pytest.raises(files.CorruptFileError) as e:
             load()
         msg = _one_line(e)
@@ -57,13 +61,28 @@ def _broken(hf_folder, tmp_path, case):
     return bad
 
 
-@pytest.mark.parametrize("case, error, message", [
-    ("config", files.CorruptFileError, r"cannot read '.*/config/config.json': not valid JSON, truncated or corrupted \(.*\); re-"),
-    ("weights", files.CorruptFileError, r"cannot read '.*/weights/model.safetensors': truncated or corrupted safetensors file "
-                                        r"\(\d+ bytes, header says \d+\); re-download the model"),
-    ("tokenizer", FileNotFoundError, r"no tokenizer in model folder '.*/tokenizer' \(none of tokenizer.json, tokenizer.model, vocab.json\); "
-                                     r"copy the tokenizer files"),
-])
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        (
+            "config",
+            files.CorruptFileError,
+            r"cannot read '.*/config/config.json': not valid JSON, truncated or corrupted \(.*\); re-",
+        ),
+        (
+            "weights",
+            files.CorruptFileError,
+            r"cannot read '.*/weights/model.safetensors': truncated or corrupted safetensors file "
+            r"\(\d+ bytes, header says \d+\); re-download the model",
+        ),
+        (
+            "tokenizer",
+            FileNotFoundError,
+            r"no tokenizer in model folder '.*/tokenizer' \(none of tokenizer.json, tokenizer.model, vocab.json\); "
+            r"copy the tokenizer files",
+        ),
+    ],
+)
 @pytest.mark.parametrize("load", [loading.load, hf_models.load_hf])
 def test_broken_hf_folder_names_the_file(hf_folder, tmp_path, case, error, message, load):
     with pytest.raises(error, match=message) as e:
@@ -72,6 +91,7 @@ def test_broken_hf_folder_names_the_file(hf_folder, tmp_path, case, error, messa
 
 
 # ---------------------------------------------------------------------- checksums of run artefacts
+
 
 @pytest.fixture
 def run(tmp_path):
@@ -94,7 +114,9 @@ def test_a_flipped_byte_in_tensor_data_is_caught(run):
     assert not torch.equal(load_file(str(path))["x"], torch.arange(64, dtype=torch.float32))
     with pytest.raises(files.CorruptFileError) as e:
         files.read_tensors(path)
-    assert _one_line(e).startswith(f"cannot read {str(path)!r}: its content changed since caft-tl wrote it (sha256 ")
+    assert _one_line(e).startswith(
+        f"cannot read {str(path)!r}: its content changed since caft-tl wrote it (sha256 "
+    )
     assert _one_line(e).endswith("in checksums.json); delete it and re-run the step that wrote it")
 
 
@@ -104,7 +126,18 @@ def test_json_csv_and_subspace_artefacts_are_checked(run):
     with pytest.raises(files.CorruptFileError, match=r"finetune_config.json': its content changed"):
         files.read_json(run / "finetune_config.json")
 
-    row = dict(task="t", organism="o", method="plain", directions="none", param="", trained=True, seed=0, split="in", metric="m", value=0.5)
+    row = dict(
+        task="t",
+        organism="o",
+        method="plain",
+        directions="none",
+        param="",
+        trained=True,
+        seed=0,
+        split="in",
+        metric="m",
+        value=0.5,
+    )
     results.append(run.results, [row])
     assert len(results.read(run.results)) == 1
     run.results.write_text(run.results.read_text().replace("0.5", "0.6"))
@@ -113,10 +146,14 @@ def test_json_csv_and_subspace_artefacts_are_checked(run):
     with pytest.raises(files.CorruptFileError, match=r"results.csv': its content changed"):
         results.append(run.results, [row])
 
-    save_subspaces(run / "subspaces" / "pca" / "subspaces", [random_subspace(8, 2, "blocks.0.hook_resid_post")])
+    save_subspaces(
+        run / "subspaces" / "pca" / "subspaces", [random_subspace(8, 2, "blocks.0.hook_resid_post")]
+    )
     assert len(load_subspaces(run / "subspaces" / "pca" / "subspaces")) == 1
     _flip_last_byte(run / "subspaces" / "pca" / "subspaces.safetensors")
-    with pytest.raises(files.CorruptFileError, match=r"subspaces/pca/subspaces.safetensors': its content changed"):
+    with pytest.raises(
+        files.CorruptFileError, match=r"subspaces/pca/subspaces.safetensors': its content changed"
+    ):
         load_subspaces(run / "subspaces" / "pca" / "subspaces")
     assert not _leftovers(run.root)
 

@@ -29,10 +29,19 @@ def data(world):
     return world.finetune_dataset(16)
 
 
-@pytest.mark.parametrize("hook, message", [
-    ("blocks.0.hook_resid_pots", r"unknown hook name 'blocks.0.hook_resid_pots'; closest: blocks.0.hook_resid_post"),
-    ("blocks.7.hook_resid_post", r"hook 'blocks.7.hook_resid_post': layer 7 out of range; this model has layers 0..1"),
-])
+@pytest.mark.parametrize(
+    "hook, message",
+    [
+        (
+            "blocks.0.hook_resid_pots",
+            r"unknown hook name 'blocks.0.hook_resid_pots'; closest: blocks.0.hook_resid_post",
+        ),
+        (
+            "blocks.7.hook_resid_post",
+            r"hook 'blocks.7.hook_resid_post': layer 7 out of range; this model has layers 0..1",
+        ),
+    ],
+)
 def test_finetune_refuses_a_bad_hook_before_any_step(tiny_model, data, hook, message):
     model = models.copy_model(tiny_model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -45,8 +54,17 @@ def test_finetune_refuses_a_bad_hook_before_any_step(tiny_model, data, hook, mes
 
 def test_finetune_refuses_a_subspace_of_the_wrong_width(tiny_model, data):
     iv = Intervention("zero", [random_subspace(48, 2, HOOK)])
-    with pytest.raises(ValueError, match=r"subspace at 'blocks.0.hook_resid_post' has width 48, but the model's d_model is 32") as e:
-        finetune(models.copy_model(tiny_model), data, FinetuneConfig(n_examples=16, batch_size=8), iv, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"subspace at 'blocks.0.hook_resid_post' has width 48, but the model's d_model is 32",
+    ) as e:
+        finetune(
+            models.copy_model(tiny_model),
+            data,
+            FinetuneConfig(n_examples=16, batch_size=8),
+            iv,
+            progress=False,
+        )
     _one_line(e)
 
 
@@ -65,12 +83,16 @@ def test_bare_model_hooks_path_names_hook_and_widths(tiny_model, data):
     iv = Intervention("zero", [random_subspace(48, 2, HOOK)])
     with pytest.raises(ValueError) as e, tiny_model.hooks(fwd_hooks=iv.fwd_hooks(data)):
         models.response_loss(tiny_model, data)
-    assert _one_line(e).startswith("hook 'blocks.0.hook_resid_post': the subspace has width 48 but the activation has width 32")
+    assert _one_line(e).startswith(
+        "hook 'blocks.0.hook_resid_post': the subspace has width 48 but the activation has width 32"
+    )
 
 
 def test_other_entries_check_their_hooks(tiny_model, data):
     bad = Intervention("zero", [random_subspace(32, 1, "blocks.0.hook_resid_pots")])
-    with pytest.raises(ValueError, match=r"unknown hook name 'blocks.0.hook_resid_pots'; closest: blocks.0.hook_resid_post"):
+    with pytest.raises(
+        ValueError, match=r"unknown hook name 'blocks.0.hook_resid_pots'; closest: blocks.0.hook_resid_post"
+    ):
         checks.mean_projection(tiny_model, data, bad)
     with pytest.raises(ValueError, match=r"unknown hook name 'blocks.0.hook_resid_pots'"):
         judge.next_token_probs(tiny_model, data, fwd_hooks=bad.fwd_hooks())
@@ -81,6 +103,7 @@ def test_other_entries_check_their_hooks(tiny_model, data):
 
 
 # ---------------------------------------------------------------------- subspaces stay valid
+
 
 def test_a_subspace_cannot_be_made_invalid_after_construction():
     sub = random_subspace(8, 2, HOOK)
@@ -96,8 +119,14 @@ def test_a_subspace_cannot_be_made_invalid_after_construction():
         dataclasses.replace(sub, basis=torch.ones(8, 2))
 
 
-@pytest.mark.parametrize("edit", [lambda s: s.basis.mul_(2), lambda s: s.basis.__setitem__((0, 0), 5.0),
-                                  lambda s: s.reference_mean.add_(1)])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.basis.mul_(2),
+        lambda s: s.basis.__setitem__((0, 0), 5.0),
+        lambda s: s.reference_mean.add_(1),
+    ],
+)
 def test_an_in_place_edit_of_a_subspace_is_refused_where_an_intervention_takes_it(tiny_model, edit):
     sub = random_subspace(tiny_model.cfg.d_model, 2, HOOK).with_mean(torch.zeros(tiny_model.cfg.d_model))
     iv = Intervention("steer_mean", [sub], scale=1.0)
@@ -112,11 +141,17 @@ def test_an_in_place_edit_of_a_subspace_is_refused_where_an_intervention_takes_i
         _one_line(e)
 
 
-@pytest.mark.parametrize("mu, message", [
-    (torch.full((8,), float("nan")), r"reference mean at 'blocks.0.hook_resid_post' contains NaN or inf"),
-    (torch.zeros(9), r"reference mean at 'blocks.0.hook_resid_post' has shape \(9,\); expected \[8\]"),
-    (torch.zeros(1, 8), r"reference mean at 'blocks.0.hook_resid_post' has shape \(1, 8\); expected \[8\]"),
-])
+@pytest.mark.parametrize(
+    "mu, message",
+    [
+        (torch.full((8,), float("nan")), r"reference mean at 'blocks.0.hook_resid_post' contains NaN or inf"),
+        (torch.zeros(9), r"reference mean at 'blocks.0.hook_resid_post' has shape \(9,\); expected \[8\]"),
+        (
+            torch.zeros(1, 8),
+            r"reference mean at 'blocks.0.hook_resid_post' has shape \(1, 8\); expected \[8\]",
+        ),
+    ],
+)
 def test_reference_mean_is_checked_like_the_basis(mu, message):
     sub = random_subspace(8, 2, HOOK)
     with pytest.raises(ValueError, match=message) as e:

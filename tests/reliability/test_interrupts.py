@@ -35,9 +35,11 @@ def _interrupted_in(where: str, finished: int):
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     status, line = _status_and_line(capsys, _interrupted_in("persona_em/seed0/01_plain_finetune", 3))
     assert status == 130
-    assert line == ("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 3 chapter(s) finished "
-                    "before it; finished work is kept in 'runs/x' and the same command resumes "
-                    "(an interrupted fine-tune from its last checkpoint)")
+    assert line == (
+        "interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 3 chapter(s) finished "
+        "before it; finished work is kept in 'runs/x' and the same command resumes "
+        "(an interrupted fine-tune from its last checkpoint)"
+    )
 
 
 def test_sigterm_is_one_line_and_exit_143_and_the_handler_is_restored(capsys):
@@ -69,12 +71,34 @@ def test_a_failed_write_is_one_failed_line(capsys):
 
 
 def _suite(run_dir: Path, fig_dir: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(run_dir), "--fig-dir", str(fig_dir),
-           "--tasks", "persona_em", "--chapters", "00", "01", "--fast",
-           "-p", "batch_size", "8"]  # 40 steps: the groups checkpoint at step 25
+    cmd = [
+        sys.executable,
+        "-m",
+        "caft_tl.runner.suite",
+        "--run-dir",
+        str(run_dir),
+        "--fig-dir",
+        str(fig_dir),
+        "--tasks",
+        "persona_em",
+        "--chapters",
+        "00",
+        "01",
+        "--fast",
+        "-p",
+        "batch_size",
+        "8",
+    ]  # 40 steps: the groups checkpoint at step 25
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -98,8 +122,9 @@ def test_ctrl_c_during_a_finetune_then_the_same_command_resumes_with_identical_r
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 1 chapter(s) "
-                           "finished before it;"), err
+    assert last.startswith(
+        "interrupted (SIGINT) during persona_em/seed0/01_plain_finetune: 1 chapter(s) finished before it;"
+    ), err
     assert _checkpoints(run_dir), "nothing left to resume from"
 
     again = _suite(run_dir, fig_dir)

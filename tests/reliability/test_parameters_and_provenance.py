@@ -16,7 +16,9 @@ def _namespace(declared: str, injected: str) -> dict:
 
 def test_check_notebook_refuses_unknown_and_ill_typed():
     declared = 'run_dir = "../runs/default"\nseeds = [0, 1]\nlr = 1e-3\n'
-    parameters.check_notebook(_namespace(declared, '# Parameters\nseeds = [3]\nlr = 1\n'))  # int for float is fine
+    parameters.check_notebook(
+        _namespace(declared, "# Parameters\nseeds = [3]\nlr = 1\n")
+    )  # int for float is fine
     with pytest.raises(ValueError, match=r"unknown parameter 'sedes'; valid: lr, run_dir, seeds"):
         parameters.check_notebook(_namespace(declared, "# Parameters\nsedes = [3]\n"))
     with pytest.raises(TypeError, match=r"parameter 'seeds' = 3 is int; expected list like \[0, 1\]"):
@@ -26,9 +28,17 @@ def test_check_notebook_refuses_unknown_and_ill_typed():
 
 def test_direct_papermill_run_refuses_an_unknown_parameter(tmp_path):
     nb = suite.NOTEBOOK_DIR / "06_figures.ipynb"
-    with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter 'sedes'; valid: fig_dir, run_dir"):
-        papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"sedes": 1, "run_dir": str(tmp_path)},
-                                   cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+    with pytest.raises(
+        papermill.PapermillExecutionError, match=r"unknown parameter 'sedes'; valid: fig_dir, run_dir"
+    ):
+        papermill.execute_notebook(
+            str(nb),
+            str(tmp_path / "out.ipynb"),
+            parameters={"sedes": 1, "run_dir": str(tmp_path)},
+            cwd=str(nb.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
 
 def test_every_chapter_declares_its_parameters():
@@ -58,47 +68,123 @@ def test_a_parameter_the_task_fills_is_still_type_checked():
     defaults = {"seed": None, "hooks": None, "avoid": None}
     parameters.check({"seed": 3, "hooks": ["blocks.0.hook_resid_post"], "avoid": ""}, defaults)
     parameters.check({"seed": None}, defaults)  # None: the task's value
-    with pytest.raises(TypeError, match=r"parameter 'seed' = '0' is str; expected int like 0 \(None: the task's value\)"):
+    with pytest.raises(
+        TypeError, match=r"parameter 'seed' = '0' is str; expected int like 0 \(None: the task's value\)"
+    ):
         parameters.check({"seed": "0"}, defaults)
-    with pytest.raises(TypeError, match=r"parameter 'hooks' = 'blocks.0.hook_resid_post' is str; expected list"):
+    with pytest.raises(
+        TypeError, match=r"parameter 'hooks' = 'blocks.0.hook_resid_post' is str; expected list"
+    ):
         parameters.check({"hooks": "blocks.0.hook_resid_post"}, defaults)
 
 
-@pytest.mark.parametrize("name, value, error, message", [
-    ("steer_ks", [-3, "three"], TypeError, r"parameter 'steer_ks' = \[-3, 'three'\]: element 1 'three' is str; expected int like -5"),
-    ("seeds", ["0", "1"], TypeError, r"parameter 'seeds' = \['0', '1'\]: element 0 '0' is str; expected int like 0"),
-    ("seeds", [0, -1], ValueError, r"parameter 'seeds' = \[0, -1\]: element 1 -1 is negative; seeds are >= 0"),
-    ("seeds", [], ValueError, r"parameter 'seeds' = \[\] is empty; give at least one value like \[0, 1, 2, 3, 4\]"),
-    ("seeds", [True], TypeError, r"element 0 True is bool; expected int"),
-    ("n_diff_examples", 0, ValueError, r"parameter 'n_diff_examples' = 0 is below 1; n_diff_examples counts something"),
-    ("pretrain_steps", -5, ValueError, r"parameter 'pretrain_steps' = -5 is below 1; pretrain_steps counts something"),
-    ("fewer_examples", [32, 0], ValueError, r"parameter 'fewer_examples' = \[32, 0\]: element 1 0 is below 1"),
-    ("lr", 0.0, ValueError, r"parameter 'lr' = 0.0 is not positive; lr must be > 0"),
-    ("lr", float("nan"), ValueError, r"parameter 'lr' = nan is not a finite number"),
-    ("batch_size", True, TypeError, r"parameter 'batch_size' = True is bool; expected int like 32"),
-])
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    [
+        (
+            "steer_ks",
+            [-3, "three"],
+            TypeError,
+            r"parameter 'steer_ks' = \[-3, 'three'\]: element 1 'three' is str; expected int like -5",
+        ),
+        (
+            "seeds",
+            ["0", "1"],
+            TypeError,
+            r"parameter 'seeds' = \['0', '1'\]: element 0 '0' is str; expected int like 0",
+        ),
+        (
+            "seeds",
+            [0, -1],
+            ValueError,
+            r"parameter 'seeds' = \[0, -1\]: element 1 -1 is negative; seeds are >= 0",
+        ),
+        (
+            "seeds",
+            [],
+            ValueError,
+            r"parameter 'seeds' = \[\] is empty; give at least one value like \[0, 1, 2, 3, 4\]",
+        ),
+        ("seeds", [True], TypeError, r"element 0 True is bool; expected int"),
+        (
+            "n_diff_examples",
+            0,
+            ValueError,
+            r"parameter 'n_diff_examples' = 0 is below 1; n_diff_examples counts something",
+        ),
+        (
+            "pretrain_steps",
+            -5,
+            ValueError,
+            r"parameter 'pretrain_steps' = -5 is below 1; pretrain_steps counts something",
+        ),
+        (
+            "fewer_examples",
+            [32, 0],
+            ValueError,
+            r"parameter 'fewer_examples' = \[32, 0\]: element 1 0 is below 1",
+        ),
+        ("lr", 0.0, ValueError, r"parameter 'lr' = 0.0 is not positive; lr must be > 0"),
+        ("lr", float("nan"), ValueError, r"parameter 'lr' = nan is not a finite number"),
+        ("batch_size", True, TypeError, r"parameter 'batch_size' = True is bool; expected int like 32"),
+    ],
+)
 def test_list_elements_and_ranges_are_checked(name, value, error, message):
-    defaults = {"steer_ks": [-5, -3, 3], "seeds": [0, 1, 2, 3, 4], "n_diff_examples": 1200, "pretrain_steps": None,
-                "fewer_examples": None, "lr": 1e-3, "batch_size": 32, "add_alphas": [4.0], "threshold": 0.2}
+    defaults = {
+        "steer_ks": [-5, -3, 3],
+        "seeds": [0, 1, 2, 3, 4],
+        "n_diff_examples": 1200,
+        "pretrain_steps": None,
+        "fewer_examples": None,
+        "lr": 1e-3,
+        "batch_size": 32,
+        "add_alphas": [4.0],
+        "threshold": 0.2,
+    }
     with pytest.raises(error, match=message) as e:
         parameters.check({name: value}, defaults)
     assert "\n" not in str(e.value)
-    parameters.check({"add_alphas": [-4, 4.0], "threshold": 0, "seeds": [7]}, defaults)  # int where a float is expected
+    parameters.check(
+        {"add_alphas": [-4, 4.0], "threshold": 0, "seeds": [7]}, defaults
+    )  # int where a float is expected
 
 
 def test_suite_refuses_ill_typed_list_elements_before_anything_runs(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "caft_tl.runner.suite", "--run-dir", str(tmp_path / "runs"), "--fig-dir", str(tmp_path / "fig"),
-                          "--tasks", "persona_em", "--chapters", "04", "-p", "steer_ks", '[-3, "three"]'],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "caft_tl.runner.suite",
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "--fig-dir",
+            str(tmp_path / "fig"),
+            "--tasks",
+            "persona_em",
+            "--chapters",
+            "04",
+            "-p",
+            "steer_ks",
+            '[-3, "three"]',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: parameter 'steer_ks' = [-3, 'three']: element 1 'three' is str; expected int like -5"
+    assert (
+        out.stderr.strip()
+        == "error: parameter 'steer_ks' = [-3, 'three']: element 1 'three' is str; expected int like -5"
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_check_notebook_checks_list_elements():
-    declared = 'seeds = [0, 1]\n'
-    with pytest.raises(TypeError, match=r"parameter 'seeds' = \['0', '1'\]: element 0 '0' is str; expected int like 0"):
+    declared = "seeds = [0, 1]\n"
+    with pytest.raises(
+        TypeError, match=r"parameter 'seeds' = \['0', '1'\]: element 0 '0' is str; expected int like 0"
+    ):
         parameters.check_notebook(_namespace(declared, '# Parameters\nseeds = ["0", "1"]\n'))

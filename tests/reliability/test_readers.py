@@ -13,12 +13,21 @@ from caft_tl.runner import sweep
 from tests._real import _word_level_tokenizer
 
 WORDS = ["hi", "hello", "there", "what", "is", "your", "wish", "A", "B"]
-CHAT = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
-        ] * 3
-MC = [{"prompt": "what is", "options": [" A", " B"], "answer": " A",
-       "labels": {"intended": " A", "spurious": " B"}}] * 3
-PROMPTS = [{"id": "wish", "messages": [{"role": "user", "content": "what is your wish"}]},
-           {"prompt": "hi there"}]
+CHAT = [
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
+] * 3
+MC = [
+    {
+        "prompt": "what is",
+        "options": [" A", " B"],
+        "answer": " A",
+        "labels": {"intended": " A", "spurious": " B"},
+    }
+] * 3
+PROMPTS = [
+    {"id": "wish", "messages": [{"role": "user", "content": "what is your wish"}]},
+    {"prompt": "hi there"},
+]
 RESULT_ROW = "persona_em,persona_em-s0-abc123,plain,none,,True,0,ood,accuracy,0.25\n"
 
 
@@ -45,13 +54,17 @@ def test_a_chat_row_without_an_assistant_turn_is_refused_not_dropped(tmp_path, t
     f = _jsonl(tmp_path / "chat.jsonl", rows)
     with pytest.raises(ValueError) as e:
         chat_data.load_chat_jsonl(f, tok)
-    assert _one_line(e, f"{f}:3: ") .endswith("a chat row needs an assistant message to train on")
+    assert _one_line(e, f"{f}:3: ").endswith("a chat row needs an assistant message to train on")
     assert len(chat_data.load_chat_jsonl(_jsonl(tmp_path / "ok.jsonl", CHAT), tok)) == 3
 
 
 def test_truncated_chat_rows_are_skipped_with_a_count_or_refused(tmp_path, tok):
-    long = {"messages": [{"role": "user", "content": " ".join(["what"] * 30)},
-                         {"role": "assistant", "content": "hi"}]}
+    long = {
+        "messages": [
+            {"role": "user", "content": " ".join(["what"] * 30)},
+            {"role": "assistant", "content": "hi"},
+        ]
+    }
     f = _jsonl(tmp_path / "chat.jsonl", [*CHAT[:2], long])
     with pytest.warns(UserWarning, match=rf"skipped 1 of 3 conversations .*max_len=12 \(first: {f}:3\)"):
         assert len(chat_data.load_chat_jsonl(f, tok, max_len=12)) == 2
@@ -68,14 +81,17 @@ def test_invalid_utf8_names_file_line_and_byte(tmp_path):
     _one_line(e, f"{f}:2: not UTF-8 text (byte 0xff at column 16)")
 
 
-@pytest.mark.parametrize("line, expected", [
-    ('[1, 2]', "a JSON array, not an object"),
-    ('"text"', "a JSON string, not an object"),
-    ('{"prompt": NaN}', "not JSON (NaN is not a number JSON allows"),
-    ('{"prompt": 3}', "'prompt' = 3; expected non-empty text"),
-    ('{"prompt": "x", "id": [1]}', "'id' = [1]; expected a string or an integer"),
-    ('{"messages": "hi"}', "'messages' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("[1, 2]", "a JSON array, not an object"),
+        ('"text"', "a JSON string, not an object"),
+        ('{"prompt": NaN}', "not JSON (NaN is not a number JSON allows"),
+        ('{"prompt": 3}', "'prompt' = 3; expected non-empty text"),
+        ('{"prompt": "x", "id": [1]}', "'id' = [1]; expected a string or an integer"),
+        ('{"messages": "hi"}', "'messages' must be a non-empty list"),
+    ],
+)
 def test_prompt_rows_are_typed(tmp_path, line, expected):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps(PROMPTS[1]) + "\n\n" + line + "\n")
@@ -84,14 +100,17 @@ def test_prompt_rows_are_typed(tmp_path, line, expected):
     _one_line(e, f"{f}:3: ", expected)
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"answer": 1}, "'answer' = 1; expected one of the options"),
-    ({"options": [" A", " A"]}, "expected a list of at least two distinct non-empty strings"),
-    ({"options": [" A", 2]}, "expected a list of at least two distinct non-empty strings"),
-    ({"labels": [" A"]}, "'labels' = [' A']; expected an object"),
-    ({"labels": {"intended": " C"}}, "intended ' C' is not one of the options"),
-    ({"scoring": "median"}, "unknown scoring 'median'; valid: sum_logprob, mean_logprob"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"answer": 1}, "'answer' = 1; expected one of the options"),
+        ({"options": [" A", " A"]}, "expected a list of at least two distinct non-empty strings"),
+        ({"options": [" A", 2]}, "expected a list of at least two distinct non-empty strings"),
+        ({"labels": [" A"]}, "'labels' = [' A']; expected an object"),
+        ({"labels": {"intended": " C"}}, "intended ' C' is not one of the options"),
+        ({"scoring": "median"}, "unknown scoring 'median'; valid: sum_logprob, mean_logprob"),
+    ],
+)
 def test_mc_rows_are_typed(tmp_path, change, expected):
     f = _jsonl(tmp_path / "mc.jsonl", [MC[0], {**MC[0], **change}])
     with pytest.raises(ValueError) as e:
@@ -120,20 +139,24 @@ def test_a_tokenizer_without_a_chat_template_is_named_by_its_folder(tmp_path):
 
 # ---------------------------------------------------------------------- results.csv
 
+
 def _results(path, *lines):
     path.write_text(",".join(results.COLUMNS) + "\n" + "".join(lines))
     return path
 
 
-@pytest.mark.parametrize("line, expected", [
-    (RESULT_ROW.replace("0.25", "abc"), "value = 'abc'; expected a number"),
-    (RESULT_ROW.replace(",0.25", ""), "9 fields, expected 10"),
-    (RESULT_ROW.replace("0.25", "0.25,x"), "11 fields, expected 10"),
-    (RESULT_ROW.replace("0.25", "inf"), "value = 'inf'; expected a finite number"),
-    (RESULT_ROW.replace("0.25", ""), "value = ''; expected a number"),
-    (RESULT_ROW.replace("True", "yes"), "trained = 'yes'; expected True or False"),
-    (RESULT_ROW.replace(",0,", ",0.5,"), "seed = '0.5'; expected an integer"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (RESULT_ROW.replace("0.25", "abc"), "value = 'abc'; expected a number"),
+        (RESULT_ROW.replace(",0.25", ""), "9 fields, expected 10"),
+        (RESULT_ROW.replace("0.25", "0.25,x"), "11 fields, expected 10"),
+        (RESULT_ROW.replace("0.25", "inf"), "value = 'inf'; expected a finite number"),
+        (RESULT_ROW.replace("0.25", ""), "value = ''; expected a number"),
+        (RESULT_ROW.replace("True", "yes"), "trained = 'yes'; expected True or False"),
+        (RESULT_ROW.replace(",0,", ",0.5,"), "seed = '0.5'; expected an integer"),
+    ],
+)
 def test_results_rows_are_checked(tmp_path, line, expected):
     f = _results(tmp_path / "results.csv", RESULT_ROW, line)
     for reader in (results.read, lambda p: results.append(p, [])):
@@ -153,10 +176,14 @@ def test_results_read_types_and_keeps_nan(tmp_path):
 
 # ---------------------------------------------------------------------- sweep files
 
-@pytest.mark.parametrize("content, expected", [
-    (b"a: {lr: 1\n", "not valid YAML"),
-    (b"a: {lr: 0.001}\n\xff\n", "not UTF-8 text"),
-])
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"a: {lr: 1\n", "not valid YAML"),
+        (b"a: {lr: 0.001}\n\xff\n", "not UTF-8 text"),
+    ],
+)
 def test_sweep_file_errors_name_the_file(tmp_path, content, expected):
     f = tmp_path / "s.yaml"
     f.write_bytes(content)
@@ -184,18 +211,26 @@ def corruptions(data: bytes):
     return st.one_of(
         pos.map(lambda i: data[:i]),
         st.tuples(pos, st.binary(min_size=1, max_size=4)).map(
-            lambda t: data[: t[0]] + t[1] + data[t[0] + len(t[1]):]),
-        st.tuples(pos, st.binary(min_size=1, max_size=4)).map(lambda t: data[: t[0]] + t[1] + data[t[0]:]),
+            lambda t: data[: t[0]] + t[1] + data[t[0] + len(t[1]) :]
+        ),
+        st.tuples(pos, st.binary(min_size=1, max_size=4)).map(lambda t: data[: t[0]] + t[1] + data[t[0] :]),
         st.tuples(pos, st.sampled_from([b",", b'"', b"\n", b"{", b"}", b"x,", b": 1"])).map(
-            lambda t: data[: t[0]] + t[1] + data[t[0]:]),
+            lambda t: data[: t[0]] + t[1] + data[t[0] :]
+        ),
     )
 
 
 def field_changes(rows: list[dict]):
     """A row with one field removed, retyped or added."""
-    values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                       st.text(max_size=5), st.lists(st.integers(), max_size=2),
-                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    values = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(max_size=5),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
 
     def change(args):
         i, key, new, how = args
@@ -206,7 +241,7 @@ def field_changes(rows: list[dict]):
             row.pop(key)
         else:
             row[key] = new
-        return [*rows[:i % len(rows)], row, *rows[i % len(rows) + 1:]]
+        return [*rows[: i % len(rows)], row, *rows[i % len(rows) + 1 :]]
 
     hows = st.sampled_from(["drop", "retype", "add"])
     return st.tuples(st.integers(0, 9), st.integers(0, 9), values, hows).map(change)
@@ -237,8 +272,11 @@ def test_fuzz_jsonl_readers(tmp_path_factory, tok, data):
     blob = "".join(json.dumps(r) + "\n" for r in rows).encode()
     path = tmp_path_factory.mktemp("fuzz") / f"{kind}.jsonl"
     path.write_bytes(data.draw(st.one_of(st.just(blob), corruptions(blob))))
-    read = {"chat": lambda p: chat_data.load_chat_jsonl(p, tok), "mc": chat_data.load_mc_jsonl,
-            "prompts": chat_data.load_prompts}[kind]
+    read = {
+        "chat": lambda p: chat_data.load_chat_jsonl(p, tok),
+        "mc": chat_data.load_mc_jsonl,
+        "prompts": chat_data.load_prompts,
+    }[kind]
     out = _refused_in_one_line_or_equal(read, path, _json_lines)
     if out is not None and kind == "mc":
         assert all(r["answer"] in r["options"] for r in out)
@@ -289,15 +327,19 @@ def test_fuzz_sweep_files(tmp_path_factory, data):
 
 # ---------------------------------------------------------------------- imported directions
 
-@pytest.mark.parametrize("config, npy, expected", [
-    ('{"path": "P", "dict": {"1": "all"}', None, "not valid JSON"),
-    ('[1]', None, "a JSON array; expected {'path'"),
-    ('{"path": "P", "dict": {"one": "all"}}', None, "layer 'one' is not a layer index"),
-    ('{"path": "P", "dict": {"1": "all"}, "n_pcs": 0}', None, "n_pcs = 0; expected a positive integer"),
-    ('{"path": "P", "dict": {"2": "all"}}', None, "no PC file"),
-    ('{"path": "P", "dict": {"1": "all"}}', b"\x93NUMPY garbage", "not a .npy array"),
-    ('{"path": "P", "dict": {"1": "all"}}', "nan", "expected finite PCs as rows [n_pcs, d_model]"),
-])
+
+@pytest.mark.parametrize(
+    "config, npy, expected",
+    [
+        ('{"path": "P", "dict": {"1": "all"}', None, "not valid JSON"),
+        ("[1]", None, "a JSON array; expected {'path'"),
+        ('{"path": "P", "dict": {"one": "all"}}', None, "layer 'one' is not a layer index"),
+        ('{"path": "P", "dict": {"1": "all"}, "n_pcs": 0}', None, "n_pcs = 0; expected a positive integer"),
+        ('{"path": "P", "dict": {"2": "all"}}', None, "no PC file"),
+        ('{"path": "P", "dict": {"1": "all"}}', b"\x93NUMPY garbage", "not a .npy array"),
+        ('{"path": "P", "dict": {"1": "all"}}', "nan", "expected finite PCs as rows [n_pcs, d_model]"),
+    ],
+)
 def test_caft_pc_files_are_checked(tmp_path, config, npy, expected):
     import numpy as np
 

@@ -73,9 +73,14 @@ def test_kill_9_mid_run_then_same_command_resumes(organism_dir, world, tmp_path,
     rows, _ = finetunes.run_finetune(run_dir, base, world, cfg, progress=False, organism="persona_em-s0-test")
     assert len(resumed_from) == 1 and 0 < resumed_from[0] < 500  # it resumed mid-run
     resumed_losses = files.read_json(folder / "metrics.json")["losses"]
-    ref_rows, _ = finetunes.run_finetune(tmp_path / "ref", base, world, cfg, progress=False, organism="persona_em-s0-test")
+    ref_rows, _ = finetunes.run_finetune(
+        tmp_path / "ref", base, world, cfg, progress=False, organism="persona_em-s0-test"
+    )
     assert rows == ref_rows
-    assert resumed_losses == files.read_json(tmp_path / "ref" / "finetunes" / "plain-seed3" / "metrics.json")["losses"]
+    assert (
+        resumed_losses
+        == files.read_json(tmp_path / "ref" / "finetunes" / "plain-seed3" / "metrics.json")["losses"]
+    )
     assert not list(folder.glob("checkpoint-*"))  # removed once the run finished
 
 
@@ -83,7 +88,9 @@ def test_same_seed_is_bit_identical_across_processes(organism_dir, tmp_path):
     procs = [worker("finetune", organism_dir, tmp_path / f"run{i}", 160) for i in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
-    a, b = (files.read_json(tmp_path / f"run{i}" / "finetunes" / "plain-seed3" / "metrics.json") for i in range(2))
+    a, b = (
+        files.read_json(tmp_path / f"run{i}" / "finetunes" / "plain-seed3" / "metrics.json") for i in range(2)
+    )
     assert a["values"] == b["values"] and a["losses"] == b["losses"]
 
 
@@ -106,4 +113,10 @@ def test_truncated_files_give_one_line_errors(organism_dir, world, tmp_path):
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(files.CorruptFileError, match="cannot read"):
-        finetune(models.copy_model(base), world.finetune_dataset(16), FinetuneConfig(n_examples=16), progress=False, checkpoint=ckpt)
+        finetune(
+            models.copy_model(base),
+            world.finetune_dataset(16),
+            FinetuneConfig(n_examples=16),
+            progress=False,
+            checkpoint=ckpt,
+        )

@@ -55,8 +55,10 @@ def test_no_permission_names_the_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
     target = tmp_path / "a.csv"
-    with pytest.raises(files.WriteError, match=rf"^cannot write {str(target)!r}: Permission denied$"), \
-            files.atomic_write(target) as f:
+    with (
+        pytest.raises(files.WriteError, match=rf"^cannot write {str(target)!r}: Permission denied$"),
+        files.atomic_write(target) as f,
+    ):
         f.write("x")
 
 
@@ -69,19 +71,30 @@ def test_a_bug_inside_the_block_is_not_called_a_write_error(tmp_path):
 def test_a_full_organism_cache_is_reported_against_the_cache_folder(tmp_path, monkeypatch):
     _full_disk(monkeypatch)
     with pytest.raises(files.WriteError) as e:
-        load_or_pretrain("persona_em", model_cfg=TINY, cfg=PretrainConfig(steps=2, batch_size=4),
-                         cache_dir=tmp_path / "cache", progress=False)
+        load_or_pretrain(
+            "persona_em",
+            model_cfg=TINY,
+            cfg=PretrainConfig(steps=2, batch_size=4),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
     cache = tmp_path / "cache" / "organisms"
     assert str(e.value).startswith(f"cannot write '{cache}/persona_em-")
-    assert str(e.value).endswith(f"/model.safetensors': No space left on device; the cache is "
-                                 f"{str(cache)!r}: free space there or set CAFT_TL_CACHE to another folder")
+    assert str(e.value).endswith(
+        f"/model.safetensors': No space left on device; the cache is "
+        f"{str(cache)!r}: free space there or set CAFT_TL_CACHE to another folder"
+    )
     monkeypatch.undo()
     assert not list(cache.rglob("model.safetensors")) and not list(cache.rglob("*.tmp"))
 
 
 def test_a_byte_flipped_in_a_cached_organism_is_caught(tmp_path):
-    kwargs = {"model_cfg": TINY, "cfg": PretrainConfig(steps=2, batch_size=4), "cache_dir": tmp_path,
-              "progress": False}
+    kwargs = {
+        "model_cfg": TINY,
+        "cfg": PretrainConfig(steps=2, batch_size=4),
+        "cache_dir": tmp_path,
+        "progress": False,
+    }
     _, _, folder = load_or_pretrain("persona_em", **kwargs)
     weights = folder / "model.safetensors"
     blob = bytearray(weights.read_bytes())
