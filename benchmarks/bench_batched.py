@@ -55,7 +55,8 @@ def _matmul_gflops() -> float:
 
 
 def _peak_per_member(n: int) -> float:
-    """MiB of peak RSS increase (above the RSS before training) per member of an ``n``-member group's training, in a fresh process."""
+    """MiB of peak RSS increase (above the RSS before training) per member of an ``n``-member group's
+    training, in a fresh process."""
     out = {}
     for r in (1, n):
         out[r] = run_json_subprocess("benchmarks.bench_batched", ["--memory", str(r)])["peak_mib"]
@@ -96,9 +97,11 @@ def finetune_rows() -> list[Row]:
         gflops = 6 * n_params * tokens / t_train / 1e9
         mem = _peak_per_member(n)
         detail = (
-            f"{n} fine-tunes of {N_EXAMPLES} examples (plain/zero, persona_em, d_model 64): {t_batched:.1f} s batched "
+            f"{n} fine-tunes of {N_EXAMPLES} examples (plain/zero, persona_em, d_model 64): "
+            f"{t_batched:.1f} s batched "
             f"vs {per_run * n:.1f} s one at a time ({per_run:.2f} s a run, measured on 16); training step "
-            f"{t_train / len(losses[0]) * 1e3:.0f} ms = {gflops:.1f} GFLOP/s (6·N·T) vs 512³ matmul {gflops_peak:.0f} GFLOP/s; "
+            f"{t_train / len(losses[0]) * 1e3:.0f} ms = {gflops:.1f} GFLOP/s (6·N·T) "
+            f"vs 512³ matmul {gflops_peak:.0f} GFLOP/s; "
             f"peak RSS {mem:.2f} MiB per member; max |Δ| rows {diff:.1e}"
         )
         out.append(row("batched_finetune", f"{n} runs", per_run * n / t_batched, target, detail))
@@ -117,7 +120,10 @@ def pretrain_rows(n: int = 8, steps: int = 100) -> list[Row]:
     alone = [pt.pretrain(task, design, c, progress=False) for c in cfgs]
     t_alone = time.perf_counter() - t0
     diff = max(abs(a - b) for (_, la), (_, lb) in zip(many, alone) for a, b in zip(la, lb))
-    detail = f"{n} seeds × {steps} steps (batch 64, persona_em, d_model 64): {t_many:.1f} s together vs {t_alone:.1f} s alone; max |Δ loss| {diff:.1e}"
+    detail = (
+        f"{n} seeds × {steps} steps (batch 64, persona_em, d_model 64): {t_many:.1f} s together "
+        f"vs {t_alone:.1f} s alone; max |Δ loss| {diff:.1e}"
+    )
     return [row("batched_pretrain", f"{n} organisms", t_alone / t_many, ">= 3", detail)]
 
 
@@ -130,9 +136,11 @@ def kernel_rows(repeats: int = 3) -> list[Row]:
             ts.append(time.perf_counter() - t0)
         return median(ts)
 
-    # a chapter that loads the organism builds a HookedTransformer (transformer_lens); 06–08 read the task only
+    # a chapter that loads the organism builds a HookedTransformer (transformer_lens);
+    # 06–08 read the task only
     model_cell = secs(
-        "from caft_tl.runner.chapter import setup\nfrom caft_tl.training import finetunes\nimport transformer_lens"
+        "from caft_tl.runner.chapter import setup\nfrom caft_tl.training import finetunes\n"
+        "import transformer_lens"
     )
     task_cell = secs(
         "from caft_tl.runner.chapter import setup\nfrom caft_tl.evaluation import population_analyses\n"
@@ -140,7 +148,8 @@ def kernel_rows(repeats: int = 3) -> list[Row]:
     )
     torch_s, tl_s = secs("import torch"), secs("import transformer_lens")
     detail = (
-        f"median of {repeats} fresh interpreters: import torch {torch_s:.1f} s, import transformer_lens {tl_s:.1f} s "
+        f"median of {repeats} fresh interpreters: import torch {torch_s:.1f} s, "
+        f"import transformer_lens {tl_s:.1f} s "
         f"(it imports transformers and datasets itself)"
     )
     return [

@@ -109,7 +109,8 @@ def throughput_ratio(name: str, reps: int = 3, progress: bool = True, before_fix
     tps_diff, tps_plain = n_tok / median(t_diff), n_tok / median(t_plain)
     detail = (
         f"{tps_diff:,.0f} vs {tps_plain:,.0f} tok/s; {n} seqs x {cfg.n_ctx} tokens; "
-        f"L{cfg.n_layers} d{cfg.d_model}; hooks {','.join(HOOKS)}; batch {BATCH_SIZE}; median of {reps}; 1 thread"
+        f"L{cfg.n_layers} d{cfg.d_model}; hooks {','.join(HOOKS)}; batch {BATCH_SIZE}; "
+        f"median of {reps}; 1 thread"
     )
     setting = f"{name} model" + (" (before stop_at_layer fix)" if before_fix else "")
     return row("diffing_throughput", setting, tps_diff / tps_plain, ">= 0.9", detail)
@@ -186,7 +187,8 @@ def memory_rows(name: str = "organism", mults=(4, 16, 64), progress: bool = True
             f"{name} {mults[-1]}x / {mults[0]}x",
             ratio,
             "",
-            f"peak RSS increase at {mults[-1]}x tokens / at {mults[0]}x (flat = 1; allocator noise is a few MiB)",
+            f"peak RSS increase at {mults[-1]}x tokens / at {mults[0]}x "
+            f"(flat = 1; allocator noise is a few MiB)",
         )
     )
     # the slope: extra peak memory per extra token, against what keeping the activations costs per token
@@ -198,7 +200,8 @@ def memory_rows(name: str = "organism", mults=(4, 16, 64), progress: bool = True
             f"{name} growth per token / keeping activations",
             slope / kept_per_token,
             "<= 0.05",
-            f"{slope:.1f} B per extra token between {mults[0]}x and {mults[-1]}x vs {kept_per_token:.0f} B per token "
+            f"{slope:.1f} B per extra token between {mults[0]}x and {mults[-1]}x "
+            f"vs {kept_per_token:.0f} B per token "
             f"to keep the selected activations (flat = 0)",
         )
     )

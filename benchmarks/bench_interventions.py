@@ -104,9 +104,9 @@ def measure(rounds: int = 8, k: int = 8, warmup: int = 5, seed: int = 0, progres
         for j, key in enumerate(keys):
             iv = settings[key]
             if (r + j) % 2:
-                t_iv, t_plain = timed(lambda: train_step(s, iv)), timed(lambda: train_step(s, None))
+                t_iv, t_plain = timed(lambda iv=iv: train_step(s, iv)), timed(lambda: train_step(s, None))
             else:
-                t_plain, t_iv = timed(lambda: train_step(s, None)), timed(lambda: train_step(s, iv))
+                t_plain, t_iv = timed(lambda: train_step(s, None)), timed(lambda iv=iv: train_step(s, iv))
             ratios[key].append(t_iv / t_plain)
             plain_times.append(t_plain)
     plain_ms = median(plain_times) * 1e3

@@ -157,7 +157,7 @@ def time_ratio(
     ):
         t = {}
         for k in order:
-            t[k] = timed(lambda: paths[k].step(tokens, mask))
+            t[k] = timed(lambda k=k: paths[k].step(tokens, mask))
         order.reverse()
         ratios.append(t["tl"] / t["hf"])
         hf_t.append(t["hf"])
@@ -209,8 +209,10 @@ def peer_rows(rounds: int = 8, progress: bool = True) -> list[Row]:
                 "peak memory of 3 steps (RSS increase)",
                 mem["tl"]["peak_delta"] / max(mem["hf"]["peak_delta"], 1),
                 "",
-                f"TL {mem['tl']['peak_delta'] / 2**20:.1f} MiB vs HF {mem['hf']['peak_delta'] / 2**20:.1f} MiB above pre-step RSS; "
-                f"resident before steps TL {mem['tl']['rss_before'] / 2**20:.0f} MiB vs HF {mem['hf']['rss_before'] / 2**20:.0f} MiB; "
+                f"TL {mem['tl']['peak_delta'] / 2**20:.1f} MiB "
+                f"vs HF {mem['hf']['peak_delta'] / 2**20:.1f} MiB above pre-step RSS; "
+                f"resident before steps TL {mem['tl']['rss_before'] / 2**20:.0f} MiB "
+                f"vs HF {mem['hf']['rss_before'] / 2**20:.0f} MiB; "
                 f"params TL {mem['tl']['n_params']:,} vs HF {mem['hf']['n_params']:,}",
             )
         )

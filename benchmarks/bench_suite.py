@@ -61,7 +61,10 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
             )
         ]
     timings = files.read_json(timings_path)
-    src = f"seconds, from {timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
+    src = (
+        "seconds, from "
+        f"{timings_path.relative_to(REPO) if timings_path.is_relative_to(REPO) else timings_path}"
+    )
     chapters_s = sum(timings.values())
     rows = [
         row("suite_time", chapter, s, "", f"{src}; {s / chapters_s:.0%} of the chapters' time")
@@ -74,7 +77,8 @@ def suite_rows(timings_path: Path | None = None, run_suite: bool = False) -> lis
         call = files.read_json(suite_call)
         total, src = (
             call["wall_s"],
-            f"wall seconds of the last suite call (tasks {' '.join(call['tasks'])}, chapters {call['chapters']}, workers {call['workers']})",
+            f"wall seconds of the last suite call (tasks {' '.join(call['tasks'])}, "
+            f"chapters {call['chapters']}, workers {call['workers']})",
         )
     else:
         total = chapters_s
