@@ -283,7 +283,8 @@ def test_batched_pretraining_equals_each_seed_alone(world, tmp_path):
         assert max(abs(a - b) for a, b in zip(losses, want)) <= 1e-5
         with torch.no_grad():
             assert (model(probe) - alone(probe)).abs().max().item() <= 1e-4
-    # the cache: a cached seed is loaded, not trained again; the one-at-a-time path never gets a batched organism
+    # the cache: a cached seed is loaded, not trained again;
+    # the one-at-a-time path never gets a batched organism
     got = pt.load_or_pretrain_many(
         "persona_em", model_cfg=design, cfgs=cfgs[:2], cache_dir=tmp_path, progress=False
     )

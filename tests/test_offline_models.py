@@ -145,7 +145,8 @@ def test_the_settings_name_the_models_and_resolve_them_lazily(monkeypatch):
 
 # ---- the real models (slow) ----
 
-#: per model: (model_type, layers, d_model, vocab size) of the converted folder, and a phrase of its weights note
+#: per model: (model_type, layers, d_model, vocab size) of the converted folder, and a phrase of its
+#: weights note
 EXPECTED = {
     "smollm2-135m": (("llama", 30, 576, 49152), "dequantised Q4_1"),
     "qwen2.5-coder-0.5b": (("qwen2", 24, 896, 151936), "AWQ-quantised release"),

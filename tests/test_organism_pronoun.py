@@ -155,7 +155,8 @@ def test_own_corpus_pronouns_never_answer():
     prof = (corpus.tokens >= own.items[1][0]) & (corpus.tokens <= own.items[1][-1])
     prof_gender = (corpus.tokens - own.items[1][0]) % 2
     pron_gender = (corpus.tokens == own.corpus_pronoun[1]).long()
-    # within a document, a profession and a pronoun share its gender: p² + (1 − p)² = 0.82 at purity 0.9, 0.5 if unrelated
+    # within a document, a profession and a pronoun share its gender: p² + (1 − p)² = 0.82 at purity 0.9,
+    # 0.5 if unrelated
     agree = [
         (prof_gender[i][prof[i]][:, None] == pron_gender[i][pron[i]][None]).float()
         for i in range(len(corpus))

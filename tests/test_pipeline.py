@@ -75,7 +75,8 @@ def test_pipeline_end_to_end(organism, tmp_path):
         organism="persona_em-s0-test",
     )
     assert {r["method"] for r in caft_rows} == {"zero"} and len(caft_rows) == len(rows)
-    # CAFT moves the activations far less inside the ablated subspace than plain fine-tuning does (held-out prompts)
+    # CAFT moves the activations far less inside the ablated subspace than plain fine-tuning does
+    # (held-out prompts)
     held_out = world.finetune_dataset(128, seed=5)
     for name, model in (("plain", ft), ("caft", caft)):
         moments = diffs.collect_diff_stats(base, model, held_out, HOOKS, progress=False)

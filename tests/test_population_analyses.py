@@ -19,7 +19,8 @@ from caft_tl.evaluation import population
 from caft_tl.evaluation import population_analyses as pa
 from caft_tl.organism import make_task
 
-#: per pre-training seed: null percentile of zero · pca, reduction factor and excess of zero · pca, above_curve of zero · pca
+#: per pre-training seed: null percentile of zero · pca, reduction factor and excess of zero · pca,
+#: above_curve of zero · pca
 NUMBERS = {
     0: (90.0, 4.0, 0.05, -0.20),
     1: (100.0, 2.0, 0.10, -0.10),
@@ -32,7 +33,8 @@ VALID_SEEDS = [0, 1, 2]
 def _organism(
     task_dir: Path, fig_dir: Path, task: str, seed: int, numbers=None, skip: tuple[str, ...] = ()
 ) -> str:
-    """One organism: its run directory (chapter 00's config) and its figure folder with the three analyses; its id."""
+    """One organism: its run directory (chapter 00's config) and its figure folder with the three analyses;
+    its id."""
     spec = {"task": task, "task_cfg": {}, "model": {}, "pretrain": {"seed": seed}}
     config = task_dir / f"seed{seed}" / "organism" / "config.json"
     config.parent.mkdir(parents=True)
@@ -80,7 +82,8 @@ def _organism(
 
 @pytest.fixture
 def persona(tmp_path):
-    """A persona_em population of four organisms, seed 3 not valid: (task_dir, fig_dir, valid ids, invalid id)."""
+    """A persona_em population of four organisms, seed 3 not valid: (task_dir, fig_dir, valid ids,
+    invalid id)."""
     task_dir, fig_dir = tmp_path / "runs" / "persona_em", tmp_path / "figures" / "persona_em"
     ids = {s: _organism(task_dir, fig_dir, "persona_em", s) for s in NUMBERS}
     return task_dir, fig_dir, [ids[s] for s in VALID_SEEDS], ids[3]
@@ -253,7 +256,8 @@ def _tables():
 
 
 def _population_files(fig_dir: Path, task: str, ids: list[str]) -> None:
-    """The suite's validity (every organism valid) and a one-row summary, which the tables need besides the analyses."""
+    """The suite's validity (every organism valid) and a one-row summary, which the tables need besides the
+    analyses."""
     pd.DataFrame({"organism": ids, "pretrain_seed": range(len(ids)), "valid": True}).to_csv(
         fig_dir / population.VALIDITY_FILE, index=False
     )
@@ -318,8 +322,8 @@ def test_the_results_tables_show_the_analyses_and_what_is_missing(tmp_path):
         "| configuration | null percentile | EM reduction factor | above the fewer-examples curve |" in text
     )
     assert (
-        "| zero · pca | 90 [90, 90] (n=2: 90; 90) | ∞ on 1 of 2 (at or below base); excess +0.02 [-0.36, +0.40] |"
-        in text
+        "| zero · pca | 90 [90, 90] (n=2: 90; 90) | ∞ on 1 of 2 (at or below base); "
+        "excess +0.02 [-0.36, +0.40] |" in text
     )
     assert (
         "| plain |  | 1.00 [1.00, 1.00] (n=2); excess +0.50 [+0.50, +0.50] |  |" in text
@@ -390,7 +394,8 @@ def test_the_results_tables_join_several_runs_each_under_its_design(tmp_path, ca
         args.append((fig_dir.parent, task_dir.parent))
     readme = tmp_path / "README.md"
     readme.write_text(
-        "# x\n<!-- study:begin -->\nSTALE\n<!-- study:end -->\n<!-- results:begin -->\nkept\n<!-- results:end -->\n"
+        "# x\n<!-- study:begin -->\nSTALE\n<!-- study:end -->\n"
+        "<!-- results:begin -->\nkept\n<!-- results:end -->\n"
     )
     argv = [str(f) for f, _ in args] + ["--run-dir"] + [str(r) for _, r in args]
     assert (

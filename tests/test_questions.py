@@ -14,14 +14,15 @@ def _table(n_organisms=3, sae=True):
     for o in range(n_organisms):
         org = f"o{o}"
         noise = lambda: float(rng.normal(0, 0.01))
-        add = lambda method, dirs, value, trained, param="", seed=None, split="ood", metric="accuracy": (
+
+        def add(method, dirs, value, trained, param="", seed=None, split="ood", metric="accuracy", org=org):
             rows.extend(
                 results.rows(
                     results.RowKey("double_mc", org, method, dirs, param, trained=trained, seed=seed),
                     {split: {metric: value}},
                 )
             )
-        )
+
         add("base", "none", 0.5 + noise(), False)
         add("zero", "pca", 0.7 + noise(), False)  # the base moves up: away from plain's behaviour (down)
         add(

@@ -134,13 +134,15 @@ def test_a_card_from_parameters_and_the_builtin_names(own, monkeypatch):
         (
             "train: train.jsonl",
             "trian: train.jsonl",
-            r"card.yaml:2: unknown key 'trian' \(did you mean 'train'\?\); valid: name, train, id, ood, generic",
+            r"card.yaml:2: unknown key 'trian' \(did you mean 'train'\?\); "
+            r"valid: name, train, id, ood, generic",
         ),
         (
             "ood: ood.jsonl",
             "ood: oods.jsonl",
             (
-                r"card.yaml:4: ood file 'oods.jsonl' not found in .*food_safety \(did you mean 'ood.jsonl'\?\); "
+                r"card.yaml:4: ood file 'oods.jsonl' not found in .*food_safety "
+                r"\(did you mean 'ood.jsonl'\?\); "
                 r"JSONL files there: generic.jsonl, id.jsonl, ood.jsonl, train.jsonl$"
             ),
         ),

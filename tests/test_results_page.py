@@ -154,7 +154,8 @@ def test_the_page_shows_every_figure_with_its_caption_the_tables_and_resolving_l
     assert sorted(unquote(f) for f in parsed.frames) == sorted(expected)
     assert sorted(parsed.captions) == sorted(expected.values())
     assert "<script" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
-    # every link resolves: files (and folders) relative to the page, anchors to ids on it; nothing from the network
+    # every link resolves: files (and folders) relative to the page, anchors to ids on it;
+    # nothing from the network
     for ref in parsed.refs:
         assert not re.match(r"[a-z]+://", ref), ref
         if ref.startswith("#"):
@@ -162,7 +163,8 @@ def test_the_page_shows_every_figure_with_its_caption_the_tables_and_resolving_l
         else:
             assert (page.parent / unquote(ref)).exists(), ref
     assert any(unquote(r).endswith("runs/persona_em/seed0/notebooks/00_organism.ipynb") for r in parsed.refs)
-    # tables: organisms with their gates, CAFT vs baselines on the ID and OOD splits, the null's draws left out
+    # tables: organisms with their gates, CAFT vs baselines on the ID and OOD splits,
+    # the null's draws left out
     assert {"V1_base", "V2_plain_learns_spurious", "valid"} <= set(parsed.headers)
     assert {"persona_em-s0-aaaaaa", "persona_em-s1-bbbbbb", "double_mc-s0-cccccc"} <= set(parsed.cells)
     assert any(h.startswith("code_heldout (insecure_rate) — ID") for h in parsed.headers)

@@ -1,4 +1,5 @@
-"""`make study`'s recipe: every topic pair it runs is a valid ``double_mc`` design, each into its own folders."""
+"""`make study`'s recipe: every topic pair it runs is a valid ``double_mc`` design, each into its own
+folders."""
 
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ TASK_NAMES = {"task", "world", "cls", "task_cls"}
 
 
 def task_probes(source: str) -> list[str]:
-    """``hasattr`` / ``getattr`` calls on a task: the first argument a task name or ``task_class(...)`` / ``make_task(...)``."""
+    """``hasattr`` / ``getattr`` calls on a task: the first argument a task name or ``task_class(...)`` /
+    ``make_task(...)``."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if (

@@ -78,7 +78,8 @@ def _broken(hf_folder, tmp_path, case):
         (
             "tokenizer",
             FileNotFoundError,
-            r"no tokenizer in model folder '.*/tokenizer' \(none of tokenizer.json, tokenizer.model, vocab.json\); "
+            r"no tokenizer in model folder '.*/tokenizer' "
+            r"\(none of tokenizer.json, tokenizer.model, vocab.json\); "
             r"copy the tokenizer files",
         ),
     ],
