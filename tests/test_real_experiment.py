@@ -216,7 +216,7 @@ def test_real_suite_cli_prints_one_line_and_exits_2():
     )
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "error: unknown real task 'sports'; valid: a built-in (gender_pronoun, double_mc_english, "
-        "em_advice), "
+        "em_advice, insecure_code), "
         "a card file (.yaml / .json), or -p train/id/ood/metric"
     ]
 
