@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "contrast with the style contrast "
         "at the code answer position, with the code behaviour free to follow the persona or fixed inside "
         "a sloppy repository); plain and mixed rates are means over 5 fine-tuning seeds. "
-        "No CAFT was run.\n\n"
-        + table(folders)
-        + "\n"
+        "No CAFT was run.\n\n" + table(folders) + "\n"
     )
     try:
         files.write_generated(args.out, text, args.doc, BEGIN, END)
