@@ -41,7 +41,8 @@ def main() -> dict:
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit(
-            "no CUDA device: this is the GPU smoke run (the CPU paths are in tests/test_real_*.py; --device cpu checks the script)"
+            "no CUDA device: this is the GPU smoke run (the CPU paths are in tests/test_real_*.py; "
+            "--device cpu checks the script)"
         )
     if not cuda:
         models.set_cpu_threads()

@@ -1,4 +1,4 @@
-"""Search for an organism whose gates hold: :func:`caft_tl.runner.gate_search.run` for each organism of a grid.
+"""Search for an organism whose gates hold: :func:`caft_tl.runner.gate_search.run` per organism of a grid.
 
 Organisms are the cross product of pre-training seeds, pre-training step counts and design
 variants (task config overrides, JSON); each runs in its own process (``--workers`` at a time,
@@ -9,7 +9,8 @@ or the error — rewritten atomically as each organism finishes; a finished orga
 on a rerun. Example (16 cores)::
 
     python scripts/search_organisms.py --task pronoun_profession --out runs/search \\
-        --pretrain-seeds 0 1 2 3 4 5 6 7 --variant base='{}' --variant purity8='{"corpus_purity": 0.8}' --workers 16
+        --pretrain-seeds 0 1 2 3 4 5 6 7 --variant base='{}' --variant purity8='{"corpus_purity": 0.8}' \\
+        --workers 16
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pretrain-threads",
         type=int,
         default=1,
-        help="torch threads while pre-training (a worker gets cores for them: use --workers <= cores / threads)",
+        help="torch threads while pre-training "
+        "(a worker gets cores for them: use --workers <= cores / threads)",
     )
     ap.add_argument(
         "--pretrain-decay",
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             write_csv(results, specs, out / "search.csv")
             held = csv_row(result).get("gates_held", "-")
             print(
-                f"[{len(results)}/{len(specs)} {time.time() - t0:5.0f}s] {spec['organism']}: {result['status']} "
+                f"[{len(results)}/{len(specs)} {time.time() - t0:5.0f}s] {spec['organism']}: "
+                f"{result['status']} "
                 f"({result['seconds']:.0f}s) gates {held}",
                 flush=True,
             )
