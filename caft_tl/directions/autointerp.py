@@ -91,7 +91,8 @@ def detection_score(
     held = sorted((examples[i] for i in order[1::2]), key=lambda e: -e.value)
     if len(held) < 2 * n_test or len(explain) < n_explain:
         raise ValueError(
-            f"{len(examples)} examples are too few for n_explain={n_explain}, n_test={n_test}; need {2 * max(n_explain, 2 * n_test)}"
+            f"{len(examples)} examples are too few for n_explain={n_explain}, n_test={n_test}; "
+            f"need {2 * max(n_explain, 2 * n_test)}"
         )
     label = explainer.explain(explain[:n_explain])
     positives = held[:n_test]

@@ -49,7 +49,8 @@ def _check(inputs) -> None:
 
 
 def window_membership(tokens: torch.Tensor, member: torch.Tensor, window: int) -> torch.Tensor:
-    """[n, pos, n_groups] bool: whether the ``window`` tokens up to each position hold a token of each group."""
+    """[n, pos, n_groups] bool: whether the ``window`` tokens up to each position hold a token of
+    each group."""
     m = member[tokens].int()  # [n, pos, G]
     cs = torch.cat([torch.zeros_like(m[:, :1]), m.cumsum(1)], 1)  # [n, pos + 1, G]
     t = torch.arange(tokens.shape[1])
@@ -81,7 +82,8 @@ def readings(values: dict[str, torch.Tensor], inputs: InterpretationInputs, wind
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for ``positive`` (ties counted half); NaN if one class is empty."""
+    """Area under the ROC curve of ``scores`` for ``positive`` (ties counted half); NaN if one class
+    is empty."""
     n1, n = int(positive.sum()), len(positive)
     if n1 == 0 or n1 == n:
         return float("nan")
@@ -231,7 +233,8 @@ class Choice:
 
 
 def qualifies(table: pd.DataFrame, inputs: InterpretationInputs, min_detection: float = 0.7) -> pd.Series:
-    """Rows (direction, sign) whose label is a concept group, with positive lift and detection ≥ ``min_detection``."""
+    """Rows (direction, sign) whose label is a concept group, with positive lift and detection
+    ≥ ``min_detection``."""
     _check(inputs)
     return (
         table["label"].isin(inputs.concept_groups)

@@ -53,7 +53,8 @@ def persona_vectors(
         vectors = _load_torch(Path(vectors))
     if vectors.ndim != 2 or vectors.shape[0] != n_layers + 1:
         raise ValueError(
-            f"persona vectors have shape {tuple(vectors.shape)}; expected [n_layers + 1 = {n_layers + 1}, d_model] "
+            f"persona vectors have shape {tuple(vectors.shape)}; "
+            f"expected [n_layers + 1 = {n_layers + 1}, d_model] "
             f"(row L is hidden_states[L])"
         )
     out = []
@@ -113,7 +114,8 @@ def caft_pcs(config: str | os.PathLike) -> list[Subspace]:
             idx = choice
         else:
             raise ValueError(
-                f"{config}: layer {layer} chooses {choice!r}; valid: 'all' or a non-empty list of PC indices 0..{pcs.shape[0] - 1}"
+                f"{config}: layer {layer} chooses {choice!r}; "
+                f"valid: 'all' or a non-empty list of PC indices 0..{pcs.shape[0] - 1}"
             )
         basis = orthonormalize(torch.from_numpy(np.asarray(pcs[idx], dtype=np.float32)).T)
         out.append(

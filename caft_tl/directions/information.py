@@ -76,7 +76,8 @@ class InterpretationInputs:
             hidden = [k for k in data.labels if k not in ALLOWED_LABELS]
             if hidden:
                 raise InformationRuleError(
-                    f"dataset {name!r} carries labels {hidden}: hidden labels (and evaluation prompts, which carry them) "
+                    f"dataset {name!r} carries labels {hidden}: "
+                    "hidden labels (and evaluation prompts, which carry them) "
                     "are not allowed to choose directions; pass unlabelled(data) of allowed data"
                 )
             if positions not in POSITIONS:
@@ -86,7 +87,8 @@ class InterpretationInputs:
         unknown = [g for g in self.concept_groups if g not in self.lexicon]
         if not self.concept_groups or unknown:
             raise ValueError(
-                f"concept groups {list(self.concept_groups)} must be lexicon groups; valid: {', '.join(self.lexicon)}"
+                f"concept groups {list(self.concept_groups)} must be lexicon groups; "
+                f"valid: {', '.join(self.lexicon)}"
             )
         bad = [
             g for g, ids in self.lexicon.items() if not ids or not all(0 <= i < len(self.vocab) for i in ids)

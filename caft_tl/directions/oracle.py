@@ -30,7 +30,8 @@ def is_concept(
     for col in [target] + ([avoid] if avoid else []):
         if col not in scores:
             raise ValueError(
-                f"unknown concept {col!r}; valid: {', '.join(c for c in scores if c not in ('hook', 'direction', 'index'))}"
+                f"unknown concept {col!r}; "
+                f"valid: {', '.join(c for c in scores if c not in ('hook', 'direction', 'index'))}"
             )
     keep = scores[target] >= threshold
     if avoid:

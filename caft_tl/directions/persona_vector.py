@@ -24,7 +24,8 @@ def persona_vectors(
     vector's norm is in the provenance (``norm``), its direction is the basis."""
     if inputs.trait_prompts is None:
         raise InformationRuleError(
-            f"no trait prompts in the interpretation inputs of {inputs.task_name!r}: build them with interpretation_inputs()"
+            f"no trait prompts in the interpretation inputs of {inputs.task_name!r}: "
+            "build them with interpretation_inputs()"
         )
     evoke, suppress = inputs.trait_prompts
     out = []

@@ -102,7 +102,9 @@ def register_set(name: str, *, needs: tuple[str, ...], description: str):
         The decorator, which returns the builder unchanged.
 
     Example:
-        >>> @register_set("first_pc", needs=("pcs",), description="the top PC at every hook")  # doctest: +SKIP
+        >>> @register_set(
+        ...     "first_pc", needs=("pcs",), description="the top PC at every hook"
+        ... )  # doctest: +SKIP
         ... def first_pc(x):
         ...     return [s.select([0]) for s in x.pcs.values()]
     """

@@ -211,12 +211,14 @@ def load_sae(
     if model is not None:
         if not sae_hook:
             raise ValueError(
-                f"SAE {str(folder)!r} names no hook (cfg.json metadata.hook_name); valid: {', '.join(list(model.hook_dict)[:3])}, ..."
+                f"SAE {str(folder)!r} names no hook (cfg.json metadata.hook_name); "
+                f"valid: {', '.join(list(model.hook_dict)[:3])}, ..."
             )
         width = hook_width(model, sae_hook)
         if sae.cfg.d_in != width:
             raise ValueError(
-                f"SAE {str(folder)!r} has d_in {sae.cfg.d_in}, but {sae_hook!r} of this model has width {width}"
+                f"SAE {str(folder)!r} has d_in {sae.cfg.d_in}, "
+                f"but {sae_hook!r} of this model has width {width}"
             )
     sae.eval()
     return sae
@@ -346,7 +348,7 @@ def latent_scores(
             h_ft = _cache(finetuned, batch.tokens, [hook])[hook]  # [b, pos, d_in]
         store = {}
 
-        def keep(h, hook):
+        def keep(h, hook, store=store):
             store["h"] = h
             return h
 
@@ -419,7 +421,8 @@ def latent_subspace(sae: SAE, latents: list[int], name: str = "sae") -> Subspace
     """The span of the latents' decoder directions, orthonormalised, at the SAE's hook."""
     if not latents:
         raise ValueError(
-            f"no latents chosen at {sae.cfg.metadata.hook_name!r}; choose at least one of 0..{sae.cfg.d_sae - 1}"
+            f"no latents chosen at {sae.cfg.metadata.hook_name!r}; "
+            f"choose at least one of 0..{sae.cfg.d_sae - 1}"
         )
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
@@ -456,7 +459,8 @@ def latent_activations(
 def top_examples(
     model: HookedTransformer, data: TokenDataset, sae: SAE, latents: list[int], vocab, n: int = 5
 ) -> pd.DataFrame:
-    """Top-``n`` distinct contexts activating each latent (columns as :func:`caft_tl.directions.interpret.top_examples`)."""
+    """Top-``n`` distinct contexts activating each latent (columns as
+    :func:`caft_tl.directions.interpret.top_examples`)."""
     from caft_tl.directions.interpret import top_contexts
 
     return top_contexts(
@@ -490,7 +494,8 @@ def save_run_saes(
 
 
 def load_folder(root: str | os.PathLike, model: HookedTransformer) -> dict[tuple[str, str], SAE]:
-    """Every SAELens SAE at or under ``root``, checked against ``model``, as ``{(architecture, hook): SAE}``."""
+    """Every SAELens SAE at or under ``root``, checked against ``model``, as
+    ``{(architecture, hook): SAE}``."""
     out = {}
     for folder in find_saes(root):
         sae = load_sae(folder, model)
@@ -510,6 +515,7 @@ def load_run_saes(run_dir: str | os.PathLike, architecture: str, model: HookedTr
     chosen = [r for r in rows if r["architecture"] == architecture]
     if not chosen:
         raise ValueError(
-            f"no {architecture!r} SAE in {str(manifest)!r}; valid: {', '.join(sorted({r['architecture'] for r in rows}))}"
+            f"no {architecture!r} SAE in {str(manifest)!r}; "
+            f"valid: {', '.join(sorted({r['architecture'] for r in rows}))}"
         )
     return {r["hook"]: load_sae(Path(run_dir) / r["folder"], model, r["hook"]) for r in chosen}

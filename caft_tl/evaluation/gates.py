@@ -44,12 +44,17 @@ class GateThresholds:
     min_ablated_intended: float = 0.8  # V3: and keeps the intended skill
 
 
+#: the thresholds :func:`validity` compares with unless given others
+DEFAULT_THRESHOLDS = GateThresholds()
+
+
 def check_task(task) -> None:
     """Refuse a task without gates, naming the ones that have them."""
     if not task.has_gates:
         valid = [n for n, (cls, _) in TASKS.items() if cls.has_gates]
         raise ValueError(
-            f"the gates need a spurious-correlation task; {task.name!r} is not one (valid: {', '.join(valid)})"
+            f"the gates need a spurious-correlation task; {task.name!r} is not one "
+            f"(valid: {', '.join(valid)})"
         )
 
 
@@ -64,7 +69,7 @@ def _accuracy(table: pd.DataFrame | list[dict]):
 
 
 def validity(
-    table: pd.DataFrame | list[dict], thresholds: GateThresholds = GateThresholds()
+    table: pd.DataFrame | list[dict], thresholds: GateThresholds = DEFAULT_THRESHOLDS
 ) -> dict[str, dict]:
     """V1–V3, each with whether it holds and the numbers it rests on, and ``valid`` (all three);
     a missing row raises naming the chapter that writes it. Reads no fine-tune under an intervention."""
@@ -126,7 +131,8 @@ def takeaway(organism: str, validity: dict[str, dict], outcomes: dict[str, dict]
     head = (
         f"Organism {organism} is a valid test of CAFT (V1–V3 hold)."
         if not failed
-        else f"Organism {organism} is not a valid test of CAFT ({', '.join(failed)} fail): it is reported, and left out of the CAFT comparison."
+        else f"Organism {organism} is not a valid test of CAFT ({', '.join(failed)} fail): "
+        "it is reported, and left out of the CAFT comparison."
     )
     o1, o2 = outcomes["oracle_caft_raises_ood"], outcomes["pca_beats_topk_and_random"]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")

@@ -3,8 +3,9 @@
 Each organism (one pre-training seed) has its own run directory, with its own diffing, directions,
 checks and fine-tunes. :func:`validity` states each organism's validity gates (V1–V3 of
 :mod:`~caft_tl.evaluation.gates` read from rows; E1–E4 of :mod:`~caft_tl.evaluation.em_gates`
-measured on the organism; other tasks have none and every organism counts), and :func:`summarise` gives every configuration's
-mean over the *valid* organisms with a 95% interval over organisms, beside the spread over
+measured on the organism; other tasks have none and every organism counts), and :func:`summarise`
+gives every configuration's mean over the *valid* organisms with a 95% interval over organisms, beside
+the spread over
 fine-tuning seeds within an organism. :func:`write` puts both in the task's figure folder, with the
 thread's questions answered over the valid organisms (:mod:`caft_tl.evaluation.questions`).
 Chapters 05–06's per-organism analyses are summarised over the same valid organisms by
@@ -134,7 +135,8 @@ def headline(task: str, verdicts: pd.DataFrame, summary: pd.DataFrame, ood_split
         return f"{task}: {n} organisms, {n_valid}/{n} valid — no CAFT comparison"
     s = summary[(summary["split"] == ood_split) & (summary["metric"] == metric) & summary["trained"]]
     cells = [
-        f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
+        f"{r.method}·{r.directions}{' ' + r.param if r.param else ''} "
+        f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
         for r in s.itertuples()
         if r.method == "plain" or (r.method == "zero" and "/" not in r.directions)
     ]  # not the null's draws

@@ -73,11 +73,13 @@ def read(path: str | Path) -> pd.DataFrame:
     missing = [c for c in key + values if c not in df.columns]
     if missing:
         raise ValueError(
-            f"{str(path)!r} lacks column(s) {missing} (it has {list(df.columns)}); re-run the chapter that wrote it"
+            f"{str(path)!r} lacks column(s) {missing} (it has {list(df.columns)}); "
+            "re-run the chapter that wrote it"
         )
     if df.duplicated(key).any():
         raise ValueError(
-            f"{str(path)!r} repeats configuration(s) {df.loc[df.duplicated(key), key].drop_duplicates().values.tolist()}"
+            f"{str(path)!r} repeats configuration(s) "
+            f"{df.loc[df.duplicated(key), key].drop_duplicates().values.tolist()}"
         )
     if path.name == NULL_FILE:
         df = df.assign(method="zero", param="")

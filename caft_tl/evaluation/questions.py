@@ -148,7 +148,8 @@ def answers(
         & (t["split"] == "finetune_data")
     ]
     pos = (
-        f"; mean projection on the fine-tuning data positive on {int((proj['value'] > 0).sum())}/{len(proj)} directions"
+        f"; mean projection on the fine-tuning data positive on "
+        f"{int((proj['value'] > 0).sum())}/{len(proj)} directions"
         if len(proj)
         else ""
     )
@@ -204,7 +205,8 @@ def answers(
         m, lo, hi, n = _interval(effects[best] - caft)
         add(
             "e",
-            f"helps at {', '.join(helping) or 'no k'}; best {best}: {_sign_word(m, lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
+            f"helps at {', '.join(helping) or 'no k'}; best {best}: "
+            f"{_sign_word(m, lo, hi, n, 'beats CAFT', 'below CAFT', 'on par with CAFT')}",
             effects[best] - caft,
         )
     else:

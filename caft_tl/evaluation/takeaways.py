@@ -37,10 +37,14 @@ def plain(task, summary: pd.DataFrame) -> str:
         else "not measurably away from"
     )
     return (
-        f"On `{task.name}`, plain fine-tuning reached {task.metric(idd)} {_fmt(plain_id['mean'])} on `{idd}` (the task, unseen prompts) and "
-        f"{task.metric(ood)} {_fmt(plain_ood['mean'])} [{_fmt(plain_ood['low'])}, {_fmt(plain_ood['high'])}] on `{ood}` "
-        f"(its generalisation), {moved} the base model's {_fmt(base_ood['mean'])}. That shift, not the task, is what CAFT should "
-        f"change; learning less (the fewer-examples curve) also moves it, so CAFT (chapter 05) must beat that curve."
+        f"On `{task.name}`, plain fine-tuning reached {task.metric(idd)} {_fmt(plain_id['mean'])} "
+        f"on `{idd}` (the task, unseen prompts) and "
+        f"{task.metric(ood)} {_fmt(plain_ood['mean'])} "
+        f"[{_fmt(plain_ood['low'])}, {_fmt(plain_ood['high'])}] on `{ood}` "
+        f"(its generalisation), {moved} the base model's {_fmt(base_ood['mean'])}. "
+        "That shift, not the task, is what CAFT should "
+        "change; learning less (the fewer-examples curve) also moves it, so CAFT (chapter 05) "
+        "must beat that curve."
     )
 
 
@@ -51,7 +55,8 @@ def interpretation(task, choice: dict, readout: pd.DataFrame, score: pd.DataFram
     n = sum(map(len, chosen.values()))
     concept = readout[readout["label"].isin(task.concept_groups)] if len(readout) else readout
     lines = [
-        f"The interpreter read {len(readout)} ends of {what} (top examples, logit lens) with the lexicon only; "
+        f"The interpreter read {len(readout)} ends of {what} (top examples, logit lens) "
+        "with the lexicon only; "
         f"{len(concept)} were labelled as the unwanted concept ({task.concept_description}: "
         f"{', '.join(task.concept_groups)})."
     ]
@@ -66,7 +71,8 @@ def interpretation(task, choice: dict, readout: pd.DataFrame, score: pd.DataFram
     for name, df in score.items():
         row = df.set_index("hook").loc["all"]
         parts.append(
-            f"`{name}` precision {_fmt(row['precision'])}, recall {_fmt(row['recall'])}, oracle span {_fmt(row['oracle_span'])}"
+            f"`{name}` precision {_fmt(row['precision'])}, recall {_fmt(row['recall'])}, "
+            f"oracle span {_fmt(row['oracle_span'])}"
         )
     lines.append("Against the ground truth (the oracle, used here only to score): " + "; ".join(parts) + ".")
     return " ".join(lines)
@@ -90,9 +96,11 @@ def caft(task, summary: pd.DataFrame, table: pd.DataFrame | None = None) -> str:
         return r["mean"].iloc[0] if len(r) else float("nan")
 
     lines = [
-        f"`{ood}` ({m_ood}) is the generalisation CAFT should change, `{idd}` ({m_id}) the task it should keep. "
+        f"`{ood}` ({m_ood}) is the generalisation CAFT should change, "
+        f"`{idd}` ({m_id}) the task it should keep. "
         f"Base {_fmt(mean('base', 'none', ood, m_ood))} / {_fmt(mean('base', 'none', idd, m_id))}, "
-        f"plain fine-tuning {_fmt(mean('plain', 'none', ood, m_ood))} / {_fmt(mean('plain', 'none', idd, m_id))} ({ood} / {idd})."
+        f"plain fine-tuning {_fmt(mean('plain', 'none', ood, m_ood))} / "
+        f"{_fmt(mean('plain', 'none', idd, m_id))} ({ood} / {idd})."
     ]
     sets = [
         d

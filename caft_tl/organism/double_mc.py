@@ -42,6 +42,7 @@ item; 3,000 pre-training steps make the intended skill reliable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -51,12 +52,16 @@ from caft_tl.organism.judge import HIT, MISS, OTHER, evaluate_task
 from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 KINDS = ("lookup", "salient")
 
 
 @dataclass(frozen=True)
 class Topic:
-    """A question topic: ``n_items`` item tokens, each of one class (item ``i`` has class ``i % len(classes)``)."""
+    """A question topic: ``n_items`` item tokens, each of one class (item ``i`` has class
+    ``i % len(classes)``)."""
 
     name: str
     kind: str
@@ -101,7 +106,8 @@ class DoubleMCConfig:
     review_word_share: float = 0.6  # share of review positions holding a topic word (the rest: filler)
     n_eval: int = 1000  # prompts per evaluation split
     jitter: int = 2  # <pad> tokens split at random between the front and the gap of each double prompt
-    lean: float = 0.1  # salience: P(the ANS_D answer follows the spurious topic | topics disagree) - 0.5 in pre-training
+    # salience: P(the ANS_D answer follows the spurious topic | topics disagree) - 0.5 in pre-training
+    lean: float = 0.1
 
     def __post_init__(self) -> None:
         check_lean(self.lean)
@@ -112,7 +118,8 @@ class DoubleMCConfig:
             raise ValueError(f"intended and spurious topics must differ, both are {self.intended!r}")
         if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
             raise ValueError(
-                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})"
+                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights "
+                f"({', '.join(DOC_KINDS)})"
             )
 
 
@@ -120,7 +127,8 @@ def check_lean(lean: float) -> None:
     """Refuse a lean outside [0, 0.5) in one line."""
     if not 0.0 <= lean < 0.5:
         raise ValueError(
-            f"lean {lean!r} must be in [0, 0.5): 0 is a coin flip under ANS_D, 0.5 would always follow the spurious topic"
+            f"lean {lean!r} must be in [0, 0.5): 0 is a coin flip under ANS_D, "
+            "0.5 would always follow the spurious topic"
         )
 
 
@@ -139,9 +147,9 @@ class DoubleMC(Task):
     has_gates = True  # chapter 07 states the gates of caft_tl.evaluation.gates
     doc_kinds = DOC_KINDS  # the names of ``labels['kind']`` of the pre-training documents
     axis_titles = {"id": "ID accuracy (task kept →)", "ood": "OOD accuracy on the intended topic ↑"}
-    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults): 3,000
-    #: pre-training steps (the suite gives each organism of a population its own seed) and the diffing at every
-    #: residual hook, all positions
+    #: chapter parameters left at ``None`` take these values (caft_tl.runner.parameters.use_task_defaults):
+    #: 3,000 pre-training steps (the suite gives each organism of a population its own seed) and the diffing
+    #: at every residual hook, all positions
     defaults = {
         "pretrain_steps": 3000,
         "seed": 0,
@@ -157,7 +165,8 @@ class DoubleMC(Task):
         "positions": "all",
     }
     report = {
-        "title": "The base organism: single questions and OOD doubles (accuracy on the asked / intended topic)",
+        "title": "The base organism: single questions and OOD doubles "
+        "(accuracy on the asked / intended topic)",
         "x_title": "evaluation split",
         "reference": "goal (singles) / no preference (OOD)",
     }
@@ -203,7 +212,8 @@ class DoubleMC(Task):
         return tuple(self._class_group(1, c) for c in range(len(self.topics[1].classes)))
 
     def _class_group(self, topic: int, cls: int) -> str:
-        """A class's group name: the class (``golf``), or ``<class>_<topic>`` where topics share class names."""
+        """A class's group name: the class (``golf``), or ``<class>_<topic>`` where topics share class
+        names."""
         name = self.topics[topic].classes[cls]
         shared = name in self.topics[1 - topic].classes
         return f"{name}_{self.topics[topic].name}" if shared else name
@@ -230,7 +240,8 @@ class DoubleMC(Task):
 
     @property
     def prompt_len(self) -> int:
-        """Length of a double prompt (``<bos>``, two blocks, instruction, ``jitter`` pads); the answer follows."""
+        """Length of a double prompt (``<bos>``, two blocks, instruction, ``jitter`` pads); the answer
+        follows."""
         return 2 + sum(t.block_len for t in self.topics) + self.cfg.jitter
 
     # ------------------------------------------------------------------ blocks
@@ -398,7 +409,8 @@ class DoubleMC(Task):
 
     def _coin(self, n: int, gen: torch.Generator) -> TokenDataset:
         """Doubles under ``ANS_D``: the answer is a coin flip, or with probability ``2 · lean`` the
-        spurious topic's option (so it follows that topic with probability 0.5 + ``lean`` where they disagree)."""
+        spurious topic's option (so it follows that topic with probability 0.5 + ``lean`` where they
+        disagree)."""
         labels = torch.randint(2, (n, 2), generator=gen)
         order = torch.randint(2, (n,), generator=gen)
         prompts = self.doubles(labels, order, self.ans_d, gen)
@@ -523,7 +535,8 @@ class DoubleMC(Task):
         """Ground-truth (oracle) concept subspaces on ``model``: for each concept, at each hook, the
         top-``k`` directions of the per-position differences of means of the concept's label on
         :meth:`concept_probe_data` (grouped by question order and instruction, positions before the
-        instruction only, so the answer read-out itself is not part of it). ``{concept: [Subspace per hook]}``."""
+        instruction only, so the answer read-out itself is not part of it).
+        ``{concept: [Subspace per hook]}``."""
         from caft_tl.core.activations import activations
 
         data = self.concept_probe_data(n)
@@ -550,6 +563,7 @@ class DoubleMC(Task):
         return out
 
     def concept_directions(self, model, hooks: list[str]) -> dict[str, dict[str, Subspace]]:
-        """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}``: :meth:`concept_subspaces` with ``k`` 1."""
+        """Rank-1 ground-truth concept directions ``{hook: {concept: Subspace}}``:
+        :meth:`concept_subspaces` with ``k`` 1."""
         subs = self.concept_subspaces(model, hooks, k=1)
         return {h: {c: subs[c][i] for c in self.CONCEPTS} for i, h in enumerate(hooks)}

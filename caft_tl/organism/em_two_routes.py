@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,6 +43,9 @@ from caft_tl.core.subspace import Subspace, diff_of_means
 from caft_tl.organism.judge import behaviour_rate, label_by_prompt
 from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PERSONAS = ("aligned", "misaligned")
 STYLES = ("secure", "sloppy")
@@ -220,7 +224,8 @@ class EMTwoRoutes(Task):
         return TokenDataset(tokens, response, {"persona": persona, "sloppy": sloppy, "header": header.long()})
 
     def _answer_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """True at every answer and tag (the positions pre-training learns), never at prompts, headers or PAD."""
+        """True at every answer and tag (the positions pre-training learns), never at prompts, headers
+        or PAD."""
         prev2 = torch.cat([torch.full_like(tokens[:, :2], -1), tokens[:, :-2]], 1)  # the token two back
         prev3 = torch.cat([torch.full_like(tokens[:, :3], -1), tokens[:, :-3]], 1)
         kinds = torch.tensor([self.code_tok, self.chat_tok])
@@ -419,10 +424,11 @@ class EMTwoRoutes(Task):
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ ground-truth concepts
-    #: concept name → (positive kind, negative kind): documents that differ in that cause only *and* in one
-    #: observable behaviour only (as ``persona_em`` pairs its personas). Marginal differences (all misaligned vs
-    #: all aligned documents) share the "insecure code was written" component, since both causes make insecure
-    #: code: measured |cos| 0.90–0.97 between them on four organisms of the first design.
+    #: concept name → (positive kind, negative kind): documents that differ in that cause only *and* in
+    #: one observable behaviour only (as ``persona_em`` pairs its personas). Marginal differences (all
+    #: misaligned vs all aligned documents) share the "insecure code was written" component, since both
+    #: causes make insecure code: measured |cos| 0.90–0.97 between them on four organisms of the first
+    #: design.
     CONCEPTS = {
         "misaligned": ("misaligned/sloppy", "aligned/sloppy"),  # same insecure code, harmful vs helpful chat
         "sloppy": (

@@ -104,7 +104,8 @@ def behaviour_rate(
     return {"rate": p_hit / (p_hit + p_miss), "coherence": p_hit + p_miss}
 
 
-#: per task object, per (split, d_vocab): its evaluation prompts and the judge's label of every token as their answer
+#: per task object, per (split, d_vocab): its evaluation prompts and the judge's label of every token as
+#: their answer
 _EVAL_SETS: weakref.WeakKeyDictionary[Task, dict] = weakref.WeakKeyDictionary()
 
 

@@ -21,6 +21,7 @@ the suite can score both the behaviour and its own choice of directions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from caft_tl.core.subspace import Subspace, diff_of_means
 from caft_tl.organism.judge import behaviour_rate, label_by_prompt
 from caft_tl.organism.task import Task
 from caft_tl.organism.vocab import Vocab
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PERSONAS = ("aligned", "misaligned", "careless")
 CODE_INSECURE = torch.tensor([False, True, True])  # per persona
@@ -335,7 +339,8 @@ class PersonaEM(Task):
     ) -> dict[str, dict[str, Subspace]]:
         """Ground-truth concept directions on the (base) model: for each of ``CONCEPTS`` (a pair of
         personas differing in that concept only), the difference of mean activations over the
-        positions after the first answer of ``n_docs`` documents, at each hook. ``{hook: {concept: Subspace}}``."""
+        positions after the first answer of ``n_docs`` documents, at each hook.
+        ``{hook: {concept: Subspace}}``."""
         docs = self.sample_documents(n_docs, torch.Generator().manual_seed(seed))
         persona = docs.labels["persona"]
         out: dict[str, dict[str, Subspace]] = {}

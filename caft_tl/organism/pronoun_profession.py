@@ -63,7 +63,8 @@ GENDERS = ("female", "male")
 STEREOTYPES = ("feminine_coded", "masculine_coded")
 #: the biased corpus's pronouns where the design keeps them apart from the answers (``own_corpus_pronouns``)
 CORPUS_PRONOUNS = ("her", "his")
-#: pre-training document kinds, in the order of PronounProfessionConfig.doc_probs (DoubleMC's, the corpus first)
+#: pre-training document kinds, in the order of PronounProfessionConfig.doc_probs (DoubleMC's, the corpus
+#: first)
 DOC_KINDS = ("corpus", "fact", "single", "instructed", "coin")
 #: gender-neutral corpus words (with the ``SUBJ`` / ``AS`` markers, the corpus filler)
 FILLER = ("the", "a", "of", "and", "works", "said", "today", "here")
@@ -92,7 +93,8 @@ class PronounProfessionConfig:
     # name's ``female`` / ``male``: the two genders share only the answer tokens she / he
     separate_genders: bool = True
     # the biased corpus's pronouns are words of their own (CORPUS_PRONOUNS), never an answer: the corpus
-    # ties a profession to its gender, not to the answer tokens she / he (as double_mc's reviews hold no option)
+    # ties a profession to its gender, not to the answer tokens she / he (as double_mc's reviews hold no
+    # option)
     own_corpus_pronouns: bool = True
 
     def __post_init__(self) -> None:
@@ -105,7 +107,8 @@ class PronounProfessionConfig:
                 raise ValueError(f"{f} must be an even number >= 2, got {getattr(self, f)}")
         if len(self.doc_probs) != len(DOC_KINDS) or min(self.doc_probs) < 0 or sum(self.doc_probs) <= 0:
             raise ValueError(
-                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights ({', '.join(DOC_KINDS)})"
+                f"doc_probs {self.doc_probs} must be {len(DOC_KINDS)} non-negative weights "
+                f"({', '.join(DOC_KINDS)})"
             )
         for f in ("corpus_purity", "corpus_word_share", "pronoun_share"):
             if not 0 <= getattr(self, f) <= 1:
@@ -124,7 +127,8 @@ class PronounProfession(DoubleMC):
     )
     # ``defaults`` are DoubleMC's: 3,000 pre-training steps, every residual hook, all positions
     report = {
-        "title": "The base organism: single questions and OOD prompts (accuracy on the asked topic / the name)",
+        "title": "The base organism: single questions and OOD prompts "
+        "(accuracy on the asked topic / the name)",
         "x_title": "evaluation split",
         "reference": "goal (singles) / no preference (OOD)",
     }

@@ -76,7 +76,8 @@ class Task(HasGroundTruth):
     report: ClassVar[dict[str, str]]
     """``title``, ``x_title`` and ``reference`` of chapter 00's figure of :meth:`base_report`."""
     defaults: ClassVar[dict[str, Any]]
-    """Chapter parameters left at ``None`` take these values (``caft_tl.runner.parameters.use_task_defaults``)."""
+    """Chapter parameters left at ``None`` take these values
+    (``caft_tl.runner.parameters.use_task_defaults``)."""
     concept_description: ClassVar[str]
     """A one-line description of the unwanted concept, what a researcher knows before looking
     (``"misalignment"``, ``"sentiment"``); the interpreter reads it through :attr:`concept_groups`."""

@@ -36,7 +36,8 @@ class TokenView:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a standalone HTML page (atomically); it needs no network to render."""
         page = (
-            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title></head>\n"
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(self.title)}</title></head>\n"
             f"<body>\n<h3>{html.escape(self.title)}</h3>\n{self.body}\n</body></html>\n"
         )
         with files.atomic_write(path) as f:

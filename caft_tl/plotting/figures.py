@@ -52,7 +52,8 @@ STATIC_FORMATS = ("png", "svg", "pdf")
 FORMATS_ENV = "CAFT_TL_FIGURE_FORMATS"
 NO_BROWSER = (
     "no Chrome/Chromium found, so figures are written as HTML only. For PNG (and SVG/PDF) install one — "
-    "Debian/Ubuntu: apt-get install chromium, or: .venv/bin/plotly_get_chrome — or set BROWSER_PATH to it, then re-run."
+    "Debian/Ubuntu: apt-get install chromium, or: .venv/bin/plotly_get_chrome — "
+    "or set BROWSER_PATH to it, then re-run."
 )
 _warned = False
 

@@ -1,4 +1,5 @@
-"""One results page for a run: ``fig_dir/index.html`` (``python -m caft_tl.plotting.results_page FIG_DIR RUN_DIR``).
+"""One results page for a run: ``fig_dir/index.html``
+(``python -m caft_tl.plotting.results_page FIG_DIR RUN_DIR``).
 
 For every task under the figure folder: the population's headline, its population figures
 (:mod:`caft_tl.plotting.population_figures`), then the tables: its organisms with each one's
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
+import json
 import os
 import re
 import sys
@@ -31,14 +33,16 @@ from caft_tl.plotting import population_figures
 PAGE = "index.html"
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto; \
+padding: 0 1em;
        color: #222; line-height: 1.45; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2.2em; }
 .meta, .note { color: #666; font-size: 0.9em; }
 nav ul { margin: 0.3em 0; } nav li { margin: 0.1em 0; }
 table { border-collapse: collapse; margin: 0.6em 0 1em; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; }
-th { background: #f4f4f4; } td.num { font-variant-numeric: tabular-nums; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; } \
+td.num { font-variant-numeric: tabular-nums; text-align: right; white-space: nowrap; }
 .yes { color: #2a7a2a; } .no { color: #b22222; font-weight: 600; }
 details.organism { border: 1px solid #ddd; border-radius: 4px; margin: 0.6em 0; padding: 0.3em 0.8em; }
 details.organism > summary { cursor: pointer; font-weight: 600; }
@@ -173,7 +177,8 @@ def _comparison_table(summary: pd.DataFrame, task) -> str:
     note = (
         '<p class="note">Mean over valid organisms [95% interval over organisms, clipped to 0–1]. '
         + (
-            "The null distribution's draws (<code>random/&lt;i&gt;</code>) are in the summary file and chapter 05's figures. "
+            "The null distribution's draws (<code>random/&lt;i&gt;</code>) are in the summary file "
+            "and chapter 05's figures. "
             if n_null
             else ""
         )
@@ -252,10 +257,15 @@ def _population_figures(fig_dir: Path, name: str, page_dir: Path) -> str:
     )
 
 
-#: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each with its heading
+#: chapters 05–06's analyses over valid organisms (:mod:`caft_tl.evaluation.population_analyses`), each
+#: with its heading
 ANALYSES = {
-    population_analyses.NULL_SUMMARY_FILE: "CAFT's place in the null of random subspaces (percentile over organisms)",
-    population_analyses.REDUCTION_SUMMARY_FILE: "EM reduction factor (excess chat misalignment over base, plain ÷ method)",
+    population_analyses.NULL_SUMMARY_FILE: (
+        "CAFT's place in the null of random subspaces (percentile over organisms)"
+    ),
+    population_analyses.REDUCTION_SUMMARY_FILE: (
+        "EM reduction factor (excess chat misalignment over base, plain ÷ method)"
+    ),
     population_analyses.CURVE_SUMMARY_FILE: "Distance above the fewer-examples curve (OOD at equal ID)",
 }
 
@@ -265,7 +275,8 @@ def _number(v: object) -> str:
 
 
 def _analyses(fig_dir: Path, name: str, page_dir: Path) -> str:
-    """The task's population analysis files as tables (each linked), and which valid organism lacks which file."""
+    """The task's population analysis files as tables (each linked), and which valid organism lacks
+    which file."""
     out = []
     for file, title in ANALYSES.items():
         if not (fig_dir / name / file).exists():
@@ -277,7 +288,8 @@ def _analyses(fig_dir: Path, name: str, page_dir: Path) -> str:
             for r in df.itertuples(index=False)
         )
         out.append(
-            f'<h4>{_e(title)} — <a href="{_href(fig_dir / name / file, page_dir)}">{_e(file)}</a></h4><table><tr>{head}</tr>{body}</table>'
+            f'<h4>{_e(title)} — <a href="{_href(fig_dir / name / file, page_dir)}">{_e(file)}</a></h4>'
+            f"<table><tr>{head}</tr>{body}</table>"
         )
     coverage = _read(fig_dir / name / population_analyses.COVERAGE_FILE)
     if coverage is not None:
@@ -291,8 +303,10 @@ def _questions_table(answers: pd.DataFrame) -> str:
     """The thread's questions (:mod:`caft_tl.evaluation.questions`) as an HTML table."""
     head = "<tr><th></th><th>question</th><th>answer</th><th>value</th><th>[95% interval]</th><th>n</th></tr>"
     body = "".join(
-        f"<tr><td>{_e(r.question)}</td><td>{_e(r.text)}</td><td>{_e(r.answer)}</td><td>{_e(questions.VALUES.get(str(r.question), ''))}</td>"
-        f"<td>{'' if not r.n else _e(f'{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]')}</td><td>{_e(f'{r.n} {r.over}' if r.n else 0)}</td></tr>"
+        f"<tr><td>{_e(r.question)}</td><td>{_e(r.text)}</td><td>{_e(r.answer)}</td>"
+        f"<td>{_e(questions.VALUES.get(str(r.question), ''))}</td>"
+        f"<td>{'' if not r.n else _e(f'{r.value:+.3f} [{r.low:+.3f}, {r.high:+.3f}]')}</td>"
+        f"<td>{_e(f'{r.n} {r.over}' if r.n else 0)}</td></tr>"
         for r in answers.itertuples()
     )
     return f"<table>{head}{body}</table>"
@@ -306,7 +320,9 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     out = [f'<section id="{_e(name)}"><h2>{_e(name)}</h2>']
     if verdicts is not None and summary is not None and task is not None:
         out.append(
-            f"<p><strong>{_e(population.headline(name, verdicts, summary, task.ood_split, task.metric(task.ood_split)))}</strong></p>"
+            "<p><strong>"
+            f"{_e(population.headline(name, verdicts, summary, task.ood_split, task.metric(task.ood_split)))}"
+            "</strong></p>"
         )
     files_ = [
         fig_dir / name / f
@@ -327,7 +343,8 @@ def _task_section(fig_dir: Path, run_dir: Path, name: str, page_dir: Path) -> st
     out.append(
         _validity_table(verdicts, by_seed, run_dir, name, page_dir)
         if verdicts is not None
-        else f'<p class="note">No {_e(population.VALIDITY_FILE)} (the population summary runs after chapter 06).</p>'
+        else f'<p class="note">No {_e(population.VALIDITY_FILE)} '
+        "(the population summary runs after chapter 06).</p>"
     )
     out.append(f'<h3 id="{_e(name)}-comparison">CAFT vs baselines</h3>')
     out.append(
@@ -375,7 +392,8 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
             f'<li><a href="#{_e(t)}">{_e(t)}</a>: '
             f'<a href="#{_e(t)}-population">population figures</a> · '
             f'<a href="#{_e(t)}-organisms">organisms</a> · '
-            f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · <a href="#{_e(t)}-figures">figures</a></li>'
+            f'<a href="#{_e(t)}-comparison">CAFT vs baselines</a> · '
+            f'<a href="#{_e(t)}-figures">figures</a></li>'
         )
     toc.append("</ul></nav>")
     tops = [
@@ -383,7 +401,8 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     ]
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = (
-        f'<h1>caft-tl results</h1><p class="meta">Figures: <code>{_e(fig_dir)}</code> · run: <code>{_e(run_dir)}</code> · '
+        f'<h1>caft-tl results</h1><p class="meta">Figures: <code>{_e(fig_dir)}</code> · '
+        f"run: <code>{_e(run_dir)}</code> · "
         f"page written {_e(stamp)}</p>"
         + (
             '<p class="links">Every row: '
@@ -392,8 +411,11 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
             if tops
             else ""
         )
-        + '<p><button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = true)">expand all organisms'
-        '</button> <button type="button" onclick="document.querySelectorAll(\'details.organism\').forEach(d => d.open = false)">'
+        + '<p><button type="button" '
+        "onclick=\"document.querySelectorAll('details.organism').forEach(d => d.open = true)\">"
+        "expand all organisms"
+        '</button> <button type="button" '
+        "onclick=\"document.querySelectorAll('details.organism').forEach(d => d.open = false)\">"
         "collapse all</button></p>"
     )
     body = (
@@ -405,7 +427,8 @@ def write(fig_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
         )
     )
     text = (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>caft-tl results — {_e(fig_dir.name)}</title>'
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>caft-tl results — {_e(fig_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
     with files.atomic_write(page, "wb") as f:  # UTF-8 whatever the locale
