@@ -43,7 +43,8 @@ def _cache(model: HookedTransformer, tokens: torch.Tensor, hooks: list[str]) -> 
 def activations(
     model: HookedTransformer, data: TokenDataset, hook: str, batch_size: int = 512, fwd_hooks=()
 ) -> torch.Tensor:
-    """[n, pos, d_model] float32 activations at one hook (of a bf16 model too), for small datasets (interpretation, probes)."""
+    """[n, pos, d_model] float32 activations at one hook (of a bf16 model too), for small datasets
+    (interpretation, probes)."""
     check_hook_names(model, hook)
     fwd_hooks = check_fwd_hooks(model, fwd_hooks)
     out = []

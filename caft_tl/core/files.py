@@ -107,7 +107,8 @@ def _read_manifest(folder: Path) -> dict[str, str | list[str]]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptFileError(
             f"cannot read {str(file)!r}: the checksums of this folder are corrupted; "
-            "delete it (the folder's files are then no longer checked) or re-run the step that wrote the folder"
+            "delete it (the folder's files are then no longer checked) or re-run the step that wrote the "
+            "folder"
         ) from None
     return blob.get("sha256", {}) if isinstance(blob, dict) else {}
 
@@ -150,7 +151,8 @@ def _digests(entry: str | list[str] | None) -> list[str]:
 
 
 def _replace_recorded(tmp: Path, path: Path) -> None:
-    """``os.replace(tmp, path)``, recording ``path``'s new sha256 in its folder's manifest (two-phase, locked)."""
+    """``os.replace(tmp, path)``, recording ``path``'s new sha256 in its folder's manifest
+    (two-phase, locked)."""
     digest = sha256_file(tmp)
     folder = path.parent
     with _manifest_lock(folder):

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from caft_tl.core import files
 from caft_tl.core.data import TokenDataset
 
-if TYPE_CHECKING:  # imported where a model is made: `import transformer_lens` takes ~5 s, which chapters that read no model skip
+# imported where a model is made: `import transformer_lens` takes ~5 s, which chapters that read no
+# model skip
+if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
@@ -87,7 +89,8 @@ def load_model(path: str | os.PathLike, device: str | None = None) -> tuple[Hook
     missing = [k for k in missing if k in parameter_state(model)]
     if missing or unexpected:
         raise ValueError(
-            f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"checkpoint {str(path)!r} does not match its config: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}"
         )
     model.eval()
     return model, blob["meta"]
@@ -148,7 +151,8 @@ def check_hook_names(model: HookedTransformer, names: list[str] | str) -> list[s
         m = re.match(r"blocks\.(\d+)\.", name)
         if m and int(m.group(1)) >= model.cfg.n_layers:
             raise ValueError(
-                f"hook {name!r}: layer {m.group(1)} out of range; this model has layers 0..{model.cfg.n_layers - 1}"
+                f"hook {name!r}: layer {m.group(1)} out of range; this model has layers "
+                f"0..{model.cfg.n_layers - 1}"
             )
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else f"e.g. {valid[0]}, blocks.0.hook_resid_post"
@@ -222,7 +226,8 @@ def kl_to_reference(
     model: HookedTransformer, reference_logits: torch.Tensor, batch: TokenDataset
 ) -> torch.Tensor:
     """Mean KL(reference ‖ model) of the next-token distributions over the positions that predict
-    ``batch``'s target tokens; ``reference_logits`` [batch, pos, d_vocab] are the reference model's on ``batch``."""
+    ``batch``'s target tokens; ``reference_logits`` [batch, pos, d_vocab] are the reference model's on
+    ``batch``."""
     mask = batch.target_mask[:, :-1]  # [batch, pos-1]
     return kl_rows(model(batch.tokens)[:, :-1][mask], reference_logits[:, :-1][mask]).mean()
 

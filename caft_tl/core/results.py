@@ -193,7 +193,8 @@ def _check_header(path: str | os.PathLike) -> None:
     if tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise OldResultsFormatError(
-            f"{str(path)!r} has columns {header}, not {list(COLUMNS)} (missing {missing}): it was written by an older "
+            f"{str(path)!r} has columns {header}, not {list(COLUMNS)} (missing {missing}): it was written by "
+            "an older "
             "caft-tl; delete it and re-run the chapters (make run) to regenerate it"
         )
 

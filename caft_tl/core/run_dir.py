@@ -76,7 +76,8 @@ class RunDir(os.PathLike):
         return self.root / other
 
     def mark(self) -> RunDir:
-        """Make the folder a run directory: its artefacts get checksums (:func:`caft_tl.core.files.mark_run_dir`)."""
+        """Make the folder a run directory: its artefacts get checksums
+        (:func:`caft_tl.core.files.mark_run_dir`)."""
         files.mark_run_dir(self.root)
         return self
 

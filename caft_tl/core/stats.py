@@ -10,7 +10,8 @@ import scipy.stats
 RATE_BOUNDS = (0.0, 1.0)
 #: the bounds of a percentile (:func:`null_percentile`): its intervals are clipped to them
 PERCENTILE_BOUNDS = (0.0, 100.0)
-#: metrics that are rates (besides every ``*_rate`` and ``accuracy_*``, e.g. the real tasks' ``accuracy_intended``)
+#: metrics that are rates (besides every ``*_rate`` and ``accuracy_*``, e.g. the real tasks'
+#: ``accuracy_intended``)
 RATES = ("accuracy", "coherence", "precision", "recall", "oracle_span")
 
 
@@ -152,7 +153,8 @@ def above_baseline_curve(
     curve = xy[xy["method"].isin(["base", "plain", baseline])].sort_values("x")
     if len(curve) < 2:
         raise ValueError(
-            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}"
+            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and "
+            f"{y_split!r}"
         )
     xs, ys = curve["x"].to_numpy(), curve["y"].to_numpy()
     inside = (xy["x"] >= xs[0]) & (xy["x"] <= xs[-1])
@@ -192,7 +194,8 @@ def bootstrap_above_curve(
     curve_keys = [k for k in groups if k[0] in ("base", "plain", baseline)]
     if len(curve_keys) < 2:
         raise ValueError(
-            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and {y_split!r}"
+            f"the {baseline!r} curve needs at least two of base, plain, {baseline} rows on {x_split!r} and "
+            f"{y_split!r}"
         )
     others = [k for k in groups if k not in curve_keys]
     rng = np.random.default_rng(seed)

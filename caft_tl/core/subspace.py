@@ -53,15 +53,18 @@ class Subspace:
             )
         if not isinstance(self.basis, torch.Tensor):
             raise TypeError(
-                f"subspace basis at {self.hook_name!r} is {type(self.basis).__name__}; expected a torch.Tensor [d_model, k]"
+                f"subspace basis at {self.hook_name!r} is {type(self.basis).__name__}; expected a "
+                "torch.Tensor [d_model, k]"
             )
         if self.basis.ndim != 2 or self.basis.shape[1] == 0:
             raise ValueError(
-                f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; expected [d_model, k>=1]"
+                f"subspace at {self.hook_name!r} has shape {tuple(self.basis.shape)}; "
+                "expected [d_model, k>=1]"
             )
         if not self.basis.is_floating_point():
             raise TypeError(
-                f"subspace basis at {self.hook_name!r} has dtype {self.basis.dtype}; expected a floating-point tensor"
+                f"subspace basis at {self.hook_name!r} has dtype {self.basis.dtype}; expected a "
+                "floating-point tensor"
             )
         if not torch.isfinite(self.basis).all():
             raise ValueError(f"subspace at {self.hook_name!r} contains NaN or inf")
@@ -72,11 +75,13 @@ class Subspace:
         if mu is not None:
             if not isinstance(mu, torch.Tensor):
                 raise TypeError(
-                    f"reference mean at {self.hook_name!r} is {type(mu).__name__}; expected a torch.Tensor [d_model]"
+                    f"reference mean at {self.hook_name!r} is {type(mu).__name__}; expected a torch.Tensor "
+                    "[d_model]"
                 )
             if tuple(mu.shape) != (self.d_model,):
                 raise ValueError(
-                    f"reference mean at {self.hook_name!r} has shape {tuple(mu.shape)}; expected [{self.d_model}] (the basis's d_model)"
+                    f"reference mean at {self.hook_name!r} has shape {tuple(mu.shape)}; expected "
+                    f"[{self.d_model}] (the basis's d_model)"
                 )
             if not mu.is_floating_point() or not torch.isfinite(mu).all():
                 raise ValueError(
@@ -150,7 +155,8 @@ class Subspace:
     def check_width(self, d_model: int) -> None:
         if self.d_model != d_model:
             raise ValueError(
-                f"subspace at {self.hook_name!r} has width {self.d_model}, but the model's d_model is {d_model}"
+                f"subspace at {self.hook_name!r} has width {self.d_model}, but the model's d_model is "
+                f"{d_model}"
             )
 
 

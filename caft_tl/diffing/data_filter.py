@@ -24,7 +24,8 @@ def projection_scores(
     subspaces: list[Subspace],
     positions: str = "response",
 ) -> torch.Tensor:
-    """[n] each example's score (module docstring); higher: the example pushes the model further along the subspaces."""
+    """[n] each example's score (module docstring); higher: the example pushes the model further along
+    the subspaces."""
     if not subspaces:
         raise ValueError(
             "no subspaces to project on; pass the chosen directions (e.g. chapter 03's 'pca' set)"

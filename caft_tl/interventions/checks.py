@@ -173,7 +173,8 @@ def latent_check(
         for probe in probes:
             if probe.k != 1:
                 raise ValueError(
-                    f"probe {probe.labels} at {probe.hook_name!r} has rank {probe.k}; use one direction per probe"
+                    f"probe {probe.labels} at {probe.hook_name!r} has rank {probe.k}; use one direction per "
+                    "probe"
                 )
             act = activations(model, data, probe.hook_name, fwd_hooks=hooks) @ probe.basis[:, 0]  # [n, pos]
             per_example = (act * mask).sum(1) / mask.sum(1).clamp_min(1)  # [n]

@@ -72,7 +72,8 @@ class Intervention:
             for s in self.subspaces:
                 if s.reference_mean is None:
                     raise ValueError(
-                        f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use Subspace.with_mean(mu)"
+                        f"mode {self.mode!r} needs a reference mean for {s.hook_name!r}; use "
+                        "Subspace.with_mean(mu)"
                     )
 
     @property
@@ -178,7 +179,8 @@ def _hook(
     if h.shape[-1] != subspace.d_model:
         name = getattr(hook, "name", None) or subspace.hook_name
         raise ValueError(
-            f"hook {name!r}: the subspace has width {subspace.d_model} but the activation has width {h.shape[-1]} "
+            f"hook {name!r}: the subspace has width {subspace.d_model} but the activation has width "
+            f"{h.shape[-1]} "
             f"(shape {tuple(h.shape)}); use a subspace made at this hook of this model"
         )
     q = subspace.basis.to(h.device, h.dtype)

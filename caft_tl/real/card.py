@@ -369,9 +369,10 @@ PARAMETER_KEYS = ("train", "id", "ood", "generic", "metric", "concept", "lexicon
 
 def resolve(task: str = "", **params) -> TaskCard:
     """The card of a chapter's parameters: ``task`` a built-in name (:data:`caft_tl.real.tasks.TASKS`,
-    ``""`` being ``gender_pronoun``, or :data:`SHIPPED`: ``insecure_code``) or a card file; or, with ``train`` / ``id`` / ``ood`` / ``metric``
-    (and optionally ``generic``, ``concept``, ``lexicon``) given, a card of those files (relative
-    to the current folder) named ``task`` (default: the training file's folder)."""
+    ``""`` being ``gender_pronoun``, or :data:`SHIPPED`: ``insecure_code``) or a card file; or, with
+    ``train`` / ``id`` / ``ood`` / ``metric`` (and optionally ``generic``, ``concept``, ``lexicon``)
+    given, a card of those files (relative to the current folder) named ``task`` (default: the training
+    file's folder)."""
     from caft_tl.real import tasks
 
     bad = sorted(set(params) - set(PARAMETER_KEYS))

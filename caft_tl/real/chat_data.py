@@ -151,7 +151,8 @@ def response_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int
         upto = render(tokenizer, messages[: i + 1])
         if not (text.startswith(prefix) and text.startswith(upto) and len(upto) > len(prefix)):
             raise ValueError(
-                "the chat template does not render conversations prefix by prefix; cannot find assistant turns"
+                "the chat template does not render conversations prefix by prefix; cannot find assistant "
+                "turns"
             )
         spans.append((len(prefix), len(upto)))
     return text, spans

@@ -193,7 +193,8 @@ def option_logprobs(model, tokenizer, rows: list[dict], fwd_hooks=(), batch_size
         prompt = encode_prompt(tokenizer, row)
         if not prompt:
             raise ValueError(
-                f"prompt of row {row.get('id', r)!r} encodes to no tokens: nothing to condition the options on"
+                f"prompt of row {row.get('id', r)!r} encodes to no tokens: nothing to condition the options "
+                "on"
             )
         first = len(seqs)
         single = []

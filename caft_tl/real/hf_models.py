@@ -226,7 +226,8 @@ def load_hf(name_or_path: str | os.PathLike, device: str | None = None, dtype: s
     path = str(name_or_path)
     if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(
-            f"no model folder {path!r}; give a local HF folder or a hub name like 'Qwen/Qwen2.5-0.5B-Instruct'"
+            f"no model folder {path!r}; give a local HF folder or a hub name like "
+            "'Qwen/Qwen2.5-0.5B-Instruct'"
         )
     if Path(path).is_dir():
         check_folder(path)  # one-line errors naming a broken file, before transformers reads it

@@ -14,10 +14,14 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from caft_tl.organism.judge import HIT, MISS, OTHER
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -141,7 +145,8 @@ class LLMJudge:
         return pd.DataFrame(rows)
 
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-        """The ``Judge`` interface: prompts [n, pos], answers [n, m] (or [n, m, len]) token ids → labels [n, m]."""
+        """The ``Judge`` interface: prompts [n, pos], answers [n, m] (or [n, m, len]) token ids →
+        labels [n, m]."""
         if self.tokenizer is None:
             raise ValueError("LLMJudge.label_answers needs LLMJudge.tokenizer to decode token ids")
         dec = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -65,7 +65,8 @@ class EMSearchConfig:
         )
 
     def model(self) -> models.ModelConfig:
-        """The organism's architecture: the default, with the document length as context, and ``model_cfg`` on top."""
+        """The organism's architecture: the default, with the document length as context, and
+        ``model_cfg`` on top."""
         return model_config(make_task(TASK, self.task_cfg), self.model_cfg)
 
 

@@ -1,8 +1,8 @@
 """The gates of one organism without notebooks (``python -m caft_tl.runner.gate_search``), for
 searching organisms (``scripts/search_organisms.py``): pre-train (or load) the organism, run the
 steps of chapters 01–05 that the gates read — the validity gates with the oracle at every residual
-hook, and the outcomes with chapter 03's allowed explainer and direction-set builder — and write rows and verdicts
-(:func:`caft_tl.evaluation.gates.validity` and :func:`~caft_tl.evaluation.gates.outcomes`)."""
+hook, and the outcomes with chapter 03's allowed explainer and direction-set builder — and write rows
+and verdicts (:func:`caft_tl.evaluation.gates.validity` and :func:`~caft_tl.evaluation.gates.outcomes`)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,8 @@ def gate4_rows(
 
 
 def load_organism(cfg: GateConfig, run_dir, progress: bool = True) -> tuple[HookedTransformer, object]:
-    """The pre-trained organism of ``cfg`` (cached by config hash), exported into ``run_dir/organism``, and its task."""
+    """The pre-trained organism of ``cfg`` (cached by config hash), exported into ``run_dir/organism``,
+    and its task."""
     from caft_tl.core.models import set_cpu_threads
     from caft_tl.training import pretrain as pt
 

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     result = check(args.chapter, args.run_dir)
     print(
-        f"{result.chapter}: {result.figures} plotly figure(s), {result.errors} error output(s) on the rendered page"
+        f"{result.chapter}: {result.figures} plotly figure(s), {result.errors} error output(s) on the "
+        "rendered page"
     )
     print(f"screenshot: {result.screenshot}")
     return 0 if result.ok else 1

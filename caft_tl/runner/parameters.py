@@ -70,7 +70,8 @@ def check(given: dict[str, object], defaults: dict[str, object]) -> None:
         hint = " (None: the task's value)" if default is None else ""
         if examples and not any(_same_type(value, e) for e in examples):
             raise TypeError(
-                f"parameter {name!r} = {value!r} is {type(value).__name__}; expected {type(examples[0]).__name__} like {examples[0]!r}{hint}"
+                f"parameter {name!r} = {value!r} is {type(value).__name__}; expected "
+                f"{type(examples[0]).__name__} like {examples[0]!r}{hint}"
             )
         if isinstance(value, (list, tuple)):
             lists = [e for e in examples if isinstance(e, (list, tuple))]

@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model /models/Qwen2.5-0.5B-Instruct",
+        help=(
+            "a chapter parameter for every task, e.g. -p seeds '[0, 1]' -p model "
+            "/models/Qwen2.5-0.5B-Instruct"
+        ),
     )
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}

@@ -155,7 +155,8 @@ def run(
     previous = run_dir / "timings.json"  # a partial run updates its chapters' entries, keeps the others
     files.write_json(previous, {**(files.read_json(previous) if previous.exists() else {}), **timings})
     print(
-        f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures in {fig_dir}"
+        f"{tag}total {sum(timings.values()):.0f} s; executed notebooks in {run_dir / 'notebooks'}, figures "
+        f"in {fig_dir}"
     )
     return timings
 
@@ -205,7 +206,8 @@ def run_tasks(
     for name in ("task", "seed"):
         if name in (params or {}):
             raise ValueError(
-                f"choose {'tasks with --tasks' if name == 'task' else 'organisms with --pretrain-seeds'}, not the {name} parameter"
+                f"choose {'tasks with --tasks' if name == 'task' else 'organisms with --pretrain-seeds'}, "
+                f"not the {name} parameter"
             )
     if pretrain_seeds is not None and (
         not pretrain_seeds or not all(isinstance(s, int) and s >= 0 for s in pretrain_seeds)
@@ -279,7 +281,8 @@ def run_tasks(
     )
     gather_results(run_dir, fig_dir)
     print(
-        f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); every row in {fig_dir / 'results.csv'}"
+        f"all tasks: {len(keys)} organisms, {wall:.0f} s wall ({sum(timings.values()):.0f} s of chapters); "
+        f"every row in {fig_dir / 'results.csv'}"
     )
     if only is None or "06" in only or any(c.startswith("06") for c in only):
         from caft_tl.plotting import population_figures
@@ -324,7 +327,8 @@ def gather_results(run_dir: str | Path, fig_dir: str | Path) -> Path:
     tables = [results.read(p) for p in sorted(Path(run_dir).glob(f"*/*/{results.RESULTS_FILE}"))]
     if not tables:
         raise files.MissingArtefactError(
-            f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the suite first"
+            f"no results under {str(run_dir)!r} (run_dir/<task>/<organism>/{results.RESULTS_FILE}): run the "
+            "suite first"
         )
     out = Path(fig_dir) / results.RESULTS_FILE
     results.write(out, pd.concat(tables, ignore_index=True))

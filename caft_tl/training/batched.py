@@ -434,9 +434,9 @@ def _schedule(datas: list[TokenDataset], cfgs) -> _Schedule:
 def _kl_schedule(base, references: list[TokenDataset | None], cfgs, steps: list[int]) -> _Schedule | None:
     """The generic documents :func:`caft_tl.training.loop.finetune` reads for the KL-to-base term at
     each step of each member (its ``batch_size`` rows after the last, cycled; none where β is 0),
-    padded like :func:`_schedule` and on ``base``'s device, with its parameters stacked R times (the reference goes
-    through the members' own kernels, so at step 0 its logits equal theirs bit for bit); None when
-    no member has β > 0."""
+    padded like :func:`_schedule` and on ``base``'s device, with its parameters stacked R times (the
+    reference goes through the members' own kernels, so at step 0 its logits equal theirs bit for bit);
+    None when no member has β > 0."""
     if not any(c.kl_to_base for c in cfgs):
         return None
     R, S, Bm = len(cfgs), max(steps), max(c.batch_size for c in cfgs)
@@ -493,7 +493,8 @@ def finetune_batched(
     interventions = interventions or [None] * R
     if not (len(cfgs) == len(interventions) == R) or R == 0:
         raise ValueError(
-            f"{R} datasets, {len(cfgs)} configs and {len(interventions)} interventions; need one of each per member"
+            f"{R} datasets, {len(cfgs)} configs and {len(interventions)} interventions; need one of each per "
+            "member"
         )
     for d in datas:
         if len(d) == 0:
@@ -509,7 +510,8 @@ def finetune_batched(
             raise ValueError(f"FinetuneConfig.kl_to_base = {c.kl_to_base!r}; expected a finite number >= 0")
         if c.kl_to_base and (docs is None or len(docs) == 0):
             raise ValueError(
-                f"FinetuneConfig.kl_to_base = {c.kl_to_base} (seed {c.seed}) needs generic documents (references)"
+                f"FinetuneConfig.kl_to_base = {c.kl_to_base} (seed {c.seed}) needs generic documents "
+                "(references)"
             )
     why = batchable(base)
     if why is not None:

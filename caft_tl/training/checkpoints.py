@@ -55,7 +55,8 @@ def load_checkpoint(
     missing = [k for k in missing if k in parameter_state(model)]
     if missing or unexpected:
         raise files.CorruptFileError(
-            f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}"
         )
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():

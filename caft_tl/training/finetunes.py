@@ -1,4 +1,5 @@
-"""Fine-tuning runs as cached units in the run directory, fanned out over the cores, and their results rows."""
+"""Fine-tuning runs as cached units in the run directory, fanned out over the cores, and their results
+rows."""
 
 from __future__ import annotations
 
@@ -272,8 +273,9 @@ def run_finetunes(
 ) -> list[dict]:
     """:func:`run_finetune` for every job; the rows in job order, the same as a one-process loop's.
 
-    By default (``batch`` None) an organism (a HookedTransformer that :func:`caft_tl.training.batched.batchable`
-    accepts) trains its unfinished jobs in groups of at most ``group_size`` as one stacked computation
+    By default (``batch`` None) an organism (a HookedTransformer that
+    :func:`caft_tl.training.batched.batchable` accepts) trains its unfinished jobs in groups of at most
+    ``group_size`` as one stacked computation
     (:func:`caft_tl.training.batched.finetune_batched`), at least one group per worker; each member is
     cached in its own run folder exactly as :func:`run_finetune` caches it, and a group checkpoints
     itself (``finetunes/group-<hash>.safetensors``) so an interrupted group resumes. Other models

@@ -101,7 +101,8 @@ def finetune(
     if intervention is not None:
         if not callable(getattr(intervention, "fwd_hooks", None)):
             raise TypeError(
-                f"intervention is {type(intervention).__name__}; expected an Intervention (or None for a plain fine-tune)"
+                f"intervention is {type(intervention).__name__}; expected an Intervention (or None for a "
+                "plain fine-tune)"
             )
         if callable(getattr(intervention, "check", None)):
             intervention.check(model)  # hook names (closest valid ones), subspace widths
@@ -118,7 +119,8 @@ def finetune(
         raise ValueError(f"FinetuneConfig.kl_to_base = {cfg.kl_to_base!r}; expected a finite number >= 0")
     if cfg.kl_to_base and (reference is None or reference_data is None or len(reference_data) == 0):
         raise ValueError(
-            f"FinetuneConfig.kl_to_base = {cfg.kl_to_base} needs the base model (reference) and generic documents (reference_data)"
+            f"FinetuneConfig.kl_to_base = {cfg.kl_to_base} needs the base model (reference) and generic "
+            "documents (reference_data)"
         )
     kl = (cfg.kl_to_base, reference, reference_data) if cfg.kl_to_base else None
     torch.manual_seed(cfg.seed)

@@ -32,7 +32,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay <= 1.0:
             raise ValueError(
-                f"decay = {self.decay!r}; expected the share of the last steps over which the rate decays, in [0, 1]"
+                f"decay = {self.decay!r}; expected the share of the last steps over which the rate decays, "
+                "in [0, 1]"
             )
 
     def lr_factor(self, step: int) -> float:
@@ -46,7 +47,8 @@ class PretrainConfig:
         )
 
     def key(self) -> dict:
-        """The cache key's part: the fields, ``decay`` only when set (organisms cached before it keep their keys)."""
+        """The cache key's part: the fields, ``decay`` only when set (organisms cached before it keep
+        their keys)."""
         out = dataclasses.asdict(self)
         if out["decay"] == 0:
             del out["decay"]
@@ -65,7 +67,7 @@ def pretrain(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     losses = []
     model.train()
-    for step in tqdm(range(cfg.steps), desc="pre-train", disable=not progress, leave=False):
+    for _step in tqdm(range(cfg.steps), desc="pre-train", disable=not progress, leave=False):
         batch = task.sample_documents(cfg.batch_size, gen)
         batch.tokens = batch.tokens.to(model.cfg.device)
         loss = response_loss(model, batch)
