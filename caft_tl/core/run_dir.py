@@ -52,6 +52,11 @@ ARTEFACTS = {
         results.RESULTS_FILE, "01_plain_finetune", "the results rows (chapters 01, 04, 05 add to it)"
     ),
     "gates": Artefact("gates.json", "07_gates", "the gates' verdicts"),
+    "leakage": Artefact(
+        "leakage.csv",
+        "09_route_around",
+        "the CAFT models' diffs: energy in the ablated subspace, concept shifts",
+    ),
     "em_gates": Artefact(
         "em_gates.json",
         "python -m caft_tl.runner.suite (its population summary)",

@@ -154,3 +154,30 @@ def null_values(table: pd.DataFrame, split: str, metric: str) -> list[float]:
     ]
     t = t[t["directions"].map(is_null)]
     return t.groupby("directions")["value"].mean().tolist()
+
+
+def leakage(table: pd.DataFrame, readout: str, target: str = "") -> str:
+    """Chapter 09: per direction set, the share of the CAFT model's change that sits inside the ablated
+    subspace (beside the plain fine-tune's), and on the ``target`` concept at the ``readout`` hook (the
+    stream the unembedding reads) the CAFT model's shift beside the plain one's
+    (``table``: :func:`caft_tl.evaluation.leakage.leakage_table`)."""
+    lines = []
+    for name, t in table.groupby("directions", sort=False):
+        ablated = t[t["ablated"]].groupby("method")["energy_in_subspace"].mean()
+        hooks = t.loc[t["ablated"], "hook"].unique()
+        lines.append(
+            f"`{name}` (ablated at {', '.join(f'`{h}`' for h in hooks)}): the CAFT model puts "
+            f"{_fmt(ablated.get('zero'))} of its change's energy inside the ablated subspace, the plain "
+            f"fine-tune {_fmt(ablated.get('plain'))} (mean over the ablated hooks); what CAFT leaves there "
+            "flows at evaluation, where the hook is off."
+        )
+        at = t[(t["hook"] == readout) & (t["concept"] == target)].set_index("method")
+        if target and {"plain", "zero"} <= set(at.index):
+            lines.append(
+                f"Along the ground-truth `{target}` direction at `{readout}`, the plain fine-tune moved "
+                f"{_fmt(at.loc['plain', 'concept_shift'])} and the CAFT model "
+                f"{_fmt(at.loc['zero', 'concept_shift'])}: a recovered share of "
+                f"{_fmt(at.loc['zero', 'recovered_share'])} (0: CAFT kept the concept out of the stream the "
+                "unembedding reads; 1: it routed all of it around the ablation)."
+            )
+    return " ".join(lines) if lines else "No CAFT model was diffed: run 05_caft first."
