@@ -26,6 +26,9 @@ SLOW = {
     "tests/test_notebooks.py::test_result_tables_are_generated_from_the_population_files": (
         "reads the fast run of every chapter × task"
     ),
+    "tests/test_notebooks.py::test_chapter_09_diffs_the_kept_caft_models_at_every_residual_hook": (
+        "reads the fast run of every chapter × task"
+    ),
     "tests/test_notebooks.py::test_a_chapter_without_its_upstream_artefacts_names_the_chapter_to_run": (
         "a kernel, 9 s"
     ),

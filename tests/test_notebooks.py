@@ -41,7 +41,7 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     run_dir, fig_dir, timings = fast_run
     tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
-    assert len(names) == 9 and names[-2:] == ["07_gates", "08_questions"]
+    assert len(names) == 10 and names[-3:] == ["07_gates", "08_questions", "09_route_around"]
     assert list(timings) == [
         f"{t}/seed{s}/{n}"
         for t in tasks
@@ -246,8 +246,48 @@ def test_the_population_is_summarised_over_valid_organisms(fast_run):
         )  # no valid organism: no comparison
 
 
+def test_chapter_09_diffs_the_kept_caft_models_at_every_residual_hook(fast_run):
+    """Chapter 05 keeps the weights of CAFT on ``pca`` and ``oracle`` at the first seed only; chapter 09
+    diffs them at every residual hook, marks the hooks each set ablates and writes its table and figures."""
+    from caft_tl.evaluation import leakage
+    from caft_tl.interventions.intervention import Intervention
+
+    run_dir, fig_dir, timings = fast_run
+    for task, s in itertools.product(TASKS, SEEDS):
+        run = RunDir(run_dir / task / f"seed{s}")
+        table = pd.read_csv(run.require("leakage"), keep_default_na=False, na_values=[""])
+        assert tuple(table.columns) == leakage.COLUMNS and list(table["directions"].unique()) == [
+            "pca",
+            "oracle",
+        ]
+        n_layers = files.read_json(run.require("organism", file="config.json"))["model"]["n_layers"]
+        stream = ["blocks.0.hook_resid_pre"] + [
+            f"blocks.{l}.hook_resid_{p}" for l in range(n_layers) for p in ("mid", "post")
+        ]
+        for name, t in table.groupby("directions"):
+            iv = Intervention.load(run.path("subspaces", name))
+            assert list(t["hook"].unique()) == leakage.diffed_hooks(stream, {name: iv.subspaces})
+            assert set(t.loc[t["ablated"], "hook"]) == set(iv.hook_names)
+            share = t.loc[t["ablated"], "energy_in_subspace"]
+            assert share.between(0, 1).all() and t.loc[~t["ablated"], "energy_in_subspace"].isna().all()
+            assert set(t["concept"]) == set(task_class(task).CONCEPTS)
+            assert t.loc[t["method"] == "zero", "recovered_share"].notna().any()
+        kept = [(d, seed) for d in ("pca", "oracle", "random") for seed in SEEDS]
+        assert [
+            (d, seed)
+            for d, seed in kept
+            if (run.finetune("zero", d, "", seed) / "model.safetensors").exists()
+        ] == [("pca", 0), ("oracle", 0)]
+        for fig in ("09_energy_in_subspace", "09_concept_shift"):
+            assert (fig_dir / task / f"seed{s}" / f"{fig}.html").stat().st_size > 1000
+    print(
+        "chapter 09 seconds per organism:",
+        {k: round(v, 1) for k, v in timings.items() if k.endswith("09_route_around")},
+    )
+
+
 def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
-    """A chapter 09 dropped next to the others runs for every task with no other change: it opens
+    """A chapter 10 dropped next to the others runs for every task with no other change: it opens
     with ``setup``, reads artefacts through the run directory and writes a figure."""
     import nbformat
 
@@ -270,15 +310,15 @@ def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},
     }
-    nbformat.write(stub, str(tmp_path / "09_stub.ipynb"))
+    nbformat.write(stub, str(tmp_path / "10_stub.ipynb"))
     assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][
         -1
-    ] == "09_stub"
+    ] == "10_stub"
     suite.run_tasks(
         ["persona_em", "double_mc"],
         run_dir,
         fig_dir,
-        only=["09"],
+        only=["10"],
         progress=False,
         notebook_dir=tmp_path,
         pretrain_seeds=[0],
@@ -310,10 +350,12 @@ def test_tasks_are_chosen_by_name(tmp_path):
         "05",
         "06",
         "08",
+        "09",
     ]
-    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-2:] == [
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-3:] == [
         "07_gates",
         "08_questions",
+        "09_route_around",
     ]
     assert not list(tmp_path.iterdir())
 
