@@ -99,7 +99,9 @@ def recovered(plain_shift: float, caft_shift: float) -> float:
         caft_shift: :func:`concept_shift` of the CAFT model at the same hook and direction.
 
     Returns:
-        The ratio; NaN when the plain fine-tune did not move along the direction (``plain_shift`` 0).
+        The ratio; NaN when the plain fine-tune did not move along the direction (``plain_shift`` 0). Where
+        the plain shift is near zero (e.g. at ``blocks.0.hook_resid_pre``) the ratio is noise: read the
+        two shifts themselves there.
 
     Example:
         recovered(0.8, 0.2)  # 0.25
