@@ -303,3 +303,37 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """
     ranks = rows.groupby(["arm", "round"], as_index=False)["rank"].first()
     return stats.summarise(rows, by=("arm", "round", "split", "metric")).merge(ranks, on=["arm", "round"])
+
+
+def takeaway(summary: pd.DataFrame, split: str, metric: str, rounds: list[Round], n_rounds: int) -> str:
+    """One paragraph from the rows: the interpreted arm and the control on ``split`` by round, and
+    where iteration stopped.
+
+    Example:
+        print(takeaway(summarise(rows), "chat", "misalignment_rate", rounds, 3))
+    """
+    part = summary[(summary["split"] == split) & (summary["metric"] == metric)]
+    if part.empty:
+        return f"No iterated-CAFT rows for {split} {metric}."
+
+    def cell(arm: str, r: int) -> str:
+        row = part[(part["arm"] == arm) & (part["round"] == r)]
+        if row.empty:
+            return "—"
+        row = row.iloc[0]
+        return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] (rank {int(row['rank'])})"
+
+    last = int(part["round"].max())
+    lines = [
+        f"Iterated CAFT, {split} {metric} (mean [95% interval over seeds]): round 1 {cell(INTERPRETED, 1)}"
+    ]
+    for r in range(2, last + 1):
+        lines.append(f"round {r}: interpreted {cell(INTERPRETED, r)}, random control {cell(CONTROL, r)}")
+    if rounds and rounds[-1].saturated:
+        lines.append(
+            f"Iteration stopped after round {len(rounds)}: the interpreter found no concept reading "
+            "in that CAFT model's diff outside the ablated directions."
+        )
+    elif last < n_rounds:
+        lines.append(f"{n_rounds} rounds were asked, {last} ran.")
+    return "; ".join(lines) + "."

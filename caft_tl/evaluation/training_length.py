@@ -101,3 +101,25 @@ def effect(rows: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
         }
     )
     return out.reset_index(drop=True)
+
+
+def takeaway(table: pd.DataFrame, split: str, metric: str) -> str:
+    """One sentence per length from :func:`effect`'s table.
+
+    Example:
+        print(takeaway(effect(rows, "chat", "misalignment_rate"), "chat", "misalignment_rate"))
+    """
+
+    def share(v: float) -> str:
+        return "n/a (plain does not move it)" if pd.isna(v) else f"{v:.0%}"
+
+    parts = [
+        f"{int(r['length'])}× steps: plain {r['plain']:.3f}, CAFT {r['caft']:.3f} "
+        f"(removes {share(r['share_removed'])})"
+        for _, r in table.iterrows()
+    ]
+    return (
+        f"Longer training, {split} {metric} (base {table['base'].iloc[0]:.3f}; means over seeds): "
+        + "; ".join(parts)
+        + "."
+    )
