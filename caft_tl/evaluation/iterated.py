@@ -331,9 +331,9 @@ def takeaway(summary: pd.DataFrame, split: str, metric: str, rounds: list[Round]
         lines.append(f"round {r}: interpreted {cell(INTERPRETED, r)}, random control {cell(CONTROL, r)}")
     if rounds and rounds[-1].saturated:
         lines.append(
-            f"Iteration stopped after round {len(rounds)}: the interpreter found no concept reading "
-            "in that CAFT model's diff outside the ablated directions."
+            f"iteration stopped after round {len(rounds)}: the interpreter found no concept reading "
+            "in that CAFT model's diff outside the ablated directions"
         )
     elif last < n_rounds:
-        lines.append(f"{n_rounds} rounds were asked, {last} ran.")
+        lines.append(f"{n_rounds} rounds were asked, {last} ran")
     return "; ".join(lines) + "."

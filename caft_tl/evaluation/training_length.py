@@ -91,7 +91,7 @@ def effect(rows: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
     plain_change = wide["plain"] - base.mean()
     out = pd.DataFrame(
         {
-            "length": wide.index,
+            "length": wide.index.astype(int),
             "base": base.mean(),
             "plain": wide["plain"].to_numpy(),
             "caft": wide[caft[0]].to_numpy(),
