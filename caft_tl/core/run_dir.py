@@ -62,6 +62,12 @@ ARTEFACTS = {
         "python -m caft_tl.runner.suite (its population summary)",
         "gates E1–E4 of an em_two_routes organism",
     ),
+    "iterated": Artefact(
+        "iterated.csv", "10_iterated_caft", "the iterated-CAFT rows (round, arm, rank per results row)"
+    ),
+    "training_length": Artefact(
+        "training_length.csv", "10_iterated_caft", "the longer-training rows (length per results row)"
+    ),
 }
 
 
