@@ -29,7 +29,7 @@ RUN_DIR ?= runs/default
 figures: $(VENV)/.installed
 	$(PY) -m caft_tl.plotting.population_figures $(FIG_DIR) --run-dir $(RUN_DIR)
 
-# the full study: every task, 8 organisms each, then double_mc's other topic pairs (intended:spurious), 8 organisms
+# the full study: every task, 8 organisms each (chapter 10 with 3 rounds of iterated CAFT and 1x, 2x, 4x the steps), then double_mc's other topic pairs (intended:spurious), 8 organisms
 # each, into runs/study_pairs/<intended>-<spurious> (hours on 2 cores; resumable: finished fine-tunes are read back);
 # its tables go to figures/study/TABLES.md and the study block of docs/results.md (alone: make study-tables)
 STUDY_SEEDS ?= 0 1 2 3 4 5 6 7
@@ -38,7 +38,7 @@ pair_dir = $(subst :,-,$(1))
 .PHONY: study study-tables
 study: $(VENV)/.installed
 	$(PY) -m caft_tl.runner.suite --run-dir runs/study --fig-dir figures/study --tasks persona_em double_mc pronoun_profession \
-		--pretrain-seeds $(STUDY_SEEDS) --workers 2
+		--pretrain-seeds $(STUDY_SEEDS) --workers 2 -p n_rounds 3 -p lengths '[1, 2, 4]'
 	$(foreach p,$(STUDY_PAIRS),$(PY) -m caft_tl.runner.suite --run-dir runs/study_pairs/$(call pair_dir,$(p)) \
 		--fig-dir figures/study_pairs/$(call pair_dir,$(p)) --tasks double_mc --pretrain-seeds $(STUDY_SEEDS) --workers 2 \
 		-p task_cfg '{"intended": "$(word 1,$(subst :, ,$(p)))", "spurious": "$(word 2,$(subst :, ,$(p)))"}' &&) true

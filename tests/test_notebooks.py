@@ -41,7 +41,12 @@ def test_every_chapter_runs_every_task_with_fast_parameters(fast_run):
     run_dir, fig_dir, timings = fast_run
     tasks = list(TASKS)
     names = [nb.stem for nb in suite.chapters()]
-    assert len(names) == 10 and names[-3:] == ["07_gates", "08_questions", "09_route_around"]
+    assert len(names) == 11 and names[-4:] == [
+        "07_gates",
+        "08_questions",
+        "09_route_around",
+        "10_iterated_caft",
+    ]
     assert list(timings) == [
         f"{t}/seed{s}/{n}"
         for t in tasks
@@ -288,8 +293,35 @@ def test_chapter_09_diffs_the_kept_caft_models_at_every_residual_hook(fast_run):
     )
 
 
+def test_chapter_10_iterates_from_chapter_05s_caft_and_trains_longer(fast_run):
+    """Chapter 10 (fast: 2 rounds, 1× and 2×): round 1 is chapter 05's CAFT rows read back, both arms
+    exist for every later round it ran at equal rank, and the 1× length rows are chapters 01/05's."""
+    from caft_tl.evaluation import iterated
+
+    run_dir, fig_dir, _ = fast_run
+    for task, s in itertools.product(TASKS, SEEDS):
+        run = RunDir(run_dir / task / f"seed{s}")
+        table = run.read_results()
+        rows = files.read_csv(run.require("iterated"))
+        one = rows[rows["round"] == 1]
+        caft = table[(table["method"] == "zero") & (table["directions"] == "pca") & (table["param"] == "")]
+        for arm in (iterated.INTERPRETED, iterated.CONTROL):
+            got = one[one["arm"] == arm].sort_values(["seed", "split", "metric"])["value"].to_numpy()
+            want = caft.sort_values(["seed", "split", "metric"])["value"].to_numpy()
+            assert got == pytest.approx(want, abs=1e-9)
+        later = rows[rows["round"] > 1]
+        assert later.groupby("round")["arm"].nunique().eq(2).all()
+        assert later.groupby(["round", "arm"])["rank"].first().unstack().nunique(axis=1).eq(1).all()
+        lengths = files.read_csv(run.require("training_length"))
+        assert sorted(lengths["length"].unique()) == [1, 2]
+        plain_1x = lengths[(lengths["length"] == 1) & (lengths["method"] == "plain")]
+        plain = table[(table["method"] == "plain") & (table["param"] == "")]
+        assert sorted(plain_1x["value"]) == pytest.approx(sorted(plain["value"]), abs=1e-9)
+        assert (fig_dir / task / f"seed{s}" / "10_training_length.html").exists()
+
+
 def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
-    """A chapter 10 dropped next to the others runs for every task with no other change: it opens
+    """A chapter 11 dropped next to the others runs for every task with no other change: it opens
     with ``setup``, reads artefacts through the run directory and writes a figure."""
     import nbformat
 
@@ -312,15 +344,15 @@ def test_a_new_chapter_is_one_notebook(fast_run, tmp_path):
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},
     }
-    nbformat.write(stub, str(tmp_path / "10_stub.ipynb"))
+    nbformat.write(stub, str(tmp_path / "11_stub.ipynb"))
     assert [nb.stem for nb, _ in suite.plan(params={"task": "persona_em"}, notebook_dir=tmp_path)][
         -1
-    ] == "10_stub"
+    ] == "11_stub"
     suite.run_tasks(
         ["persona_em", "double_mc"],
         run_dir,
         fig_dir,
-        only=["10"],
+        only=["11"],
         progress=False,
         notebook_dir=tmp_path,
         pretrain_seeds=[0],
@@ -353,11 +385,13 @@ def test_tasks_are_chosen_by_name(tmp_path):
         "06",
         "08",
         "09",
+        "10",
     ]
-    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-3:] == [
+    assert [nb.stem for nb, _ in suite.plan(params={"task": "double_mc"})][-4:] == [
         "07_gates",
         "08_questions",
         "09_route_around",
+        "10_iterated_caft",
     ]
     assert not list(tmp_path.iterdir())
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from caft_tl.organism import make_task
+from caft_tl.runner import suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,10 @@ def _option(call: list[str], name: str) -> str:
 
 def test_the_study_runs_the_tasks_then_each_topic_pair_as_a_valid_design():
     calls = _suite_calls()
-    assert _option(calls[0], "--run-dir") == "runs/study" and "-p" not in calls[0]
+    assert _option(calls[0], "--run-dir") == "runs/study"
+    given = {calls[0][i + 1]: ast.literal_eval(calls[0][i + 2]) for i, w in enumerate(calls[0]) if w == "-p"}
+    assert given == {"n_rounds": 3, "lengths": [1, 2, 4]}  # chapter 10's study budget
+    suite.check_parameters(given, suite.chapters())  # parameters a chapter declares, well typed
     pairs = calls[1:]
     assert len(pairs) >= 4  # the issue's breadth: at least 4 topic pairs besides the default
     folders = set()
