@@ -237,6 +237,9 @@ def test_the_suite_writes_the_analyses_after_the_population_and_says_what_is_mis
     verdicts = pd.DataFrame({"organism": ids, "pretrain_seed": [0, 3], "valid": [True, False]})
     monkeypatch.setattr(population, "write", lambda *_: (verdicts, pd.DataFrame()))
     monkeypatch.setattr(population, "headline", lambda *_: "headline")
+    from caft_tl.evaluation import population_route_around  # chapters 09–10's: tests of their own
+
+    monkeypatch.setattr(population_route_around, "write", lambda *_: {})
     assert (
         suite.summarise_population(task_dir, fig_dir, make_task("persona_em")) == "headline"
     )  # the invalid organism's missing file: not read

@@ -34,9 +34,9 @@ import plotly.graph_objects as go
 
 from caft_tl.core import files, results, stats
 from caft_tl.directions import sets
-from caft_tl.evaluation import population, questions
+from caft_tl.evaluation import population, population_route_around, questions
 from caft_tl.organism import TASKS, Task, make_task
-from caft_tl.plotting import figures
+from caft_tl.plotting import figures, iteration_figures, leakage_figures
 from caft_tl.plotting.palette import PALETTE, config_label
 
 #: the figures of a task, in the order the results page shows them
@@ -47,6 +47,9 @@ NAMES = (
     "population_questions",
     "population_interpretation",
 )
+#: chapters 09–10's figures over the valid organisms, drawn from their summaries
+#: (:mod:`caft_tl.evaluation.population_route_around`) where the suite wrote them
+ROUTE_AROUND_NAMES = ("population_concept_shift", "population_iterated", "population_training_length")
 #: the modes of the decomposition, in order (CAFT first)
 DECOMPOSITION = ("zero", "detached", "grad_only", "mean", "steer_mean", "add")
 #: the interpretation's scores, one panel each
@@ -385,6 +388,71 @@ def draw(pop: Population) -> dict[str, tuple[go.Figure, figures.Caption]]:
     return out
 
 
+def _summary(folder: Path, table: population_route_around.Table) -> pd.DataFrame | None:
+    path = folder / table.summary
+    if not path.exists():
+        return None
+    df = files.read_csv(path, keep_default_na=False, na_values={c: [""] for c in ("mean", "low", "high")})
+    return df if len(df) else None
+
+
+def route_around(folder: str | Path, task: Task) -> dict[str, tuple[go.Figure, figures.Caption]]:
+    """Chapters 09–10's population figures of one task, by name (:data:`ROUTE_AROUND_NAMES`), from
+    the summaries in its figure ``folder``; those without a summary or rows left out.
+
+    Example:
+        route_around("figures/persona_em", make_task("persona_em"))
+    """
+    folder, out = Path(folder), {}
+    leakage, iterated, length = (_summary(folder, t) for t in population_route_around.TABLES)
+    panels = [(s, task.metric(s), f"{s} ({task.metric(s)})") for s in (task.id_split, task.ood_split)]
+
+    def caption(text: str, df: pd.DataFrame, path: str) -> figures.Caption:
+        n = int(df["n_organisms"].max())
+        return figures.Caption(
+            text, f"{n} valid organisms", "95% t-interval over organisms", str(folder / path)
+        )
+
+    if leakage is not None and (leakage["concept"] != "").any():
+        wide = leakage.pivot_table(
+            index=["method", "directions", "hook", "ablated", "concept"],
+            columns="quantity",
+            values="mean",
+            sort=False,
+        ).reset_index()
+        title = f"{task.name}: concept shift by hook, plain vs CAFT (mean over organisms)"
+        out["population_concept_shift"] = (
+            leakage_figures.concept_shift_by_hook(wide, title),
+            caption(
+                "The mean shift of ft − base along each ground-truth concept direction at every hook, plain "
+                "fine-tune vs the CAFT models; means over organisms (their intervals are in the data file).",
+                leakage,
+                "population_leakage.csv",
+            ),
+        )
+    if iterated is not None:
+        s = iterated[iterated["quantity"] == "value"]
+        out["population_iterated"] = (
+            iteration_figures.rounds(s, panels, None, f"{task.name}: iterated CAFT vs random control"),
+            caption(
+                "Iterated CAFT by round, interpreted directions vs random directions of equal rank.",
+                s,
+                "population_iterated.csv",
+            ),
+        )
+    if length is not None:
+        s = length[length["quantity"] == "value"]
+        out["population_training_length"] = (
+            iteration_figures.lengths(s, panels, None, f"{task.name}: plain vs CAFT by training length"),
+            caption(
+                "Plain fine-tuning and CAFT at multiples of the default steps.",
+                s,
+                "population_training_length.csv",
+            ),
+        )
+    return out
+
+
 def write_task(fig_dir: str | Path, task: str, formats=None) -> list[Path]:
     """Draw and save one task's population figures into ``fig_dir/<task>/`` (static formats:
     ``formats``, else ``$CAFT_TL_FIGURE_FORMATS``, else :data:`PAPER_FORMATS`); returns their HTML paths."""
@@ -392,8 +460,9 @@ def write_task(fig_dir: str | Path, task: str, formats=None) -> list[Path]:
     if formats is None and figures.FORMATS_ENV not in os.environ:
         formats = PAPER_FORMATS
     folder = Path(fig_dir) / task
+    drawn = {**draw(pop), **route_around(folder, pop.task)}
     return [
-        figures.save_figure(fig, name, caption, folder, formats) for name, (fig, caption) in draw(pop).items()
+        figures.save_figure(fig, name, caption, folder, formats) for name, (fig, caption) in drawn.items()
     ]
 
 

@@ -246,7 +246,11 @@ def _population_figures(fig_dir: Path, name: str, page_dir: Path) -> str:
     folder = fig_dir / name
     index = folder / "captions.json"
     captions = json.loads(index.read_text()) if index.exists() else {}
-    present = [n for n in population_figures.NAMES if (folder / f"{n}.html").exists()]
+    present = [
+        n
+        for n in (*population_figures.NAMES, *population_figures.ROUTE_AROUND_NAMES)
+        if (folder / f"{n}.html").exists()
+    ]
     if not present:
         return (
             '<p class="note">No population figures (the suite draws them after chapter 06; '

@@ -304,16 +304,22 @@ def run_tasks(
 
 def summarise_population(task_dir: Path, task_fig_dir: Path, task) -> str:
     """The population files of one task (:func:`caft_tl.evaluation.population.write`, then chapters
-    05–06's analyses over its valid organisms, :func:`caft_tl.evaluation.population_analyses.write`);
+    05–06's analyses over its valid organisms, :func:`caft_tl.evaluation.population_analyses.write`,
+    and chapters 09–10's, :func:`caft_tl.evaluation.population_route_around.write`);
     its headline line, and a line per analysis file not read for every valid organism."""
-    from caft_tl.evaluation import population, population_analyses
+    from caft_tl.evaluation import population, population_analyses, population_route_around
 
     verdicts, summary = population.write(task_dir, task_fig_dir, task)
-    coverage = population_analyses.write(
-        task_dir, task_fig_dir, task, list(verdicts.loc[verdicts["valid"], "organism"])
-    )
+    valid = list(verdicts.loc[verdicts["valid"], "organism"])
+    coverage = population_analyses.write(task_dir, task_fig_dir, task, valid)
+    missing = population_route_around.write(task_dir, task_fig_dir, valid)
     headline = population.headline(task.name, verdicts, summary, task.ood_split, task.metric(task.ood_split))
-    return "\n".join([headline, *(f"  note: {n}" for n in population_analyses.notes(coverage))])
+    notes = population_analyses.notes(coverage) + [
+        f"{file}: missing for {len(who)} of {len(valid)} valid organisms ({', '.join(who)})"
+        for file, who in missing.items()
+        if who
+    ]
+    return "\n".join([headline, *(f"  note: {n}" for n in notes)])
 
 
 def _runs_chapter_00(only: list[str] | None) -> bool:
