@@ -35,6 +35,7 @@ from caft_tl.core import files
 from caft_tl.core.stats import RATE_BOUNDS, ci95
 from caft_tl.directions import sets
 from caft_tl.evaluation import population_analyses as analyses
+from caft_tl.evaluation import population_route_around as route_around
 from caft_tl.evaluation import questions
 from caft_tl.evaluation.population import COHERENCE, QUESTIONS_FILE, SUMMARY_FILE, VALIDITY_FILE
 from caft_tl.organism import make_task
@@ -238,6 +239,96 @@ def analyses_table(task_dir: Path, task) -> list[str]:
     return lines + ([""] if notes else []) + [f"- {n}" for n in notes]
 
 
+def _interval(r) -> str:
+    return f"{r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]"
+
+
+def route_around_tables(task_dir: Path, task) -> list[str]:
+    """Chapters 09–10 over the valid organisms (``population_route_around``'s summaries): the energy
+    share in the ablated subspace (chapter 09), iterated CAFT by round against its control and plain vs
+    CAFT by training length on the OOD split (chapter 10); nothing for a summary that is absent or empty."""
+    ood, metric = task.ood_split, task.metric(task.ood_split)
+    read = {
+        t.artefact: files.read_csv(task_dir / t.summary, keep_default_na=False, na_values={"mean": [""]})
+        for t in route_around.TABLES
+        if (task_dir / t.summary).exists()
+    }
+    lines = []
+    leak = read.get("leakage")
+    if leak is not None and len(leak):
+        e = leak[(leak["quantity"] == "energy_in_subspace")]
+        lines += [
+            "",
+            "Chapter 09 — share of the diff's energy inside the ablated subspace, per set and hook "
+            "(mean over valid organisms [95% interval]; plain fine-tune vs the CAFT model):",
+            "",
+            "| set @ hook | plain | CAFT | n |",
+            "|---|---|---|---|",
+        ]
+        for (d, h), g in e.groupby(["directions", "hook"], sort=False):
+            by = {r.method: _interval(r) for r in g.itertuples()}
+            lines.append(
+                f"| {d} @ {h} | {by.get('plain', '')} | {by.get('zero', '')} "
+                f"| {int(g['n_organisms'].max())} |"
+            )
+    it = read.get("iterated")
+    if it is not None and len(it):
+        v = it[(it["quantity"] == "value") & (it["split"] == ood) & (it["metric"] == metric)]
+        rank = it[it["quantity"] == "rank"].set_index(["arm", "round"])["mean"]
+        lines += [
+            "",
+            f"Chapter 10 — iterated CAFT, `{ood}` {metric} by round:",
+            "",
+            "| round | interpreted (rank) | random control (rank) | n |",
+            "|---|---|---|---|",
+        ]
+        for r, g in v.groupby("round"):
+            by = {a.arm: f"{_interval(a)} ({rank.get((a.arm, r), float('nan')):.1f})" for a in g.itertuples()}
+            lines.append(
+                f"| {r} | {by.get('interpreted', '')} | {by.get('random_control', '')} "
+                f"| {int(g['n_organisms'].max())} |"
+            )
+    tl = read.get("training_length")
+    if tl is not None and len(tl):
+        v = tl[(tl["quantity"] == "value") & (tl["split"] == ood) & (tl["metric"] == metric)]
+        lines += [
+            "",
+            f"Chapter 10 — training length, `{ood}` {metric}:",
+            "",
+            "| × default steps | plain | CAFT | n |",
+            "|---|---|---|---|",
+        ]
+        for m, g in v.groupby("length"):
+            by = {r.method: _interval(r) for r in g.itertuples()}
+            lines.append(
+                f"| {m}× | {by.get('plain', '')} | {by.get('zero', '')} | {int(g['n_organisms'].max())} |"
+            )
+    return lines
+
+
+def embedded_figures(task_dir: Path, to: Path | None, doc: Path | None) -> list[str]:
+    """Copy the task's population PNGs into ``to/<task>/`` and return Markdown that embeds them from
+    ``doc``'s folder (each with its caption); nothing without ``to``."""
+    if to is None:
+        return []
+    import shutil
+
+    from caft_tl.plotting import population_figures
+
+    lines, folder = [], to / task_dir.name
+    for name in (*population_figures.NAMES, *population_figures.ROUTE_AROUND_NAMES):
+        png = task_dir / f"{name}.png"
+        if not png.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, folder / png.name)
+        caption_file = task_dir / f"{name}.caption.md"
+        caption = caption_file.read_text().split(":", 1)[-1].strip() if caption_file.exists() else name
+        link = os.path.relpath(folder / png.name, (doc.parent if doc else Path.cwd()).resolve())
+        lines += ["", f"![{name}]({link})", "", f"*{name}*: {caption}"]
+    return lines
+
+
 def task_tables(task_dir: Path, task_cfg: dict | None = None) -> str:
     """One task's tables; ``task_cfg``, the design it ran with, is named in the heading when given."""
     verdicts = pd.read_csv(task_dir / VALIDITY_FILE)
@@ -293,6 +384,7 @@ def task_tables(task_dir: Path, task_cfg: dict | None = None) -> str:
         )
     lines += interpreter_table(task_dir, list(verdicts.loc[verdicts["valid"], "organism"]))
     lines += analyses_table(task_dir, task)
+    lines += route_around_tables(task_dir, task)
     if (task_dir / QUESTIONS_FILE).exists():
         answers = pd.read_csv(task_dir / QUESTIONS_FILE, keep_default_na=False, dtype={"question": str})
         answers[["value", "low", "high"]] = answers[["value", "low", "high"]].apply(
@@ -322,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--block", default=BLOCK, help=f"the block of --doc to replace (default {BLOCK})")
     ap.add_argument(
+        "--figures-to",
+        type=Path,
+        help="copy each task's population PNGs into this folder (e.g. docs/figures/results) and embed them",
+    )
+    ap.add_argument(
         "--run-dir",
         type=Path,
         nargs="+",
@@ -350,7 +447,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         sections.append(
-            provenance(fig_dir, run_dir) + "\n\n" + "\n".join(task_tables(t, design(run_dir)) for t in tasks)
+            provenance(fig_dir, run_dir)
+            + "\n\n"
+            + "\n".join(
+                task_tables(t, design(run_dir))
+                + "\n".join(embedded_figures(t, args.figures_to and args.figures_to.resolve(), args.doc))
+                for t in tasks
+            )
         )
         n_tasks += len(tasks)
     text = "\n".join(sections)

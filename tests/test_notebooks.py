@@ -546,7 +546,23 @@ def test_result_tables_are_generated_from_the_population_files(fast_run, tmp_pat
     assert (
         "| directions | precision | recall | oracle span | chosen | fallback |" in text
     )  # chapter 03's interpreter, scored
+    assert "Chapter 09 — share of the diff's energy" in text and "Chapter 10 — iterated CAFT" in text
+    assert "Chapter 10 — training length" in text
     assert tables.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.md")]) == 2
+    # the population PNGs copied beside a doc and embedded from it, every link resolving
+    import re
+
+    from caft_tl.plotting import figures
+
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    doc.write_text(f"{tables.BEGIN}\n{tables.END}\n")
+    args = [str(fig_dir), "--run-dir", str(run_dir), "--out", str(tmp_path / "T.md"), "--doc", str(doc)]
+    assert tables.main([*args, "--figures-to", str(tmp_path / "docs" / "figures")]) == 0
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", doc.read_text())
+    assert all((doc.parent / link).is_file() for link in links)
+    if figures.chrome_path():  # PNGs are drawn only with a browser
+        assert any("population_headline.png" in link for link in links)
 
 
 def test_notebooks_are_committed_clean_with_cell_ids():
