@@ -153,7 +153,8 @@ def step_pairs(
 
 def eval_tokens_per_s(model, tokenizer) -> dict[str, tuple[float, int]]:
     """``{what: (tokens/s, tokens)}`` of the reference metric's scoring passes and of greedy answers
-    on the first :data:`N_EVAL` ``id`` rows, adapters on, no hook (as a fine-tune is evaluated)."""
+    on the first :data:`N_EVAL` ``id`` rows, adapters on, no hook (as a fine-tune is evaluated); each
+    after a short untimed warm-up call."""
     from caft_tl.real import card, chat_data, chat_eval, metric_kinds
 
     model.eval()
@@ -166,11 +167,14 @@ def eval_tokens_per_s(model, tokenizer) -> dict[str, tuple[float, int]]:
     )
     # each multi-token option is scored in a sequence of its own: prompt + option
     scored = 2 * sum(map(len, prompts)) + n_options
+    reference, stops = metric_kinds.get("reference"), chat_eval.stop_ids(tokenizer)
+    reference.score(model, tokenizer, rows[:1], "id", ())
+    chat_eval.greedy_batched(model, tokenizer, prompts[:1], 2, stops)
     t0 = time.perf_counter()
-    metric_kinds.get("reference").score(model, tokenizer, rows, "id", ())
+    reference.score(model, tokenizer, rows, "id", ())
     score_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    answers = chat_eval.greedy_batched(model, tokenizer, prompts, GEN_TOKENS, chat_eval.stop_ids(tokenizer))
+    answers = chat_eval.greedy_batched(model, tokenizer, prompts, GEN_TOKENS, stops)
     gen_s = time.perf_counter() - t0
     new = sum(map(len, answers))
     return {
@@ -179,7 +183,7 @@ def eval_tokens_per_s(model, tokenizer) -> dict[str, tuple[float, int]]:
     }
 
 
-def lora_rows(rounds: int = 3) -> list[Row]:
+def lora_rows(rounds: int = 5) -> list[Row]:
     from caft_tl.real.hf_models import resolve_dtype
 
     with tempfile.TemporaryDirectory() as tmp:
