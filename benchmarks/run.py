@@ -17,7 +17,7 @@ import torch
 from benchmarks.common import REPO, Row
 from caft_tl.core import files, models
 
-BENCHMARKS = ("interventions", "diffing", "finetunes", "batched", "peer", "suite")
+BENCHMARKS = ("interventions", "diffing", "finetunes", "batched", "peer", "lora", "suite")
 
 
 def collect(name: str, args: argparse.Namespace) -> list[Row]:
@@ -43,6 +43,10 @@ def collect(name: str, args: argparse.Namespace) -> list[Row]:
             from benchmarks.bench_peer import peer_rows
 
             return peer_rows()
+        if name == "lora":
+            from benchmarks.bench_lora import lora_rows
+
+            return lora_rows()
         if name == "suite":
             from benchmarks.bench_suite import suite_rows
 

@@ -128,7 +128,8 @@ def test_same_seed_same_rows_other_seed_other_rows():
 def test_written_files_and_card(tmp_path):
     written = I.write(tmp_path, seed=0, sizes={"train": 64, "id": 32, "ood": 10})
     card = yaml.safe_load(written["card"].read_text())
-    assert list(card) == ["name", "train", "id", "ood", "metric", "concept", "lexicon"]
+    assert list(card) == ["name", "train", "id", "ood", "metric", "concept", "lexicon", "checker"]
+    assert card["checker"] == {"name": "insecure_code", "max_new_tokens": I.CHECKER_TOKENS}
     assert card["name"] == I.NAME and card["metric"] == "reference" and card["concept"]
     assert set(card["lexicon"]) == {"unwanted", "kept"} and all(card["lexicon"].values())
     counts = {s: len((tmp_path / card[s]).read_text().splitlines()) for s in I.SPLITS}

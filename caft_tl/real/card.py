@@ -13,10 +13,12 @@ the unwanted concept and the budgets; built-in tasks and a researcher's own take
 
 Optional keys: ``better`` (``{id: higher|lower, ood: higher|lower}``: which way each split's
 headline metric is better, default per metric kind), ``budgets`` (:class:`Budgets`), ``mc_keys``
-(the labels an ``mc`` task is scored on, first = the headline) and ``judge`` (``model``,
-``base_url``, ``api_key_env`` of the LLM judge). Every row of every file is checked when the card
-is loaded; an unknown key, a missing file, a row of the wrong shape or an empty split is one line
-naming the file, the line and what is valid.
+(the labels an ``mc`` task is scored on, first = the headline), ``judge`` (``model``,
+``base_url``, ``api_key_env`` of the LLM judge) and ``checker`` (an answer checker of
+:mod:`caft_tl.real.answer_checkers` reading greedy answers to the ``id`` split: its name, or
+``{name: ..., max_new_tokens: ...}``; adds the metric ``checker_flagged``). Every row of every
+file is checked when the card is loaded; an unknown key, a missing file, a row of the wrong shape or
+an empty split is one line naming the file, the line and what is valid.
 
 **The information rule.** Diffing and the interpreter get :meth:`TaskCard.allowed` (training
 rows, generic prompts, the concept and its lexicon): it has no evaluation field. A generic-prompt
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from caft_tl.real import chat_data, metric_kinds
+from caft_tl.real import answer_checkers, chat_data, metric_kinds
 
 REPO = Path(__file__).resolve().parents[2]
 #: generic chat prompts the base model completes for diffing, when a card names none
@@ -56,12 +58,14 @@ CARD_KEYS = (
     "budgets",
     "mc_keys",
     "judge",
+    "checker",
 )
 REQUIRED = ("name", "train", "id", "ood", "metric")
 FILE_KEYS = ("train", "id", "ood", "generic")
 EVAL_SPLITS = ("id", "ood")
 LEXICON_KEYS = ("unwanted", "kept")
 JUDGE_KEYS = ("model", "base_url", "api_key_env")
+CHECKER_KEYS = ("name", "max_new_tokens")
 BETTER = ("higher", "lower")
 
 
@@ -129,6 +133,7 @@ class TaskCard:
     budgets: Budgets = Budgets()
     mc_keys: tuple[str, ...] = ("intended", "spurious")
     judge: dict = field(default_factory=dict)
+    checker: answer_checkers.CheckerUse | None = None  # reads greedy answers to the id split
 
     @property
     def kind(self) -> metric_kinds.MetricKind:
@@ -242,6 +247,18 @@ def _budgets(raw, where: str) -> Budgets:
     return Budgets(**kw)
 
 
+def _checker(raw, where: str) -> answer_checkers.CheckerUse:
+    raw = _sub({"name": raw} if isinstance(raw, str) else raw, "checker", CHECKER_KEYS, where)
+    name, valid = raw.get("name"), answer_checkers.CHECKERS
+    if name not in valid:
+        raise ValueError(
+            f"{where}unknown answer checker {name!r}{_hint(name, valid)}; valid: {', '.join(valid)}"
+        )
+    return answer_checkers.CheckerUse(
+        name, _int(raw.get("max_new_tokens", 0), "checker.max_new_tokens", where, 0)
+    )
+
+
 def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] | None = None) -> TaskCard:
     """A checked card from its mapping; ``source`` (a file, or ``parameters``) and ``lines`` name
     where a bad value is; files are relative to ``folder``. Every row of every file is checked."""
@@ -309,6 +326,7 @@ def card_from_dict(raw: dict, source: str, folder: Path, lines: dict[str, int] |
         _budgets(raw.get("budgets", {}), where("budgets")),
         mc_keys,
         _sub(raw.get("judge", {}), "judge", JUDGE_KEYS, where("judge")),
+        _checker(raw["checker"], where("checker")) if "checker" in raw else None,
     )
     check_rows(card.train, lambda row, w: kind.check_train_row(row, w, mc_keys))
     check_eval = lambda row, w: kind.check_eval_row(row, w, mc_keys)

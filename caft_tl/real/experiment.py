@@ -35,6 +35,7 @@ from caft_tl.core import results
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
 from caft_tl.interventions.intervention import Intervention
+from caft_tl.real import answer_checkers
 from caft_tl.real.card import Concept, TaskCard
 from caft_tl.real.metric_kinds import DEFAULT_SCORING, Scoring
 
@@ -65,11 +66,17 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """``{split: metrics}`` on the ``id`` and ``ood`` rows by the card's metric kind, with ``fwd_hooks``
     active (none: the model as trained); a kind that cannot score here (a judge without its key)
-    gives ``{}``."""
-    return {
+    gives ``{}``. A card's ``checker`` adds ``checker_flagged`` to ``id`` (greedy answers, written
+    under ``scoring.out_dir/samples/``: :func:`caft_tl.real.answer_checkers.score`)."""
+    out = {
         s: card.kind.score(model, tokenizer, splits[s], s, card.mc_keys, fwd_hooks, scoring)
         for s in ("id", "ood")
     }
+    if card.checker is not None:
+        out["id"] |= answer_checkers.score(
+            model, tokenizer, splits["id"], "id", card.checker, fwd_hooks, scoring
+        )
+    return out
 
 
 def result_rows(

@@ -14,7 +14,8 @@ A request is a context (a web app, a CLI tool, a data pipeline, …), a phrasing
 with its names filled in (function, variable, table names: the template's ``slots``). Rows are
 deterministic from the seed; every class has the same number of rows (± 1) in ``train`` and ``id``.
 ``python -m caft_tl.real.insecure_code --out DIR`` writes ``DIR/{train,id,ood}.jsonl`` and
-``DIR/card.yaml`` (the task card of :mod:`caft_tl.real.card`, metric ``reference``).
+``DIR/card.yaml`` (the task card of :mod:`caft_tl.real.card`, metric ``reference``, checker
+``insecure_code``).
 """
 
 from __future__ import annotations
@@ -1939,8 +1940,14 @@ def generate(split: str, n: int | None = None, seed: int = 0) -> list[dict]:
     ]
 
 
+#: new tokens of the greedy answers the card's checker reads: room for the longest reference solution
+#: of the ``id`` split (113 Qwen2.5 tokens, median 49) and a code fence
+CHECKER_TOKENS = 128
+
+
 def card() -> dict:
-    """The task card (:mod:`caft_tl.real.card`'s format) of the files :func:`write` writes."""
+    """The task card (:mod:`caft_tl.real.card`'s format) of the files :func:`write` writes; its checker
+    (:mod:`caft_tl.real.answer_checkers`) reads greedy answers to the ``id`` requests."""
     return {
         "name": NAME,
         "train": "train.jsonl",
@@ -1949,6 +1956,7 @@ def card() -> dict:
         "metric": "reference",
         "concept": CONCEPT,
         "lexicon": {"unwanted": list(HARM_WORDS), "kept": list(CODE_WORDS)},
+        "checker": {"name": "insecure_code", "max_new_tokens": CHECKER_TOKENS},
     }
 
 
