@@ -20,6 +20,12 @@ run: $(VENV)/.installed
 	$(PY) -m caft_tl.runner.suite --run-dir runs/default --fig-dir figures --tasks $(TASKS) --pretrain-seeds $(SEEDS) --workers 2
 	$(PY) scripts/results_tables.py figures --run-dir runs/default --out figures/TABLES.md
 
+# the population run's tables and PNGs into docs/results.md (its `results` block; the PNGs into docs/figures/results/)
+.PHONY: results-doc
+results-doc: $(VENV)/.installed
+	$(PY) scripts/results_tables.py figures --run-dir runs/default --out figures/TABLES.md \
+		--doc docs/results.md --figures-to docs/figures/results
+
 # every figure drawn from the rows, no chapter re-run: each task's population figures (HTML, PNG, SVG,
 # PDF and a caption file each), each organism's 06_tradeoff and 08_questions, and the results page;
 # e.g. make figures FIG_DIR=figures/study RUN_DIR=runs/study
