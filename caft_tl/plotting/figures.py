@@ -468,7 +468,7 @@ def loss_curves(curves: dict[str, list[float]], title: str) -> go.Figure:
 def monitor_curves(frame: pd.DataFrame, title: str) -> go.Figure:
     """What the model writes into each monitored subspace during training: ‖P x‖ at the subspace's own
     hook (before any ablation) against the step, a panel per subspace, a line per label (mean over
-    runs; the band their range).
+    runs; the band their range); labels in the palette's ``method · directions`` form get its colours.
 
     Args:
         frame: :func:`caft_tl.training.monitor.monitor_frame`'s table (``label, run, subspace, at,
@@ -496,7 +496,8 @@ def monitor_curves(frame: pd.DataFrame, title: str) -> go.Figure:
                 x=list(mean.index) + list(mean.index[::-1]),
                 y=list(high) + list(low[::-1]),
                 fill="toself",
-                fillcolor=faded(colour),
+                mode="lines",
+                fillcolor=faded(colour, 0.2),
                 line=dict(width=0),
                 hoverinfo="skip",
                 showlegend=False,
@@ -515,7 +516,7 @@ def monitor_curves(frame: pd.DataFrame, title: str) -> go.Figure:
                 col=col,
             )
         fig.update_xaxes(title="training step", row=1, col=col)
-    fig.update_yaxes(title="‖P x‖ written into the subspace (mean over response positions)", row=1, col=1)
+    fig.update_yaxes(title="‖P x‖ at its hook (response positions)", row=1, col=1)
     fig.update_layout(
         title=title, template=TEMPLATE, legend_title="fine-tune", width=max(600, 380 * len(subs))
     )
