@@ -17,7 +17,7 @@ import torch
 from benchmarks.common import REPO, Row
 from caft_tl.core import files, models
 
-BENCHMARKS = ("interventions", "diffing", "finetunes", "batched", "peer", "lora", "suite")
+BENCHMARKS = ("interventions", "monitor", "diffing", "finetunes", "batched", "peer", "lora", "suite")
 
 
 def collect(name: str, args: argparse.Namespace) -> list[Row]:
@@ -27,6 +27,10 @@ def collect(name: str, args: argparse.Namespace) -> list[Row]:
             from benchmarks.bench_interventions import measure
 
             return measure(rounds=args.rounds)
+        if name == "monitor":
+            from benchmarks.bench_monitor import monitor_rows
+
+            return monitor_rows(rounds=args.rounds)
         if name == "diffing":
             from benchmarks.bench_diffing import memory_rows, throughput_rows
 

@@ -465,6 +465,64 @@ def loss_curves(curves: dict[str, list[float]], title: str) -> go.Figure:
     return fig
 
 
+def monitor_curves(frame: pd.DataFrame, title: str) -> go.Figure:
+    """What the model writes into each monitored subspace during training: ‖P x‖ at the subspace's own
+    hook (before any ablation) against the step, a panel per subspace, a line per label (mean over
+    runs; the band their range); labels in the palette's ``method · directions`` form get its colours.
+
+    Args:
+        frame: :func:`caft_tl.training.monitor.monitor_frame`'s table (``label, run, subspace, at,
+            step, norm``).
+        title: the figure's title.
+
+    Returns:
+        The figure.
+
+    Example:
+        fig = monitor_curves(monitor_frame({"plain": [rec0], "zero": [rec1]}), "written norm")
+    """
+    from plotly.subplots import make_subplots
+
+    written = frame[frame["at"] == frame["subspace"]]
+    subs = list(dict.fromkeys(written["subspace"]))
+    fig = make_subplots(rows=1, cols=max(1, len(subs)), subplot_titles=subs, shared_yaxes=True)
+    for col, sub in enumerate(subs, start=1):
+        part = written[written["subspace"] == sub]
+        for label in _order(part["label"]):
+            by_step = part[part["label"] == label].groupby("step")["norm"]
+            mean, low, high = by_step.mean(), by_step.min(), by_step.max()
+            colour = _colour(label)
+            fig.add_scatter(
+                x=list(mean.index) + list(mean.index[::-1]),
+                y=list(high) + list(low[::-1]),
+                fill="toself",
+                mode="lines",
+                fillcolor=faded(colour, 0.2),
+                line=dict(width=0),
+                hoverinfo="skip",
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+            fig.add_scatter(
+                x=mean.index,
+                y=mean,
+                name=label,
+                mode="lines+markers",
+                line=dict(color=colour),
+                legendgroup=label,
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title="training step", row=1, col=col)
+    fig.update_yaxes(title="‖P x‖ at its hook (response positions)", row=1, col=1)
+    fig.update_layout(
+        title=title, template=TEMPLATE, legend_title="fine-tune", width=max(600, 380 * len(subs))
+    )
+    return fig
+
+
 def spectrum(fractions: dict[str, list[float]], title: str) -> go.Figure:
     fig = go.Figure()
     for hook, frac in fractions.items():

@@ -42,6 +42,7 @@ from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import kl_rows
 from caft_tl.interventions.modes import get_mode
 from caft_tl.training.loop import first_rows
+from caft_tl.training.monitor import MonitorLog, StackedMonitor, chain
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -476,6 +477,7 @@ def finetune_batched(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 25,
     references: list[TokenDataset | None] | None = None,
+    monitors: list[MonitorLog | None] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], list[list[float]]]:
     """:func:`caft_tl.training.loop.finetune` for R members at once, each from ``base`` with its own
     data, :class:`~caft_tl.training.loop.FinetuneConfig` (seed, batch order, lr, weight decay,
@@ -486,8 +488,11 @@ def finetune_batched(
     (``references[r]``, e.g. :func:`caft_tl.training.finetunes.kl_inputs`' ``reference_data``) under its
     intervention, as the loop does with ``base`` as the frozen reference.
 
-    With ``checkpoint`` (a file), the whole group (weights, optimiser, step, losses) is saved there
-    every ``checkpoint_every`` steps and a call that finds it resumes from it.
+    ``monitors[r]`` (a :class:`~caft_tl.training.monitor.MonitorLog` or None) receives member r's
+    readings, as the loop's ``monitor`` does (reading hooks before the intervention's, detached).
+
+    With ``checkpoint`` (a file), the whole group (weights, optimiser, step, losses, readings) is saved
+    there every ``checkpoint_every`` steps and a call that finds it resumes from it.
     """
     R = len(datas)
     interventions = interventions or [None] * R
@@ -501,6 +506,9 @@ def finetune_batched(
             raise ValueError("fine-tuning dataset is empty")
     datas = [first_rows(d, c.n_examples) for d, c in zip(datas, cfgs)]  # as the loop: cfg.n_examples rows
     references = references or [None] * R
+    monitors = monitors or [None] * R
+    if len(monitors) != R:
+        raise ValueError(f"{len(monitors)} monitors for {R} members; need one (or None) per member")
     if len(references) != R:
         raise ValueError(
             f"{len(references)} reference document sets for {R} members; need one (or None) per member"
@@ -521,6 +529,7 @@ def finetune_batched(
     order = sorted(range(R), key=lambda r: -steps[r])
     datas, cfgs, ivs = [datas[r] for r in order], [cfgs[r] for r in order], [interventions[r] for r in order]
     references = [references[r] for r in order]
+    logs = [monitors[r] for r in order]
     dev = base.cfg.device
     sched = _schedule(datas, cfgs)
     kl_sched = _kl_schedule(base, references, cfgs, sched.steps)
@@ -532,9 +541,16 @@ def finetune_batched(
         StackedInterventions(ivs, base.cfg.d_model, dev) if any(iv is not None for iv in ivs) else None
     )
     losses = torch.zeros(R, max(sched.steps))
+    stacked_monitor = (
+        StackedMonitor(
+            [m.monitor if m is not None else None for m in logs], max(sched.steps), base.cfg.d_model, dev
+        )
+        if any(m is not None for m in logs)
+        else None
+    )
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        step = _load_group(checkpoint, stack, opt, losses)
+        step = _load_group(checkpoint, stack, opt, losses, stacked_monitor)
     n_steps = max(sched.steps)
     n_active = torch.tensor(sched.steps)
     bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not progress, leave=False)
@@ -544,6 +560,8 @@ def finetune_batched(
         w = int(sched.widths[:k, step].max())
         tokens, target = tokens_all[:k, step, :, :w], target_all[:k, step, :, :w]
         hooks = stacked_ivs.fwd_hooks(target, k) if stacked_ivs is not None else None
+        if stacked_monitor is not None and stacked_monitor.due(step, k):  # reading first, then the edit
+            hooks = chain(stacked_monitor.fwd_hooks(target, step), hooks)
         logits = stacked_forward(base.cfg, stack.prefix(k), tokens, hooks)
         loss = stacked_loss(logits, tokens, target)
         total = loss.sum()
@@ -563,12 +581,14 @@ def finetune_batched(
         step += 1
         bar.update()
         if checkpoint is not None and step % checkpoint_every == 0 and step < n_steps:
-            _save_group(checkpoint, stack, opt, losses, step)
+            _save_group(checkpoint, stack, opt, losses, step, stacked_monitor)
     bar.close()
     out_states, out_losses = [None] * R, [None] * R
     for i, r in enumerate(order):
         out_states[r] = stack.state(i)
         out_losses[r] = losses[i, : sched.steps[i]].tolist()
+        if logs[i] is not None:
+            logs[i].load(stacked_monitor.state(i, sched.steps[i]))
     return out_states, out_losses
 
 
@@ -588,12 +608,16 @@ def _backward(loss: torch.Tensor) -> None:
         loss.backward()
 
 
-def _save_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor, step: int) -> None:
+def _save_group(
+    path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor, step: int, monitor: StackedMonitor | None
+) -> None:
     tensors = {
         "flat": stack.flat.detach().cpu().contiguous(),
         "losses": losses.contiguous(),
         **{f"optim.{k}": v.detach().cpu().contiguous() for k, v in opt.state().items()},
     }
+    if monitor is not None:
+        tensors["monitor"] = monitor.values.cpu().contiguous()
     with files.atomic_path(path) as tmp:
         save_file(
             tensors,
@@ -602,11 +626,18 @@ def _save_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor, ste
         )
 
 
-def _load_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor) -> int:
+def _load_group(
+    path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor, monitor: StackedMonitor | None
+) -> int:
     t = files.read_tensors(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if "step" not in meta or tuple(t.get("flat", torch.empty(0)).shape) != tuple(stack.flat.shape):
+    readings = t.get("monitor", torch.empty(0))
+    if (
+        "step" not in meta
+        or tuple(t.get("flat", torch.empty(0)).shape) != tuple(stack.flat.shape)
+        or (monitor is not None and readings.shape != monitor.values.shape)
+    ):
         raise files.CorruptFileError(
             f"group checkpoint {str(path)!r} does not match this group; delete it to restart"
         )
@@ -614,4 +645,6 @@ def _load_group(path, stack: Stack, opt: StackedAdamW, losses: torch.Tensor) -> 
         stack.flat.copy_(t["flat"])
     opt.load({k[len("optim.") :]: v for k, v in t.items() if k.startswith("optim.")})
     losses.copy_(t["losses"])
+    if monitor is not None:
+        monitor.values.copy_(readings)
     return json.loads(meta["step"])

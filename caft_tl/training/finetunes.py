@@ -21,6 +21,7 @@ from caft_tl.interventions.intervention import Intervention
 from caft_tl.organism.judge import evaluate_task
 from caft_tl.training import batched
 from caft_tl.training.loop import FinetuneConfig, finetune
+from caft_tl.training.monitor import Monitor, MonitorLog
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -90,6 +91,7 @@ def run_finetune(
     progress: bool = True,
     organism: str | None = None,
     data: TokenDataset | None = None,
+    monitor: Monitor | None = None,
 ) -> tuple[list[dict], HookedTransformer | None]:
     """Fine-tune a copy of ``base`` (optionally under ``intervention``), evaluate it without the
     intervention (unless ``on_at_eval``) and return its results rows (``organism``: the rows'
@@ -98,15 +100,18 @@ def run_finetune(
     A finished run (same config and intervention) is read back from
     ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
     ``keep_model`` saves (or reloads) the fine-tuned weights too; ``data`` trains on those examples
-    instead of the task's (every row of them; ``cfg.n_examples`` is then not used).
+    instead of the task's (every row of them; ``cfg.n_examples`` is then not used). ``monitor``
+    records its readings during training into the run's ``metrics.json`` (key ``monitor``).
     """
     if intervention is not None:
         intervention.check(base)
+    if monitor is not None:
+        monitor.check(base)
     unit = _Unit.make(
         run_dir,
         base,
         task,
-        FinetuneJob(cfg, method, directions, param, intervention, keep_model, data),
+        FinetuneJob(cfg, method, directions, param, intervention, keep_model, data, monitor),
         organism,
     )
     if (metrics := unit.cached()) is not None:
@@ -119,6 +124,7 @@ def run_finetune(
         unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"
     )  # an interrupted run resumes from here
     every_row = dataclasses.replace(cfg, n_examples=len(data))
+    log = MonitorLog(monitor) if monitor is not None else None
     losses = finetune(
         model,
         data,
@@ -127,9 +133,10 @@ def run_finetune(
         progress=progress,
         desc=unit.folder.name,
         checkpoint=checkpoint,
+        monitor=log,
         **kl_inputs(base, task, cfg),
     )
-    metrics = unit.finish(model, task, losses)
+    metrics = unit.finish(model, task, losses, log)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
 
@@ -171,6 +178,8 @@ class _Unit:
             spec["data"] = hashlib.sha256(
                 job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()
             ).hexdigest()[:16]
+        if job.monitor is not None:  # only then: an unmonitored run's config (and cache) is unchanged
+            spec["monitor"] = job.monitor.fingerprint()
         n = len(job.data) if job.data is not None else task_examples(task, cfg)
         return cls(job, key, folder, spec, files.config_hash(spec), n)
 
@@ -189,8 +198,11 @@ class _Unit:
             metrics.setdefault(split, {})[metric] = value
         return metrics
 
-    def finish(self, model: HookedTransformer, task, losses: list[float]) -> dict[str, dict[str, float]]:
-        """Evaluate the fine-tuned ``model`` and write the run's files; returns its metrics."""
+    def finish(
+        self, model: HookedTransformer, task, losses: list[float], monitor: MonitorLog | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Evaluate the fine-tuned ``model`` and write the run's files (with the ``monitor``'s readings,
+        when given); returns its metrics."""
         iv = self.job.intervention
         metrics = evaluate_task(model, task, fwd_hooks=iv.eval_hooks() if iv is not None else [])
         if self.job.keep_model:
@@ -203,9 +215,10 @@ class _Unit:
             )
         files.write_json(self.folder / "run.json", self.spec)
         values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
-        files.write_json(
-            self.folder / "metrics.json", {"config_hash": self.spec_hash, "values": values, "losses": losses}
-        )
+        record = {"config_hash": self.spec_hash, "values": values, "losses": losses}
+        if monitor is not None:
+            record["monitor"] = monitor.series()
+        files.write_json(self.folder / "metrics.json", record)
         return metrics
 
     @property
@@ -226,6 +239,31 @@ class FinetuneJob:
     data: TokenDataset | None = (
         None  # train on these examples instead of the task's (e.g. a filtered subset); one epoch
     )
+    monitor: Monitor | None = None  # the training-time readings to log (None: none, files unchanged)
+
+
+def monitor_record(run_dir: str | os.PathLike | RunDir, job: FinetuneJob) -> dict:
+    """The readings a finished monitored ``job`` wrote (its ``metrics.json``'s ``monitor``).
+
+    Args:
+        run_dir: the run directory the job ran in.
+        job: the job, with its ``monitor``.
+
+    Returns:
+        ``{"every", "steps", "subspaces": {hook: {"written": [..], "other_hooks": {hook': [..]}}}}``.
+
+    Example:
+        record = monitor_record(run_dir, job)
+        record["subspaces"]["blocks.0.hook_resid_post"]["written"]  # ‖P x‖ at steps record["steps"]
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    path = run.finetune(job.method, job.directions, job.param, job.cfg.seed) / "metrics.json"
+    blob = files.read_json(path)
+    if "monitor" not in blob:
+        raise ValueError(
+            f"{str(path)!r} has no monitor readings; run the job with a monitor (FinetuneJob.monitor)"
+        )
+    return blob["monitor"]
 
 
 def default_workers() -> int:
@@ -256,6 +294,7 @@ def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[di
         progress=False,
         organism=organism,
         data=job.data,
+        monitor=job.monitor,
     )[0]
 
 
@@ -285,6 +324,8 @@ def run_finetunes(
     for job in jobs:
         if job.intervention is not None:
             job.intervention.check(base)
+        if job.monitor is not None:
+            job.monitor.check(base)
         n = task_examples(task, job.cfg)
         if not (isinstance(job.cfg.n_disambiguating, int) and 0 <= job.cfg.n_disambiguating < n):
             raise ValueError(
@@ -303,7 +344,11 @@ def run_finetunes(
     for i, u in enumerate(units):
         if (metrics := u.cached()) is not None:
             rows[i] = results.rows(u.key, metrics)
-        elif u.job.intervention is None or set(u.job.intervention.hook_names) <= hooks:
+        elif (
+            set(u.job.intervention.hook_names if u.job.intervention is not None else [])
+            | set(u.job.monitor.hook_names if u.job.monitor is not None else [])
+            <= hooks
+        ):
             pending.append(i)
         else:
             alone.append(i)  # a hook the stacked forward does not offer
@@ -357,6 +402,7 @@ def _run_todo(todo) -> list[list[dict]]:
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
+        log = MonitorLog(u.job.monitor) if u.job.monitor is not None else None
         losses = finetune(
             model,
             data,
@@ -365,9 +411,10 @@ def _run_todo(todo) -> list[list[dict]]:
             progress=False,
             desc=u.folder.name,
             checkpoint=checkpoint,
+            monitor=log,
             **kl_inputs(base, task, u.job.cfg),
         )
-        metrics = u.finish(model, task, losses)
+        metrics = u.finish(model, task, losses, log)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
     return _run_group(base, task, units)
@@ -382,6 +429,7 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
     )  # an interrupted group resumes from here
     references = [kl_inputs(base, task, u.job.cfg).get("reference_data") for u in units]
     cfgs = [dataclasses.replace(u.job.cfg, n_examples=len(d)) for u, d in zip(units, datas)]  # every row
+    logs = [MonitorLog(u.job.monitor) if u.job.monitor is not None else None for u in units]
     states, losses = batched.finetune_batched(
         base,
         datas,
@@ -390,13 +438,14 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
         progress=False,
         checkpoint=checkpoint,
         references=references,
+        monitors=logs,
     )
     model = models.copy_model(base)
     out = []
-    for u, state, loss in zip(units, states, losses):
+    for u, state, loss, log in zip(units, states, losses, logs):
         model.load_state_dict(state, strict=False)
         model.eval()
-        out.append(results.rows(u.key, u.finish(model, task, loss)))
+        out.append(results.rows(u.key, u.finish(model, task, loss, log)))
     checkpoint.unlink(missing_ok=True)
     return out
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.models import kl_to_reference, response_loss
 from caft_tl.training.checkpoints import load_checkpoint, save_checkpoint
+from caft_tl.training.monitor import MonitorLog
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -62,6 +63,7 @@ def finetune(
     micro_batch_size: int | None = None,
     reference: HookedTransformer | None = None,
     reference_data: TokenDataset | None = None,
+    monitor: MonitorLog | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` in place on ``data``; returns the loss per step.
 
@@ -77,6 +79,8 @@ def finetune(
     With ``cfg.kl_to_base`` β > 0 (the common in-training defence), each step adds β · KL(reference ‖
     model) on the next ``cfg.batch_size`` rows of ``reference_data`` (generic documents, cycled), with
     ``reference`` the frozen base model; the losses returned are the task's cross-entropy alone.
+    With ``monitor``, every ``monitor.monitor.every`` steps its reading hooks (before the
+    intervention's) record ‖P x‖ on the task's forward pass into it; no training number changes.
 
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``, trained in place.
@@ -87,6 +91,7 @@ def finetune(
         checkpoint, checkpoint_every: resume file and how often to write it (steps).
         micro_batch_size: rows per forward pass (gradient accumulation).
         reference, reference_data: the base model and generic documents for ``cfg.kl_to_base``.
+        monitor: a :class:`~caft_tl.training.monitor.MonitorLog` to fill (None: no readings).
 
     Returns:
         The training loss of every optimiser step.
@@ -106,6 +111,8 @@ def finetune(
             )
         if callable(getattr(intervention, "check", None)):
             intervention.check(model)  # hook names (closest valid ones), subspace widths
+    if monitor is not None:
+        monitor.monitor.check(model)
     for name in ("batch_size", "epochs"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             raise ValueError(f"FinetuneConfig.{name} = {getattr(cfg, name)!r}; expected a positive int")
@@ -135,6 +142,12 @@ def finetune(
     if checkpoint is not None and Path(checkpoint).exists():
         state, rng = load_checkpoint(checkpoint, model, opt)
         losses, epoch_rng = state["losses"], rng["data_epoch"]
+        if monitor is not None:
+            if "monitor" not in state:
+                raise ValueError(
+                    f"checkpoint {str(checkpoint)!r} has no monitor readings; delete it to restart"
+                )
+            monitor.load(state["monitor"])
         torch.set_rng_state(rng["torch"])
     step = len(losses)
     model.train()
@@ -145,7 +158,10 @@ def finetune(
         for i in range(step - epoch * steps_per_epoch, steps_per_epoch):
             batch = data.subset(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             opt.zero_grad(set_to_none=True)
-            loss, micro_batch_size = _accumulate(model, batch, intervention, micro_batch_size)
+            reading = monitor if monitor is not None and monitor.monitor.due(step) else None
+            loss, micro_batch_size = _accumulate(model, batch, intervention, micro_batch_size, reading)
+            if reading is not None:
+                reading.close(step)
             if kl is not None:
                 _kl_backward(model, intervention, *kl, step, cfg.batch_size)
             if not math.isfinite(loss):
@@ -162,7 +178,8 @@ def finetune(
                     checkpoint,
                     model,
                     opt,
-                    {"step": step, "losses": losses},
+                    {"step": step, "losses": losses}
+                    | ({"monitor": monitor.state()} if monitor is not None else {}),
                     {"data_epoch": epoch_rng, "torch": torch.get_rng_state()},
                 )
         epoch_rng = gen.get_state()
@@ -183,12 +200,17 @@ def first_rows(data: TokenDataset, n_examples: int | None) -> TokenDataset:
     return data if n_examples == len(data) else data.subset(slice(0, n_examples))
 
 
-def _accumulate(model, batch: TokenDataset, intervention, micro: int | None) -> tuple[float, int | None]:
-    """Forward and backward of one batch, in micro-batches of ``micro`` rows (all at once if None);
-    halves ``micro`` on out-of-memory. Returns (the batch's mean loss, the micro-batch size used)."""
+def _accumulate(
+    model, batch: TokenDataset, intervention, micro: int | None, monitor: MonitorLog | None = None
+) -> tuple[float, int | None]:
+    """Forward and backward of one batch, in micro-batches of ``micro`` rows (all at once if None),
+    read by ``monitor`` when given; halves ``micro`` on out-of-memory. Returns (the batch's mean loss,
+    the micro-batch size used)."""
     while True:
+        if monitor is not None:
+            monitor.open()
         try:
-            return _backward(model, batch, intervention, micro), micro
+            return _backward(model, batch, intervention, micro, monitor), micro
         except torch.OutOfMemoryError:
             micro = len(batch) // 2 if micro is None else micro // 2
             if micro < 1:
@@ -198,7 +220,9 @@ def _accumulate(model, batch: TokenDataset, intervention, micro: int | None) -> 
                 torch.cuda.empty_cache()
 
 
-def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> float:
+def _backward(
+    model, batch: TokenDataset, intervention, micro: int | None, monitor: MonitorLog | None = None
+) -> float:
     if micro is None or micro >= len(batch):
         parts, reduction, scale = [batch], "mean", 1.0
     else:
@@ -207,7 +231,9 @@ def _backward(model, batch: TokenDataset, intervention, micro: int | None) -> fl
     total = 0.0
     for part in parts:
         part = _to(part.trimmed(), model.cfg.device)
-        with model.hooks(fwd_hooks=intervention.fwd_hooks(part) if intervention is not None else []):
+        hooks = monitor.hooks(part) if monitor is not None else []  # reading first, then the edit
+        hooks += intervention.fwd_hooks(part) if intervention is not None else []
+        with model.hooks(fwd_hooks=hooks):
             loss = response_loss(model, part, reduction) * scale
         if torch.isfinite(loss):
             loss.backward()
