@@ -6,11 +6,14 @@ model (an organism's :class:`~caft_tl.organism.task.Task`, a real task's
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from caft_tl.core.data import TokenDataset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class World(abc.ABC):
@@ -51,6 +54,13 @@ class World(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model, fwd_hooks=()) -> dict[str, dict[str, float]]:
         """``{split: {metric: value}}`` of ``model`` on every evaluation split, ``fwd_hooks`` active."""
+
+    def headline(self, table: pd.DataFrame) -> pd.DataFrame:
+        """The rows of a results or summary ``table`` on an evaluation split's headline metric."""
+        keep = [
+            s in self.eval_splits and m == self.metric(s) for s, m in zip(table["split"], table["metric"])
+        ]
+        return table[keep]
 
 
 class HasDisambiguating(abc.ABC):
