@@ -55,7 +55,7 @@ def setup(namespace: dict, load: str = "organism") -> Chapter:
     parameters.check_notebook(namespace)
     run = RunDir(namespace["run_dir"]).mark()  # artefacts written under it get checksums
     spec = read_spec(run) if load != "none" else None
-    set_cpu_threads(len(os.sched_getaffinity(0)) if spec is not None else 1)
+    set_cpu_threads((os.cpu_count() or 1) if spec is not None else 1)  # one large model: every core
     if spec is not None:
         base, world = load_real_run(spec)
         base = base if load == "organism" else None

@@ -136,7 +136,7 @@ def run_finetune(
         checkpoint=checkpoint,
         **kl_inputs(trainable.model, task, cfg),
     )
-    metrics = unit.finish(model, task, losses)
+    metrics = unit.finish(model, task, losses, trainable)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
 
@@ -146,7 +146,7 @@ class _Unit:
     """One fine-tuning run's place in the run directory: its rows' key, folder and config hash."""
 
     job: FinetuneJob
-    trainable: Trainable
+    weights_file: str  # the kept model's file (Trainable.weights_file)
     key: results.RowKey
     folder: Path
     spec: dict
@@ -157,12 +157,13 @@ class _Unit:
     def make(
         cls,
         run_dir,
-        trainable: Trainable,
+        base: HookedTransformer | Trainable,
         task: World,
         job: FinetuneJob,
         organism: str | None,
         base_hash: str | None = None,
     ) -> _Unit:
+        trainable = as_trainable(base)
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         cfg = job.cfg
         key = results.RowKey(
@@ -186,7 +187,7 @@ class _Unit:
                 job.data.tokens.numpy().tobytes() + job.data.response_mask.numpy().tobytes()
             ).hexdigest()[:16]
         n = len(job.data) if job.data is not None else task_examples(task, cfg)
-        return cls(job, trainable, key, folder, spec, files.config_hash(spec), n)
+        return cls(job, trainable.weights_file, key, folder, spec, files.config_hash(spec), n)
 
     def cached(self) -> dict[str, dict[str, float]] | None:
         """The metrics of a finished run with this config (and saved weights if it keeps them), else None."""
@@ -195,7 +196,7 @@ class _Unit:
             done.exists()
             and (blob := files.read_json(done)).get("config_hash") == self.spec_hash
             and "values" in blob
-            and (not self.job.keep_model or (self.folder / self.trainable.weights_file).exists())
+            and (not self.job.keep_model or (self.folder / self.weights_file).exists())
         ):
             return None
         metrics: dict[str, dict[str, float]] = {}
@@ -203,12 +204,15 @@ class _Unit:
             metrics.setdefault(split, {})[metric] = value
         return metrics
 
-    def finish(self, model: torch.nn.Module, task: World, losses: list[float]) -> dict[str, dict[str, float]]:
-        """Evaluate the fine-tuned ``model`` and write the run's files; returns its metrics."""
+    def finish(
+        self, model: torch.nn.Module, task: World, losses: list[float], trainable: Trainable
+    ) -> dict[str, dict[str, float]]:
+        """Evaluate the fine-tuned ``model`` and write the run's files (a kept model's by
+        ``trainable``); returns its metrics."""
         iv = self.job.intervention
         metrics = task.evaluate(model, fwd_hooks=iv.eval_hooks() if iv is not None else [])
         if self.job.keep_model:
-            self.trainable.save(model, self.folder)
+            trainable.save(model, self.folder)
         files.write_json(self.folder / "run.json", self.spec)
         values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
         files.write_json(
@@ -333,7 +337,7 @@ def run_finetunes(
     )
     todo = [("group", [units[i] for i in g]) for g in groups] + [("one", [units[i]]) for i in alone]
     index = [g for g in groups] + [[i] for i in alone]
-    _SHARED.update(base=base, task=task)
+    _SHARED.update(base=trainable, task=task)
     try:
         if workers <= 1 or len(todo) <= 1:
             done = []
@@ -358,12 +362,13 @@ def run_finetunes(
 def _run_todo(todo) -> list[list[dict]]:
     """Rows of each unit of a ``("group", units)`` or ``("one", [unit])`` item (in a worker or not)."""
     kind, units = todo
-    base, task = _SHARED["base"], _SHARED["task"]
+    trainable, task = _SHARED["base"], _SHARED["task"]
+    base = trainable.model
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)
     if kind == "one":
         u = units[0]
-        model = u.trainable.fresh(u.job.cfg.seed)
+        model = trainable.fresh(u.job.cfg.seed)
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
@@ -377,14 +382,15 @@ def _run_todo(todo) -> list[list[dict]]:
             checkpoint=checkpoint,
             **kl_inputs(base, task, u.job.cfg),
         )
-        metrics = u.finish(model, task, losses)
+        metrics = u.finish(model, task, losses, trainable)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
-    return _run_group(base, task, units)
+    return _run_group(trainable, task, units)
 
 
-def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[dict]]:
+def _run_group(trainable: Trainable, task, units: list[_Unit]) -> list[list[dict]]:
     """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
+    base = trainable.model
     datas = [finetune_data(task, u.job.cfg, u.job.data) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = (
@@ -401,12 +407,12 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
         checkpoint=checkpoint,
         references=references,
     )
-    model = units[0].trainable.fresh(0)
+    model = trainable.fresh(0)
     out = []
     for u, state, loss in zip(units, states, losses):
         model.load_state_dict(state, strict=False)
         model.eval()
-        out.append(results.rows(u.key, u.finish(model, task, loss)))
+        out.append(results.rows(u.key, u.finish(model, task, loss, trainable)))
     checkpoint.unlink(missing_ok=True)
     return out
 
