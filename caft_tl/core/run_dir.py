@@ -28,6 +28,9 @@ class Artefact:
 #: every artefact a chapter writes, by name
 ARTEFACTS = {
     "organism": Artefact("organism", "00_organism", "the organism (weights, config, pre-training losses)"),
+    "real_model": Artefact(
+        "real_model.json", "00_organism", "the real model, adapters and task card a run studies instead"
+    ),
     "finetune_config": Artefact(
         "finetune_config.json", "01_plain_finetune", "seeds and budget of the fine-tunes"
     ),
@@ -126,7 +129,10 @@ class RunDir(os.PathLike):
 
     @property
     def organism_id(self) -> str:
-        """The ``organism`` column of this run's rows (:func:`caft_tl.core.results.organism_id`)."""
+        """The ``organism`` column of this run's rows (:func:`caft_tl.core.results.organism_id`; a
+        real model's: ``real:<model>``, chapter 00's ``real_model.json``)."""
+        if (real := self.path("real_model")).exists():
+            return files.read_json(real)["organism"]
         spec = self.organism_spec()
         return results.organism_id(spec["task"], spec["pretrain"]["seed"], files.config_hash(spec))
 

@@ -9,6 +9,8 @@ import torch
 
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.subspace import Subspace
+from caft_tl.core.world import HasDisambiguating, HasDocuments, World
+from caft_tl.organism.judge import evaluate_task
 from caft_tl.organism.vocab import Vocab
 
 if TYPE_CHECKING:
@@ -55,34 +57,18 @@ class HasGroundTruth(abc.ABC):
         return {c: [directions[h][c] for h in hooks] for c in self.CONCEPTS}
 
 
-class Task(HasGroundTruth):
+class Task(World, HasDisambiguating, HasDocuments, HasGroundTruth):
     """A synthetic world with planted, known concepts: its pre-training documents, fine-tuning
     data, evaluation prompts and ground-truth judge (it is a :class:`~caft_tl.organism.judge.Judge`);
     its ground truth is the :class:`HasGroundTruth` capability. Subclasses set every class
-    attribute below and the capability's."""
+    attribute of :class:`~caft_tl.core.world.World` (``name`` is the registry name,
+    ``caft_tl.organism.TASKS``), those below and the capability's."""
 
-    name: ClassVar[str]
-    """The registry name (``caft_tl.organism.TASKS``), written in every results row."""
-    eval_splits: ClassVar[tuple[str, ...]]
-    """The evaluation splits :meth:`eval_prompts` accepts, in the order the figures show them."""
-    id_split: ClassVar[str]
-    """The fine-tuned behaviour on unseen prompts (the task CAFT should keep)."""
-    ood_split: ClassVar[str]
-    """The fine-tune's generalisation CAFT should change."""
-    metrics: ClassVar[tuple[str, ...]]
-    """Every metric name :meth:`metric` gives."""
-    axis_titles: ClassVar[dict[str, str]]
-    """Axis title of the ``id_split`` and ``ood_split`` rates (chapter 06's trade-off)."""
     report: ClassVar[dict[str, str]]
     """``title``, ``x_title`` and ``reference`` of chapter 00's figure of :meth:`base_report`."""
-    defaults: ClassVar[dict[str, Any]]
-    """Chapter parameters left at ``None`` take these values
-    (``caft_tl.runner.parameters.use_task_defaults``)."""
-    concept_description: ClassVar[str]
-    """A one-line description of the unwanted concept, what a researcher knows before looking
-    (``"misalignment"``, ``"sentiment"``); the interpreter reads it through :attr:`concept_groups`."""
     concept_groups: ClassVar[tuple[str, ...]]
-    """The :meth:`lexicon` groups whose meaning is the unwanted concept (``("harmful",)``)."""
+    """The :meth:`lexicon` groups whose meaning is the unwanted concept (``("harmful",)``); the
+    interpreter reads :attr:`concept_description` through them."""
 
     cfg: Any
     """The config dataclass of the world (``caft_tl.organism.TASKS[name][1]``)."""
@@ -94,20 +80,10 @@ class Task(HasGroundTruth):
     def seq_len(self) -> int:
         """Length of a pre-training document (the model's ``n_ctx`` must hold it)."""
 
-    @abc.abstractmethod
-    def sample_documents(self, n: int, generator: torch.Generator) -> TokenDataset:
-        """``n`` pre-training documents drawn with ``generator``."""
-
-    @abc.abstractmethod
-    def finetune_dataset(self, n_examples: int, seed: int = 0) -> TokenDataset:
-        """``n_examples`` fine-tuning examples in a seeded order; the response is the trained answer."""
-
-    @abc.abstractmethod
-    def disambiguating_examples(self, n: int, seed: int = 0) -> TokenDataset:
-        """``n`` examples on which the intended behaviour and the unwanted generalisation differ,
-        answered as intended, in the fine-tuning format (the data-side reference: mixing a few into
-        the fine-tuning data). They come from the OOD domain, so they are a reference a researcher
-        with such labels could use, not a method that works without OOD data."""
+    def evaluate(self, model: HookedTransformer, fwd_hooks=()) -> dict[str, dict[str, float]]:
+        """The ground-truth judge's exact rates on every split
+        (:func:`caft_tl.organism.judge.evaluate_task`)."""
+        return evaluate_task(model, self, fwd_hooks=fwd_hooks)
 
     @abc.abstractmethod
     def trait_prompts(self, n: int, seed: int = 0) -> tuple[TokenDataset, TokenDataset]:
@@ -119,10 +95,6 @@ class Task(HasGroundTruth):
     @abc.abstractmethod
     def eval_prompts(self, split: str) -> TokenDataset:
         """Prompts of an evaluation split; the answer is the next token."""
-
-    @abc.abstractmethod
-    def metric(self, split: str) -> str:
-        """Name of the behaviour rate measured on a split (one of ``metrics``)."""
 
     @abc.abstractmethod
     def label_answers(self, prompts: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,16 @@ disabled) without a second copy in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from caft_tl.core import files
+from caft_tl.training.trainable import Trainable
 
 #: the projections the CAFT paper adapts (Qwen2 / Llama / Mistral / Gemma names)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -156,12 +159,44 @@ def adapters_disabled(model):
             p.requires_grad_(p.requires_grad and "lora_" in name)
 
 
-class AdaptersOff:
+class AdaptersOff(Trainable):
     """The base model as a view of an adapted one: forward passes, caches and generation run with
-    adapters disabled; everything else (``cfg``, ``hook_dict``, ``hooks``, …) is the model's."""
+    adapters disabled; everything else (``cfg``, ``hook_dict``, ``hooks``, …) is the model's. As a
+    :class:`~caft_tl.training.trainable.Trainable`, each fine-tune re-initialises the adapters of the
+    one adapted model from its seed and a kept fine-tune saves its adapters only.
+
+    Example:
+        >>> base = AdaptersOff(add_lora(bridge, LoraSettings(rank=8)))
+        >>> finetunes.run_finetunes(run_dir, base, world, jobs)  # adapters reset per seed
+    """
+
+    weights_file = "adapter.safetensors"
 
     def __init__(self, model):
         self._model = model
+
+    @property
+    def model(self):
+        return self
+
+    def base_hash(self) -> str:
+        """The base weights and the adapters' names and shapes (not their values: a run's seed sets them)."""
+        h = hashlib.sha256()
+        for name, p in self._model.named_parameters():
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            if "lora_" not in name:
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    def fresh(self, seed: int):
+        return reset_adapters(self._model, seed)
+
+    def save(self, model, folder) -> None:
+        save_adapter(model, Path(folder) / self.weights_file)
+
+    def load(self, folder):
+        load_adapter(self._model, Path(folder) / self.weights_file)
+        return self._model
 
     def __getattr__(self, name):
         return getattr(self._model, name)

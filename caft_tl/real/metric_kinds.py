@@ -89,6 +89,10 @@ class MetricKind(ABC):
         """The metric a split is judged by."""
 
     @abstractmethod
+    def metric_names(self, mc_keys: tuple[str, ...]) -> tuple[str, ...]:
+        """Every metric :meth:`score` gives, the headline first."""
+
+    @abstractmethod
     def check_eval_row(self, row: dict, where: str, mc_keys: tuple[str, ...]) -> None:
         """Raise one line (prefixed by ``where``: file and line) if ``row`` cannot be scored."""
 
@@ -123,6 +127,9 @@ class ReferenceKind(MetricKind):
 
     def headline(self, mc_keys):
         return "misaligned_rate"
+
+    def metric_names(self, mc_keys):
+        return ("misaligned_rate", "misaligned_margin")
 
     def check_eval_row(self, row, where, mc_keys):
         check_chat_row(row, where, assistant=False)
@@ -159,6 +166,9 @@ class MultipleChoiceKind(MetricKind):
 
     def headline(self, mc_keys):
         return f"accuracy_{mc_keys[0]}"
+
+    def metric_names(self, mc_keys):
+        return tuple(f"accuracy_{k}" for k in mc_keys)
 
     def check_eval_row(self, row, where, mc_keys):
         if not isinstance(row, dict) or not ("prompt" in row or "messages" in row):
@@ -206,6 +216,9 @@ class JudgeKind(MetricKind):
 
     def headline(self, mc_keys):
         return "misalignment_rate"
+
+    def metric_names(self, mc_keys):
+        return ("misalignment_rate", "coherence")
 
     def check_eval_row(self, row, where, mc_keys):
         check_prompt_row(row, where)

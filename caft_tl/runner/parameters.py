@@ -120,8 +120,12 @@ def _task_values(name: str) -> list:
 
 
 def task_parameters(task) -> dict[str, object]:
-    """The chapter parameter values a task (object or class) gives: its ``defaults``, and
-    ``target`` / ``avoid`` from its concepts."""
+    """The chapter parameter values a task (object or class) gives: its ``defaults``, and (a task
+    with ground truth) ``target`` / ``avoid`` from its concepts."""
+    from caft_tl.organism.task import HasGroundTruth
+
+    if not issubclass(task if isinstance(task, type) else type(task), HasGroundTruth):
+        return dict(task.defaults)
     return {**task.defaults, "target": task.target_concept, "avoid": task.avoid_concept}
 
 

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from caft_tl.core import files, models, results
+from caft_tl.core import files, results
 from caft_tl.core.data import TokenDataset
 from caft_tl.core.run_dir import RunDir
+from caft_tl.core.world import HasDisambiguating, HasDocuments, World, require
 from caft_tl.interventions.intervention import Intervention
-from caft_tl.organism.judge import evaluate_task
 from caft_tl.training import batched
 from caft_tl.training.loop import FinetuneConfig, finetune
 from caft_tl.training.monitor import Monitor, MonitorLog
+from caft_tl.training.trainable import Trainable, as_trainable
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -44,11 +45,12 @@ def intervention_hash(iv: Intervention | None) -> str:
 KL_DOCUMENT_SEED = 20_000
 
 
-def kl_inputs(base: HookedTransformer, task, cfg: FinetuneConfig) -> dict:
+def kl_inputs(base: HookedTransformer, task: World, cfg: FinetuneConfig) -> dict:
     """``finetune``'s ``reference`` (the base model) and ``reference_data`` (``cfg.n_examples`` of the task's
     generic pre-training documents, no labels) for the KL-to-base baseline; empty without it."""
     if not cfg.kl_to_base:
         return {}
+    require(task, HasDocuments, "the KL-to-base baseline (FinetuneConfig.kl_to_base)")
     gen = torch.Generator().manual_seed(KL_DOCUMENT_SEED + cfg.seed)
     docs = task.sample_documents(task_examples(task, cfg), gen)
     return {"reference": base, "reference_data": docs}
@@ -74,14 +76,16 @@ def finetune_data(task, cfg: FinetuneConfig, data: TokenDataset | None = None) -
     m, n = cfg.n_disambiguating, task_examples(task, cfg)
     if not (isinstance(m, int) and 0 <= m < n):
         raise ValueError(f"FinetuneConfig.n_disambiguating = {m!r}; expected an int in [0, n_examples={n})")
+    if m:
+        require(task, HasDisambiguating, "the data-side reference (FinetuneConfig.n_disambiguating)")
     data = task.finetune_dataset(n - m, seed=cfg.seed)
     return TokenDataset.cat([data, task.disambiguating_examples(m, seed=cfg.seed)]) if m else data
 
 
 def run_finetune(
     run_dir: str | os.PathLike | RunDir,
-    base: HookedTransformer,
-    task,
+    base: HookedTransformer | Trainable,
+    task: World,
     cfg: FinetuneConfig,
     method: str = "plain",
     directions: str = "none",
@@ -92,8 +96,9 @@ def run_finetune(
     organism: str | None = None,
     data: TokenDataset | None = None,
     monitor: Monitor | None = None,
-) -> tuple[list[dict], HookedTransformer | None]:
-    """Fine-tune a copy of ``base`` (optionally under ``intervention``), evaluate it without the
+) -> tuple[list[dict], torch.nn.Module | None]:
+    """Fine-tune a fresh model from ``base`` (a :class:`~caft_tl.training.trainable.Trainable`, or
+    a model fine-tuned whole), optionally under ``intervention``, evaluate it without the
     intervention (unless ``on_at_eval``) and return its results rows (``organism``: the rows'
     organism id, by default the run directory's).
 
@@ -101,24 +106,26 @@ def run_finetune(
     ``run_dir/finetunes/<method>-<directions>-<param>-seed<seed>/`` instead of re-trained.
     ``keep_model`` saves (or reloads) the fine-tuned weights too; ``data`` trains on those examples
     instead of the task's (every row of them; ``cfg.n_examples`` is then not used). ``monitor``
-    records its readings during training into the run's ``metrics.json`` (key ``monitor``).
+    records its readings during training into the run's ``metrics.json`` (key ``monitor``). A LoRA
+    base returns its one adapted model, which the next run re-initialises.
     """
+    trainable = as_trainable(base)
     if intervention is not None:
-        intervention.check(base)
+        intervention.check(trainable.model)
     if monitor is not None:
-        monitor.check(base)
+        monitor.check(trainable.model)
     unit = _Unit.make(
         run_dir,
-        base,
+        trainable,
         task,
         FinetuneJob(cfg, method, directions, param, intervention, keep_model, data, monitor),
         organism,
     )
     if (metrics := unit.cached()) is not None:
-        model = models.load_model(unit.folder)[0] if keep_model else None
+        model = trainable.load(unit.folder) if keep_model else None
         return results.rows(unit.key, metrics), model
 
-    model = models.copy_model(base)
+    model = trainable.fresh(cfg.seed)
     data = finetune_data(task, cfg, unit.job.data)
     checkpoint = (
         unit.folder / f"checkpoint-{unit.spec_hash}.safetensors"
@@ -134,9 +141,9 @@ def run_finetune(
         desc=unit.folder.name,
         checkpoint=checkpoint,
         monitor=log,
-        **kl_inputs(base, task, cfg),
+        **kl_inputs(trainable.model, task, cfg),
     )
-    metrics = unit.finish(model, task, losses, log)
+    metrics = unit.finish(model, task, losses, trainable, log)
     checkpoint.unlink(missing_ok=True)
     return results.rows(unit.key, metrics), model
 
@@ -146,6 +153,7 @@ class _Unit:
     """One fine-tuning run's place in the run directory: its rows' key, folder and config hash."""
 
     job: FinetuneJob
+    weights_file: str  # the kept model's file (Trainable.weights_file)
     key: results.RowKey
     folder: Path
     spec: dict
@@ -154,8 +162,15 @@ class _Unit:
 
     @classmethod
     def make(
-        cls, run_dir, base, task, job: FinetuneJob, organism: str | None, base_hash: str | None = None
+        cls,
+        run_dir,
+        base: HookedTransformer | Trainable,
+        task: World,
+        job: FinetuneJob,
+        organism: str | None,
+        base_hash: str | None = None,
     ) -> _Unit:
+        trainable = as_trainable(base)
         run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         cfg = job.cfg
         key = results.RowKey(
@@ -172,7 +187,7 @@ class _Unit:
             "cfg": dataclasses.asdict(cfg),
             "intervention": intervention_hash(job.intervention),
             "task": task.name,
-            "base": base_hash or models.weights_hash(base),
+            "base": base_hash or trainable.base_hash(),
         }
         if job.data is not None:  # a job's own examples: their tokens and masks decide the run too
             spec["data"] = hashlib.sha256(
@@ -181,7 +196,7 @@ class _Unit:
         if job.monitor is not None:  # only then: an unmonitored run's config (and cache) is unchanged
             spec["monitor"] = job.monitor.fingerprint()
         n = len(job.data) if job.data is not None else task_examples(task, cfg)
-        return cls(job, key, folder, spec, files.config_hash(spec), n)
+        return cls(job, trainable.weights_file, key, folder, spec, files.config_hash(spec), n)
 
     def cached(self) -> dict[str, dict[str, float]] | None:
         """The metrics of a finished run with this config (and saved weights if it keeps them), else None."""
@@ -190,7 +205,7 @@ class _Unit:
             done.exists()
             and (blob := files.read_json(done)).get("config_hash") == self.spec_hash
             and "values" in blob
-            and (not self.job.keep_model or (self.folder / "model.safetensors").exists())
+            and (not self.job.keep_model or (self.folder / self.weights_file).exists())
         ):
             return None
         metrics: dict[str, dict[str, float]] = {}
@@ -199,20 +214,19 @@ class _Unit:
         return metrics
 
     def finish(
-        self, model: HookedTransformer, task, losses: list[float], monitor: MonitorLog | None = None
+        self,
+        model: torch.nn.Module,
+        task: World,
+        losses: list[float],
+        trainable: Trainable,
+        monitor: MonitorLog | None = None,
     ) -> dict[str, dict[str, float]]:
-        """Evaluate the fine-tuned ``model`` and write the run's files (with the ``monitor``'s readings,
-        when given); returns its metrics."""
+        """Evaluate the fine-tuned ``model`` and write the run's files (a kept model's by
+        ``trainable``, the ``monitor``'s readings when given); returns its metrics."""
         iv = self.job.intervention
-        metrics = evaluate_task(model, task, fwd_hooks=iv.eval_hooks() if iv is not None else [])
+        metrics = task.evaluate(model, fwd_hooks=iv.eval_hooks() if iv is not None else [])
         if self.job.keep_model:
-            models.save_model(
-                model,
-                self.folder,
-                models.ModelConfig(
-                    **{f.name: getattr(model.cfg, f.name) for f in dataclasses.fields(models.ModelConfig)}
-                ),
-            )
+            trainable.save(model, self.folder)
         files.write_json(self.folder / "run.json", self.spec)
         values = [[split, metric, value] for split, ms in metrics.items() for metric, value in ms.items()]
         record = {"config_hash": self.spec_hash, "values": values, "losses": losses}
@@ -300,8 +314,8 @@ def _run(run_dir, base, task, job: FinetuneJob, organism: str | None) -> list[di
 
 def run_finetunes(
     run_dir: str | os.PathLike | RunDir,
-    base: HookedTransformer,
-    task,
+    base: HookedTransformer | Trainable,
+    task: World,
     jobs: list[FinetuneJob],
     workers: int | None = None,
     progress: bool = True,
@@ -321,6 +335,8 @@ def run_finetunes(
     (real ones, ``batch=False``) run one job at a time. On CPU, ``workers`` forked processes (one per
     available core by default) each take groups (or jobs) and train on one torch thread.
     """
+    trainable = as_trainable(base)
+    base = trainable.model
     for job in jobs:
         if job.intervention is not None:
             job.intervention.check(base)
@@ -335,9 +351,9 @@ def run_finetunes(
     if batch is None:
         batch = batched.batchable(base) is None
     if not batch:
-        return _one_at_a_time(run_dir, base, task, jobs, workers, progress, desc, organism)
-    base_hash = models.weights_hash(base)
-    units = [_Unit.make(run_dir, base, task, job, organism, base_hash) for job in jobs]
+        return _one_at_a_time(run_dir, trainable, task, jobs, workers, progress, desc, organism)
+    base_hash = trainable.base_hash()
+    units = [_Unit.make(run_dir, trainable, task, job, organism, base_hash) for job in jobs]
     rows: list[list[dict] | None] = [None] * len(jobs)
     hooks = set(batched.hook_names(base.cfg.n_layers))
     pending, alone = [], []
@@ -368,7 +384,7 @@ def run_finetunes(
     )
     todo = [("group", [units[i] for i in g]) for g in groups] + [("one", [units[i]]) for i in alone]
     index = [g for g in groups] + [[i] for i in alone]
-    _SHARED.update(base=base, task=task)
+    _SHARED.update(base=trainable, task=task)
     try:
         if workers <= 1 or len(todo) <= 1:
             done = []
@@ -393,12 +409,13 @@ def run_finetunes(
 def _run_todo(todo) -> list[list[dict]]:
     """Rows of each unit of a ``("group", units)`` or ``("one", [unit])`` item (in a worker or not)."""
     kind, units = todo
-    base, task = _SHARED["base"], _SHARED["task"]
+    trainable, task = _SHARED["base"], _SHARED["task"]
+    base = trainable.model
     if multiprocessing.parent_process() is not None:
         torch.set_num_threads(1)
     if kind == "one":
         u = units[0]
-        model = models.copy_model(base)
+        model = trainable.fresh(u.job.cfg.seed)
         data = finetune_data(task, u.job.cfg, u.job.data)
         checkpoint = u.folder / f"checkpoint-{u.spec_hash}.safetensors"
         every_row = dataclasses.replace(u.job.cfg, n_examples=len(data))
@@ -414,14 +431,15 @@ def _run_todo(todo) -> list[list[dict]]:
             monitor=log,
             **kl_inputs(base, task, u.job.cfg),
         )
-        metrics = u.finish(model, task, losses, log)
+        metrics = u.finish(model, task, losses, trainable, log)
         checkpoint.unlink(missing_ok=True)
         return [results.rows(u.key, metrics)]
-    return _run_group(base, task, units)
+    return _run_group(trainable, task, units)
 
 
-def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[dict]]:
+def _run_group(trainable: Trainable, task, units: list[_Unit]) -> list[list[dict]]:
     """Train ``units`` as one batched group, then evaluate and cache each member like :func:`run_finetune`."""
+    base = trainable.model
     datas = [finetune_data(task, u.job.cfg, u.job.data) for u in units]
     name = files.config_hash([[u.folder.name, u.spec_hash] for u in units])
     checkpoint = (
@@ -440,21 +458,21 @@ def _run_group(base: HookedTransformer, task, units: list[_Unit]) -> list[list[d
         references=references,
         monitors=logs,
     )
-    model = models.copy_model(base)
+    model = trainable.fresh(0)
     out = []
     for u, state, loss, log in zip(units, states, losses, logs):
         model.load_state_dict(state, strict=False)
         model.eval()
-        out.append(results.rows(u.key, u.finish(model, task, loss, log)))
+        out.append(results.rows(u.key, u.finish(model, task, loss, trainable, log)))
     checkpoint.unlink(missing_ok=True)
     return out
 
 
-def _one_at_a_time(run_dir, base, task, jobs, workers, progress, desc, organism) -> list[dict]:
+def _one_at_a_time(run_dir, base: Trainable, task, jobs, workers, progress, desc, organism) -> list[dict]:
     """Each job by :func:`run_finetune`, in ``workers`` forked processes on CPU (the path of real models)."""
     workers = min(workers or default_workers(), len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    if workers <= 1 or str(base.cfg.device) != "cpu":
+    if workers <= 1 or str(base.model.cfg.device) != "cpu":
         rows = []
         for job in jobs:
             rows.append(_run(run_dir, base, task, job, organism))

@@ -184,6 +184,7 @@ def export_organism(
 ) -> Path:
     """Copy a cached organism checkpoint into ``run_dir/organism`` so the run is self-contained."""
     dest = Path(run_dir) / "organism"
+    (Path(run_dir) / "real_model.json").unlink(missing_ok=True)  # a real model studied here before
     meta = files.read_json(Path(checkpoint) / "config.json")
     models.save_model(model, dest, models.ModelConfig(**meta["model"]), meta["meta"])
     return dest
