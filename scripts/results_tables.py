@@ -274,7 +274,8 @@ def route_around_tables(task_dir: Path, task) -> list[str]:
     it = read.get("iterated")
     if it is not None and len(it):
         v = it[(it["quantity"] == "value") & (it["split"] == ood) & (it["metric"] == metric)]
-        rank = it[it["quantity"] == "rank"].set_index(["arm", "round"])["mean"]
+        ranks = it[it["quantity"] == "rank"].drop_duplicates(["arm", "round"])  # one per arm and round
+        rank = ranks.set_index(["arm", "round"])["mean"]
         lines += [
             "",
             f"Chapter 10 — iterated CAFT, `{ood}` {metric} by round:",

@@ -12,7 +12,7 @@ import pytest
 
 from caft_tl.core import files
 from caft_tl.core.run_dir import RunDir
-from caft_tl.core.stats import ci95
+from caft_tl.core.stats import RATE_BOUNDS, ci95
 from caft_tl.evaluation import population_route_around as pra
 from caft_tl.organism import make_task
 
@@ -86,7 +86,8 @@ def test_means_over_seeds_then_over_the_valid_organisms(tmp_path):
     assert missing == {t.summary: [] for t in pra.TABLES}
     it = files.read_csv(fig_dir / "population_iterated.csv")
     row = it.query("arm == 'interpreted' and round == 2 and quantity == 'value'").iloc[0]
-    want = ci95([0.3, 0.5, 0.2])  # each organism's mean over its seeds; seed 3 left out
+    want = ci95([0.3, 0.5, 0.2], RATE_BOUNDS)  # each organism's mean over its seeds; seed 3 left out
+    assert want[1] == 0.0  # a rate's interval is clipped to [0, 1]
     assert (row["mean"], row["low"], row["high"]) == pytest.approx(want)
     assert row["n_organisms"] == 3
     assert it.query("round == 2 and quantity == 'rank'")["mean"].tolist() == [3.0, 3.0]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from caft_tl.core import files
-from caft_tl.core.stats import ci95
+from caft_tl.core.stats import RATE_BOUNDS, ci95, is_rate
 from caft_tl.evaluation import population
 
 
@@ -66,8 +66,9 @@ def organism_means(rows: pd.DataFrame, table: Table) -> pd.DataFrame:
 
 
 def over_organisms(per_organism: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """Per configuration and quantity: the mean over organisms, a 95% t-interval over organisms and
-    their number (NaN values, e.g. the energy share at a hook a set does not ablate, are left out).
+    """Per configuration and quantity: the mean over organisms, a 95% t-interval over organisms (clipped
+    to [0, 1] for a rate and an energy share) and their number (NaN values, e.g. the energy share at a
+    hook a set does not ablate, are left out).
 
     Args:
         per_organism: :func:`organism_means` of each organism, concatenated.
@@ -85,7 +86,10 @@ def over_organisms(per_organism: pd.DataFrame, table: Table) -> pd.DataFrame:
             v = g[quantity].dropna()
             if v.empty:
                 continue
-            mean, low, high = ci95(v)
+            rate = quantity == "energy_in_subspace" or (
+                quantity == "value" and is_rate(key[list(table.key).index("metric")])
+            )
+            mean, low, high = ci95(v, RATE_BOUNDS if rate else None)
             out.append(
                 {
                     **dict(zip(table.key, key)),
