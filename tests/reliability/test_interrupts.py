@@ -88,7 +88,11 @@ def _suite(run_dir: Path, fig_dir: Path) -> subprocess.Popen:
         "-p",
         "batch_size",
         "8",
-    ]  # 40 steps: the groups checkpoint at step 25
+        "-p",
+        "n_examples",
+        "640",
+    ]  # 80 steps: the groups checkpoint at steps 25, 50 and 75, so a Ctrl-C sent once the first
+    # checkpoint appears still finds the fine-tune running on a loaded machine (with 40 it once came too late)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         cmd,
